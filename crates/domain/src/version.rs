@@ -65,7 +65,10 @@ mod tests {
     #[test]
     fn serializes_as_a_bare_number() {
         assert_eq!(serde_json::to_string(&Version::new(3)).unwrap(), "3");
-        assert_eq!(serde_json::from_str::<Version>("3").unwrap(), Version::new(3));
+        assert_eq!(
+            serde_json::from_str::<Version>("3").unwrap(),
+            Version::new(3)
+        );
         assert_eq!(Version::new(3).to_string(), "v3");
     }
 }

@@ -1,1 +1,196 @@
-//! x
+//! Test support for Keel services: every test gets its own, migrated database.
+//!
+//! A unit of work is only meaningful against a real database, so tests of use cases run
+//! on real PostgreSQL and SQLite, never on a mock. Isolation comes from giving each test a
+//! database of its own (as sqlx's `#[sqlx::test]` does): tests run in parallel without
+//! seeing each other's rows, and a failing test leaves nothing behind for the next.
+//!
+//! - SQLite: a fresh file in the system's temporary directory, removed when the
+//!   [`TestDatabase`] is dropped.
+//! - PostgreSQL: a fresh database created on the server named by `KEEL_TEST_POSTGRES_URL`
+//!   (any database on that server that the user may connect to; the user needs
+//!   `CREATEDB`), dropped when the [`TestDatabase`] is dropped. When the variable is unset
+//!   PostgreSQL tests are skipped with a notice, unless `KEEL_REQUIRE_POSTGRES=1`, in
+//!   which case they fail: the project's test command sets both.
+//!
+//! [`backend_tests!`] turns one `async fn(Database)` into a test per backend:
+//!
+//! ```no_run
+//! use keel_orchestrator::Database;
+//!
+//! async fn counts_rows(db: Database) {
+//!     db.execute_script("CREATE TABLE t (id BIGINT PRIMARY KEY)").await.unwrap();
+//!     // ...
+//! }
+//!
+//! keel_testing::backend_tests!(counts_rows);
+//! // runs as `counts_rows::postgres` and `counts_rows::sqlite`
+//! ```
+
+use std::path::PathBuf;
+
+use keel_orchestrator::{Database, DatabaseOptions};
+use sqlx::{AssertSqlSafe, Connection};
+
+/// The variable naming the PostgreSQL server tests create their databases on.
+pub const POSTGRES_URL_VAR: &str = "KEEL_TEST_POSTGRES_URL";
+/// When set to `1`, a missing [`POSTGRES_URL_VAR`] fails PostgreSQL tests instead of skipping them.
+pub const REQUIRE_POSTGRES_VAR: &str = "KEEL_REQUIRE_POSTGRES";
+
+/// A migrated database that exists for one test and is removed when dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    database: Database,
+    cleanup: Cleanup,
+}
+
+#[derive(Debug)]
+enum Cleanup {
+    Sqlite(PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDatabase {
+    /// A new SQLite database file, migrated.
+    ///
+    /// # Panics
+    /// If the file cannot be created or migrated: a test cannot proceed without it.
+    pub async fn sqlite() -> TestDatabase {
+        Self::sqlite_with(|options| options).await
+    }
+
+    /// A new SQLite database file opened with options adjusted by `configure`.
+    pub async fn sqlite_with(
+        configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions,
+    ) -> TestDatabase {
+        let path = std::env::temp_dir()
+            .join("keel-tests")
+            .join(format!("{}.db", uuid::Uuid::now_v7().simple()));
+        let url = format!("sqlite:{}", path.display());
+        let database = connect_and_migrate(configure(DatabaseOptions::new(url))).await;
+        TestDatabase {
+            database,
+            cleanup: Cleanup::Sqlite(path),
+        }
+    }
+
+    /// A new PostgreSQL database, migrated; `None` (with a notice) when no server is
+    /// configured and PostgreSQL is not required.
+    ///
+    /// # Panics
+    /// If the server is configured but the database cannot be created or migrated, or if
+    /// PostgreSQL is required (`KEEL_REQUIRE_POSTGRES=1`) but not configured.
+    pub async fn postgres() -> Option<TestDatabase> {
+        Self::postgres_with(|options| options).await
+    }
+
+    /// A new PostgreSQL database opened with options adjusted by `configure`.
+    pub async fn postgres_with(
+        configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions,
+    ) -> Option<TestDatabase> {
+        let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
+            if std::env::var(REQUIRE_POSTGRES_VAR).as_deref() == Ok("1") {
+                panic!(
+                    "{REQUIRE_POSTGRES_VAR}=1 but {POSTGRES_URL_VAR} is not set; run the \
+                     suite with `bash scripts/test.sh`, which starts a PostgreSQL server"
+                );
+            }
+            eprintln!("note: {POSTGRES_URL_VAR} is not set; skipping a PostgreSQL test");
+            return None;
+        };
+        let name = format!("keel_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_URL_VAR}: {e}"));
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        let _ = admin.close().await;
+        let mut url = url::Url::parse(&admin_url)
+            .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} is not a URL: {e}"));
+        url.set_path(&name);
+        let database = connect_and_migrate(configure(DatabaseOptions::new(url.as_str()))).await;
+        Some(TestDatabase {
+            database,
+            cleanup: Cleanup::Postgres { admin_url, name },
+        })
+    }
+
+    /// The database under test.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+}
+
+async fn connect_and_migrate(options: DatabaseOptions) -> Database {
+    let database = options
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot open the test database: {e}"));
+    database
+        .migrate()
+        .await
+        .unwrap_or_else(|e| panic!("cannot migrate the test database: {e}"));
+    database
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            Cleanup::Postgres { admin_url, name } => {
+                let (admin_url, shown, name) = (admin_url.clone(), name.clone(), name.clone());
+                // Drop runs inside the test's runtime, which cannot be blocked on: use a
+                // short-lived runtime on a thread of its own.
+                let dropped = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()?;
+                    runtime.block_on(async {
+                        let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        sqlx::query(AssertSqlSafe(sql))
+                            .execute(&mut admin)
+                            .await
+                            .ok()?;
+                        admin.close().await.ok()
+                    })
+                })
+                .join();
+                if !matches!(dropped, Ok(Some(()))) {
+                    eprintln!("note: could not drop test database {shown}");
+                }
+            }
+        }
+    }
+}
+
+/// Declares, for each `async fn name(db: Database)`, a test module `name` with two tests,
+/// `name::postgres` and `name::sqlite`, each running the function on a fresh database.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(test_db) = $crate::TestDatabase::postgres().await {
+                    super::$name(test_db.database().clone()).await;
+                }
+            }
+
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let test_db = $crate::TestDatabase::sqlite().await;
+                super::$name(test_db.database().clone()).await;
+            }
+        }
+    )+};
+}

@@ -1,0 +1,322 @@
+//! One error type for units of work, and the one place that decides what is transient.
+
+use std::error::Error as StdError;
+
+use keel_domain::Version;
+use sqlx::error::DatabaseError;
+
+/// Everything that can go wrong when opening a database or running a unit of work.
+///
+/// The variants fall in two classes, decided by [`Error::is_transient`]:
+///
+/// - **transient**: the database (or an optimistic version check) says "try again":
+///   [`Deadlock`](Error::Deadlock), [`SerializationFailure`](Error::SerializationFailure),
+///   [`LockTimeout`](Error::LockTimeout), [`RowLocked`](Error::RowLocked),
+///   [`VersionConflict`](Error::VersionConflict). A unit of work re-runs its closure on a
+///   fresh transaction per its [`RetryPolicy`](crate::RetryPolicy), and reports
+///   [`RetriesExhausted`](Error::RetriesExhausted) when the policy gives up.
+/// - **permanent**: everything else, returned at once.
+///
+/// Domain refusals ("this assessment is already completed") travel as
+/// [`Rejected`](Error::Rejected); see [`Rejection`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database URL could not be understood.
+    #[error(
+        "invalid database URL `{url}`: {reason}; expected `postgres://user:password@host:port/database` \
+         or `sqlite:path/to/file.db`"
+    )]
+    InvalidUrl {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The database could not be reached or refused the connection.
+    #[error(
+        "cannot connect to the database at `{url}`: {source}; check that the server is running, \
+         that the URL names the right host, port and database, and the credentials"
+    )]
+    Unreachable {
+        /// The URL, with any password replaced by `***`.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The database has Keel migrations applied that this version of the library does not know.
+    #[error(
+        "the database schema has keel migration {found} applied, but this library only knows \
+         migrations up to {known}: the database was migrated by a newer keel; upgrade this \
+         program's keel dependency instead of running it against that database"
+    )]
+    SchemaNewerThanLibrary {
+        /// The unknown migration version found in the database.
+        found: i64,
+        /// The newest migration this library ships.
+        known: i64,
+    },
+
+    /// Applying the framework's migrations failed.
+    #[error("applying keel's migrations failed: {0}")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+
+    /// An optimistic save found that the aggregate changed since it was loaded. Transient.
+    #[error(
+        "version conflict: {aggregate} {id} is no longer at {expected} (it was saved \
+         concurrently); the unit of work is re-run on fresh data"
+    )]
+    VersionConflict {
+        /// The aggregate type ([`Aggregate::TYPE`](keel_domain::Aggregate::TYPE)).
+        aggregate: &'static str,
+        /// The aggregate id, as text.
+        id: String,
+        /// The version the save expected to find.
+        expected: Version,
+    },
+
+    /// A lock was not granted within the unit of work's lock timeout (PostgreSQL
+    /// `lock_timeout`, SQLite busy timeout or write-lock wait). Transient.
+    #[error(
+        "lock not granted within the lock timeout: {detail}; another transaction holds it — \
+         the unit of work is retried, or raise `UnitOfWork::lock_timeout`"
+    )]
+    LockTimeout {
+        /// What the database or Keel reported.
+        detail: String,
+    },
+
+    /// A `NOWAIT` row lock found the row locked by another transaction. Transient.
+    #[error("row `{table}` {key} is locked by another transaction (NOWAIT)")]
+    RowLocked {
+        /// The table of the row.
+        table: &'static str,
+        /// The row's key, as text.
+        key: String,
+    },
+
+    /// The database broke a deadlock by aborting this transaction. Transient.
+    #[error("deadlock detected; the database aborted this transaction: {0}")]
+    Deadlock(#[source] sqlx::Error),
+
+    /// A `SERIALIZABLE` (or `REPEATABLE READ`) transaction could not be serialized. Transient.
+    #[error("serialization failure; the database aborted this transaction: {0}")]
+    SerializationFailure(#[source] sqlx::Error),
+
+    /// Every attempt allowed by the retry policy failed with a transient error.
+    #[error(
+        "unit of work `{unit_of_work}` gave up after {attempts} attempts; last error: {last}; \
+         raise `RetryPolicy::max_attempts` or reduce contention on the rows involved"
+    )]
+    RetriesExhausted {
+        /// The unit of work's name.
+        unit_of_work: &'static str,
+        /// How many attempts were made.
+        attempts: u32,
+        /// The error of the last attempt.
+        #[source]
+        last: Box<Error>,
+    },
+
+    /// A framework connection or unit of work was requested from inside a unit of work.
+    #[error(
+        "cannot {action} inside unit of work `{unit_of_work}`: a unit of work runs on one \
+         connection, and asking for another while holding it can deadlock the pool; use the \
+         `&mut Tx` the closure receives, or do this before or after the unit of work"
+    )]
+    InsideUnitOfWork {
+        /// The unit of work that was running.
+        unit_of_work: &'static str,
+        /// What was attempted.
+        action: &'static str,
+    },
+
+    /// A table or column name given to a lock or version helper is not a plain SQL identifier.
+    #[error(
+        "`{0}` is not a plain SQL identifier; use letters, digits and `_` (optionally \
+         `schema.table`)"
+    )]
+    InvalidIdentifier(&'static str),
+
+    /// The application refused the operation (a domain rule); never retried.
+    #[error(transparent)]
+    Rejected(Box<dyn StdError + Send + Sync + 'static>),
+
+    /// Any other database error; never retried.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+/// Marks an application error type as a *rejection*: a domain rule that refused the
+/// operation. Returning one from a unit of work rolls it back and is never retried.
+///
+/// With this marker, `?` turns the error into [`Error::Rejected`], and
+/// [`Error::rejection`] gets it back, typed:
+///
+/// ```
+/// use keel_orchestrator::{Error, Rejection};
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("assessment {0} is already completed")]
+/// struct AlreadyCompleted(i64);
+/// impl Rejection for AlreadyCompleted {}
+///
+/// fn complete(id: i64) -> Result<(), Error> {
+///     Err(AlreadyCompleted(id))?
+/// }
+///
+/// let err = complete(7).unwrap_err();
+/// assert!(!err.is_transient());
+/// assert_eq!(err.rejection::<AlreadyCompleted>().unwrap().0, 7);
+/// ```
+pub trait Rejection: StdError + Send + Sync + 'static {}
+
+impl<R: Rejection> From<R> for Error {
+    fn from(rejection: R) -> Self {
+        Error::Rejected(Box::new(rejection))
+    }
+}
+
+impl Error {
+    /// Wraps any error as a [`Rejection`](Error::Rejected) without implementing the marker trait.
+    pub fn rejected(error: impl StdError + Send + Sync + 'static) -> Self {
+        Error::Rejected(Box::new(error))
+    }
+
+    /// The application's rejection of type `R`, if this error is one.
+    pub fn rejection<R: StdError + 'static>(&self) -> Option<&R> {
+        match self {
+            Error::Rejected(inner) => inner.downcast_ref::<R>(),
+            _ => None,
+        }
+    }
+
+    /// Whether re-running the unit of work on a fresh transaction may succeed.
+    ///
+    /// This is the single classification of errors in Keel: deadlocks, serialization
+    /// failures, lock timeouts, `NOWAIT` lock refusals, busy SQLite databases and
+    /// optimistic version conflicts are transient; everything else is not.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::VersionConflict { .. }
+                | Error::LockTimeout { .. }
+                | Error::RowLocked { .. }
+                | Error::Deadlock(_)
+                | Error::SerializationFailure(_)
+        )
+    }
+
+    /// The error that ended the last attempt: for [`RetriesExhausted`](Error::RetriesExhausted),
+    /// the last attempt's error; otherwise `self`.
+    pub fn last_attempt(&self) -> &Error {
+        match self {
+            Error::RetriesExhausted { last, .. } => last,
+            other => other,
+        }
+    }
+}
+
+/// What a driver error means for retries. PostgreSQL reports SQLSTATE codes; SQLite
+/// reports (extended) result codes whose low byte is the primary code.
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        let Some(db) = error.as_database_error() else {
+            return Error::Database(error);
+        };
+        if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            return match pg.code() {
+                "40001" => Error::SerializationFailure(error),
+                "40P01" => Error::Deadlock(error),
+                "55P03" => Error::LockTimeout {
+                    detail: pg.message().to_owned(),
+                },
+                _ => Error::Database(error),
+            };
+        }
+        if let Some(lite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+            let primary = lite
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map(|c| c & 0xff);
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended variants.
+            if matches!(primary, Some(5 | 6)) {
+                return Error::LockTimeout {
+                    detail: format!("SQLite: {}", lite.message()),
+                };
+            }
+        }
+        Error::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        Error::Migration(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("already completed")]
+    struct AlreadyCompleted;
+    impl Rejection for AlreadyCompleted {}
+
+    #[test]
+    fn only_contention_is_transient() {
+        let conflict = Error::VersionConflict {
+            aggregate: "Account",
+            id: "1".into(),
+            expected: Version::new(3),
+        };
+        assert!(conflict.is_transient());
+        assert!(Error::LockTimeout { detail: "x".into() }.is_transient());
+        assert!(
+            Error::RowLocked {
+                table: "t",
+                key: "1".into()
+            }
+            .is_transient()
+        );
+        assert!(Error::Deadlock(sqlx::Error::RowNotFound).is_transient());
+        assert!(Error::SerializationFailure(sqlx::Error::RowNotFound).is_transient());
+
+        assert!(!Error::from(AlreadyCompleted).is_transient());
+        assert!(!Error::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(!Error::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!Error::InvalidIdentifier("a b").is_transient());
+        let exhausted = Error::RetriesExhausted {
+            unit_of_work: "u",
+            attempts: 3,
+            last: Box::new(Error::LockTimeout { detail: "x".into() }),
+        };
+        assert!(!exhausted.is_transient());
+        assert!(exhausted.last_attempt().is_transient());
+    }
+
+    #[test]
+    fn driver_errors_without_a_database_code_are_permanent() {
+        assert!(matches!(
+            Error::from(sqlx::Error::PoolTimedOut),
+            Error::Database(_)
+        ));
+        assert!(matches!(
+            Error::from(sqlx::Error::RowNotFound),
+            Error::Database(_)
+        ));
+    }
+
+    #[test]
+    fn rejections_come_back_typed() {
+        let err: Error = AlreadyCompleted.into();
+        assert!(err.rejection::<AlreadyCompleted>().is_some());
+        assert!(err.rejection::<std::io::Error>().is_none());
+        assert_eq!(err.to_string(), "already completed");
+    }
+}

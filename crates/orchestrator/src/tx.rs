@@ -1,0 +1,217 @@
+//! The transaction handle the steps of a unit of work receive.
+
+use keel_domain::Aggregate;
+use keel_domain::Version;
+use sqlx::query::Query;
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use crate::lock::is_identifier;
+use crate::{Backend, Db, Error, Key, LockWait, Locked, RowLock};
+
+/// The open transaction of one unit of work attempt: the only way its steps reach the
+/// database.
+///
+/// A `Tx` is lent to the closure of [`Database::unit_of_work`](crate::Database::unit_of_work)
+/// for one attempt and cannot outlive it. Run sqlx queries on [`Tx::conn`]; use the helpers
+/// for locks and optimistic versions.
+///
+/// Query text is portable between the backends when it uses `$1, $2, …` placeholders and
+/// standard SQL; [`Tx::backend`] tells which engine runs it when a repository needs to branch.
+pub struct Tx<'c> {
+    conn: &'c mut AnyConnection,
+    backend: Backend,
+    attempt: u32,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx")
+            .field("backend", &self.backend)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bind_key<'q>(
+    query: Query<'q, Db, sqlx::any::AnyArguments>,
+    key: &Key,
+) -> Query<'q, Db, sqlx::any::AnyArguments> {
+    match key {
+        Key::Int(i) => query.bind(*i),
+        Key::Text(s) => query.bind(s.clone()),
+    }
+}
+
+impl<'c> Tx<'c> {
+    pub(crate) fn new(conn: &'c mut AnyConnection, backend: Backend, attempt: u32) -> Self {
+        Tx {
+            conn,
+            backend,
+            attempt,
+        }
+    }
+
+    /// The transaction's connection, to run sqlx queries on:
+    /// `sqlx::query("…").bind(x).execute(tx.conn()).await?`.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        self.conn
+    }
+
+    /// The engine running this transaction.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Which attempt of the unit of work this is (1 for the first run).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Locks one row until the unit of work ends.
+    ///
+    /// Returns [`Locked::Missing`] when no row has the key, [`Locked::Skipped`] when the
+    /// row is held and the request said [`skip_locked`](RowLock::skip_locked). A `nowait`
+    /// request on a held row fails with [`Error::RowLocked`]; a waiting one that exceeds
+    /// the lock timeout fails with [`Error::LockTimeout`]. Both are retried per policy.
+    ///
+    /// ```no_run
+    /// # use keel_orchestrator::{Database, Error, Locked, RowLock};
+    /// # async fn run(db: Database) -> Result<(), Error> {
+    /// db.unit_of_work(async |tx| {
+    ///     match tx.lock(RowLock::for_update("accounts", 1)).await? {
+    ///         Locked::Acquired => Ok(()),
+    ///         _ => Err(Error::rejected(std::io::Error::other("no such account"))),
+    ///     }
+    /// })
+    /// .await
+    /// # }
+    /// ```
+    pub async fn lock(&mut self, lock: RowLock) -> Result<Locked, Error> {
+        for name in [lock.table, lock.key_column] {
+            if !is_identifier(name) {
+                return Err(Error::InvalidIdentifier(name));
+            }
+        }
+        let sql = match self.backend {
+            Backend::Postgres => lock.postgres_sql(),
+            // The write lock taken by BEGIN IMMEDIATE already covers every row.
+            Backend::Sqlite => lock.exists_sql(),
+        };
+        let query = bind_key(sqlx::query(AssertSqlSafe(sql)), &lock.key);
+        let found = match query.fetch_optional(&mut *self.conn).await {
+            Ok(row) => row.is_some(),
+            Err(e) => {
+                let e = Error::from(e);
+                return Err(match (lock.wait, e) {
+                    (LockWait::NoWait, Error::LockTimeout { .. }) => Error::RowLocked {
+                        table: lock.table,
+                        key: lock.key.to_string(),
+                    },
+                    (_, e) => e,
+                });
+            }
+        };
+        if found {
+            return Ok(Locked::Acquired);
+        }
+        if lock.wait == LockWait::SkipLocked && self.backend == Backend::Postgres {
+            let exists = bind_key(sqlx::query(AssertSqlSafe(lock.exists_sql())), &lock.key)
+                .fetch_optional(&mut *self.conn)
+                .await?;
+            if exists.is_some() {
+                return Ok(Locked::Skipped);
+            }
+        }
+        Ok(Locked::Missing)
+    }
+
+    /// Takes the named lock `name` until the unit of work ends, creating it on first use.
+    ///
+    /// Units of work that lock the same name run one after the other, even when the name
+    /// has never been locked before and many of them ask at the same moment. Use it to
+    /// serialize work on something that has no row of its own (an import, a user's quota).
+    pub async fn lock_named(&mut self, name: &str) -> Result<(), Error> {
+        if self.backend == Backend::Postgres {
+            let existing = sqlx::query("SELECT 1 FROM keel_locks WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *self.conn)
+                .await?;
+            if existing.is_some() {
+                return Ok(());
+            }
+        }
+        // A concurrent creator's uncommitted row makes this insert wait until that
+        // transaction ends; then the conflict is ignored and the lock below is granted.
+        let created = sqlx::query(
+            "INSERT INTO keel_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING 1",
+        )
+        .bind(name)
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        if created.is_some() || self.backend == Backend::Sqlite {
+            return Ok(());
+        }
+        let locked = sqlx::query("SELECT 1 FROM keel_locks WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        match locked {
+            Some(_) => Ok(()),
+            // Only under REPEATABLE READ / SERIALIZABLE: the row committed after this
+            // transaction's snapshot. A fresh attempt sees it.
+            None => Err(Error::LockTimeout {
+                detail: format!("named lock `{name}` was created concurrently; retrying"),
+            }),
+        }
+    }
+
+    /// Saves the version of `aggregate` optimistically: moves the row's `version` column
+    /// from the version the aggregate was loaded at to the next one, and returns it.
+    ///
+    /// If the row is no longer at that version, someone saved the aggregate meanwhile:
+    /// fails with [`Error::VersionConflict`], which re-runs the unit of work on fresh
+    /// data. Call it in the same unit of work as the statements that store the
+    /// aggregate's other fields. The table's key column is `id`; the key is the
+    /// aggregate's id converted into a [`Key`]. A missing row is a permanent
+    /// [`Error::Database`] (`RowNotFound`), not a conflict.
+    pub async fn save_version<A>(
+        &mut self,
+        table: &'static str,
+        aggregate: &A,
+    ) -> Result<Version, Error>
+    where
+        A: Aggregate,
+        A::Id: Into<Key>,
+    {
+        if !is_identifier(table) {
+            return Err(Error::InvalidIdentifier(table));
+        }
+        let expected = aggregate.version();
+        let key: Key = aggregate.id().clone().into();
+        let sql =
+            format!("UPDATE {table} SET version = version + 1 WHERE id = $1 AND version = $2");
+        let result = bind_key(sqlx::query(AssertSqlSafe(sql)), &key)
+            .bind(expected.get())
+            .execute(&mut *self.conn)
+            .await?;
+        if result.rows_affected() == 1 {
+            return Ok(expected.next());
+        }
+        let exists = bind_key(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT 1 FROM {table} WHERE id = $1"
+            ))),
+            &key,
+        )
+        .fetch_optional(&mut *self.conn)
+        .await?;
+        match exists {
+            Some(_) => Err(Error::VersionConflict {
+                aggregate: A::TYPE,
+                id: key.to_string(),
+                expected,
+            }),
+            None => Err(Error::Database(sqlx::Error::RowNotFound)),
+        }
+    }
+}

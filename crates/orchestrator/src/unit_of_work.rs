@@ -1,0 +1,286 @@
+//! Running a unit of work: begin, run the steps, commit or roll back, retry when transient.
+
+use std::future::Future;
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Connection};
+use tracing::Instrument;
+
+use crate::{Backend, Database, Error, RetryPolicy, Tx, guard};
+
+/// Transaction isolation level (PostgreSQL; SQLite transactions are always serializable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// PostgreSQL's default: each statement sees what was committed before it began.
+    #[default]
+    ReadCommitted,
+    /// One snapshot for the whole transaction; concurrent updates fail with a
+    /// serialization failure (retried).
+    RepeatableRead,
+    /// Full serializability; anomalies such as write skew fail with a serialization
+    /// failure (retried).
+    Serializable,
+}
+
+/// Options of one unit of work: its name (for logs and errors), isolation level, lock
+/// timeout and retry policy.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_orchestrator::{Isolation, RetryPolicy, UnitOfWork};
+///
+/// let transfer = UnitOfWork::named("transfer")
+///     .isolation(Isolation::Serializable)
+///     .lock_timeout(Duration::from_millis(200))
+///     .retry(RetryPolicy::default().max_attempts(8));
+/// assert_eq!(transfer.name(), "transfer");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitOfWork {
+    name: &'static str,
+    isolation: Isolation,
+    lock_timeout: Option<Duration>,
+    retry: RetryPolicy,
+}
+
+impl Default for UnitOfWork {
+    fn default() -> Self {
+        UnitOfWork::named("unit_of_work")
+    }
+}
+
+impl UnitOfWork {
+    /// Default options under a name that appears in spans and errors.
+    pub fn named(name: &'static str) -> Self {
+        UnitOfWork {
+            name,
+            isolation: Isolation::default(),
+            lock_timeout: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Sets the isolation level (PostgreSQL).
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Bounds how long any lock of this unit of work may be waited for. On PostgreSQL it
+    /// sets `lock_timeout` for the transaction; on SQLite it bounds the wait for the write
+    /// lock. Exceeding it is [`Error::LockTimeout`], which is retried.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the retry policy for transient failures.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The name given to this unit of work.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn begin_statement(&self, backend: Backend) -> &'static str {
+        match (backend, self.isolation) {
+            (Backend::Sqlite, _) => "BEGIN IMMEDIATE",
+            (Backend::Postgres, Isolation::ReadCommitted) => "BEGIN",
+            (Backend::Postgres, Isolation::RepeatableRead) => {
+                "BEGIN ISOLATION LEVEL REPEATABLE READ"
+            }
+            (Backend::Postgres, Isolation::Serializable) => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        }
+    }
+}
+
+/// The closure of a unit of work: called with `&mut Tx`, its future must be `Send`.
+///
+/// You never implement this trait; every suitable closure has it. It exists because rustc
+/// cannot yet prove on its own that the future of an `async` closure borrowing from its
+/// surroundings is `Send` (rust-lang/rust#138207): naming the future here makes that
+/// check happen at the closure, with a clear error if the body holds something not `Send`
+/// (an `Rc`, a `std::sync::MutexGuard`) across an `.await`.
+///
+/// Closures must *borrow* what they capture (`let x = &x;` before `async move`), because
+/// they are re-run on retries.
+#[diagnostic::on_unimplemented(
+    message = "this closure cannot be run as a unit of work",
+    label = "expected `async |tx| {{ … }}` returning `Result<_, keel::Error>` whose future is `Send`",
+    note = "a unit of work closure receives `&mut Tx` and must not hold non-`Send` values (Rc, \
+            std MutexGuard) across `.await`"
+)]
+pub trait TxFn<A, T>: FnMut(A) -> <Self as TxFn<A, T>>::Fut {
+    /// The future one call returns.
+    type Fut: Future<Output = Result<T, Error>> + Send;
+}
+
+impl<A, T, F, Fut> TxFn<A, T> for F
+where
+    F: FnMut(A) -> Fut,
+    Fut: Future<Output = Result<T, Error>> + Send,
+{
+    type Fut = Fut;
+}
+
+impl Database {
+    /// Runs `steps` as one unit of work with default [`UnitOfWork`] options.
+    ///
+    /// See [`Database::unit_of_work_with`].
+    pub async fn unit_of_work<T, F>(&self, steps: F) -> Result<T, Error>
+    where
+        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+    {
+        self.unit_of_work_with(&UnitOfWork::default(), steps).await
+    }
+
+    /// Runs `steps` in one transaction on one connection: commit if they return `Ok`,
+    /// roll back if they return `Err`, panic, or the returned future is dropped.
+    ///
+    /// A transient error ([`Error::is_transient`]) rolls the attempt back and runs
+    /// `steps` again on a fresh transaction after the retry policy's delay; when the
+    /// policy is exhausted the result is [`Error::RetriesExhausted`] holding the last
+    /// error. Any other error is returned at once. Each attempt is a `tracing` span
+    /// `unit_of_work` with fields `name`, `attempt` and `outcome`.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use keel_orchestrator::{Database, Error, RowLock, UnitOfWork};
+    /// # async fn run(db: Database) -> Result<(), Error> {
+    /// let debit = UnitOfWork::named("debit").lock_timeout(Duration::from_millis(100));
+    /// let amount = 50_i64;
+    /// db.unit_of_work_with(&debit, async |tx| {
+    ///     let _ = tx.lock(RowLock::for_update("accounts", 1)).await?;
+    ///     sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = 1")
+    ///         .bind(amount)
+    ///         .execute(tx.conn())
+    ///         .await?;
+    ///     Ok(())
+    /// })
+    /// .await
+    /// # }
+    /// ```
+    pub async fn unit_of_work_with<T, F>(
+        &self,
+        options: &UnitOfWork,
+        mut steps: F,
+    ) -> Result<T, Error>
+    where
+        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+    {
+        guard::ensure_outside("open another unit of work")?;
+        let mut attempt = 1;
+        loop {
+            let span = tracing::debug_span!(
+                "unit_of_work",
+                name = options.name,
+                attempt,
+                outcome = tracing::field::Empty,
+            );
+            let result = self
+                .attempt(options, attempt, &mut steps)
+                .instrument(span.clone())
+                .await;
+            match result {
+                Ok(value) => {
+                    span.record("outcome", "committed");
+                    return Ok(value);
+                }
+                Err(error)
+                    if error.is_transient() && options.retry.allows_another_after(attempt) =>
+                {
+                    let delay = options.retry.jittered_delay_before(attempt + 1);
+                    span.record("outcome", "retrying");
+                    tracing::debug!(
+                        parent: &span,
+                        %error,
+                        delay_ms = delay.as_secs_f64() * 1e3,
+                        "transient failure; re-running the unit of work on a fresh transaction",
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(error) if error.is_transient() => {
+                    span.record("outcome", "gave_up");
+                    tracing::warn!(parent: &span, %error, "unit of work gave up after {attempt} attempts");
+                    return Err(Error::RetriesExhausted {
+                        unit_of_work: options.name,
+                        attempts: attempt,
+                        last: Box::new(error),
+                    });
+                }
+                Err(error) => {
+                    span.record("outcome", "rolled_back");
+                    tracing::debug!(parent: &span, %error, "unit of work rolled back");
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// One attempt: a fresh connection and transaction, the steps, then commit or rollback.
+    async fn attempt<T, F>(
+        &self,
+        options: &UnitOfWork,
+        attempt: u32,
+        steps: &mut F,
+    ) -> Result<T, Error>
+    where
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+    {
+        let backend = self.backend();
+        let _writer = match backend {
+            Backend::Sqlite => {
+                let wait = options.lock_timeout.unwrap_or(self.sqlite_busy_timeout());
+                let guard = tokio::time::timeout(wait, self.sqlite_writer().lock())
+                    .await
+                    .map_err(|_| Error::LockTimeout {
+                        detail: format!(
+                            "SQLite write lock not granted within {} ms (another unit of work of \
+                             this process is writing)",
+                            wait.as_millis()
+                        ),
+                    })?;
+                Some(guard)
+            }
+            Backend::Postgres => None,
+        };
+        let mut conn = self.pool().acquire().await?;
+        if backend == Backend::Sqlite {
+            let busy = options.lock_timeout.unwrap_or(self.sqlite_busy_timeout());
+            let pragma = format!("PRAGMA busy_timeout = {}", busy.as_millis());
+            sqlx::query(AssertSqlSafe(pragma))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let mut txn = conn.begin_with(options.begin_statement(backend)).await?;
+        if let (Backend::Postgres, Some(timeout)) = (backend, options.lock_timeout) {
+            let set = format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                timeout.as_millis().max(1)
+            );
+            sqlx::query(AssertSqlSafe(set)).execute(&mut *txn).await?;
+        }
+        let outcome = {
+            let mut tx = Tx::new(&mut txn, backend, attempt);
+            guard::inside(options.name, steps(&mut tx)).await
+        };
+        match outcome {
+            Ok(value) => {
+                txn.commit().await?;
+                Ok(value)
+            }
+            Err(error) => {
+                if let Err(rollback) = txn.rollback().await {
+                    tracing::warn!(%rollback, "rollback failed; the connection is discarded");
+                }
+                Err(error)
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The whole test suite, on a real PostgreSQL and on SQLite.
+#
+# Starts a throwaway PostgreSQL cluster (installing PostgreSQL with apt-get if it is
+# missing), runs `cargo test --workspace` against it and against SQLite, runs the flagship
+# example on both backends, and stops the cluster on every exit path.
+# Extra arguments go to `cargo test` (e.g. `bash scripts/test.sh unit_of_work`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# 1. PostgreSQL binaries (Debian keeps them off the PATH; pg_config says where).
+pg_bindir() { command -v pg_config >/dev/null 2>&1 && pg_config --bindir; }
+if ! bindir=$(pg_bindir) || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "PostgreSQL server binaries not found and not root: install the postgresql package" >&2
+    exit 1
+  fi
+  say "PostgreSQL not found: installing it with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q postgresql >/dev/null
+  bindir=$(pg_bindir)
+fi
+
+# 2. A throwaway cluster in a directory the postgres user owns, on a free port.
+workdir=$(mktemp -d /tmp/keel-pg.XXXXXX)
+chmod 755 "$workdir"
+[ "$(id -u)" = 0 ] && chown postgres:postgres "$workdir"
+started=0
+cleanup() {
+  status=$?
+  if [ "$started" = 1 ]; then
+    as_postgres "$bindir/pg_ctl" -D "$workdir/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$workdir"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+as_postgres "$bindir/initdb" -D "$workdir/data" -U postgres --auth=trust -E UTF8 \
+  --locale=C.UTF-8 --no-sync >/dev/null
+as_postgres mkdir -p "$workdir/sock"
+
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for try in 1 2 3 4 5 6 7 8; do
+  port=$((20000 + RANDOM % 30000))
+  port_is_free "$port" || continue
+  if as_postgres "$bindir/pg_ctl" -D "$workdir/data" -l "$workdir/server.log" -w -t 30 \
+      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$workdir/sock \
+          -c max_connections=300 -c fsync=off" start >/dev/null; then
+    started=1
+    break
+  fi
+done
+if [ "$started" != 1 ]; then
+  echo "could not start PostgreSQL; its log follows" >&2
+  cat "$workdir/server.log" >&2 || true
+  exit 1
+fi
+say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
+
+export KEEL_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
+export KEEL_REQUIRE_POSTGRES=1
+
+# 3. The suite, on both backends (tests name their backend: `…::postgres`, `…::sqlite`).
+say "cargo test --workspace"
+cargo test --workspace "$@"
+
+# 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL.
+if [ $# -eq 0 ]; then
+  say "example assessment_completion on SQLite"
+  cargo run -q --example assessment_completion
+  say "example assessment_completion on PostgreSQL"
+  as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres keel_example
+  DATABASE_URL="postgres://postgres@127.0.0.1:$port/keel_example" \
+    cargo run -q --example assessment_completion
+fi
+say "all tests passed"
