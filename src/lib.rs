@@ -31,6 +31,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub use keel_dispatcher as dispatcher;
 pub use keel_domain as domain;
 pub use keel_orchestrator as orchestrator;

@@ -6,3 +6,5 @@
 //! round: nothing that runs inside a transaction can reach a dispatcher.
 //!
 //! It exports nothing yet.
+
+#![warn(missing_docs)]

@@ -24,6 +24,8 @@
 //! assert_eq!(envelope.decode::<AccountDebited>().unwrap().amount, 50);
 //! ```
 
+#![warn(missing_docs)]
+
 mod aggregate;
 mod envelope;
 mod event;

@@ -44,6 +44,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod database;
 mod error;
 mod guard;

@@ -27,6 +27,8 @@
 //! // runs as `counts_rows::postgres` and `counts_rows::sqlite`
 //! ```
 
+#![warn(missing_docs)]
+
 use std::path::PathBuf;
 
 use keel_orchestrator::{Database, DatabaseOptions};

@@ -1,0 +1,105 @@
+use std::fmt;
+
+use keel::{Aggregate, Version};
+
+/// An assessment's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssessmentId(pub i64);
+
+impl fmt::Display for AssessmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl From<AssessmentId> for keel::Key {
+    fn from(id: AssessmentId) -> Self {
+        keel::Key::Int(id.0)
+    }
+}
+
+/// What an assessment is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssessmentKind {
+    Certification,
+    CompetenceEvaluation,
+    Campaign,
+    Demo,
+    Preview,
+}
+
+/// Where an assessment is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssessmentState {
+    Started,
+    Completed,
+    Aborted,
+    EndedBySupervisor,
+    EndedDueToFinalization,
+}
+
+/// An assessment a user takes.
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    pub id: AssessmentId,
+    pub user_id: i64,
+    pub kind: AssessmentKind,
+    pub state: AssessmentState,
+    pub campaign_participation_id: Option<i64>,
+    pub certification_course_id: Option<i64>,
+    pub version: Version,
+}
+
+impl Aggregate for Assessment {
+    const TYPE: &'static str = "Assessment";
+    type Id = AssessmentId;
+    fn id(&self) -> &AssessmentId {
+        &self.id
+    }
+    fn version(&self) -> Version {
+        self.version
+    }
+}
+
+/// The assessment was completed before: completing twice is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("assessment {0} is already completed")]
+pub struct AlreadyCompleted(pub AssessmentId);
+
+impl keel::Rejection for AlreadyCompleted {}
+
+impl Assessment {
+    /// Marks the assessment completed, or refuses if it already is.
+    pub fn complete(&mut self) -> Result<(), AlreadyCompleted> {
+        if self.state == AssessmentState::Completed {
+            return Err(AlreadyCompleted(self.id));
+        }
+        self.state = AssessmentState::Completed;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started() -> Assessment {
+        Assessment {
+            id: AssessmentId(1),
+            user_id: 7,
+            kind: AssessmentKind::Campaign,
+            state: AssessmentState::Started,
+            campaign_participation_id: Some(10),
+            certification_course_id: None,
+            version: Version::INITIAL,
+        }
+    }
+
+    #[test]
+    fn completing_twice_is_refused() {
+        let mut assessment = started();
+        assessment.complete().unwrap();
+        assert_eq!(assessment.state, AssessmentState::Completed);
+        assert!(assessment.complete().is_err());
+    }
+}

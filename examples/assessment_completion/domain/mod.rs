@@ -1,0 +1,7 @@
+//! The domain: aggregates and the rules of completion. No database, no runtime.
+
+mod assessment;
+mod campaign_participation;
+
+pub use assessment::{AlreadyCompleted, Assessment, AssessmentId, AssessmentKind, AssessmentState};
+pub use campaign_participation::{CampaignParticipation, ParticipationStatus};
