@@ -76,7 +76,9 @@ async fn store_balance(tx: &mut Tx<'_>, account: &Account) -> Result<(), Error> 
 /// see 100.
 const THINK: Duration = Duration::from_millis(60);
 
+/// Each debit runs on a pool of its own, like requests served by separate instances.
 async fn debit_with_row_lock(db: Database, amount: i64) -> Result<(), Error> {
+    let mut db = db.connect_again().await?;
     db.unit_of_work_with(&UnitOfWork::named("debit_locked"), async |tx| {
         assert_eq!(
             tx.lock(RowLock::for_update("accounts", 1)).await?,
@@ -88,9 +90,11 @@ async fn debit_with_row_lock(db: Database, amount: i64) -> Result<(), Error> {
         store_balance(tx, &account).await
     })
     .await
+    .map(keel::Committed::into_value)
 }
 
 async fn debit_with_version(db: Database, amount: i64, attempts: &AtomicU32) -> Result<(), Error> {
+    let mut db = db.connect_again().await?;
     let options = UnitOfWork::named("debit_optimistic")
         .retry(RetryPolicy::default().base_delay(Duration::from_millis(5)));
     db.unit_of_work_with(&options, async |tx| {
@@ -102,6 +106,7 @@ async fn debit_with_version(db: Database, amount: i64, attempts: &AtomicU32) -> 
         store_balance(tx, &account).await
     })
     .await
+    .map(keel::Committed::into_value)
 }
 
 fn exactly_one_succeeded(results: [&Result<(), Error>; 2]) {
@@ -148,7 +153,7 @@ async fn concurrent_debits_with_versions_and_retry(db: Database) {
     }
 }
 
-async fn a_stale_version_is_a_typed_conflict(db: Database) {
+async fn a_stale_version_is_a_typed_conflict(mut db: Database) {
     accounts_with(&db, 100).await;
     let stale = Account {
         id: 1,
@@ -162,6 +167,7 @@ async fn a_stale_version_is_a_typed_conflict(db: Database) {
             async |tx| tx.save_version("accounts", stale).await,
         )
         .await
+        .map(keel::Committed::into_value)
         .unwrap_err();
     match err.last_attempt() {
         Error::VersionConflict {
@@ -187,6 +193,7 @@ async fn a_stale_version_is_a_typed_conflict(db: Database) {
     let err = db
         .unit_of_work(async |tx| tx.save_version("accounts", missing).await)
         .await
+        .map(keel::Committed::into_value)
         .unwrap_err();
     assert!(
         matches!(err, Error::Database(sqlx::Error::RowNotFound)),

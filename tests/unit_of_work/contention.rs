@@ -31,6 +31,8 @@ async fn deadlock_loser_is_retried_and_both_commit_postgres() {
     let transfer = |first: i64, second: i64| {
         let (db, barrier, retried) = (db.clone(), barrier.clone(), retried.clone());
         async move {
+            // Each party on a pool of its own, like separate instances.
+            let mut db = db.connect_again().await.unwrap();
             let options = UnitOfWork::named("transfer").retry(quick_retries(5));
             let (barrier, retried) = (&barrier, &retried);
             db.unit_of_work_with(&options, async |tx| {
@@ -53,6 +55,7 @@ async fn deadlock_loser_is_retried_and_both_commit_postgres() {
                 Ok(tx.attempt())
             })
             .await
+            .map(keel::Committed::into_value)
         }
     };
     let (a, b) = tokio::join!(tokio::spawn(transfer(1, 2)), tokio::spawn(transfer(2, 1)));
@@ -98,6 +101,8 @@ async fn write_skew_is_retried_to_a_correct_end_postgres() {
     let go_off_call = |doctor: i64| {
         let (db, barrier) = (db.clone(), barrier.clone());
         async move {
+            // Each party on a pool of its own, like separate instances.
+            let mut db = db.connect_again().await.unwrap();
             let options = UnitOfWork::named("go_off_call")
                 .isolation(Isolation::Serializable)
                 .retry(quick_retries(5));
@@ -120,6 +125,7 @@ async fn write_skew_is_retried_to_a_correct_end_postgres() {
                 Ok(tx.attempt())
             })
             .await
+            .map(keel::Committed::into_value)
         }
     };
     let (a, b) = tokio::join!(tokio::spawn(go_off_call(1)), tokio::spawn(go_off_call(2)));
@@ -148,6 +154,8 @@ async fn serialization_failure_is_classified_transient_postgres() {
     let bump = || {
         let (db, barrier) = (db.clone(), barrier.clone());
         async move {
+            // Each party on a pool of its own, like separate instances.
+            let mut db = db.connect_again().await.unwrap();
             let options = UnitOfWork::named("bump")
                 .isolation(Isolation::RepeatableRead)
                 .retry(RetryPolicy::never());
@@ -163,6 +171,7 @@ async fn serialization_failure_is_classified_transient_postgres() {
                 Ok(())
             })
             .await
+            .map(keel::Committed::into_value)
         }
     };
     let (a, b) = tokio::join!(tokio::spawn(bump()), tokio::spawn(bump()));
@@ -184,7 +193,7 @@ async fn named_lock_race_on_a_new_name(db: Database) {
     let start = Arc::new(Barrier::new(20));
     let mut tasks = Vec::new();
     for _ in 0..20 {
-        let (db, inside, max_inside, start) = (
+        let (mut db, inside, max_inside, start) = (
             db.clone(),
             inside.clone(),
             max_inside.clone(),
@@ -203,6 +212,7 @@ async fn named_lock_race_on_a_new_name(db: Database) {
                 Ok(tx.attempt())
             })
             .await
+            .map(keel::Committed::into_value)
         }));
     }
     for task in tasks {
@@ -221,7 +231,9 @@ async fn named_lock_race_on_a_new_name(db: Database) {
 }
 
 /// Holds row 1 of `accounts` (on SQLite: the write lock) until `release` fires.
+/// The holder runs on a pool of its own, as another instance of the service would.
 async fn hold_row(db: Database, release: oneshot::Receiver<()>, held: oneshot::Sender<()>) {
+    let mut db = db.connect_again().await.unwrap();
     let cell = std::sync::Mutex::new((Some(release), Some(held)));
     let cell = &cell;
     db.unit_of_work(async |tx| {
@@ -239,10 +251,11 @@ async fn hold_row(db: Database, release: oneshot::Receiver<()>, held: oneshot::S
         Ok(())
     })
     .await
+    .map(keel::Committed::into_value)
     .unwrap();
 }
 
-async fn lock_timeout_is_typed_retried_and_gives_up(db: Database) {
+async fn lock_timeout_is_typed_retried_and_gives_up(mut db: Database) {
     accounts_with(&db, 100).await;
     let (release, released) = oneshot::channel();
     let (held, is_held) = oneshot::channel();
@@ -262,6 +275,7 @@ async fn lock_timeout_is_typed_retried_and_gives_up(db: Database) {
             Ok(())
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap_err();
     let elapsed = started.elapsed();
     match &err {
@@ -290,10 +304,11 @@ async fn lock_timeout_is_typed_retried_and_gives_up(db: Database) {
         Ok(())
     })
     .await
+    .map(keel::Committed::into_value)
     .unwrap();
 }
 
-async fn lock_timeout_then_success_when_the_holder_finishes(db: Database) {
+async fn lock_timeout_then_success_when_the_holder_finishes(mut db: Database) {
     accounts_with(&db, 100).await;
     let (release, released) = oneshot::channel();
     let (held, is_held) = oneshot::channel();
@@ -318,22 +333,25 @@ async fn lock_timeout_then_success_when_the_holder_finishes(db: Database) {
             Ok(tx.attempt())
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap();
     assert!(attempts >= 2, "the first attempt must have timed out");
     holder.await.unwrap();
 }
 
-async fn nowait_and_skip_locked(db: Database) {
+async fn nowait_and_skip_locked(mut db: Database) {
     accounts_with(&db, 100).await;
     // Missing rows are reported, not invented.
     let outcome = db
         .unit_of_work(async |tx| tx.lock(RowLock::for_share("accounts", 404)).await)
         .await
+        .map(keel::Committed::into_value)
         .unwrap();
     assert_eq!(outcome, Locked::Missing);
     let err = db
         .unit_of_work(async |tx| tx.lock(RowLock::for_update("accounts; --", 1)).await)
         .await
+        .map(keel::Committed::into_value)
         .unwrap_err();
     assert!(matches!(err, Error::InvalidIdentifier(_)), "{err}");
 
@@ -342,6 +360,7 @@ async fn nowait_and_skip_locked(db: Database) {
         let outcome = db
             .unit_of_work(async |tx| tx.lock(RowLock::for_update("accounts", 1).nowait()).await)
             .await
+            .map(keel::Committed::into_value)
             .unwrap();
         assert_eq!(outcome, Locked::Acquired);
         return;
@@ -359,6 +378,7 @@ async fn nowait_and_skip_locked(db: Database) {
             async |tx| tx.lock(RowLock::for_update("accounts", 1).nowait()).await,
         )
         .await
+        .map(keel::Committed::into_value)
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(
@@ -376,6 +396,7 @@ async fn nowait_and_skip_locked(db: Database) {
             Ok((one, two))
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap();
     assert_eq!((one, two), (Locked::Skipped, Locked::Acquired));
 
@@ -397,7 +418,7 @@ async fn sqlite_busy_from_another_process_is_a_lock_timeout_sqlite() {
     let test_db = TestDatabase::sqlite().await;
     let db = test_db.database().clone();
     accounts_with(&db, 100).await;
-    let other_process = Database::connect(db.url()).await.unwrap();
+    let mut other_process = db.connect_again().await.unwrap();
 
     let (release, released) = oneshot::channel();
     let (held, is_held) = oneshot::channel();
@@ -416,6 +437,7 @@ async fn sqlite_busy_from_another_process_is_a_lock_timeout_sqlite() {
             Ok(())
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap_err();
     assert!(started.elapsed() >= Duration::from_millis(200));
     match err.last_attempt() {

@@ -14,7 +14,7 @@ async fn notes(db: &Database) {
         .unwrap();
 }
 
-async fn ok_commits_and_returns_the_value(db: Database) {
+async fn ok_commits_and_returns_the_value(mut db: Database) {
     notes(&db).await;
     let value = db
         .unit_of_work(async |tx| {
@@ -24,6 +24,7 @@ async fn ok_commits_and_returns_the_value(db: Database) {
             Ok(41 + 1)
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap();
     assert_eq!(value, 42);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM notes").await, 1);
@@ -34,7 +35,7 @@ async fn ok_commits_and_returns_the_value(db: Database) {
 struct Refused;
 impl keel::Rejection for Refused {}
 
-async fn err_rolls_back_and_is_not_retried(db: Database) {
+async fn err_rolls_back_and_is_not_retried(mut db: Database) {
     notes(&db).await;
     let runs = AtomicU32::new(0);
     let runs = &runs;
@@ -47,6 +48,7 @@ async fn err_rolls_back_and_is_not_retried(db: Database) {
             Err::<(), _>(Refused.into())
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap_err();
     assert!(err.rejection::<Refused>().is_some(), "{err}");
     assert_eq!(
@@ -68,6 +70,7 @@ async fn err_rolls_back_and_is_not_retried(db: Database) {
             Ok(())
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap_err();
     assert!(matches!(err, Error::Database(_)), "{err}");
     assert!(!err.is_transient());
@@ -75,11 +78,11 @@ async fn err_rolls_back_and_is_not_retried(db: Database) {
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM notes").await, 0);
 }
 
-async fn panic_rolls_back_and_the_pool_stays_usable(db: Database) {
+async fn panic_rolls_back_and_the_pool_stays_usable(mut db: Database) {
     notes(&db).await;
     // More panics than the pool has connections: a leaked connection would show.
     for i in 0..15_i64 {
-        let db = db.clone();
+        let mut db = db.clone();
         let joined = tokio::spawn(async move {
             db.unit_of_work(async |tx| {
                 sqlx::query("INSERT INTO notes (id, body) VALUES ($1, 'lost')")
@@ -92,6 +95,7 @@ async fn panic_rolls_back_and_the_pool_stays_usable(db: Database) {
                 Ok(())
             })
             .await
+            .map(keel::Committed::into_value)
         })
         .await;
         assert!(joined.unwrap_err().is_panic());
@@ -103,12 +107,13 @@ async fn panic_rolls_back_and_the_pool_stays_usable(db: Database) {
                 .await?;
             Ok(())
         })
-        .await;
+        .await
+        .map(keel::Committed::into_value);
     assert!(kept.is_ok(), "{kept:?}");
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM notes").await, 1);
 }
 
-async fn cancellation_rolls_back_without_leaking_the_connection(db: Database) {
+async fn cancellation_rolls_back_without_leaking_the_connection(mut db: Database) {
     notes(&db).await;
     for i in 0..15_i64 {
         let slow = db.unit_of_work(async |tx| {
@@ -132,11 +137,12 @@ async fn cancellation_rolls_back_without_leaking_the_connection(db: Database) {
         Ok(())
     })
     .await
+    .map(keel::Committed::into_value)
     .unwrap();
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM notes").await, 1);
 }
 
-async fn inside_a_unit_of_work_the_pool_is_out_of_reach(db: Database) {
+async fn inside_a_unit_of_work_the_pool_is_out_of_reach(mut db: Database) {
     notes(&db).await;
     let escaped = db.clone();
     let escaped = &escaped;
@@ -144,10 +150,15 @@ async fn inside_a_unit_of_work_the_pool_is_out_of_reach(db: Database) {
     let (acquire, nested) = db
         .unit_of_work(async |_tx| {
             let acquire = escaped.acquire().await.map(|_| ());
-            let nested = escaped.unit_of_work(async |_inner| Ok(())).await;
+            let mut smuggled = escaped.clone();
+            let nested = smuggled
+                .unit_of_work(async |_inner| Ok(()))
+                .await
+                .map(keel::Committed::into_value);
             Ok((acquire, nested))
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap();
     let acquire = acquire.unwrap_err();
     assert!(
@@ -165,7 +176,7 @@ async fn inside_a_unit_of_work_the_pool_is_out_of_reach(db: Database) {
     );
 }
 
-async fn the_same_closure_runs_again_on_retry(db: Database) {
+async fn the_same_closure_runs_again_on_retry(mut db: Database) {
     notes(&db).await;
     let runs = Arc::new(AtomicU32::new(0));
     let counter = &runs;
@@ -189,6 +200,7 @@ async fn the_same_closure_runs_again_on_retry(db: Database) {
             Ok(tx.attempt())
         })
         .await
+        .map(keel::Committed::into_value)
         .unwrap();
     assert_eq!(attempt_seen, 3);
     assert_eq!(runs.load(Ordering::SeqCst), 3);

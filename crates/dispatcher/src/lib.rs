@@ -1,10 +1,46 @@
 //! After-commit delivery of domain events to their handlers.
 //!
-//! This crate will hold the handler registry, the in-process fast path, the durable relay,
-//! per-handler retries, the dead letter and the command queue. It depends on
-//! `keel-orchestrator` (units of work, the outbox write side) and never the other way
-//! round: nothing that runs inside a transaction can reach a dispatcher.
+//! # Why events wait for the commit
 //!
-//! It exports nothing yet.
+//! A handler is a *decoupled* reaction: it succeeds or fails on its own, and its failure
+//! never undoes the use case that raised the event. If it ran inside the producing
+//! transaction, it would share that transaction's fate (a handler error would roll the use
+//! case back) and, worse, any query it sent to the pool would wait for a second connection
+//! while the first is held: under load, the pool deadlocks. So events are *recorded* in a
+//! unit of work ([`Tx::record`](keel_orchestrator::Tx::record)) and *released* only by the
+//! commit's receipt ([`Committed`](keel_orchestrator::Committed)), which is the only thing
+//! [`Dispatcher::dispatch`] accepts.
+//!
+//! # Pieces
+//!
+//! - [`Session`]: what application code runs units of work with. It borrows the session
+//!   mutably while the unit of work runs, so the steps cannot open another one, reach the
+//!   pool, or dispatch; after commit it releases the events for you.
+//! - [`Handler`] and [`register_handler!`]: a handler is an
+//!   `async fn(&Event, &mut HandlerContext) -> Result<(), keel::Error>`, registered where
+//!   it is defined. [`Registry::global`] collects every registration of the program;
+//!   [`Registry::new`] + [`Registry::register`] build an exact set (for tests).
+//! - [`HandlerContext`]: what a handler gets besides the event: the event's id (its
+//!   idempotency key) and its own units of work, whose events chain after commit.
+//! - [`Dispatcher`]: runs each (event, handler) delivery as its own task, retried per the
+//!   handler's [`RetryPolicy`](keel_orchestrator::RetryPolicy), logged with `tracing`.
+//!   Delivery is in memory for now: a crash between commit and delivery loses the event.
 
 #![warn(missing_docs)]
+
+mod context;
+mod dispatcher;
+mod handler;
+mod registry;
+mod session;
+
+pub use context::HandlerContext;
+pub use dispatcher::Dispatcher;
+pub use handler::{Handler, HandlerCall, HandlerFn};
+pub use registry::{HandlerRegistration, Registry, RegistryError};
+pub use session::Session;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+}

@@ -58,12 +58,23 @@ fn invalid(url: &str, reason: &str) -> Error {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DatabaseOptions {
     url: String,
     max_connections: u32,
     acquire_timeout: Duration,
     sqlite_busy_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseOptions")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("sqlite_busy_timeout", &self.sqlite_busy_timeout)
+            .finish()
+    }
 }
 
 impl DatabaseOptions {
@@ -124,6 +135,9 @@ struct Inner {
     /// spinning in SQLite's busy handler.
     sqlite_writer: tokio::sync::Mutex<()>,
     sqlite_busy_timeout: Duration,
+    /// Kept to open an independent pool (`connect_again`); holds the unredacted URL, so
+    /// it is never printed.
+    options: DatabaseOptions,
 }
 
 impl std::fmt::Debug for Database {
@@ -158,6 +172,7 @@ impl Database {
         static DRIVERS: Once = Once::new();
         DRIVERS.call_once(sqlx::any::install_default_drivers);
 
+        let kept = options.clone();
         let url = options.url.trim();
         let backend = Backend::of_url(url)?;
         let url = match backend {
@@ -203,6 +218,7 @@ impl Database {
                 url: shown,
                 sqlite_writer: tokio::sync::Mutex::new(()),
                 sqlite_busy_timeout: options.sqlite_busy_timeout,
+                options: kept,
             }),
         })
     }
@@ -227,6 +243,14 @@ impl Database {
             }
             Err(e) => Err(Error::Migration(e)),
         }
+    }
+
+    /// Opens an independent pool on the same database, with the same options, as another
+    /// process would. Units of work on the two handles contend like two processes (on
+    /// SQLite they meet SQLite's own locking rather than this handle's writer queue).
+    pub async fn connect_again(&self) -> Result<Database, Error> {
+        guard::ensure_outside("open another pool")?;
+        self.inner.options.clone().connect().await
     }
 
     /// The backend this database runs on.
@@ -319,6 +343,16 @@ fn sqlite_url(url: &str) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_never_print_the_password() {
+        let options = DatabaseOptions::new("postgres://app:hunter2@db/app");
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("app:***@db"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn backends_are_read_from_the_scheme() {

@@ -141,6 +141,16 @@ pub enum Error {
     )]
     InvalidIdentifier(&'static str),
 
+    /// An event could not be serialized when it was recorded.
+    #[error("event `{event}` cannot be serialized: {source}")]
+    Serialization {
+        /// The event's name.
+        event: &'static str,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// The application refused the operation (a domain rule); never retried.
     #[error(transparent)]
     Rejected(Box<dyn StdError + Send + Sync + 'static>),

@@ -19,6 +19,13 @@ tokio::task_local! {
 }
 
 /// Fails with [`Error::InsideUnitOfWork`] if called from inside a unit of work.
+///
+/// Other crates of the framework call it before anything that would take a connection
+/// or release events; `action` completes the sentence "cannot … inside unit of work".
+pub fn ensure_outside_unit_of_work(action: &'static str) -> Result<(), Error> {
+    ensure_outside(action)
+}
+
 pub(crate) fn ensure_outside(action: &'static str) -> Result<(), Error> {
     match UNIT_OF_WORK.try_with(|name| *name) {
         Ok(unit_of_work) => Err(Error::InsideUnitOfWork {

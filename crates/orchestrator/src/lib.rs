@@ -22,7 +22,7 @@
 //! use keel_orchestrator::{Database, RowLock, Locked, Error};
 //!
 //! # async fn run() -> Result<(), Error> {
-//! let db = Database::connect("sqlite:data/bank.db").await?;
+//! let mut db = Database::connect("sqlite:data/bank.db").await?;
 //! db.migrate().await?;
 //! let balance: i64 = db
 //!     .unit_of_work(async |tx| {
@@ -40,12 +40,14 @@
 //!             .await?;
 //!         Ok(balance - 50)
 //!     })
-//!     .await?;
+//!     .await?
+//!     .into_value();
 //! # Ok(()) }
 //! ```
 
 #![warn(missing_docs)]
 
+mod committed;
 mod database;
 mod error;
 mod guard;
@@ -55,8 +57,10 @@ mod tx;
 mod unit_of_work;
 mod url;
 
+pub use committed::{Committed, Release};
 pub use database::{Backend, Database, DatabaseOptions};
 pub use error::{Error, Rejection};
+pub use guard::ensure_outside_unit_of_work;
 pub use lock::{Key, LockMode, LockWait, Locked, RowLock};
 pub use retry::RetryPolicy;
 pub use tx::Tx;

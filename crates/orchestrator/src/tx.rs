@@ -1,11 +1,11 @@
 //! The transaction handle the steps of a unit of work receive.
 
-use keel_domain::Aggregate;
-use keel_domain::Version;
+use keel_domain::{Aggregate, DomainEvent, Envelope, Version};
 use sqlx::query::Query;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use crate::lock::is_identifier;
+use crate::unit_of_work::Cause;
 use crate::{Backend, Db, Error, Key, LockWait, Locked, RowLock};
 
 /// The open transaction of one unit of work attempt: the only way its steps reach the
@@ -21,6 +21,8 @@ pub struct Tx<'c> {
     conn: &'c mut AnyConnection,
     backend: Backend,
     attempt: u32,
+    cause: Option<Cause>,
+    events: Vec<Envelope>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -28,6 +30,7 @@ impl std::fmt::Debug for Tx<'_> {
         f.debug_struct("Tx")
             .field("backend", &self.backend)
             .field("attempt", &self.attempt)
+            .field("recorded", &self.events.len())
             .finish_non_exhaustive()
     }
 }
@@ -43,12 +46,67 @@ fn bind_key<'q>(
 }
 
 impl<'c> Tx<'c> {
-    pub(crate) fn new(conn: &'c mut AnyConnection, backend: Backend, attempt: u32) -> Self {
+    pub(crate) fn new(
+        conn: &'c mut AnyConnection,
+        backend: Backend,
+        attempt: u32,
+        cause: Option<Cause>,
+    ) -> Self {
         Tx {
             conn,
             backend,
             attempt,
+            cause,
+            events: Vec::new(),
         }
+    }
+
+    pub(crate) fn into_events(self) -> Vec<Envelope> {
+        self.events
+    }
+
+    /// Records a domain event. It is delivered to its handlers only after this unit of
+    /// work commits; if the attempt rolls back or is retried, the event is dropped with it.
+    ///
+    /// Fails only if the event cannot be serialized ([`Error::Serialization`]).
+    ///
+    /// ```no_run
+    /// # use keel_orchestrator::{Database, Error};
+    /// # use keel_domain::DomainEvent;
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct PostLiked { post_id: i64 }
+    /// # impl DomainEvent for PostLiked { const NAME: &'static str = "post.liked.v1";
+    /// #   const AGGREGATE_TYPE: &'static str = "Post";
+    /// #   fn aggregate_id(&self) -> String { self.post_id.to_string() } }
+    /// # async fn run(mut db: Database) -> Result<(), Error> {
+    /// let receipt = db
+    ///     .unit_of_work(async |tx| {
+    ///         sqlx::query("UPDATE posts SET likes = likes + 1 WHERE id = 1")
+    ///             .execute(tx.conn())
+    ///             .await?;
+    ///         tx.record(PostLiked { post_id: 1 })?;
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(receipt.events().len(), 1);
+    /// # let _ = receipt.into_value(); Ok(()) }
+    /// ```
+    pub fn record<E: DomainEvent>(&mut self, event: E) -> Result<(), Error> {
+        let mut envelope = Envelope::wrap(&event).map_err(|source| Error::Serialization {
+            event: E::NAME,
+            source,
+        })?;
+        if let Some(cause) = self.cause {
+            envelope.correlation_id = cause.correlation_id;
+            envelope.causation_id = Some(cause.causation_id);
+        }
+        self.events.push(envelope);
+        Ok(())
+    }
+
+    /// The events recorded so far by this attempt, read-only: they are released by commit,
+    /// never from an open transaction.
+    pub fn recorded(&self) -> &[Envelope] {
+        &self.events
     }
 
     /// The transaction's connection, to run sqlx queries on:
@@ -76,7 +134,7 @@ impl<'c> Tx<'c> {
     ///
     /// ```no_run
     /// # use keel_orchestrator::{Database, Error, Locked, RowLock};
-    /// # async fn run(db: Database) -> Result<(), Error> {
+    /// # async fn run(mut db: Database) -> Result<(), Error> {
     /// db.unit_of_work(async |tx| {
     ///     match tx.lock(RowLock::for_update("accounts", 1)).await? {
     ///         Locked::Acquired => Ok(()),
@@ -84,6 +142,7 @@ impl<'c> Tx<'c> {
     ///     }
     /// })
     /// .await
+    /// .map(|receipt| receipt.into_value())
     /// # }
     /// ```
     pub async fn lock(&mut self, lock: RowLock) -> Result<Locked, Error> {

@@ -6,7 +6,9 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, Connection};
 use tracing::Instrument;
 
-use crate::{Backend, Database, Error, RetryPolicy, Tx, guard};
+use keel_domain::{Envelope, EventId};
+
+use crate::{Backend, Committed, Database, Error, RetryPolicy, Tx, guard};
 
 /// Transaction isolation level (PostgreSQL; SQLite transactions are always serializable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +43,15 @@ pub struct UnitOfWork {
     isolation: Isolation,
     lock_timeout: Option<Duration>,
     retry: RetryPolicy,
+    cause: Option<Cause>,
+}
+
+/// The event whose handling runs a unit of work: events it records join the cause's
+/// correlation and name it as their causation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Cause {
+    pub(crate) correlation_id: uuid::Uuid,
+    pub(crate) causation_id: EventId,
 }
 
 impl Default for UnitOfWork {
@@ -57,6 +68,7 @@ impl UnitOfWork {
             isolation: Isolation::default(),
             lock_timeout: None,
             retry: RetryPolicy::default(),
+            cause: None,
         }
     }
 
@@ -78,6 +90,21 @@ impl UnitOfWork {
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
+    }
+
+    /// Marks the events this unit of work records as caused by `event` (same correlation
+    /// id, causation id = `event.id`). Handler contexts set this for you.
+    pub fn caused_by(mut self, event: &Envelope) -> Self {
+        self.cause = Some(Cause {
+            correlation_id: event.correlation_id,
+            causation_id: event.id,
+        });
+        self
+    }
+
+    /// The retry policy of this unit of work.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
     }
 
     /// The name given to this unit of work.
@@ -130,7 +157,7 @@ impl Database {
     /// Runs `steps` as one unit of work with default [`UnitOfWork`] options.
     ///
     /// See [`Database::unit_of_work_with`].
-    pub async fn unit_of_work<T, F>(&self, steps: F) -> Result<T, Error>
+    pub async fn unit_of_work<T, F>(&mut self, steps: F) -> Result<Committed<T>, Error>
     where
         F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
         F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
@@ -141,6 +168,14 @@ impl Database {
     /// Runs `steps` in one transaction on one connection: commit if they return `Ok`,
     /// roll back if they return `Err`, panic, or the returned future is dropped.
     ///
+    /// On commit the result is a [`Committed`] receipt holding the value and the events
+    /// the committing attempt recorded with [`Tx::record`]; events of failed attempts are
+    /// dropped with them. Applications normally go through `keel::Session`, which
+    /// releases the receipt's events after commit.
+    ///
+    /// The database is borrowed mutably for the whole run, so the steps cannot use it:
+    /// they get only the `&mut Tx`.
+    ///
     /// A transient error ([`Error::is_transient`]) rolls the attempt back and runs
     /// `steps` again on a fresh transaction after the retry policy's delay; when the
     /// policy is exhausted the result is [`Error::RetriesExhausted`] holding the last
@@ -150,7 +185,7 @@ impl Database {
     /// ```no_run
     /// # use std::time::Duration;
     /// # use keel_orchestrator::{Database, Error, RowLock, UnitOfWork};
-    /// # async fn run(db: Database) -> Result<(), Error> {
+    /// # async fn run(mut db: Database) -> Result<(), Error> {
     /// let debit = UnitOfWork::named("debit").lock_timeout(Duration::from_millis(100));
     /// let amount = 50_i64;
     /// db.unit_of_work_with(&debit, async |tx| {
@@ -161,14 +196,15 @@ impl Database {
     ///         .await?;
     ///     Ok(())
     /// })
-    /// .await
-    /// # }
+    /// .await?
+    /// .into_value();
+    /// # Ok(()) }
     /// ```
     pub async fn unit_of_work_with<T, F>(
-        &self,
+        &mut self,
         options: &UnitOfWork,
         mut steps: F,
-    ) -> Result<T, Error>
+    ) -> Result<Committed<T>, Error>
     where
         F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
         F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
@@ -187,9 +223,9 @@ impl Database {
                 .instrument(span.clone())
                 .await;
             match result {
-                Ok(value) => {
+                Ok((value, events)) => {
                     span.record("outcome", "committed");
-                    return Ok(value);
+                    return Ok(Committed::new(value, events));
                 }
                 Err(error)
                     if error.is_transient() && options.retry.allows_another_after(attempt) =>
@@ -229,7 +265,7 @@ impl Database {
         options: &UnitOfWork,
         attempt: u32,
         steps: &mut F,
-    ) -> Result<T, Error>
+    ) -> Result<(T, Vec<Envelope>), Error>
     where
         F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
     {
@@ -266,14 +302,15 @@ impl Database {
             );
             sqlx::query(AssertSqlSafe(set)).execute(&mut *txn).await?;
         }
-        let outcome = {
-            let mut tx = Tx::new(&mut txn, backend, attempt);
-            guard::inside(options.name, steps(&mut tx)).await
+        let (outcome, events) = {
+            let mut tx = Tx::new(&mut txn, backend, attempt, options.cause);
+            let outcome = guard::inside(options.name, steps(&mut tx)).await;
+            (outcome, tx.into_events())
         };
         match outcome {
             Ok(value) => {
                 txn.commit().await?;
-                Ok(value)
+                Ok((value, events))
             }
             Err(error) => {
                 if let Err(rollback) = txn.rollback().await {

@@ -13,6 +13,8 @@
 //!   PostgreSQL tests are skipped with a notice, unless `KEEL_REQUIRE_POSTGRES=1`, in
 //!   which case they fail: the project's test command sets both.
 //!
+//! `KEEL_TEST_POOL_SIZE` sets the pool size of every test database.
+//!
 //! [`backend_tests!`] turns one `async fn(Database)` into a test per backend:
 //!
 //! ```no_run
@@ -38,6 +40,24 @@ use sqlx::{AssertSqlSafe, Connection};
 pub const POSTGRES_URL_VAR: &str = "KEEL_TEST_POSTGRES_URL";
 /// When set to `1`, a missing [`POSTGRES_URL_VAR`] fails PostgreSQL tests instead of skipping them.
 pub const REQUIRE_POSTGRES_VAR: &str = "KEEL_REQUIRE_POSTGRES";
+/// When set, the pool size of every test database (e.g. `1`, to prove that nothing inside a
+/// unit of work ever needs a second connection).
+pub const POOL_SIZE_VAR: &str = "KEEL_TEST_POOL_SIZE";
+
+/// Applies [`POOL_SIZE_VAR`], then the test's own adjustments.
+fn options_for(
+    url: impl Into<String>,
+    configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions,
+) -> DatabaseOptions {
+    let mut options = DatabaseOptions::new(url);
+    if let Ok(size) = std::env::var(POOL_SIZE_VAR) {
+        let size: u32 = size
+            .parse()
+            .unwrap_or_else(|_| panic!("{POOL_SIZE_VAR}={size} is not a number"));
+        options = options.max_connections(size);
+    }
+    configure(options)
+}
 
 /// A migrated database that exists for one test and is removed when dropped.
 #[derive(Debug)]
@@ -69,7 +89,7 @@ impl TestDatabase {
             .join("keel-tests")
             .join(format!("{}.db", uuid::Uuid::now_v7().simple()));
         let url = format!("sqlite:{}", path.display());
-        let database = connect_and_migrate(configure(DatabaseOptions::new(url))).await;
+        let database = connect_and_migrate(options_for(url, configure)).await;
         TestDatabase {
             database,
             cleanup: Cleanup::Sqlite(path),
@@ -112,7 +132,7 @@ impl TestDatabase {
         let mut url = url::Url::parse(&admin_url)
             .unwrap_or_else(|e| panic!("{POSTGRES_URL_VAR} is not a URL: {e}"));
         url.set_path(&name);
-        let database = connect_and_migrate(configure(DatabaseOptions::new(url.as_str()))).await;
+        let database = connect_and_migrate(options_for(url.as_str(), configure)).await;
         Some(TestDatabase {
             database,
             cleanup: Cleanup::Postgres { admin_url, name },

@@ -3,7 +3,9 @@ use keel::{Database, Error, sqlx};
 /// Drops and recreates the example's tables, then inserts the seed data.
 pub async fn reset_with_seed_data(db: &Database) -> Result<(), Error> {
     db.execute_script(
-        "DROP TABLE IF EXISTS assessments;
+        "DROP TABLE IF EXISTS user_statistics;
+         DROP TABLE IF EXISTS user_statistics_events;
+         DROP TABLE IF EXISTS assessments;
          DROP TABLE IF EXISTS campaign_participations;
          DROP TABLE IF EXISTS certification_courses;
          CREATE TABLE campaign_participations (
@@ -25,6 +27,11 @@ pub async fn reset_with_seed_data(db: &Database) -> Result<(), Error> {
              certification_course_id BIGINT REFERENCES certification_courses (id),
              version BIGINT NOT NULL
          );
+         CREATE TABLE user_statistics (
+             user_id BIGINT PRIMARY KEY,
+             completed_assessments BIGINT NOT NULL
+         );
+         CREATE TABLE user_statistics_events (event_id TEXT PRIMARY KEY);
          INSERT INTO campaign_participations (id, user_id, status) VALUES (10, 7, 'Started');
          INSERT INTO certification_courses (id, user_id, completed_at) VALUES (20, 7, NULL);
          INSERT INTO assessments VALUES (1, 7, 'Campaign', 'Started', 10, NULL, 1);
@@ -48,6 +55,11 @@ pub async fn summary(db: &Database) -> Result<String, Error> {
         sqlx::query_as("SELECT id, completed_at FROM certification_courses ORDER BY id")
             .fetch_all(&mut *conn)
             .await?;
+    let statistics: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT user_id, completed_assessments FROM user_statistics ORDER BY user_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let mut out = String::new();
     for (id, state, version) in assessments {
         out += &format!("   assessment {id}: {state} (v{version})\n");
@@ -58,6 +70,9 @@ pub async fn summary(db: &Database) -> Result<String, Error> {
     for (id, completed_at) in courses {
         let at = completed_at.as_deref().unwrap_or("not completed");
         out += &format!("   certification course {id}: {at}\n");
+    }
+    for (user_id, completed) in statistics {
+        out += &format!("   user {user_id}: {completed} completed assessments\n");
     }
     Ok(out)
 }

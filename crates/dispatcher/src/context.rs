@@ -1,0 +1,95 @@
+//! What a handler receives besides its event.
+
+use std::sync::Arc;
+
+use keel_domain::{Envelope, EventId};
+use keel_orchestrator::{Database, Error, Tx, TxFn, UnitOfWork};
+
+use crate::Dispatcher;
+
+/// The context of one delivery of one event to one handler.
+///
+/// It never holds the producer's transaction (that one has committed). A handler that
+/// writes opens its own unit of work with [`HandlerContext::unit_of_work`]; the events that
+/// unit of work records are delivered after *its* commit, marked as caused by this event.
+pub struct HandlerContext {
+    db: Database,
+    dispatcher: Dispatcher,
+    envelope: Arc<Envelope>,
+    handler: &'static str,
+    attempt: u32,
+}
+
+impl std::fmt::Debug for HandlerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerContext")
+            .field("handler", &self.handler)
+            .field("event", &self.envelope.name)
+            .field("event_id", &self.envelope.id)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl HandlerContext {
+    pub(crate) fn new(
+        dispatcher: Dispatcher,
+        envelope: Arc<Envelope>,
+        handler: &'static str,
+        attempt: u32,
+    ) -> Self {
+        HandlerContext {
+            db: dispatcher.database().clone(),
+            dispatcher,
+            envelope,
+            handler,
+            attempt,
+        }
+    }
+
+    /// The event's id: the idempotency key to give to external systems.
+    pub fn event_id(&self) -> EventId {
+        self.envelope.id
+    }
+
+    /// The whole envelope of the event being handled.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The name of the handler running.
+    pub fn handler(&self) -> &'static str {
+        self.handler
+    }
+
+    /// Which delivery attempt this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Runs the handler's own unit of work, named after the handler; its events are
+    /// released after its commit, as caused by the event being handled.
+    pub async fn unit_of_work<T, F>(&mut self, steps: F) -> Result<T, Error>
+    where
+        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+    {
+        let options = UnitOfWork::named(self.handler);
+        self.unit_of_work_with(options, steps).await
+    }
+
+    /// [`HandlerContext::unit_of_work`] with explicit options (the causation is added).
+    pub async fn unit_of_work_with<T, F>(
+        &mut self,
+        options: UnitOfWork,
+        steps: F,
+    ) -> Result<T, Error>
+    where
+        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+    {
+        let options = options.caused_by(&self.envelope);
+        let receipt = self.db.unit_of_work_with(&options, steps).await?;
+        self.dispatcher.dispatch(receipt)
+    }
+}

@@ -1,0 +1,177 @@
+//! Handlers: what they look like, and how they are stored without their event type.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use keel_domain::{DomainEvent, Envelope};
+use keel_orchestrator::{Error, RetryPolicy};
+
+use crate::HandlerContext;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The call of a handler for one pair of borrows; names the future so it can be required
+/// `Send`. Implemented for every suitable function; never implement it yourself.
+pub trait HandlerCall<'a, E: 'a>:
+    Fn(&'a E, &'a mut HandlerContext) -> <Self as HandlerCall<'a, E>>::Fut
+{
+    /// The future one call returns.
+    type Fut: Future<Output = Result<(), Error>> + Send + 'a;
+}
+
+impl<'a, E: 'a, F, Fut> HandlerCall<'a, E> for F
+where
+    F: Fn(&'a E, &'a mut HandlerContext) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'a,
+{
+    type Fut = Fut;
+}
+
+/// A function that handles events of type `E`:
+/// `async fn(&E, &mut HandlerContext) -> Result<(), keel::Error>`.
+///
+/// A handler never receives a transaction: the unit of work that recorded the event has
+/// committed before the handler runs. A handler that writes opens its own unit of work
+/// with [`HandlerContext::unit_of_work`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a handler for `{E}`",
+    label = "expected `async fn(&{E}, &mut HandlerContext) -> Result<(), keel::Error>`",
+    note = "handlers never receive a `Tx`: they run after the caller's transaction has committed; \
+            open your own with `ctx.unit_of_work(async |tx| {{ … }})`"
+)]
+pub trait HandlerFn<E>: Send + Sync + 'static {
+    /// Runs the handler.
+    fn call<'a>(
+        &'a self,
+        event: &'a E,
+        ctx: &'a mut HandlerContext,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+impl<E, F> HandlerFn<E> for F
+where
+    F: for<'a> HandlerCall<'a, E> + Send + Sync + 'static,
+{
+    fn call<'a>(
+        &'a self,
+        event: &'a E,
+        ctx: &'a mut HandlerContext,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self(event, ctx))
+    }
+}
+
+/// A handler with its event type erased, as the registry stores it.
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn call<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        ctx: &'a mut HandlerContext,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+struct Typed<E, F> {
+    handler: F,
+    event: PhantomData<fn(E)>,
+}
+
+impl<E: DomainEvent, F: HandlerFn<E>> ErasedHandler for Typed<E, F> {
+    fn call<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        ctx: &'a mut HandlerContext,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let event: E = envelope.decode().map_err(Error::rejected)?;
+            self.handler.call(&event, ctx).await
+        })
+    }
+}
+
+/// One handler of one event type, with its name and retry policy.
+///
+/// ```
+/// use keel_dispatcher::{Handler, HandlerContext};
+/// use keel_domain::DomainEvent;
+/// use keel_orchestrator::{Error, RetryPolicy};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct PostLiked { post_id: i64 }
+/// # impl DomainEvent for PostLiked { const NAME: &'static str = "post.liked.v1";
+/// #   const AGGREGATE_TYPE: &'static str = "Post";
+/// #   fn aggregate_id(&self) -> String { self.post_id.to_string() } }
+///
+/// async fn count_like(event: &PostLiked, ctx: &mut HandlerContext) -> Result<(), Error> {
+///     Ok(())
+/// }
+///
+/// let handler = Handler::new::<PostLiked, _>("count_like", count_like)
+///     .retry(RetryPolicy::default().max_attempts(10));
+/// assert_eq!(handler.event(), "post.liked.v1");
+/// ```
+#[derive(Clone)]
+pub struct Handler {
+    name: &'static str,
+    event: &'static str,
+    retry: RetryPolicy,
+    call: Arc<dyn ErasedHandler>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("name", &self.name)
+            .field("event", &self.event)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handler {
+    /// The default retry policy of handlers: 5 attempts, 100 ms, ×2, at most 5 s.
+    /// Handlers often call other systems, so they wait longer than units of work do.
+    pub fn default_retry() -> RetryPolicy {
+        RetryPolicy::default()
+            .max_attempts(5)
+            .base_delay(std::time::Duration::from_millis(100))
+            .max_delay(std::time::Duration::from_secs(5))
+    }
+
+    /// A handler named `name` reacting to events of type `E`.
+    pub fn new<E: DomainEvent, F: HandlerFn<E>>(name: &'static str, handler: F) -> Self {
+        Handler {
+            name,
+            event: E::NAME,
+            retry: Self::default_retry(),
+            call: Arc::new(Typed::<E, F> {
+                handler,
+                event: PhantomData,
+            }),
+        }
+    }
+
+    /// Sets how failed deliveries are retried.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The handler's name, unique per event.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The name of the event it handles.
+    pub fn event(&self) -> &'static str {
+        self.event
+    }
+
+    /// Its retry policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    pub(crate) fn erased(&self) -> &Arc<dyn ErasedHandler> {
+        &self.call
+    }
+}

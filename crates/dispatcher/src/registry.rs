@@ -1,0 +1,142 @@
+//! Which handlers react to which events: collected at link time, or built by hand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::Handler;
+
+/// A handler registration collected by [`register_handler!`](crate::register_handler).
+#[doc(hidden)]
+pub struct HandlerRegistration {
+    build: fn() -> Handler,
+}
+
+impl HandlerRegistration {
+    /// Used by `register_handler!`.
+    #[doc(hidden)]
+    pub const fn new(build: fn() -> Handler) -> Self {
+        HandlerRegistration { build }
+    }
+}
+
+inventory::collect!(HandlerRegistration);
+
+/// A registry could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The same handler name is registered twice for one event.
+    #[error(
+        "handler `{handler}` is registered twice for event `{event}`; a handler runs once per \
+         event: remove one registration, or give the second handler another name"
+    )]
+    Duplicate {
+        /// The handler's name.
+        handler: &'static str,
+        /// The event's name.
+        event: &'static str,
+    },
+}
+
+/// The handlers of a program, by event name.
+///
+/// ```
+/// use keel_dispatcher::{Handler, HandlerContext, Registry};
+/// # use keel_domain::DomainEvent;
+/// # use keel_orchestrator::Error;
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct PostLiked { post_id: i64 }
+/// # impl DomainEvent for PostLiked { const NAME: &'static str = "post.liked.v1";
+/// #   const AGGREGATE_TYPE: &'static str = "Post";
+/// #   fn aggregate_id(&self) -> String { self.post_id.to_string() } }
+/// async fn count(_: &PostLiked, _: &mut HandlerContext) -> Result<(), Error> { Ok(()) }
+///
+/// let mut registry = Registry::new();
+/// registry.register(Handler::new::<PostLiked, _>("count", count)).unwrap();
+/// let twice = registry.register(Handler::new::<PostLiked, _>("count", count));
+/// assert!(twice.is_err());
+/// assert_eq!(registry.handlers_for("post.liked.v1").len(), 1);
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    by_event: HashMap<&'static str, Vec<Arc<Handler>>>,
+}
+
+impl Registry {
+    /// An empty registry, to fill with [`Registry::register`] (tests, exact sets).
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Every handler registered with [`register_handler!`](crate::register_handler) in the
+    /// program, wherever it is defined.
+    pub fn global() -> Result<Self, RegistryError> {
+        let mut registry = Registry::new();
+        for registration in inventory::iter::<HandlerRegistration> {
+            registry.register((registration.build)())?;
+        }
+        Ok(registry)
+    }
+
+    /// Adds a handler; fails if a handler of that name already handles that event.
+    pub fn register(&mut self, handler: Handler) -> Result<&mut Self, RegistryError> {
+        let handlers = self.by_event.entry(handler.event()).or_default();
+        if handlers.iter().any(|h| h.name() == handler.name()) {
+            return Err(RegistryError::Duplicate {
+                handler: handler.name(),
+                event: handler.event(),
+            });
+        }
+        handlers.push(Arc::new(handler));
+        Ok(self)
+    }
+
+    /// The handlers of the event named `event`.
+    pub fn handlers_for(&self, event: &str) -> &[Arc<Handler>] {
+        self.by_event.get(event).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every registered handler.
+    pub fn handlers(&self) -> impl Iterator<Item = &Handler> {
+        self.by_event.values().flatten().map(|h| h.as_ref())
+    }
+
+    /// The number of registered handlers.
+    pub fn len(&self) -> usize {
+        self.by_event.values().map(Vec::len).sum()
+    }
+
+    /// Whether no handler is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Registers a handler where it is defined, for [`Registry::global`].
+///
+/// ```ignore
+/// async fn notify_partner(event: &AssessmentCompleted, ctx: &mut HandlerContext) -> Result<(), keel::Error> {
+///     // …
+/// }
+/// keel::register_handler!(AssessmentCompleted => notify_partner);
+/// // with a retry policy:
+/// keel::register_handler!(AssessmentCompleted => notify_partner, retry = RetryPolicy::default().max_attempts(10));
+/// ```
+///
+/// The handler's name is its path (`my_service::handlers::notify_partner`).
+#[macro_export]
+macro_rules! register_handler {
+    ($event:ty => $handler:path $(, retry = $retry:expr)? $(,)?) => {
+        const _: () = {
+            fn build() -> $crate::Handler {
+                let handler = $crate::Handler::new::<$event, _>(
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!($handler)),
+                    $handler,
+                );
+                $( let handler = handler.retry($retry); )?
+                handler
+            }
+            $crate::__private::inventory::submit! {
+                $crate::HandlerRegistration::new(build)
+            }
+        };
+    };
+}
