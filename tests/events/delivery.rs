@@ -1,0 +1,290 @@
+//! Delivery: after commit only, never after rollback, once per committed event, retried,
+//! independent per handler, chained through handlers' own units of work.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use keel::{Database, Error, Handler, HandlerContext, Session, UnitOfWork, sqlx};
+
+use crate::support::*;
+
+async fn place_order(session: &mut Session<'_>, order_id: i64) -> Result<(), Error> {
+    session
+        .unit_of_work(async |tx| {
+            sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+                .bind(order_id)
+                .execute(tx.conn())
+                .await?;
+            tx.record(OrderPlaced { order_id })?;
+            // Anything delivered before the commit would not see the order row.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        })
+        .await
+}
+
+async fn handlers_run_after_commit_and_see_its_effects(db: Database) {
+    schema(&db).await;
+    let app = app_with(
+        db.clone(),
+        vec![Handler::new::<OrderPlaced, _>("record_order", record_order)],
+    );
+    place_order(&mut app.session(), 1).await.unwrap();
+    app.dispatcher().wait_idle().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM handled WHERE order_seen AND attempt = 1"
+        )
+        .await,
+        1
+    );
+    assert_eq!(app.dispatcher().in_flight(), 0);
+}
+
+async fn a_rolled_back_unit_of_work_delivers_nothing(db: Database) {
+    schema(&db).await;
+    let app = app_with(
+        db.clone(),
+        vec![Handler::new::<OrderPlaced, _>("record_order", record_order)],
+    );
+    let err = app
+        .session()
+        .unit_of_work(async |tx| {
+            sqlx::query("INSERT INTO orders (id) VALUES (1)")
+                .execute(tx.conn())
+                .await?;
+            tx.record(OrderPlaced { order_id: 1 })?;
+            assert_eq!(tx.recorded().len(), 1);
+            Err::<(), _>(Error::rejected(std::io::Error::other("changed my mind")))
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("changed my mind"));
+    app.dispatcher().wait_idle().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM handled").await, 0);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM orders").await, 0);
+}
+
+async fn events_of_failed_attempts_are_never_delivered(db: Database) {
+    schema(&db).await;
+    let app = app_with(
+        db.clone(),
+        vec![Handler::new::<OrderPlaced, _>("record_order", record_order)],
+    );
+    let options = UnitOfWork::named("flaky_order").retry(quick_retry(5));
+    let delivered_id = app
+        .session()
+        .unit_of_work_with(&options, async |tx| {
+            tx.record(OrderPlaced { order_id: 7 })?;
+            if tx.attempt() < 3 {
+                return Err(Error::LockTimeout {
+                    detail: "simulated contention".into(),
+                });
+            }
+            sqlx::query("INSERT INTO orders (id) VALUES (7)")
+                .execute(tx.conn())
+                .await?;
+            Ok(tx.recorded()[0].id.to_string())
+        })
+        .await
+        .unwrap();
+    app.dispatcher().wait_idle().await;
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM handled").await, 1);
+    let mut conn = db.acquire().await.unwrap();
+    let (event_id,): (String,) = sqlx::query_as("SELECT event_id FROM handled")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        event_id, delivered_id,
+        "only the committing attempt's event"
+    );
+}
+
+async fn fails_twice_then_succeeds(
+    event: &OrderPlaced,
+    ctx: &mut HandlerContext,
+) -> Result<(), Error> {
+    count_attempt(ctx).await?;
+    if ctx.attempt() < 3 {
+        return Err(Error::Database(sqlx::Error::Protocol(
+            "partner unavailable".into(),
+        )));
+    }
+    note(ctx, event.order_id).await
+}
+
+async fn always_fails(_: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    count_attempt(ctx).await?;
+    Err(Error::Database(sqlx::Error::Protocol(
+        "partner down".into(),
+    )))
+}
+
+async fn panics_once(event: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    count_attempt(ctx).await?;
+    if ctx.attempt() == 1 {
+        panic!("handler bug");
+    }
+    note(ctx, event.order_id).await
+}
+
+async fn rejects(_: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    count_attempt(ctx).await?;
+    Err(Error::rejected(std::io::Error::other("not for me")))
+}
+
+/// Every handler gets its own delivery: a failing, panicking or refusing handler neither
+/// undoes the use case nor holds up the others; failures are retried per each handler's
+/// policy.
+async fn handlers_fail_and_retry_independently(db: Database) {
+    schema(&db).await;
+    let app = app_with(
+        db.clone(),
+        vec![
+            Handler::new::<OrderPlaced, _>("record_order", record_order),
+            Handler::new::<OrderPlaced, _>("fails_twice", fails_twice_then_succeeds)
+                .retry(quick_retry(5)),
+            Handler::new::<OrderPlaced, _>("always_fails", always_fails).retry(quick_retry(4)),
+            Handler::new::<OrderPlaced, _>("panics_once", panics_once).retry(quick_retry(3)),
+            Handler::new::<OrderPlaced, _>("rejects", rejects).retry(quick_retry(5)),
+        ],
+    );
+    place_order(&mut app.session(), 3).await.unwrap();
+    app.dispatcher().wait_idle().await;
+
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM orders").await,
+        1,
+        "use case kept"
+    );
+    let handled = |h: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut conn = db.acquire().await.unwrap();
+            let rows: Vec<(i64,)> =
+                sqlx::query_as("SELECT attempt FROM handled WHERE handler = $1")
+                    .bind(h)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .unwrap();
+            rows.into_iter().map(|r| r.0).collect::<Vec<_>>()
+        }
+    };
+    let attempts = |h: &'static str| {
+        let db = db.clone();
+        async move {
+            let mut conn = db.acquire().await.unwrap();
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM attempts WHERE handler = $1")
+                .bind(h)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    assert_eq!(handled("record_order").await, vec![1]);
+    assert_eq!(handled("fails_twice").await, vec![3]);
+    assert_eq!(attempts("fails_twice").await, 3);
+    assert_eq!(handled("always_fails").await, Vec::<i64>::new());
+    assert_eq!(
+        attempts("always_fails").await,
+        4,
+        "gave up after its policy"
+    );
+    assert_eq!(handled("panics_once").await, vec![2]);
+    assert_eq!(attempts("rejects").await, 1, "a rejection is not retried");
+}
+
+async fn issue_invoice(event: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    let order_id = event.order_id;
+    ctx.unit_of_work(async |tx| {
+        tx.record(InvoiceIssued { order_id })?;
+        Ok(())
+    })
+    .await
+}
+
+async fn record_invoice(event: &InvoiceIssued, ctx: &mut HandlerContext) -> Result<(), Error> {
+    note(ctx, event.order_id).await
+}
+
+async fn a_handler_chains_through_its_own_unit_of_work(db: Database) {
+    schema(&db).await;
+    let app = app_with(
+        db.clone(),
+        vec![
+            Handler::new::<OrderPlaced, _>("record_order", record_order),
+            Handler::new::<OrderPlaced, _>("issue_invoice", issue_invoice),
+            Handler::new::<InvoiceIssued, _>("record_invoice", record_invoice),
+        ],
+    );
+    place_order(&mut app.session(), 5).await.unwrap();
+    app.dispatcher().wait_idle().await;
+
+    let mut conn = db.acquire().await.unwrap();
+    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT handler, event_id, correlation_id, causation_id FROM handled ORDER BY handler",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (invoice, order) = (&rows[0], &rows[1]);
+    assert_eq!(
+        (invoice.0.as_str(), order.0.as_str()),
+        ("record_invoice", "record_order")
+    );
+    assert_eq!(
+        invoice.3.as_deref(),
+        Some(order.1.as_str()),
+        "caused by the order event"
+    );
+    assert_eq!(invoice.2, order.2, "one correlation for the whole chain");
+    assert_eq!(order.3, None);
+}
+
+async fn a_smuggled_receipt_cannot_be_dispatched_inside_a_unit_of_work(mut db: Database) {
+    schema(&db).await;
+    let app = app_with(
+        db.clone(),
+        vec![Handler::new::<OrderPlaced, _>("record_order", record_order)],
+    );
+    let receipt = db
+        .unit_of_work(async |tx| {
+            sqlx::query("INSERT INTO orders (id) VALUES (9)")
+                .execute(tx.conn())
+                .await?;
+            tx.record(OrderPlaced { order_id: 9 })?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(receipt.events().len(), 1);
+    let smuggled = Mutex::new(Some(receipt));
+    let (smuggled, dispatcher) = (&smuggled, app.dispatcher());
+    let refused = app
+        .session()
+        .unit_of_work(async |_tx| {
+            let receipt = smuggled.lock().unwrap().take().expect("first attempt");
+            Ok(dispatcher.dispatch(receipt).map(|_| ()))
+        })
+        .await
+        .unwrap();
+    let err = refused.unwrap_err();
+    assert!(matches!(err, Error::InsideUnitOfWork { .. }), "{err}");
+    assert!(err.to_string().contains("dispatch events"), "{err}");
+    app.dispatcher().wait_idle().await;
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM handled").await, 0);
+}
+
+keel_testing::backend_tests!(
+    handlers_run_after_commit_and_see_its_effects,
+    a_rolled_back_unit_of_work_delivers_nothing,
+    events_of_failed_attempts_are_never_delivered,
+    handlers_fail_and_retry_independently,
+    a_handler_chains_through_its_own_unit_of_work,
+    a_smuggled_receipt_cannot_be_dispatched_inside_a_unit_of_work,
+);

@@ -1,0 +1,6 @@
+//! Events after commit, on real PostgreSQL and SQLite: recorded in a unit of work,
+//! released by its commit only, delivered to each handler independently, retried, chained.
+
+mod delivery;
+mod registry;
+mod support;

@@ -1,0 +1,125 @@
+//! Events, handlers and tables shared by the event tests. Handlers write what they see to
+//! the test's own database, so each test observes only its own deliveries.
+
+use std::time::Duration;
+
+use keel::{
+    App, Database, DomainEvent, Error, Handler, HandlerContext, Registry, RetryPolicy, sqlx,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub order_id: i64,
+}
+
+impl DomainEvent for OrderPlaced {
+    const NAME: &'static str = "test.order_placed.v1";
+    const AGGREGATE_TYPE: &'static str = "Order";
+    fn aggregate_id(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvoiceIssued {
+    pub order_id: i64,
+}
+
+impl DomainEvent for InvoiceIssued {
+    const NAME: &'static str = "test.invoice_issued.v1";
+    const AGGREGATE_TYPE: &'static str = "Invoice";
+    fn aggregate_id(&self) -> String {
+        self.order_id.to_string()
+    }
+}
+
+pub async fn schema(db: &Database) {
+    db.execute_script(
+        "CREATE TABLE orders (id BIGINT PRIMARY KEY);
+         CREATE TABLE handled (
+             handler TEXT NOT NULL,
+             event_id TEXT NOT NULL,
+             order_seen BOOLEAN NOT NULL,
+             attempt BIGINT NOT NULL,
+             correlation_id TEXT NOT NULL,
+             causation_id TEXT
+         );
+         CREATE TABLE attempts (handler TEXT NOT NULL, attempt BIGINT NOT NULL);",
+    )
+    .await
+    .unwrap();
+}
+
+/// Writes one `handled` row in the handler's own unit of work; `order_seen` says whether
+/// the producer's committed row was visible.
+pub async fn note(ctx: &mut HandlerContext, order_id: i64) -> Result<(), Error> {
+    let handler = ctx.handler();
+    let attempt = i64::from(ctx.attempt());
+    let event_id = ctx.event_id().to_string();
+    let correlation = ctx.envelope().correlation_id.to_string();
+    let causation = ctx.envelope().causation_id.map(|id| id.to_string());
+    let (event_id, correlation, causation) = (&event_id, &correlation, &causation);
+    ctx.unit_of_work(async |tx| {
+        let seen = sqlx::query("SELECT 1 FROM orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_optional(tx.conn())
+            .await?
+            .is_some();
+        sqlx::query(
+            "INSERT INTO handled (handler, event_id, order_seen, attempt, correlation_id, causation_id)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(handler)
+        .bind(event_id.as_str())
+        .bind(seen)
+        .bind(attempt)
+        .bind(correlation.as_str())
+        .bind(causation.clone())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Records that an attempt happened, in a unit of work of its own that commits even when
+/// the attempt then fails.
+pub async fn count_attempt(ctx: &mut HandlerContext) -> Result<(), Error> {
+    let handler = ctx.handler();
+    let attempt = i64::from(ctx.attempt());
+    ctx.unit_of_work(async |tx| {
+        sqlx::query("INSERT INTO attempts (handler, attempt) VALUES ($1, $2)")
+            .bind(handler)
+            .bind(attempt)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+pub async fn record_order(event: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    note(ctx, event.order_id).await
+}
+
+pub fn quick_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(attempts)
+        .base_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(20))
+}
+
+pub fn app_with(db: Database, handlers: Vec<Handler>) -> App {
+    let mut registry = Registry::new();
+    for handler in handlers {
+        registry.register(handler).unwrap();
+    }
+    App::new(db, registry)
+}
+
+pub async fn count(db: &Database, sql: &'static str) -> i64 {
+    let mut conn = db.acquire().await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&mut *conn).await.unwrap();
+    n
+}
