@@ -73,6 +73,13 @@ export KEEL_REQUIRE_POSTGRES=1
 say "cargo test --workspace"
 cargo test --workspace "$@"
 
+# 3b. The integration suite again with a pool of exactly one connection: nothing inside a
+#     unit of work may ever need a second one.
+if [ $# -eq 0 ]; then
+  say "integration tests with a pool of one connection"
+  KEEL_TEST_POOL_SIZE=1 cargo test -p keel --tests
+fi
+
 # 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL.
 if [ $# -eq 0 ]; then
   say "example assessment_completion on SQLite"

@@ -2,5 +2,6 @@
 //! released by its commit only, delivered to each handler independently, retried, chained.
 
 mod delivery;
+mod incident;
 mod registry;
 mod support;

@@ -74,7 +74,7 @@ impl<'a> Session<'a> {
     }
 
     /// A connection for reads outside any unit of work.
-    pub async fn acquire(&mut self) -> Result<PoolConnection<keel_orchestrator::Db>, Error> {
+    pub async fn acquire(&self) -> Result<PoolConnection<keel_orchestrator::Db>, Error> {
         self.db.acquire().await
     }
 }

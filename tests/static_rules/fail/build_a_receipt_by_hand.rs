@@ -1,0 +1,12 @@
+//! Rule G1: only a commit makes a receipt.
+use keel::{Committed, Dispatcher};
+
+fn forge(dispatcher: &Dispatcher) {
+    let receipt = Committed {
+        value: (),
+        events: Vec::new(),
+    };
+    let _ = dispatcher.dispatch(receipt);
+}
+
+fn main() {}

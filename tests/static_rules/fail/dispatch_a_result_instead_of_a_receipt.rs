@@ -1,0 +1,10 @@
+//! A forgotten `?`: the dispatcher names the `Result` it was given.
+use keel::{Database, Dispatcher, Error};
+
+async fn like(db: &mut Database, dispatcher: &Dispatcher) -> Result<(), Error> {
+    let receipt = db.unit_of_work(async |_tx| Ok(())).await;
+    dispatcher.dispatch(receipt)?;
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+//! Rule G3: the transaction handle cannot leave its unit of work.
+use keel::{App, Error};
+
+async fn escape(app: &App) -> Result<(), Error> {
+    let mut session = app.session();
+    let _tx = session.unit_of_work(async |tx| Ok(tx)).await?;
+    Ok(())
+}
+
+fn main() {}
