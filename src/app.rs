@@ -1,12 +1,15 @@
-//! The assembled service: database, handlers, dispatcher.
+//! The assembled service: database, handlers, delivery.
 
-use keel_dispatcher::{Dispatcher, Registry, Session};
-use keel_orchestrator::Database;
+use std::time::Duration;
 
-/// A Keel service: its database and the handlers its events are delivered to.
+use keel_dispatcher::{DeadLetters, DeliveryOptions, Dispatcher, Registry, Session};
+use keel_orchestrator::{Database, Error};
+
+/// A Keel service: its database, the handlers its events are delivered to, and the relay
+/// that delivers whatever the fast path could not.
 ///
-/// Build one at start-up and share it (it is cheap to clone); take a [`Session`] per
-/// request or job to run units of work.
+/// Build one at start-up (within a Tokio runtime) and share it (it is cheap to clone);
+/// take a [`Session`] per request or job to run units of work.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,11 +36,53 @@ pub struct App {
     dispatcher: Dispatcher,
 }
 
+/// Builds an [`App`] with explicit delivery options.
+#[derive(Debug)]
+pub struct AppBuilder {
+    db: Database,
+    registry: Registry,
+    options: DeliveryOptions,
+    relay: bool,
+}
+
+impl AppBuilder {
+    /// Sets how events are delivered (leases, timeouts, relay pace, retention).
+    pub fn delivery(mut self, options: DeliveryOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Whether this process runs a relay (default `true`). A process without one still
+    /// delivers its own commits on the fast path; other processes' relays do the rest.
+    pub fn relay(mut self, enabled: bool) -> Self {
+        self.relay = enabled;
+        self
+    }
+
+    /// Builds the app and starts its relay. Must be called within a Tokio runtime.
+    pub fn start(self) -> App {
+        let dispatcher = Dispatcher::with_options(self.db, self.registry, self.options);
+        if self.relay {
+            dispatcher.start_relay();
+        }
+        App { dispatcher }
+    }
+}
+
 impl App {
-    /// A service on `db` whose events go to `registry`'s handlers.
+    /// A service on `db` whose events go to `registry`'s handlers, with default delivery
+    /// options and a relay. Must be called within a Tokio runtime.
     pub fn new(db: Database, registry: Registry) -> Self {
-        App {
-            dispatcher: Dispatcher::new(db, registry),
+        App::builder(db, registry).start()
+    }
+
+    /// A builder, for delivery options.
+    pub fn builder(db: Database, registry: Registry) -> AppBuilder {
+        AppBuilder {
+            db,
+            registry,
+            options: DeliveryOptions::default(),
+            relay: true,
         }
     }
 
@@ -56,9 +101,21 @@ impl App {
         &self.dispatcher
     }
 
-    /// Waits for in-flight deliveries to finish, then closes the database pool.
+    /// The dead letter: deliveries that gave up, to inspect, retry or discard.
+    pub fn dead_letters(&self) -> DeadLetters {
+        self.dispatcher.dead_letters()
+    }
+
+    /// Waits until every delivery in the outbox is done or dead, or `timeout`; returns
+    /// whether everything was delivered.
+    pub async fn wait_until_delivered(&self, timeout: Duration) -> Result<bool, Error> {
+        self.dispatcher.wait_until_delivered(timeout).await
+    }
+
+    /// Stops the relay (finishing what it claimed), waits for the deliveries running in this
+    /// process, then closes the database pool.
     pub async fn shutdown(self) {
-        self.dispatcher.wait_idle().await;
+        self.dispatcher.shutdown().await;
         self.dispatcher.database().close().await;
     }
 }

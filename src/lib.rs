@@ -44,14 +44,14 @@
 
 mod app;
 
-pub use app::App;
+pub use app::{App, AppBuilder};
 pub use keel_dispatcher as dispatcher;
 pub use keel_domain as domain;
 pub use keel_orchestrator as orchestrator;
 
 pub use keel_dispatcher::{
-    Dispatcher, Handler, HandlerContext, HandlerFn, Registry, RegistryError, Session,
-    register_handler,
+    DeadLetter, DeadLetters, DeliveryOptions, Dispatcher, FailedAttempt, Handler, HandlerContext,
+    HandlerFn, NO_HANDLER, Registry, RegistryError, Session, register_handler,
 };
 pub use keel_domain::{Aggregate, DecodeError, DomainEvent, Envelope, EventId, Id, Version};
 pub use keel_orchestrator::{

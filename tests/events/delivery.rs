@@ -107,7 +107,6 @@ async fn fails_twice_then_succeeds(
     event: &OrderPlaced,
     ctx: &mut HandlerContext,
 ) -> Result<(), Error> {
-    count_attempt(ctx).await?;
     if ctx.attempt() < 3 {
         return Err(Error::Database(sqlx::Error::Protocol(
             "partner unavailable".into(),
@@ -116,29 +115,26 @@ async fn fails_twice_then_succeeds(
     note(ctx, event.order_id).await
 }
 
-async fn always_fails(_: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
-    count_attempt(ctx).await?;
+async fn always_fails(_: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Error> {
     Err(Error::Database(sqlx::Error::Protocol(
         "partner down".into(),
     )))
 }
 
 async fn panics_once(event: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
-    count_attempt(ctx).await?;
     if ctx.attempt() == 1 {
         panic!("handler bug");
     }
     note(ctx, event.order_id).await
 }
 
-async fn rejects(_: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
-    count_attempt(ctx).await?;
+async fn rejects(_: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Error> {
     Err(Error::rejected(std::io::Error::other("not for me")))
 }
 
 /// Every handler gets its own delivery: a failing, panicking or refusing handler neither
 /// undoes the use case nor holds up the others; failures are retried per each handler's
-/// policy.
+/// policy, then dead-lettered with every attempt's error.
 async fn handlers_fail_and_retry_independently(db: Database) {
     schema(&db).await;
     let app = app_with(
@@ -153,7 +149,7 @@ async fn handlers_fail_and_retry_independently(db: Database) {
         ],
     );
     place_order(&mut app.session(), 3).await.unwrap();
-    app.dispatcher().wait_idle().await;
+    delivered(&app).await;
 
     assert_eq!(
         count(&db, "SELECT COUNT(*) FROM orders").await,
@@ -173,29 +169,37 @@ async fn handlers_fail_and_retry_independently(db: Database) {
             rows.into_iter().map(|r| r.0).collect::<Vec<_>>()
         }
     };
-    let attempts = |h: &'static str| {
-        let db = db.clone();
-        async move {
-            let mut conn = db.acquire().await.unwrap();
-            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM attempts WHERE handler = $1")
-                .bind(h)
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-            n
-        }
-    };
     assert_eq!(handled("record_order").await, vec![1]);
     assert_eq!(handled("fails_twice").await, vec![3]);
-    assert_eq!(attempts("fails_twice").await, 3);
+    assert_eq!(failures(&db, "fails_twice").await, 2);
     assert_eq!(handled("always_fails").await, Vec::<i64>::new());
     assert_eq!(
-        attempts("always_fails").await,
+        failures(&db, "always_fails").await,
         4,
         "gave up after its policy"
     );
     assert_eq!(handled("panics_once").await, vec![2]);
-    assert_eq!(attempts("rejects").await, 1, "a rejection is not retried");
+    assert_eq!(failures(&db, "panics_once").await, 1);
+    assert_eq!(
+        failures(&db, "rejects").await,
+        1,
+        "a rejection is not retried"
+    );
+
+    let dead = app.dead_letters().list(10).await.unwrap();
+    let mut dead_handlers: Vec<&str> = dead.iter().map(|d| d.handler.as_str()).collect();
+    dead_handlers.sort();
+    assert_eq!(dead_handlers, vec!["always_fails", "rejects"]);
+    let always = dead.iter().find(|d| d.handler == "always_fails").unwrap();
+    assert_eq!(always.attempts, 4);
+    assert_eq!(always.failures.len(), 4);
+    assert!(
+        always
+            .failures
+            .iter()
+            .all(|f| f.error.contains("partner down"))
+    );
+    assert_eq!(always.event.as_ref().unwrap().name, "test.order_placed.v1");
 }
 
 async fn issue_invoice(event: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
@@ -222,7 +226,7 @@ async fn a_handler_chains_through_its_own_unit_of_work(db: Database) {
         ],
     );
     place_order(&mut app.session(), 5).await.unwrap();
-    app.dispatcher().wait_idle().await;
+    delivered(&app).await;
 
     let mut conn = db.acquire().await.unwrap();
     let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(

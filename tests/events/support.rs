@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use keel::{
-    App, Database, DomainEvent, Error, Handler, HandlerContext, Registry, RetryPolicy, sqlx,
+    App, Database, DeliveryOptions, DomainEvent, Error, Handler, HandlerContext, Registry,
+    RetryPolicy, sqlx,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,8 +45,7 @@ pub async fn schema(db: &Database) {
              attempt BIGINT NOT NULL,
              correlation_id TEXT NOT NULL,
              causation_id TEXT
-         );
-         CREATE TABLE attempts (handler TEXT NOT NULL, attempt BIGINT NOT NULL);",
+         );",
     )
     .await
     .unwrap();
@@ -83,22 +83,6 @@ pub async fn note(ctx: &mut HandlerContext, order_id: i64) -> Result<(), Error> 
     .await
 }
 
-/// Records that an attempt happened, in a unit of work of its own that commits even when
-/// the attempt then fails.
-pub async fn count_attempt(ctx: &mut HandlerContext) -> Result<(), Error> {
-    let handler = ctx.handler();
-    let attempt = i64::from(ctx.attempt());
-    ctx.unit_of_work(async |tx| {
-        sqlx::query("INSERT INTO attempts (handler, attempt) VALUES ($1, $2)")
-            .bind(handler)
-            .bind(attempt)
-            .execute(tx.conn())
-            .await?;
-        Ok(())
-    })
-    .await
-}
-
 pub async fn record_order(event: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
     note(ctx, event.order_id).await
 }
@@ -110,12 +94,37 @@ pub fn quick_retry(attempts: u32) -> RetryPolicy {
         .max_delay(Duration::from_millis(20))
 }
 
+/// An app with exactly these handlers and a relay that polls often.
 pub fn app_with(db: Database, handlers: Vec<Handler>) -> App {
     let mut registry = Registry::new();
     for handler in handlers {
         registry.register(handler).unwrap();
     }
-    App::new(db, registry)
+    App::builder(db, registry)
+        .delivery(DeliveryOptions::default().poll_interval(Duration::from_millis(20)))
+        .start()
+}
+
+/// Waits until every delivery is done or dead.
+pub async fn delivered(app: &App) {
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap(),
+        "deliveries still pending after 20 s"
+    );
+}
+
+/// Failed attempts recorded for `handler`.
+pub async fn failures(db: &Database, handler: &str) -> i64 {
+    let mut conn = db.acquire().await.unwrap();
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM keel_delivery_errors WHERE handler = $1")
+            .bind(handler)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    n
 }
 
 pub async fn count(db: &Database, sql: &'static str) -> i64 {

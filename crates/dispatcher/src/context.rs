@@ -12,12 +12,20 @@ use crate::Dispatcher;
 /// It never holds the producer's transaction (that one has committed). A handler that
 /// writes opens its own unit of work with [`HandlerContext::unit_of_work`]; the events that
 /// unit of work records are delivered after *its* commit, marked as caused by this event.
+///
+/// That unit of work is the delivery's commit point: its first statement marks the
+/// delivery done, in the same transaction as the handler's effects. Delivery is at least
+/// once (a crash before the mark means the handler runs again), but a repeated delivery of
+/// an event whose effects committed finds the mark and changes nothing: the effects happen
+/// once. Hence one unit of work per delivery; a second one is refused.
 pub struct HandlerContext {
     db: Database,
     dispatcher: Dispatcher,
     envelope: Arc<Envelope>,
     handler: &'static str,
     attempt: u32,
+    opened: bool,
+    processed: bool,
 }
 
 impl std::fmt::Debug for HandlerContext {
@@ -44,7 +52,14 @@ impl HandlerContext {
             envelope,
             handler,
             attempt,
+            opened: false,
+            processed: false,
         }
+    }
+
+    /// Whether this delivery's unit of work committed (or found the delivery already done).
+    pub(crate) fn processed(&self) -> bool {
+        self.processed
     }
 
     /// The event's id: the idempotency key to give to external systems.
@@ -69,6 +84,10 @@ impl HandlerContext {
 
     /// Runs the handler's own unit of work, named after the handler; its events are
     /// released after its commit, as caused by the event being handled.
+    ///
+    /// If a previous delivery of this event already committed, the steps do not run and
+    /// the result is [`Error::AlreadyProcessed`]: return it with `?` and the delivery is
+    /// done. A second call in one delivery fails with [`Error::SecondHandlerUnitOfWork`].
     pub async fn unit_of_work<T, F>(&mut self, steps: F) -> Result<T, Error>
     where
         F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
@@ -88,8 +107,25 @@ impl HandlerContext {
         F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
         F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
     {
-        let options = options.caused_by(&self.envelope);
-        let receipt = self.db.unit_of_work_with(&options, steps).await?;
-        self.dispatcher.dispatch(receipt)
+        if self.opened {
+            return Err(Error::SecondHandlerUnitOfWork {
+                handler: self.handler,
+            });
+        }
+        self.opened = true;
+        let options = options
+            .caused_by(&self.envelope)
+            .processing(self.envelope.id.to_string(), self.handler);
+        match self.db.unit_of_work_with(&options, steps).await {
+            Ok(receipt) => {
+                self.processed = true;
+                self.dispatcher.dispatch(receipt)
+            }
+            Err(error @ Error::AlreadyProcessed { .. }) => {
+                self.processed = true;
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
     }
 }

@@ -1,24 +1,35 @@
-//! Delivering released events: one task per (event, handler), retried per policy.
+//! Delivering released events: the fast path, the relay, and the in-flight count.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use keel_domain::Envelope;
 use keel_orchestrator::{Database, Error, Release, ensure_outside_unit_of_work};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::registry::Registry;
-use crate::{Handler, HandlerContext, Session};
+use crate::routing::RoutingTable;
+use crate::store::{self, Claim};
+use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
 
 /// Delivers the events of committed units of work to their handlers.
 ///
-/// Each (event, handler) pair is delivered by its own task: one handler's failure or
-/// slowness never holds up another. A failed delivery is retried per the handler's retry
-/// policy, then given up with an `error` log; a panicking handler counts as a failure.
-/// A rejection ([`Error::Rejected`], including an event that no longer deserializes) is
-/// not retried.
+/// Every recorded event is in the outbox, written by the unit of work's own transaction,
+/// with one delivery row per handler. Two paths deliver them:
 ///
-/// Cheap to clone; clones share the registry and the in-flight count.
+/// - the **fast path**: right after a commit, [`Dispatcher::dispatch`] runs the handlers of
+///   its events at once, in this process, on deliveries the commit reserved for it (leased);
+/// - the **relay** ([`Dispatcher::start_relay`]): a background task that claims due
+///   deliveries (retries, deliveries of crashed processes once their lease expired, events
+///   written without routing) and runs them.
+///
+/// Each (event, handler) delivery runs in its own task and succeeds, fails and is retried
+/// on its own: one handler's failure never holds up another handler or another event. A
+/// failed attempt is recorded and retried per the handler's policy, then moved to the dead
+/// letter ([`Dispatcher::dead_letters`]).
+///
+/// Cheap to clone; clones share the registry, the relay and the in-flight count.
 #[derive(Clone)]
 pub struct Dispatcher {
     inner: Arc<Inner>,
@@ -27,7 +38,11 @@ pub struct Dispatcher {
 struct Inner {
     db: Database,
     registry: Registry,
+    options: DeliveryOptions,
     in_flight: watch::Sender<usize>,
+    wake: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    relay: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -49,13 +64,25 @@ impl Drop for InFlight {
 }
 
 impl Dispatcher {
-    /// A dispatcher delivering to `registry`'s handlers, whose units of work run on `db`.
+    /// A dispatcher with default [`DeliveryOptions`] delivering to `registry`'s handlers.
+    /// The relay is not started: see [`Dispatcher::start_relay`] (`keel::App` starts it).
     pub fn new(db: Database, registry: Registry) -> Self {
+        Self::with_options(db, registry, DeliveryOptions::default())
+    }
+
+    /// A dispatcher with explicit delivery options.
+    pub fn with_options(db: Database, registry: Registry, options: DeliveryOptions) -> Self {
+        let lease = options.fast_path.then(|| options.lease_duration());
+        let routing = Arc::new(RoutingTable::new(&registry, lease));
         Dispatcher {
             inner: Arc::new(Inner {
-                db,
+                db: db.with_routing(routing),
                 registry,
+                options,
                 in_flight: watch::Sender::new(0),
+                wake: Arc::new(Notify::new()),
+                stop: watch::Sender::new(false),
+                relay: Mutex::new(None),
             }),
         }
     }
@@ -65,7 +92,8 @@ impl Dispatcher {
         Session::new(self)
     }
 
-    /// The database handlers' units of work run on.
+    /// The database handle handlers' units of work run on (it writes delivery rows for
+    /// this dispatcher's handlers).
     pub fn database(&self) -> &Database {
         &self.inner.db
     }
@@ -75,8 +103,20 @@ impl Dispatcher {
         &self.inner.registry
     }
 
+    /// The delivery options.
+    pub fn options(&self) -> &DeliveryOptions {
+        &self.inner.options
+    }
+
+    /// The dead letter of this dispatcher's database.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::new(self.inner.db.clone(), self.inner.wake.clone())
+    }
+
     /// Releases the events of a committed unit of work to their handlers and returns the
-    /// unit of work's value. Deliveries run in the background; see [`Dispatcher::wait_idle`].
+    /// unit of work's value. The events are already durable (in the outbox); this runs the
+    /// handlers at once, in background tasks, on the deliveries the commit reserved for this
+    /// process. See [`Dispatcher::wait_idle`].
     ///
     /// Only a [`Committed`](keel_orchestrator::Committed) receipt is accepted. Called from
     /// inside a unit of work (with a receipt smuggled in), it fails at once with
@@ -85,104 +125,109 @@ impl Dispatcher {
     /// Must be called within a Tokio runtime.
     pub fn dispatch<R: Release>(&self, receipt: R) -> Result<R::Value, Error> {
         ensure_outside_unit_of_work("dispatch events")?;
-        let (value, events) = receipt.into_parts();
+        let (value, events, lease_token) = receipt.into_parts();
+        let Some(token) = lease_token else {
+            // Nothing reserved for this process: relays deliver from the outbox.
+            return Ok(value);
+        };
         for envelope in events {
             let envelope = Arc::new(envelope);
-            let handlers = self.inner.registry.handlers_for(&envelope.name);
-            if handlers.is_empty() {
-                tracing::debug!(event = %envelope.name, id = %envelope.id, "no handler for event");
-            }
-            for handler in handlers {
-                self.inner.in_flight.send_modify(|n| *n += 1);
-                let guard = InFlight(self.inner.clone());
-                let span = tracing::info_span!(
-                    "deliver",
-                    handler = handler.name(),
-                    event = %envelope.name,
-                    event_id = %envelope.id,
-                );
-                let delivery = deliver(self.clone(), handler.clone(), envelope.clone());
-                tokio::spawn(
-                    async move {
-                        delivery.await;
-                        drop(guard);
-                    }
-                    .instrument(span),
-                );
+            for handler in self.inner.registry.handlers_for(&envelope.name) {
+                let claim = Claim {
+                    event_id: envelope.id.to_string(),
+                    event: Ok(envelope.clone()),
+                    handler: handler.name().to_owned(),
+                    attempt: 1,
+                    token: token.clone(),
+                };
+                self.spawn_delivery(claim, || {});
             }
         }
         Ok(value)
     }
 
-    /// The number of deliveries not finished yet.
+    /// Runs one delivery in a task of its own; `done` runs when it ends.
+    pub(crate) fn spawn_delivery(&self, claim: Claim, done: impl FnOnce() + Send + 'static) {
+        self.inner.in_flight.send_modify(|n| *n += 1);
+        let guard = InFlight(self.inner.clone());
+        let span = tracing::info_span!(
+            "deliver",
+            handler = %claim.handler,
+            event_id = %claim.event_id,
+            attempt = claim.attempt,
+        );
+        let delivery = delivery::execute(self.clone(), claim);
+        tokio::spawn(
+            async move {
+                delivery.await;
+                drop(guard);
+                done();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Starts the relay in the background, once. Must be called within a Tokio runtime.
+    pub fn start_relay(&self) {
+        let mut relay = self.inner.relay.lock().unwrap_or_else(|e| e.into_inner());
+        if relay.is_none() {
+            let stop = self.inner.stop.subscribe();
+            *relay = Some(tokio::spawn(relay::run(self.clone(), stop)));
+        }
+    }
+
+    /// Wakes the relay now (e.g. a retry was scheduled, a dead delivery was retried).
+    pub fn wake_relay(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    pub(crate) fn wake_handle(&self) -> Arc<Notify> {
+        self.inner.wake.clone()
+    }
+
+    /// The number of deliveries running in this process.
     pub fn in_flight(&self) -> usize {
         *self.inner.in_flight.borrow()
     }
 
-    /// Waits until no delivery is in flight (including the deliveries of events that
-    /// handlers record meanwhile).
+    /// Waits until no delivery runs in this process (deliveries due later, in the
+    /// outbox, are not waited for: see [`Dispatcher::wait_until_delivered`]).
     pub async fn wait_idle(&self) {
         let mut watch = self.inner.in_flight.subscribe();
         // The sender lives in `inner`, which `self` keeps alive: this cannot fail.
         let _ = watch.wait_for(|n| *n == 0).await;
     }
-}
 
-/// Delivers one event to one handler, retrying per the handler's policy.
-async fn deliver(dispatcher: Dispatcher, handler: Arc<Handler>, envelope: Arc<Envelope>) {
-    let policy = handler.retry_policy().clone();
-    let mut attempt = 1;
-    loop {
-        let mut ctx = HandlerContext::new(
-            dispatcher.clone(),
-            envelope.clone(),
-            handler.name(),
-            attempt,
-        );
-        let call = handler.erased().clone();
-        let event = envelope.clone();
-        // A task of its own per attempt: a panicking handler fails this attempt only.
-        let outcome = tokio::spawn(async move { call.call(&event, &mut ctx).await }).await;
-        // Rejections (including an event that no longer deserializes) are permanent;
-        // errors and panics are retried.
-        let (error, retryable) = match outcome {
-            Ok(Ok(())) => {
-                tracing::debug!(attempt, "handled");
-                return;
+    /// Waits until every delivery in the outbox is done or dead and none runs here, or
+    /// until `timeout`. Returns whether everything was delivered. Needs a running relay for
+    /// retries and for deliveries this process did not commit.
+    pub async fn wait_until_delivered(&self, timeout: Duration) -> Result<bool, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.wait_idle().await;
+            if store::unfinished(&self.inner.db).await? == 0 && self.in_flight() == 0 {
+                return Ok(true);
             }
-            Ok(Err(error)) => {
-                let retryable = !matches!(error, Error::Rejected(_));
-                (error.to_string(), retryable)
+            if Instant::now() >= deadline {
+                return Ok(false);
             }
-            Err(join) if join.is_panic() => (
-                format!("handler panicked: {}", panic_message(join.into_panic())),
-                true,
-            ),
-            Err(_) => {
-                tracing::warn!(attempt, "delivery cancelled (runtime shutting down)");
-                return;
-            }
-        };
-        if !retryable || !policy.allows_another_after(attempt) {
-            tracing::error!(attempt, %error, "handler failed; giving up on this delivery");
-            return;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let delay = policy.jittered_delay_before(attempt + 1);
-        tracing::warn!(
-            attempt,
-            %error,
-            retry_in_ms = delay.as_millis() as u64,
-            "handler failed; retrying",
-        );
-        tokio::time::sleep(delay).await;
-        attempt += 1;
     }
-}
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-text panic payload".to_owned())
+    /// Stops the relay (it finishes the deliveries it claimed) and waits for the fast-path
+    /// deliveries running in this process.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let relay = self
+            .inner
+            .relay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
+        self.wait_idle().await;
+    }
 }

@@ -22,23 +22,43 @@
 //!   [`Registry::new`] + [`Registry::register`] build an exact set (for tests).
 //! - [`HandlerContext`]: what a handler gets besides the event: the event's id (its
 //!   idempotency key) and its own units of work, whose events chain after commit.
-//! - [`Dispatcher`]: runs each (event, handler) delivery as its own task, retried per the
-//!   handler's [`RetryPolicy`](keel_orchestrator::RetryPolicy), logged with `tracing`.
-//!   Delivery is in memory for now: a crash between commit and delivery loses the event.
+//! - [`Dispatcher`]: delivers each (event, handler) pair on its own, from the transactional
+//!   outbox: at once after commit in the committing process (the fast path), and through
+//!   the relay for everything else (crashes, retries, other producers). Failures are retried
+//!   per the handler's [`RetryPolicy`](keel_orchestrator::RetryPolicy), then kept in the
+//!   [`DeadLetters`].
+//!
+//! # Guarantees
+//!
+//! - Every event of a committed unit of work is delivered to every handler registered for
+//!   it, at least once, even if the process dies right after the commit (the outbox rows
+//!   commit with the unit of work; the relay delivers what the fast path could not).
+//! - A handler's database effects happen once per event: its unit of work marks the
+//!   delivery done in the same transaction ([`HandlerContext`]).
+//! - While a delivery's lease holds, no other relay or process runs it.
 
 #![warn(missing_docs)]
 
 mod context;
+mod dead_letter;
+mod delivery;
 mod dispatcher;
 mod handler;
+mod options;
 mod registry;
+mod relay;
+mod routing;
 mod session;
+mod store;
 
 pub use context::HandlerContext;
+pub use dead_letter::{DeadLetter, DeadLetters, FailedAttempt};
 pub use dispatcher::Dispatcher;
 pub use handler::{Handler, HandlerCall, HandlerFn};
+pub use options::DeliveryOptions;
 pub use registry::{HandlerRegistration, Registry, RegistryError};
 pub use session::Session;
+pub use store::NO_HANDLER;
 
 #[doc(hidden)]
 pub mod __private {

@@ -89,6 +89,13 @@ impl Registry {
         Ok(self)
     }
 
+    /// The handler named `handler` of the event named `event`.
+    pub fn handler(&self, event: &str, handler: &str) -> Option<&Arc<Handler>> {
+        self.handlers_for(event)
+            .iter()
+            .find(|h| h.name() == handler)
+    }
+
     /// The handlers of the event named `event`.
     pub fn handlers_for(&self, event: &str) -> &[Arc<Handler>] {
         self.by_event.get(event).map(Vec::as_slice).unwrap_or(&[])

@@ -9,6 +9,9 @@ use keel_domain::Envelope;
 /// cannot be delivered while the transaction that recorded it is still open, or after it
 /// rolled back.
 ///
+/// The events are already in the outbox, written in the same transaction: releasing the
+/// receipt only lets this process deliver them at once instead of waiting for a relay.
+///
 /// An application rarely sees a receipt: `keel::Session::unit_of_work` releases the
 /// events itself right after commit and returns the value. A receipt appears when
 /// [`Database::unit_of_work`](crate::Database::unit_of_work) is called directly; hand it
@@ -20,11 +23,16 @@ use keel_domain::Envelope;
 pub struct Committed<T> {
     value: T,
     events: Vec<Envelope>,
+    lease_token: Option<String>,
 }
 
 impl<T> Committed<T> {
-    pub(crate) fn new(value: T, events: Vec<Envelope>) -> Self {
-        Committed { value, events }
+    pub(crate) fn new(value: T, events: Vec<Envelope>, lease_token: Option<String>) -> Self {
+        Committed {
+            value,
+            events,
+            lease_token,
+        }
     }
 
     /// The value the unit of work returned.
@@ -37,7 +45,9 @@ impl<T> Committed<T> {
         &self.events
     }
 
-    /// The value, dropping the events undelivered.
+    /// The value, without releasing the events to this process's fast path. The events
+    /// are in the outbox: a relay delivers them (after the fast-path lease expires, if this
+    /// process had reserved them).
     pub fn into_value(self) -> T {
         self.value
     }
@@ -63,15 +73,16 @@ pub trait Release: sealed::Sealed {
     /// The value the unit of work returned.
     type Value;
 
-    /// Splits the receipt into its value and its events.
+    /// Splits the receipt into its value, its events, and the lease token of the
+    /// deliveries reserved for this process's fast path.
     #[doc(hidden)]
-    fn into_parts(self) -> (Self::Value, Vec<Envelope>);
+    fn into_parts(self) -> (Self::Value, Vec<Envelope>, Option<String>);
 }
 
 impl<T> Release for Committed<T> {
     type Value = T;
 
-    fn into_parts(self) -> (T, Vec<Envelope>) {
-        (self.value, self.events)
+    fn into_parts(self) -> (T, Vec<Envelope>, Option<String>) {
+        (self.value, self.events, self.lease_token)
     }
 }

@@ -9,6 +9,7 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
 use sqlx::{AnyPool, AssertSqlSafe, Executor};
 
+use crate::outbox::Routing;
 use crate::url::redact;
 use crate::{Db, Error, guard};
 
@@ -125,6 +126,7 @@ impl DatabaseOptions {
 #[derive(Clone)]
 pub struct Database {
     inner: Arc<Inner>,
+    routing: Option<Arc<dyn Routing>>,
 }
 
 struct Inner {
@@ -212,6 +214,7 @@ impl Database {
         let shown = redact(&url);
         tracing::debug!(url = %shown, ?backend, "database opened");
         Ok(Database {
+            routing: None,
             inner: Arc::new(Inner {
                 pool,
                 backend,
@@ -251,6 +254,26 @@ impl Database {
     pub async fn connect_again(&self) -> Result<Database, Error> {
         guard::ensure_outside("open another pool")?;
         self.inner.options.clone().connect().await
+    }
+
+    /// A handle on the same pool whose units of work write a delivery row for each
+    /// handler of each recorded event (see [`crate::outbox`]). The dispatcher installs it.
+    pub fn with_routing(&self, routing: Arc<dyn Routing>) -> Database {
+        Database {
+            inner: self.inner.clone(),
+            routing: Some(routing),
+        }
+    }
+
+    pub(crate) fn routing(&self) -> Option<&dyn Routing> {
+        self.routing.as_deref()
+    }
+
+    /// The URL with its password, for drivers that need their own connection (the
+    /// PostgreSQL listener). Never print it.
+    #[doc(hidden)]
+    pub fn connect_url(&self) -> &str {
+        &self.inner.options.url
     }
 
     /// The backend this database runs on.

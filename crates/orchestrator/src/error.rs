@@ -141,6 +141,25 @@ pub enum Error {
     )]
     InvalidIdentifier(&'static str),
 
+    /// A handler's unit of work found its delivery already processed: a previous delivery
+    /// of the same event committed its effects. Not a failure: the delivery is done.
+    #[error("event {event_id} was already processed by handler `{handler}`; nothing to do")]
+    AlreadyProcessed {
+        /// The event's id.
+        event_id: String,
+        /// The handler.
+        handler: &'static str,
+    },
+
+    /// A handler opened a second unit of work in one delivery.
+    #[error(
+        "handler `{handler}` opened a second unit of work while handling one event; a handler          commits its effects in one unit of work per delivery (that is what makes a repeated          delivery a no-op): merge its writes into a single `ctx.unit_of_work`"
+    )]
+    SecondHandlerUnitOfWork {
+        /// The handler.
+        handler: &'static str,
+    },
+
     /// An event could not be serialized when it was recorded.
     #[error("event `{event}` cannot be serialized: {source}")]
     Serialization {

@@ -52,6 +52,7 @@ mod database;
 mod error;
 mod guard;
 mod lock;
+pub mod outbox;
 mod retry;
 mod tx;
 mod unit_of_work;

@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use keel_domain::{Envelope, EventId};
 
-use crate::{Backend, Committed, Database, Error, RetryPolicy, Tx, guard};
+use crate::{Backend, Committed, Database, Error, RetryPolicy, Tx, guard, outbox};
 
 /// Transaction isolation level (PostgreSQL; SQLite transactions are always serializable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,6 +44,7 @@ pub struct UnitOfWork {
     lock_timeout: Option<Duration>,
     retry: RetryPolicy,
     cause: Option<Cause>,
+    processes: Option<(String, &'static str)>,
 }
 
 /// The event whose handling runs a unit of work: events it records join the cause's
@@ -69,6 +70,7 @@ impl UnitOfWork {
             lock_timeout: None,
             retry: RetryPolicy::default(),
             cause: None,
+            processes: None,
         }
     }
 
@@ -99,6 +101,15 @@ impl UnitOfWork {
             correlation_id: event.correlation_id,
             causation_id: event.id,
         });
+        self
+    }
+
+    /// Makes this unit of work the one that processes the delivery of event `event_id` to
+    /// `handler`: its first statement marks the delivery done, in the same transaction as
+    /// the handler's effects. If the delivery is already done, the steps do not run and the
+    /// result is [`Error::AlreadyProcessed`]. Handler contexts set this for you.
+    pub fn processing(mut self, event_id: String, handler: &'static str) -> Self {
+        self.processes = Some((event_id, handler));
         self
     }
 
@@ -223,9 +234,9 @@ impl Database {
                 .instrument(span.clone())
                 .await;
             match result {
-                Ok((value, events)) => {
+                Ok((value, events, lease_token)) => {
                     span.record("outcome", "committed");
-                    return Ok(Committed::new(value, events));
+                    return Ok(Committed::new(value, events, lease_token));
                 }
                 Err(error)
                     if error.is_transient() && options.retry.allows_another_after(attempt) =>
@@ -265,7 +276,7 @@ impl Database {
         options: &UnitOfWork,
         attempt: u32,
         steps: &mut F,
-    ) -> Result<(T, Vec<Envelope>), Error>
+    ) -> Result<(T, Vec<Envelope>, Option<String>), Error>
     where
         F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
     {
@@ -302,15 +313,30 @@ impl Database {
             );
             sqlx::query(AssertSqlSafe(set)).execute(&mut *txn).await?;
         }
+        if let Some((event_id, handler)) = &options.processes {
+            if let Err(error) = outbox::mark_processed(&mut txn, event_id, handler).await {
+                let _ = txn.rollback().await;
+                return Err(error);
+            }
+        }
         let (outcome, events) = {
             let mut tx = Tx::new(&mut txn, backend, attempt, options.cause);
             let outcome = guard::inside(options.name, steps(&mut tx)).await;
             (outcome, tx.into_events())
         };
+        let outcome = match outcome {
+            Ok(value) if !events.is_empty() => {
+                outbox::write(&mut txn, backend, self.routing(), &events)
+                    .await
+                    .map(|written| (value, written.lease_token))
+            }
+            Ok(value) => Ok((value, None)),
+            Err(error) => Err(error),
+        };
         match outcome {
-            Ok(value) => {
+            Ok((value, lease_token)) => {
                 txn.commit().await?;
-                Ok((value, events))
+                Ok((value, events, lease_token))
             }
             Err(error) => {
                 if let Err(rollback) = txn.rollback().await {

@@ -1,0 +1,104 @@
+//! How deliveries run: leases, timeouts, the relay's pace, retention.
+
+use std::time::Duration;
+
+/// Settings of event delivery, for the fast path and the relay.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_dispatcher::DeliveryOptions;
+///
+/// let options = DeliveryOptions::default()
+///     .handler_timeout(Duration::from_secs(10))
+///     .lease(Duration::from_secs(20))
+///     .poll_interval(Duration::from_millis(100));
+/// assert_eq!(options.lease_duration(), Duration::from_secs(20));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryOptions {
+    pub(crate) lease: Duration,
+    pub(crate) handler_timeout: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) batch_size: u32,
+    pub(crate) max_in_flight: usize,
+    pub(crate) fast_path: bool,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) purge_batch: u32,
+    pub(crate) purge_every: Duration,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        DeliveryOptions {
+            lease: Duration::from_secs(60),
+            handler_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(250),
+            batch_size: 100,
+            max_in_flight: 64,
+            fast_path: true,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            purge_batch: 5_000,
+            purge_every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl DeliveryOptions {
+    /// How long a claimed delivery is reserved for the process that claimed it. If that
+    /// process dies, another relay delivers it once the lease has expired. Keep it longer
+    /// than the handler timeout (it is raised to twice the timeout if shorter).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long one handler call may run before it counts as a failed attempt.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
+    /// How often an idle relay looks for due deliveries (PostgreSQL relays are also woken
+    /// by `NOTIFY`).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How many deliveries a relay claims per query.
+    pub fn batch_size(mut self, size: u32) -> Self {
+        self.batch_size = size.max(1);
+        self
+    }
+
+    /// How many deliveries one relay runs at once.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// Whether this process delivers the events of its own commits at once (`true`, the
+    /// default) or leaves everything to relays.
+    pub fn fast_path(mut self, enabled: bool) -> Self {
+        self.fast_path = enabled;
+        self
+    }
+
+    /// How long finished deliveries are kept before the relay purges them (`None`: never).
+    pub fn retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Rows removed per purge statement, and how often the relay purges.
+    pub fn purge(mut self, batch: u32, every: Duration) -> Self {
+        self.purge_batch = batch.max(1);
+        self.purge_every = every;
+        self
+    }
+
+    /// The effective lease: at least twice the handler timeout.
+    pub fn lease_duration(&self) -> Duration {
+        self.lease.max(self.handler_timeout * 2)
+    }
+}

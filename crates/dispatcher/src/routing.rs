@@ -1,0 +1,40 @@
+//! The routing table a dispatcher installs on its database handle.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use keel_orchestrator::outbox::Routing;
+
+use crate::Registry;
+
+/// Handler names per event name, computed once from the registry.
+pub(crate) struct RoutingTable {
+    names: HashMap<&'static str, Vec<&'static str>>,
+    fast_path_lease: Option<Duration>,
+}
+
+impl RoutingTable {
+    pub(crate) fn new(registry: &Registry, fast_path_lease: Option<Duration>) -> Self {
+        let mut names: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+        for handler in registry.handlers() {
+            names
+                .entry(handler.event())
+                .or_default()
+                .push(handler.name());
+        }
+        RoutingTable {
+            names,
+            fast_path_lease,
+        }
+    }
+}
+
+impl Routing for RoutingTable {
+    fn handlers_for(&self, event: &str) -> &[&'static str] {
+        self.names.get(event).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn fast_path_lease(&self) -> Option<Duration> {
+        self.fast_path_lease
+    }
+}

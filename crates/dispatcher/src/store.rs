@@ -1,0 +1,364 @@
+//! The read side of the outbox: claiming deliveries, recording outcomes, routing events
+//! that were written without their handlers, purging. All of it in short units of work,
+//! never across a handler call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_domain::{Envelope, EventId};
+use keel_orchestrator::outbox::{DEAD, DONE, PENDING, now_millis};
+use keel_orchestrator::{Backend, Database, Db, Error, RetryPolicy, UnitOfWork};
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::Registry;
+
+/// The handler name of the dead-letter entry of an event no handler is registered for.
+pub const NO_HANDLER: &str = "keel::no_handler";
+
+/// One delivery claimed by this process.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    pub(crate) event: Result<Arc<Envelope>, String>,
+    pub(crate) event_id: String,
+    pub(crate) handler: String,
+    pub(crate) attempt: u32,
+    pub(crate) token: String,
+}
+
+fn internal(name: &'static str) -> UnitOfWork {
+    UnitOfWork::named(name).retry(RetryPolicy::default().max_attempts(8))
+}
+
+fn in_list(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+const EVENT_COLUMNS: &str = "id, name, aggregate_type, aggregate_id, occurred_at, payload, \
+                             correlation_id, causation_id";
+
+/// Turns a `keel_events` row back into an envelope; a row that does not parse is poison.
+pub(crate) fn envelope_from(row: &sqlx::any::AnyRow) -> Result<Envelope, String> {
+    let text = |column: &str| -> Result<String, String> {
+        row.try_get::<String, _>(column)
+            .map_err(|e| format!("column {column}: {e}"))
+    };
+    let id = text("id")?;
+    let id: EventId = id.parse().map_err(|e| format!("event id `{id}`: {e}"))?;
+    let occurred_at = time::OffsetDateTime::parse(
+        &text("occurred_at")?,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map_err(|e| format!("occurred_at: {e}"))?;
+    let payload: serde_json::Value = serde_json::from_str(&text("payload")?)
+        .map_err(|e| format!("the payload is not JSON: {e}"))?;
+    let correlation_id = text("correlation_id")?
+        .parse()
+        .map_err(|e| format!("correlation_id: {e}"))?;
+    let causation_id = row
+        .try_get::<Option<String>, _>("causation_id")
+        .map_err(|e| format!("causation_id: {e}"))?
+        .map(|c| c.parse::<EventId>())
+        .transpose()
+        .map_err(|e| format!("causation_id: {e}"))?;
+    Ok(Envelope {
+        id,
+        name: text("name")?,
+        aggregate_type: text("aggregate_type")?,
+        aggregate_id: text("aggregate_id")?,
+        occurred_at,
+        payload,
+        correlation_id,
+        causation_id,
+    })
+}
+
+/// Claims up to `limit` due deliveries for `lease`, with their events.
+pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<Vec<Claim>, Error> {
+    let token = uuid::Uuid::now_v7().simple().to_string();
+    let sql = match db.backend() {
+        Backend::Postgres => {
+            "WITH c AS (
+                 SELECT event_id, handler FROM keel_deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= $3
+                   AND (leased_until IS NULL OR leased_until < $3)
+                 ORDER BY next_attempt_at LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE keel_deliveries d
+             SET leased_until = $1, leased_by = $2, attempts = d.attempts + 1, updated_at = $3
+             FROM c WHERE d.event_id = c.event_id AND d.handler = c.handler
+             RETURNING d.event_id, d.handler, d.attempts"
+        }
+        Backend::Sqlite => {
+            "UPDATE keel_deliveries
+             SET leased_until = $1, leased_by = $2, attempts = attempts + 1, updated_at = $3
+             WHERE (event_id, handler) IN (
+                 SELECT event_id, handler FROM keel_deliveries
+                 WHERE status = 'pending' AND next_attempt_at <= $3
+                   AND (leased_until IS NULL OR leased_until < $3)
+                 ORDER BY next_attempt_at LIMIT $4)
+             RETURNING event_id, handler, attempts"
+        }
+    };
+    let token = &token;
+    db.clone()
+        .unit_of_work_with(&internal("keel_claim"), async |tx| {
+            let now = now_millis();
+            let rows = sqlx::query(sql)
+                .bind(now + lease.as_millis() as i64)
+                .bind(token.as_str())
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(tx.conn())
+                .await?;
+            let mut claims: Vec<Claim> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                claims.push(Claim {
+                    event: Err("event row not found".to_owned()),
+                    event_id: row.try_get("event_id")?,
+                    handler: row.try_get("handler")?,
+                    attempt: row.try_get::<i64, _>("attempts")?.max(1) as u32,
+                    token: token.clone(),
+                });
+            }
+            let mut ids: Vec<String> = claims.iter().map(|c| c.event_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM keel_events WHERE id IN ({})",
+                    in_list(1, chunk.len())
+                );
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(id.as_str());
+                }
+                for row in query.fetch_all(tx.conn()).await? {
+                    let id: String = row.try_get("id")?;
+                    let event = envelope_from(&row).map(Arc::new);
+                    for claim in claims.iter_mut().filter(|c| c.event_id == id) {
+                        claim.event = event.clone();
+                    }
+                }
+            }
+            Ok(claims)
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
+
+/// Marks a delivery done (for handlers that did not write through their context).
+pub(crate) async fn mark_done(db: &Database, event_id: &str, handler: &str) -> Result<(), Error> {
+    db.clone()
+        .unit_of_work_with(&internal("keel_mark_done"), async |tx| {
+            sqlx::query(
+                "UPDATE keel_deliveries SET status = $1, leased_until = NULL, leased_by = NULL,
+                 updated_at = $2 WHERE event_id = $3 AND handler = $4 AND status = $5",
+            )
+            .bind(DONE)
+            .bind(now_millis())
+            .bind(event_id)
+            .bind(handler)
+            .bind(PENDING)
+            .execute(tx.conn())
+            .await?;
+            Ok(())
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
+
+/// What to do after a failed attempt.
+pub(crate) enum Next {
+    RetryAt(i64),
+    Dead,
+}
+
+/// Records a failed attempt, if the delivery is still this claim's, and schedules the
+/// next one or moves the delivery to the dead letter.
+pub(crate) async fn record_failure(
+    db: &Database,
+    claim: &Claim,
+    error: &str,
+    next: Next,
+) -> Result<(), Error> {
+    let (status, next_attempt_at) = match next {
+        Next::RetryAt(at) => (PENDING, at),
+        Next::Dead => (DEAD, now_millis()),
+    };
+    db.clone()
+        .unit_of_work_with(&internal("keel_record_failure"), async |tx| {
+            let now = now_millis();
+            let updated = sqlx::query(
+                "UPDATE keel_deliveries SET status = $1, next_attempt_at = $2, leased_until = NULL,
+                 leased_by = NULL, last_error = $3, updated_at = $4
+                 WHERE event_id = $5 AND handler = $6 AND status = $7 AND leased_by = $8",
+            )
+            .bind(status)
+            .bind(next_attempt_at)
+            .bind(error)
+            .bind(now)
+            .bind(claim.event_id.as_str())
+            .bind(claim.handler.as_str())
+            .bind(PENDING)
+            .bind(claim.token.as_str())
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            if updated == 1 {
+                sqlx::query(
+                    "INSERT INTO keel_delivery_errors (event_id, handler, attempt, failed_at, error)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(claim.event_id.as_str())
+                .bind(claim.handler.as_str())
+                .bind(claim.attempt as i32)
+                .bind(now)
+                .bind(error)
+                .execute(tx.conn())
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
+
+/// Creates the delivery rows of events written without routing (by a producer that did
+/// not know the handlers), using this process's registry. An event no handler is
+/// registered for goes to the dead letter. Returns how many events were routed.
+pub(crate) async fn route_unrouted(
+    db: &Database,
+    registry: &Registry,
+    limit: u32,
+) -> Result<usize, Error> {
+    let sql = match db.backend() {
+        Backend::Postgres => {
+            "WITH c AS (SELECT id FROM keel_events WHERE NOT routed
+                        ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             UPDATE keel_events e SET routed = TRUE FROM c WHERE e.id = c.id
+             RETURNING e.id, e.name"
+        }
+        Backend::Sqlite => {
+            "UPDATE keel_events SET routed = TRUE WHERE id IN
+                 (SELECT id FROM keel_events WHERE NOT routed ORDER BY created_at LIMIT $1)
+             RETURNING id, name"
+        }
+    };
+    db.clone()
+        .unit_of_work_with(&internal("keel_route"), async |tx| {
+            let now = now_millis();
+            let rows = sqlx::query(sql)
+                .bind(i64::from(limit))
+                .fetch_all(tx.conn())
+                .await?;
+            for row in &rows {
+                let id: String = row.try_get("id")?;
+                let name: String = row.try_get("name")?;
+                let handlers = registry.handlers_for(&name);
+                if handlers.is_empty() {
+                    let error = format!(
+                        "no handler is registered for event `{name}` in the process that routed \
+                         it; register a handler, then retry this entry from the dead letter"
+                    );
+                    insert_delivery(tx, &id, NO_HANDLER, DEAD, Some(&error), now).await?;
+                    sqlx::query(
+                        "INSERT INTO keel_delivery_errors (event_id, handler, attempt, failed_at, error)
+                         VALUES ($1, $2, 0, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(id.as_str())
+                    .bind(NO_HANDLER)
+                    .bind(now)
+                    .bind(error.as_str())
+                    .execute(tx.conn())
+                    .await?;
+                }
+                for handler in handlers {
+                    insert_delivery(tx, &id, handler.name(), PENDING, None, now).await?;
+                }
+            }
+            Ok(rows.len())
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
+
+async fn insert_delivery(
+    tx: &mut keel_orchestrator::Tx<'_>,
+    event_id: &str,
+    handler: &str,
+    status: &str,
+    error: Option<&str>,
+    now: i64,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO keel_deliveries (event_id, handler, status, attempts, next_attempt_at,
+         last_error, updated_at) VALUES ($1, $2, $3, 0, $4, $5, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(handler)
+    .bind(status)
+    .bind(now)
+    .bind(error)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
+}
+
+/// Deliveries not finished yet (pending, or events not routed yet).
+pub(crate) async fn unfinished(db: &Database) -> Result<i64, Error> {
+    let mut conn = db.acquire().await?;
+    let (pending,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM keel_deliveries WHERE status = 'pending'")
+            .fetch_one(&mut *conn)
+            .await?;
+    let (unrouted,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM keel_events WHERE NOT routed")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(pending + unrouted)
+}
+
+/// Removes done deliveries (and their error history) older than `before`, then events left
+/// without deliveries, at most `limit` rows per statement. Returns the rows removed.
+pub(crate) async fn purge(db: &Database, before: i64, limit: u32) -> Result<u64, Error> {
+    db.clone()
+        .unit_of_work_with(&internal("keel_purge"), async |tx| {
+            let limit = i64::from(limit);
+            let errors = sqlx::query(
+                "DELETE FROM keel_delivery_errors WHERE (event_id, handler) IN
+                 (SELECT event_id, handler FROM keel_deliveries
+                  WHERE status = 'done' AND updated_at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            let deliveries = sqlx::query(
+                "DELETE FROM keel_deliveries WHERE (event_id, handler) IN
+                 (SELECT event_id, handler FROM keel_deliveries
+                  WHERE status = 'done' AND updated_at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            let events = sqlx::query(
+                "DELETE FROM keel_events WHERE id IN
+                 (SELECT id FROM keel_events e WHERE e.created_at < $1 AND e.routed
+                  AND NOT EXISTS (SELECT 1 FROM keel_deliveries d WHERE d.event_id = e.id)
+                  LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            Ok(errors + deliveries + events)
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
