@@ -80,6 +80,15 @@ if [ $# -eq 0 ]; then
   KEEL_TEST_POOL_SIZE=1 cargo test -p keel --tests
 fi
 
+# 3c. PostgreSQL restarting under a running relay. It restarts the shared cluster, so it
+#     runs alone, after everything else that uses the server.
+if [ $# -eq 0 ]; then
+  say "relay across a PostgreSQL restart"
+  if [ "$(id -u)" = 0 ]; then restart_as="runuser -u postgres --"; else restart_as=""; fi
+  KEEL_TEST_PG_RESTART="$restart_as $bindir/pg_ctl -D $workdir/data -l $workdir/server.log -m fast -w -t 30 restart" \
+    cargo test -p keel --test durability -- --ignored --exact restart::the_relay_survives_a_postgres_restart
+fi
+
 # 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL.
 if [ $# -eq 0 ]; then
   say "example assessment_completion on SQLite"

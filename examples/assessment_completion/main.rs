@@ -98,7 +98,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    app.dispatcher().wait_idle().await;
+    app.wait_until_delivered(std::time::Duration::from_secs(30))
+        .await?;
     let summary = infrastructure::schema::summary(app.database()).await?;
     println!("\nfinal state (after the handlers ran)\n{summary}");
     app.shutdown().await;

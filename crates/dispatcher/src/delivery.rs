@@ -51,14 +51,14 @@ pub(crate) async fn execute(dispatcher: Dispatcher, claim: Claim) {
 
     let (error, retryable) = match joined {
         Ok((Ok(Ok(())), processed)) | Ok((Ok(Err(Error::AlreadyProcessed { .. })), processed)) => {
-            if !processed {
-                if let Err(error) = store::mark_done(&db, &claim.event_id, &claim.handler).await {
-                    tracing::warn!(
-                        handler = %claim.handler, event_id = %claim.event_id, %error,
-                        "handled, but marking the delivery done failed; it will be redelivered \
-                         when its lease expires"
-                    );
-                }
+            if !processed
+                && let Err(error) = store::mark_done(&db, &claim.event_id, &claim.handler).await
+            {
+                tracing::warn!(
+                    handler = %claim.handler, event_id = %claim.event_id, %error,
+                    "handled, but marking the delivery done failed; it will be redelivered \
+                     when its lease expires"
+                );
             }
             tracing::debug!(handler = %claim.handler, event_id = %claim.event_id, "handled");
             return;

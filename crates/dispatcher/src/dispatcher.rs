@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_orchestrator::{Database, Error, Release, ensure_outside_unit_of_work};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -40,6 +40,8 @@ struct Inner {
     registry: Registry,
     options: DeliveryOptions,
     in_flight: watch::Sender<usize>,
+    /// Bounds the deliveries running at once in this process, fast path and relay together.
+    permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     stop: watch::Sender<bool>,
     relay: Mutex<Option<JoinHandle<()>>>,
@@ -72,6 +74,7 @@ impl Dispatcher {
 
     /// A dispatcher with explicit delivery options.
     pub fn with_options(db: Database, registry: Registry, options: DeliveryOptions) -> Self {
+        let permits = Arc::new(Semaphore::new(options.max_in_flight));
         let lease = options.fast_path.then(|| options.lease_duration());
         let routing = Arc::new(RoutingTable::new(&registry, lease));
         Dispatcher {
@@ -80,6 +83,7 @@ impl Dispatcher {
                 registry,
                 options,
                 in_flight: watch::Sender::new(0),
+                permits,
                 wake: Arc::new(Notify::new()),
                 stop: watch::Sender::new(false),
                 relay: Mutex::new(None),
@@ -156,15 +160,40 @@ impl Dispatcher {
             event_id = %claim.event_id,
             attempt = claim.attempt,
         );
+        let permits = self.inner.permits.clone();
         let delivery = delivery::execute(self.clone(), claim);
         tokio::spawn(
             async move {
+                // Waiting here holds no connection: a burst of commits queues cheaply.
+                let permit = permits.acquire_owned().await;
                 delivery.await;
+                drop(permit);
                 drop(guard);
                 done();
             }
             .instrument(span),
         );
+    }
+
+    /// Free delivery slots in this process.
+    pub(crate) fn free_permits(&self) -> usize {
+        self.inner.permits.available_permits()
+    }
+
+    /// Removes finished deliveries older than `older_than` (and events left without
+    /// deliveries), in bounded batches; returns the rows removed. The relay does this
+    /// periodically when [`DeliveryOptions::retention`] is set.
+    pub async fn purge_delivered(&self, older_than: Duration) -> Result<u64, Error> {
+        let before = keel_orchestrator::outbox::now_millis() - older_than.as_millis() as i64;
+        let mut total = 0;
+        loop {
+            let removed =
+                store::purge(&self.inner.db, before, self.inner.options.purge_batch).await?;
+            total += removed;
+            if removed == 0 {
+                return Ok(total);
+            }
+        }
     }
 
     /// Starts the relay in the background, once. Must be called within a Tokio runtime.

@@ -14,14 +14,13 @@ use std::time::Instant;
 
 use keel_orchestrator::Backend;
 use keel_orchestrator::outbox::{NOTIFY_CHANNEL, now_millis};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::{Dispatcher, store};
 
 pub(crate) async fn run(dispatcher: Dispatcher, mut stop: watch::Receiver<bool>) {
     let options = dispatcher.options().clone();
     let db = dispatcher.database().clone();
-    let permits = Arc::new(Semaphore::new(options.max_in_flight));
     let wake = dispatcher.wake_handle();
     if db.backend() == Backend::Postgres {
         tokio::spawn(listen(
@@ -39,7 +38,7 @@ pub(crate) async fn run(dispatcher: Dispatcher, mut stop: watch::Receiver<bool>)
         }
         let round = async {
             store::route_unrouted(&db, dispatcher.registry(), options.batch_size).await?;
-            let free = permits.available_permits() as u32;
+            let free = dispatcher.free_permits() as u32;
             if free == 0 {
                 return Ok::<_, keel_orchestrator::Error>(false);
             }
@@ -47,12 +46,8 @@ pub(crate) async fn run(dispatcher: Dispatcher, mut stop: watch::Receiver<bool>)
             let claims = store::claim(&db, limit, options.lease_duration()).await?;
             let full = claims.len() as u32 == limit;
             for claim in claims {
-                let permit = permits.clone().acquire_owned().await.ok();
                 let wake = wake.clone();
-                dispatcher.spawn_delivery(claim, move || {
-                    drop(permit);
-                    wake.notify_one();
-                });
+                dispatcher.spawn_delivery(claim, move || wake.notify_one());
             }
             Ok(full)
         }
@@ -75,15 +70,16 @@ pub(crate) async fn run(dispatcher: Dispatcher, mut stop: watch::Receiver<bool>)
                 false
             }
         };
-        if let Some(retention) = options.retention {
-            if last_purge.elapsed() >= options.purge_every && failing_since.is_none() {
-                last_purge = Instant::now();
-                let before = now_millis() - retention.as_millis() as i64;
-                match store::purge(&db, before, options.purge_batch).await {
-                    Ok(0) => {}
-                    Ok(rows) => tracing::debug!(rows, "purged finished deliveries"),
-                    Err(error) => tracing::warn!(%error, "purge failed"),
-                }
+        if let Some(retention) = options.retention
+            && last_purge.elapsed() >= options.purge_every
+            && failing_since.is_none()
+        {
+            last_purge = Instant::now();
+            let before = now_millis() - retention.as_millis() as i64;
+            match store::purge(&db, before, options.purge_batch).await {
+                Ok(0) => {}
+                Ok(rows) => tracing::debug!(rows, "purged finished deliveries"),
+                Err(error) => tracing::warn!(%error, "purge failed"),
             }
         }
         if busy {
@@ -95,8 +91,8 @@ pub(crate) async fn run(dispatcher: Dispatcher, mut stop: watch::Receiver<bool>)
             _ = tokio::time::sleep(options.poll_interval) => {}
         }
     }
-    // Graceful shutdown: stop claiming, let what was claimed finish.
-    let _ = permits.acquire_many(options.max_in_flight as u32).await;
+    // Graceful shutdown: stop claiming; what was claimed finishes (`Dispatcher::shutdown`
+    // waits for it).
     tracing::info!("relay stopped");
 }
 

@@ -313,11 +313,11 @@ impl Database {
             );
             sqlx::query(AssertSqlSafe(set)).execute(&mut *txn).await?;
         }
-        if let Some((event_id, handler)) = &options.processes {
-            if let Err(error) = outbox::mark_processed(&mut txn, event_id, handler).await {
-                let _ = txn.rollback().await;
-                return Err(error);
-            }
+        if let Some((event_id, handler)) = &options.processes
+            && let Err(error) = outbox::mark_processed(&mut txn, event_id, handler).await
+        {
+            let _ = txn.rollback().await;
+            return Err(error);
         }
         let (outcome, events) = {
             let mut tx = Tx::new(&mut txn, backend, attempt, options.cause);

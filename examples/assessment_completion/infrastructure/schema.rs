@@ -4,7 +4,6 @@ use keel::{Database, Error, sqlx};
 pub async fn reset_with_seed_data(db: &Database) -> Result<(), Error> {
     db.execute_script(
         "DROP TABLE IF EXISTS user_statistics;
-         DROP TABLE IF EXISTS user_statistics_events;
          DROP TABLE IF EXISTS assessments;
          DROP TABLE IF EXISTS campaign_participations;
          DROP TABLE IF EXISTS certification_courses;
@@ -31,7 +30,6 @@ pub async fn reset_with_seed_data(db: &Database) -> Result<(), Error> {
              user_id BIGINT PRIMARY KEY,
              completed_assessments BIGINT NOT NULL
          );
-         CREATE TABLE user_statistics_events (event_id TEXT PRIMARY KEY);
          INSERT INTO campaign_participations (id, user_id, status) VALUES (10, 7, 'Started');
          INSERT INTO certification_courses (id, user_id, completed_at) VALUES (20, 7, NULL);
          INSERT INTO assessments VALUES (1, 7, 'Campaign', 'Started', 10, NULL, 1);

@@ -1,0 +1,83 @@
+//! kill -9: a child process commits 10,000 events whose two handlers write to a table,
+//! and is killed at random moments, again and again, then restarted until it finishes.
+//! Every (event, handler) effect must exist exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel::{App, Database, DeliveryOptions};
+
+use crate::support::*;
+
+const EVENTS: i64 = 10_000;
+const KILLS: usize = 20;
+const CHILD_URL: &str = "KEEL_CRASH_CHILD_URL";
+
+/// The child: produce what is left, deliver everything (fast path and relay), exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of kill_9_loses_nothing_and_doubles_nothing"]
+async fn child() {
+    let Ok(url) = std::env::var(CHILD_URL) else {
+        return;
+    };
+    let db = Database::connect(&url).await.unwrap();
+    let options = DeliveryOptions::default()
+        .poll_interval(Duration::from_millis(20))
+        .handler_timeout(Duration::from_millis(500))
+        .lease(Duration::from_secs(1));
+    let app = App::builder(db, both_effects()).delivery(options).start();
+    let mut producer = app.database().clone();
+    produce(&mut producer, EVENTS, 25).await.unwrap();
+    while !app
+        .wait_until_delivered(Duration::from_secs(60))
+        .await
+        .unwrap()
+    {}
+    app.shutdown().await;
+}
+
+fn spawn_child(url: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "crash::child", "--test-threads=1"])
+        .env(CHILD_URL, url)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn kill_9_loses_nothing_and_doubles_nothing(db: Database) {
+    schema(&db).await;
+    let url = db.url().to_owned();
+    let mut kills = 0;
+    while kills < KILLS {
+        let mut child = spawn_child(&url);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(150..900))).await;
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before being killed
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let produced_when_killing_stopped = scalar(&db, "SELECT produced FROM progress").await;
+    let started = Instant::now();
+    loop {
+        let status = spawn_child(&url).wait().unwrap();
+        assert!(status.success(), "the child failed: {status}");
+        if scalar(&db, "SELECT produced FROM progress").await == EVENTS {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+    }
+    eprintln!(
+        "kill -9: {kills} kills, {produced_when_killing_stopped} events produced by then, \
+         recovery took {:?}",
+        started.elapsed()
+    );
+    assert!(kills >= KILLS, "the child finished before {KILLS} kills");
+    exactly_once(&db, EVENTS, 2).await;
+}
+
+keel_testing::backend_tests!(kill_9_loses_nothing_and_doubles_nothing);

@@ -1,0 +1,93 @@
+//! Bad input: an event no handler knows and a payload that no longer deserializes go to
+//! the dead letter with reasons; the other events keep flowing.
+
+use std::time::Duration;
+
+use keel::{Database, DomainEvent, NO_HANDLER};
+use serde::{Deserialize, Serialize};
+
+use crate::support::*;
+
+/// Written by some other program: nobody here handles it.
+#[derive(Serialize, Deserialize)]
+struct Unknown {
+    x: i64,
+}
+
+impl DomainEvent for Unknown {
+    const NAME: &'static str = "test.nobody_handles_this.v1";
+    const AGGREGATE_TYPE: &'static str = "Nothing";
+    fn aggregate_id(&self) -> String {
+        self.x.to_string()
+    }
+}
+
+/// An older shape of `Ticked`, under the same name: its payload lacks `seq`.
+#[derive(Serialize, Deserialize)]
+struct OldTicked {
+    tick: i64,
+}
+
+impl DomainEvent for OldTicked {
+    const NAME: &'static str = "test.ticked.v1";
+    const AGGREGATE_TYPE: &'static str = "Clock";
+    fn aggregate_id(&self) -> String {
+        self.tick.to_string()
+    }
+}
+
+async fn poison_goes_to_the_dead_letter_and_the_rest_flows(db: Database) {
+    schema(&db).await;
+    // A producer without routing, like another program writing to the same outbox.
+    let mut other_program = db.clone();
+    other_program
+        .unit_of_work(async |tx| {
+            tx.record(Ticked { seq: 1 })?;
+            tx.record(Unknown { x: 7 })?;
+            tx.record(OldTicked { tick: 3 })?;
+            tx.record(Ticked { seq: 2 })?;
+            Ok(())
+        })
+        .await
+        .unwrap()
+        .into_value();
+    let app = app(&db, both_effects());
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM effects").await,
+        4,
+        "good events done"
+    );
+    let dead = app.dead_letters().list(10).await.unwrap();
+    assert_eq!(dead.len(), 3, "{dead:#?}");
+
+    let unknown = dead.iter().find(|d| d.handler == NO_HANDLER).unwrap();
+    assert_eq!(unknown.event_name, "test.nobody_handles_this.v1");
+    let reason = &unknown.failures[0].error;
+    assert!(
+        reason.contains("no handler is registered for event `test.nobody_handles_this.v1`"),
+        "{reason}"
+    );
+
+    for handler in ["effect_a", "effect_b"] {
+        let old = dead.iter().find(|d| d.handler == handler).unwrap();
+        assert_eq!(
+            old.attempts, 1,
+            "a payload that does not deserialize is not retried"
+        );
+        let reason = &old.failures[0].error;
+        assert!(
+            reason.contains("test.ticked.v1") && reason.contains("seq"),
+            "{reason}"
+        );
+        assert!(old.payload.contains("tick"));
+    }
+    app.shutdown().await;
+}
+
+keel_testing::backend_tests!(poison_goes_to_the_dead_letter_and_the_rest_flows);

@@ -1,0 +1,173 @@
+//! Per-handler retries with the configured backoff, the dead letter, and retrying from it.
+
+use std::time::Duration;
+
+use keel::{Database, Error, Handler, HandlerContext, RetryPolicy, Session, sqlx};
+
+use crate::support::*;
+
+/// Fails its first 3 attempts.
+async fn flaky(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
+    if ctx.attempt() <= 3 {
+        return Err(Error::Database(sqlx::Error::Protocol(format!(
+            "partner busy (attempt {})",
+            ctx.attempt()
+        ))));
+    }
+    write_effect(event.seq, ctx).await
+}
+
+/// Fails until `switches.fixed` is set.
+async fn broken_until_fixed(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
+    let (seq, handler, attempt) = (event.seq, ctx.handler(), i64::from(ctx.attempt()));
+    ctx.unit_of_work(async |tx| {
+        let (fixed,): (i64,) = sqlx::query_as("SELECT fixed FROM switches")
+            .fetch_one(tx.conn())
+            .await?;
+        if fixed == 0 {
+            return Err(Error::Database(sqlx::Error::Protocol(
+                "partner down".into(),
+            )));
+        }
+        sqlx::query("INSERT INTO effects (seq, handler, attempt) VALUES ($1, $2, $3)")
+            .bind(seq)
+            .bind(handler)
+            .bind(attempt)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+async fn tick(session: &mut Session<'_>, seq: i64) {
+    session
+        .unit_of_work(async |tx| {
+            tx.record(Ticked { seq })?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) {
+    schema(&db).await;
+    db.execute_script(
+        "CREATE TABLE switches (fixed BIGINT NOT NULL); INSERT INTO switches VALUES (0);",
+    )
+    .await
+    .unwrap();
+    let backoff = RetryPolicy::default()
+        .max_attempts(5)
+        .base_delay(Duration::from_millis(100))
+        .multiplier(2.0)
+        .jitter(0.0);
+    let app = app(
+        &db,
+        registry(vec![
+            Handler::new::<Ticked, _>("flaky", flaky).retry(backoff.clone()),
+            Handler::new::<Ticked, _>("broken", broken_until_fixed).retry(backoff.max_attempts(3)),
+        ]),
+    );
+    tick(&mut app.session(), 1).await;
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+
+    // flaky: done on its 4th attempt, each retry after at least the configured delay.
+    let mut conn = db.acquire().await.unwrap();
+    let failed: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT attempt, failed_at FROM keel_delivery_errors WHERE handler = 'flaky' ORDER BY attempt",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    assert_eq!(
+        failed.iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for (pair, expected_ms) in failed.windows(2).zip([100, 200]) {
+        let gap = pair[1].1 - pair[0].1;
+        assert!(
+            gap >= expected_ms,
+            "attempt {} came {gap} ms after the previous failure",
+            pair[1].0
+        );
+    }
+    assert_eq!(
+        scalar(&db, "SELECT attempt FROM effects WHERE handler = 'flaky'").await,
+        4
+    );
+
+    // broken: dead after 3 attempts, with every error.
+    let listed = app.dead_letters().list(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].handler, "broken");
+    let dead = app
+        .dead_letters()
+        .show(&listed[0].event_id, "broken")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dead.attempts, 3);
+    assert_eq!(dead.failures.len(), 3);
+    assert!(
+        dead.failures
+            .iter()
+            .all(|f| f.error.contains("partner down"))
+    );
+    assert!(
+        !app.dead_letters()
+            .retry(&dead.event_id, "flaky")
+            .await
+            .unwrap(),
+        "flaky is not dead"
+    );
+
+    // Fixed, then retried from the dead letter: done.
+    db.execute_script("UPDATE switches SET fixed = 1")
+        .await
+        .unwrap();
+    assert!(
+        app.dead_letters()
+            .retry(&dead.event_id, "broken")
+            .await
+            .unwrap()
+    );
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    assert_eq!(app.dead_letters().count().await.unwrap(), 0);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM effects WHERE handler = 'broken'").await,
+        1
+    );
+
+    // Discarding removes a dead delivery and its history.
+    tick(&mut app.session(), 2).await;
+    db.execute_script("UPDATE switches SET fixed = 0")
+        .await
+        .unwrap();
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let dead = app.dead_letters().list(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        app.dead_letters()
+            .discard(&dead[0].event_id, "broken")
+            .await
+            .unwrap()
+    );
+    assert_eq!(app.dead_letters().count().await.unwrap(), 0);
+    app.shutdown().await;
+}
+
+keel_testing::backend_tests!(retried_with_backoff_then_dead_then_retried_from_the_api);
