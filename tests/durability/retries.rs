@@ -149,10 +149,10 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     );
 
     // Discarding removes a dead delivery and its history.
-    tick(&mut app.session(), 2).await;
     db.execute_script("UPDATE switches SET fixed = 0")
         .await
         .unwrap();
+    tick(&mut app.session(), 2).await;
     assert!(
         app.wait_until_delivered(Duration::from_secs(20))
             .await

@@ -155,7 +155,8 @@ impl DeadLetters {
         Ok(retried)
     }
 
-    /// Removes a dead delivery and its error history. Returns `false` if it is not dead.
+    /// Removes a dead delivery and its error history (and the event, if no other delivery
+    /// of it is left). Returns `false` if it is not dead.
     pub async fn discard(&self, event_id: &str, handler: &str) -> Result<bool, Error> {
         self.db
             .clone()
@@ -175,6 +176,13 @@ impl DeadLetters {
                     )
                     .bind(event_id)
                     .bind(handler)
+                    .execute(tx.conn())
+                    .await?;
+                    sqlx::query(
+                        "DELETE FROM keel_events WHERE id = $1 AND NOT EXISTS
+                         (SELECT 1 FROM keel_deliveries d WHERE d.event_id = keel_events.id)",
+                    )
+                    .bind(event_id)
                     .execute(tx.conn())
                     .await?;
                 }

@@ -307,57 +307,71 @@ async fn insert_delivery(
     Ok(())
 }
 
-/// Deliveries not finished yet (pending, or events not routed yet).
+/// Deliveries not finished yet (pending, or events not routed yet), counted in one
+/// statement so that routing between two counts cannot hide work.
 pub(crate) async fn unfinished(db: &Database) -> Result<i64, Error> {
     let mut conn = db.acquire().await?;
-    let (pending,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM keel_deliveries WHERE status = 'pending'")
-            .fetch_one(&mut *conn)
-            .await?;
-    let (unrouted,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM keel_events WHERE NOT routed")
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(pending + unrouted)
+    let (unfinished,): (i64,) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM keel_deliveries WHERE status = 'pending')
+              + (SELECT COUNT(*) FROM keel_events WHERE NOT routed)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(unfinished)
 }
 
-/// Removes done deliveries (and their error history) older than `before`, then events left
-/// without deliveries, at most `limit` rows per statement. Returns the rows removed.
+/// Removes done deliveries (and their error history) older than `before`, at most `limit`
+/// per call, then the events those deliveries belonged to if no delivery of theirs is left.
+/// Every statement is driven by an index or by the keys just deleted. Returns the rows
+/// removed (0 when nothing is left to purge).
 pub(crate) async fn purge(db: &Database, before: i64, limit: u32) -> Result<u64, Error> {
     db.clone()
         .unit_of_work_with(&internal("keel_purge"), async |tx| {
-            let limit = i64::from(limit);
-            let errors = sqlx::query(
-                "DELETE FROM keel_delivery_errors WHERE (event_id, handler) IN
-                 (SELECT event_id, handler FROM keel_deliveries
-                  WHERE status = 'done' AND updated_at < $1 LIMIT $2)",
-            )
-            .bind(before)
-            .bind(limit)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
-            let deliveries = sqlx::query(
+            let rows = sqlx::query(
                 "DELETE FROM keel_deliveries WHERE (event_id, handler) IN
                  (SELECT event_id, handler FROM keel_deliveries
-                  WHERE status = 'done' AND updated_at < $1 LIMIT $2)",
+                  WHERE status = 'done' AND updated_at < $1 LIMIT $2)
+                 RETURNING event_id, handler",
             )
             .bind(before)
-            .bind(limit)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
-            let events = sqlx::query(
-                "DELETE FROM keel_events WHERE id IN
-                 (SELECT id FROM keel_events e WHERE e.created_at < $1 AND e.routed
-                  AND NOT EXISTS (SELECT 1 FROM keel_deliveries d WHERE d.event_id = e.id)
-                  LIMIT $2)",
-            )
-            .bind(before)
-            .bind(limit)
-            .execute(tx.conn())
-            .await?
-            .rows_affected();
-            Ok(errors + deliveries + events)
+            .bind(i64::from(limit))
+            .fetch_all(tx.conn())
+            .await?;
+            let mut removed = rows.len() as u64;
+            let mut pairs: Vec<(String, String)> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                pairs.push((row.try_get("event_id")?, row.try_get("handler")?));
+            }
+            for chunk in pairs.chunks(400) {
+                let list = (0..chunk.len())
+                    .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let sql = format!(
+                    "DELETE FROM keel_delivery_errors WHERE (event_id, handler) IN ({list})"
+                );
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                for (event_id, handler) in chunk {
+                    query = query.bind(event_id.as_str()).bind(handler.as_str());
+                }
+                removed += query.execute(tx.conn()).await?.rows_affected();
+            }
+            let mut ids: Vec<&str> = pairs.iter().map(|(e, _)| e.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "DELETE FROM keel_events WHERE id IN ({}) AND NOT EXISTS
+                     (SELECT 1 FROM keel_deliveries d WHERE d.event_id = keel_events.id)",
+                    in_list(1, chunk.len())
+                );
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                removed += query.execute(tx.conn()).await?.rows_affected();
+            }
+            Ok(removed)
         })
         .await
         .map(|receipt| receipt.into_value())
