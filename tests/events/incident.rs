@@ -25,16 +25,21 @@ async fn plain_sqlx_deadlocks_its_own_pool_postgres() {
         .await
         .unwrap();
     let all_inside = Arc::new(Barrier::new(POOL as usize));
+    let all_answered = Arc::new(Barrier::new(POOL as usize));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..POOL {
-        let (pool, all_inside) = (pool.clone(), all_inside.clone());
+        let (pool, all_inside, all_answered) =
+            (pool.clone(), all_inside.clone(), all_answered.clone());
         tasks.push(tokio::spawn(async move {
             let mut tx = pool.begin().await.unwrap();
             sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
             all_inside.wait().await;
             // The "event handler" queries the pool instead of the transaction.
             let second = sqlx::query("SELECT 1").execute(&pool).await;
+            // Every transaction stays open until every task has its answer, as under
+            // sustained load: no connection comes back to rescue a late waiter.
+            all_answered.wait().await;
             tx.rollback().await.unwrap();
             second
         }));

@@ -26,15 +26,21 @@ pub struct Committed<T> {
     lease_token: Option<String>,
 }
 
-impl<T> Committed<T> {
-    pub(crate) fn new(value: T, events: Vec<Envelope>, lease_token: Option<String>) -> Self {
-        Committed {
-            value,
-            events,
-            lease_token,
-        }
+/// The receipt of a commit. A free function, not an associated one, so that the compiler
+/// never suggests it to code outside this crate.
+pub(crate) fn receipt<T>(
+    value: T,
+    events: Vec<Envelope>,
+    lease_token: Option<String>,
+) -> Committed<T> {
+    Committed {
+        value,
+        events,
+        lease_token,
     }
+}
 
+impl<T> Committed<T> {
     /// The value the unit of work returned.
     pub fn value(&self) -> &T {
         &self.value

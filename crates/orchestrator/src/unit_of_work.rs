@@ -8,7 +8,7 @@ use tracing::Instrument;
 
 use keel_domain::{Envelope, EventId};
 
-use crate::{Backend, Committed, Database, Error, RetryPolicy, Tx, guard, outbox};
+use crate::{Backend, Committed, Database, Error, RetryPolicy, Tx, committed, guard, outbox};
 
 /// Transaction isolation level (PostgreSQL; SQLite transactions are always serializable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -236,7 +236,7 @@ impl Database {
             match result {
                 Ok((value, events, lease_token)) => {
                     span.record("outcome", "committed");
-                    return Ok(Committed::new(value, events, lease_token));
+                    return Ok(committed::receipt(value, events, lease_token));
                 }
                 Err(error)
                     if error.is_transient() && options.retry.allows_another_after(attempt) =>
