@@ -29,13 +29,7 @@ async fn broken_until_fixed(event: &Ticked, ctx: &mut HandlerContext) -> Result<
                 "partner down".into(),
             )));
         }
-        sqlx::query("INSERT INTO effects (seq, handler, attempt) VALUES ($1, $2, $3)")
-            .bind(seq)
-            .bind(handler)
-            .bind(attempt)
-            .execute(tx.conn())
-            .await?;
-        Ok(())
+        insert_effect(tx, seq, handler, attempt).await
     })
     .await
 }

@@ -32,20 +32,28 @@ pub async fn schema(db: &Database) {
     .unwrap();
 }
 
+/// Inserts one effect row.
+pub async fn insert_effect(
+    tx: &mut keel::Tx<'_>,
+    seq: i64,
+    handler: &str,
+    attempt: i64,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO effects (seq, handler, attempt) VALUES ($1, $2, $3)")
+        .bind(seq)
+        .bind(handler)
+        .bind(attempt)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 /// Writes the handler's effect in its own unit of work (which also marks the delivery).
 pub async fn write_effect(seq: i64, ctx: &mut HandlerContext) -> Result<(), Error> {
     let handler = ctx.handler();
     let attempt = i64::from(ctx.attempt());
-    ctx.unit_of_work(async |tx| {
-        sqlx::query("INSERT INTO effects (seq, handler, attempt) VALUES ($1, $2, $3)")
-            .bind(seq)
-            .bind(handler)
-            .bind(attempt)
-            .execute(tx.conn())
-            .await?;
-        Ok(())
-    })
-    .await
+    ctx.unit_of_work(async |tx| insert_effect(tx, seq, handler, attempt).await)
+        .await
 }
 
 pub async fn effect_a(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {

@@ -66,7 +66,7 @@ impl DeadLetters {
 
     /// The oldest `limit` dead deliveries.
     pub async fn list(&self, limit: u32) -> Result<Vec<DeadLetter>, Error> {
-        let sql = const_format(
+        let sql = dead_letter_query(
             "WHERE d.status = 'dead' ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1",
         );
         let mut conn = self.db.acquire().await?;
@@ -94,7 +94,8 @@ impl DeadLetters {
 
     /// One dead delivery, if it is dead.
     pub async fn show(&self, event_id: &str, handler: &str) -> Result<Option<DeadLetter>, Error> {
-        let sql = const_format("WHERE d.status = 'dead' AND d.event_id = $1 AND d.handler = $2");
+        let sql =
+            dead_letter_query("WHERE d.status = 'dead' AND d.event_id = $1 AND d.handler = $2");
         let mut conn = self.db.acquire().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(event_id)
@@ -117,20 +118,12 @@ impl DeadLetters {
             .unit_of_work_with(&UnitOfWork::named("keel_dead_letter_retry"), async |tx| {
                 if handler == NO_HANDLER {
                     // Route the event again, with the handlers registered now.
-                    let removed = sqlx::query(
-                        "DELETE FROM keel_deliveries WHERE event_id = $1 AND handler = $2 AND status = $3",
-                    )
-                    .bind(event_id)
-                    .bind(handler)
-                    .bind(DEAD)
-                    .execute(tx.conn())
-                    .await?
-                    .rows_affected();
+                    let removed = delete_dead(tx, event_id, handler).await?;
                     sqlx::query("UPDATE keel_events SET routed = FALSE WHERE id = $1")
                         .bind(event_id)
                         .execute(tx.conn())
                         .await?;
-                    return Ok(removed == 1);
+                    return Ok(removed);
                 }
                 let updated = sqlx::query(
                     "UPDATE keel_deliveries SET status = $1, attempts = 0, next_attempt_at = $2,
@@ -161,16 +154,8 @@ impl DeadLetters {
         self.db
             .clone()
             .unit_of_work_with(&UnitOfWork::named("keel_dead_letter_discard"), async |tx| {
-                let removed = sqlx::query(
-                    "DELETE FROM keel_deliveries WHERE event_id = $1 AND handler = $2 AND status = $3",
-                )
-                .bind(event_id)
-                .bind(handler)
-                .bind(DEAD)
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
-                if removed == 1 {
+                let removed = delete_dead(tx, event_id, handler).await?;
+                if removed {
                     sqlx::query(
                         "DELETE FROM keel_delivery_errors WHERE event_id = $1 AND handler = $2",
                     )
@@ -186,7 +171,7 @@ impl DeadLetters {
                     .execute(tx.conn())
                     .await?;
                 }
-                Ok(removed == 1)
+                Ok(removed)
             })
             .await
             .map(|receipt| receipt.into_value())
@@ -225,6 +210,24 @@ impl DeadLetters {
     }
 }
 
-fn const_format(tail: &str) -> String {
+/// Deletes the dead delivery `(event_id, handler)`; returns whether it was dead.
+async fn delete_dead(
+    tx: &mut keel_orchestrator::Tx<'_>,
+    event_id: &str,
+    handler: &str,
+) -> Result<bool, Error> {
+    let removed = sqlx::query(
+        "DELETE FROM keel_deliveries WHERE event_id = $1 AND handler = $2 AND status = $3",
+    )
+    .bind(event_id)
+    .bind(handler)
+    .bind(DEAD)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    Ok(removed == 1)
+}
+
+fn dead_letter_query(tail: &str) -> String {
     format!("{SELECT} {tail}")
 }

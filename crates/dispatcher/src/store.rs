@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_domain::{Envelope, EventId};
-use keel_orchestrator::outbox::{DEAD, DONE, PENDING, now_millis};
+use keel_orchestrator::outbox::{self, DEAD, PENDING, now_millis};
 use keel_orchestrator::{Backend, Database, Db, Error, RetryPolicy, UnitOfWork};
 use sqlx::{AssertSqlSafe, Row};
 
@@ -153,21 +153,33 @@ pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<
 pub(crate) async fn mark_done(db: &Database, event_id: &str, handler: &str) -> Result<(), Error> {
     db.clone()
         .unit_of_work_with(&internal("keel_mark_done"), async |tx| {
-            sqlx::query(
-                "UPDATE keel_deliveries SET status = $1, leased_until = NULL, leased_by = NULL,
-                 updated_at = $2 WHERE event_id = $3 AND handler = $4 AND status = $5",
-            )
-            .bind(DONE)
-            .bind(now_millis())
-            .bind(event_id)
-            .bind(handler)
-            .bind(PENDING)
-            .execute(tx.conn())
-            .await?;
+            outbox::mark_done(tx.conn(), event_id, handler).await?;
             Ok(())
         })
         .await
         .map(|receipt| receipt.into_value())
+}
+
+/// Adds a failed attempt to a delivery's error history.
+async fn insert_error(
+    tx: &mut keel_orchestrator::Tx<'_>,
+    (event_id, handler): (&str, &str),
+    attempt: u32,
+    failed_at: i64,
+    error: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "INSERT INTO keel_delivery_errors (event_id, handler, attempt, failed_at, error)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(handler)
+    .bind(attempt as i32)
+    .bind(failed_at)
+    .bind(error)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
 
 /// What to do after a failed attempt.
@@ -208,17 +220,8 @@ pub(crate) async fn record_failure(
             .await?
             .rows_affected();
             if updated == 1 {
-                sqlx::query(
-                    "INSERT INTO keel_delivery_errors (event_id, handler, attempt, failed_at, error)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(claim.event_id.as_str())
-                .bind(claim.handler.as_str())
-                .bind(claim.attempt as i32)
-                .bind(now)
-                .bind(error)
-                .execute(tx.conn())
-                .await?;
+                let key = (claim.event_id.as_str(), claim.handler.as_str());
+                insert_error(tx, key, claim.attempt, now, error).await?;
             }
             Ok(())
         })
@@ -264,16 +267,7 @@ pub(crate) async fn route_unrouted(
                          it; register a handler, then retry this entry from the dead letter"
                     );
                     insert_delivery(tx, &id, NO_HANDLER, DEAD, Some(&error), now).await?;
-                    sqlx::query(
-                        "INSERT INTO keel_delivery_errors (event_id, handler, attempt, failed_at, error)
-                         VALUES ($1, $2, 0, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(id.as_str())
-                    .bind(NO_HANDLER)
-                    .bind(now)
-                    .bind(error.as_str())
-                    .execute(tx.conn())
-                    .await?;
+                    insert_error(tx, (id.as_str(), NO_HANDLER), 0, now, &error).await?;
                 }
                 for handler in handlers {
                     insert_delivery(tx, &id, handler.name(), PENDING, None, now).await?;

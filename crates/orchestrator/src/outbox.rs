@@ -165,6 +165,28 @@ pub(crate) async fn write(
     })
 }
 
+/// Marks the pending delivery of `event_id` to `handler` done; returns whether it was
+/// pending. The dispatcher uses it for handlers that wrote nothing through their context.
+pub async fn mark_done(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    handler: &str,
+) -> Result<bool, Error> {
+    let updated = sqlx::query(
+        "UPDATE keel_deliveries SET status = $1, leased_until = NULL, leased_by = NULL, \
+         updated_at = $2 WHERE event_id = $3 AND handler = $4 AND status = $5",
+    )
+    .bind(DONE)
+    .bind(now_millis())
+    .bind(event_id)
+    .bind(handler)
+    .bind(PENDING)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
 /// Marks the delivery of `event_id` to `handler` done, in the handler's own unit of work:
 /// the processed marker that makes a repeated delivery a no-op.
 pub(crate) async fn mark_processed(
@@ -172,20 +194,7 @@ pub(crate) async fn mark_processed(
     event_id: &str,
     handler: &'static str,
 ) -> Result<(), Error> {
-    let now = now_millis();
-    let updated = sqlx::query(
-        "UPDATE keel_deliveries SET status = $1, leased_until = NULL, leased_by = NULL, \
-         updated_at = $2 WHERE event_id = $3 AND handler = $4 AND status = $5",
-    )
-    .bind(DONE)
-    .bind(now)
-    .bind(event_id)
-    .bind(handler)
-    .bind(PENDING)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated == 1 {
+    if mark_done(conn, event_id, handler).await? {
         return Ok(());
     }
     Err(Error::AlreadyProcessed {
