@@ -51,9 +51,12 @@ pub use keel_orchestrator as orchestrator;
 
 pub use keel_dispatcher::{
     DeadLetter, DeadLetters, DeliveryOptions, Dispatcher, FailedAttempt, Handler, HandlerContext,
-    HandlerFn, NO_HANDLER, Registry, RegistryError, Session, register_handler,
+    HandlerFn, HandlerKind, NO_HANDLER, Registry, RegistryError, Session, WorkerLimits,
+    WorkerReport, register_command_handler, register_handler,
 };
-pub use keel_domain::{Aggregate, DecodeError, DomainEvent, Envelope, EventId, Id, Version};
+pub use keel_domain::{
+    Aggregate, Command, DecodeError, DomainEvent, Envelope, EventId, Id, Version,
+};
 pub use keel_orchestrator::{
     Backend, Committed, Database, DatabaseOptions, Error, Isolation, Key, LockMode, LockWait,
     Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWork,

@@ -21,7 +21,7 @@ use crate::Dispatcher;
 pub struct HandlerContext {
     db: Database,
     dispatcher: Dispatcher,
-    envelope: Arc<Envelope>,
+    envelopes: Vec<Arc<Envelope>>,
     handler: &'static str,
     attempt: u32,
     opened: bool,
@@ -32,8 +32,8 @@ impl std::fmt::Debug for HandlerContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HandlerContext")
             .field("handler", &self.handler)
-            .field("event", &self.envelope.name)
-            .field("event_id", &self.envelope.id)
+            .field("message", &self.envelopes[0].name)
+            .field("count", &self.envelopes.len())
             .field("attempt", &self.attempt)
             .finish()
     }
@@ -42,14 +42,18 @@ impl std::fmt::Debug for HandlerContext {
 impl HandlerContext {
     pub(crate) fn new(
         dispatcher: Dispatcher,
-        envelope: Arc<Envelope>,
+        envelopes: Vec<Arc<Envelope>>,
         handler: &'static str,
         attempt: u32,
     ) -> Self {
+        assert!(
+            !envelopes.is_empty(),
+            "a delivery carries at least one message"
+        );
         HandlerContext {
             db: dispatcher.database().clone(),
             dispatcher,
-            envelope,
+            envelopes,
             handler,
             attempt,
             opened: false,
@@ -62,14 +66,20 @@ impl HandlerContext {
         self.processed
     }
 
-    /// The event's id: the idempotency key to give to external systems.
+    /// The event's id (the first command's, for a batch): the idempotency key to give to
+    /// external systems.
     pub fn event_id(&self) -> EventId {
-        self.envelope.id
+        self.envelopes[0].id
     }
 
-    /// The whole envelope of the event being handled.
+    /// The whole envelope of the event being handled (the first command's, for a batch).
     pub fn envelope(&self) -> &Envelope {
-        &self.envelope
+        &self.envelopes[0]
+    }
+
+    /// Every envelope of this delivery: one, or the commands of a batch in send order.
+    pub fn envelopes(&self) -> impl Iterator<Item = &Envelope> {
+        self.envelopes.iter().map(|e| e.as_ref())
     }
 
     /// The name of the handler running.
@@ -113,9 +123,10 @@ impl HandlerContext {
             });
         }
         self.opened = true;
+        let ids = self.envelopes.iter().map(|e| e.id.to_string()).collect();
         let options = options
-            .caused_by(&self.envelope)
-            .processing(self.envelope.id.to_string(), self.handler);
+            .caused_by(&self.envelopes[0])
+            .processing_all(ids, self.handler);
         match self.db.unit_of_work_with(&options, steps).await {
             Ok(receipt) => {
                 self.processed = true;

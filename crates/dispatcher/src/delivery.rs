@@ -1,71 +1,90 @@
-//! One attempt of one delivery: run the handler, then record the outcome.
-
-use std::sync::Arc;
+//! One attempt of one delivery (or of one batch of commands): run the handler, then
+//! record the outcome of every delivery in it.
 
 use keel_orchestrator::Error;
 use keel_orchestrator::outbox::now_millis;
 
-use crate::store::{self, Claim, Next};
+use crate::store::{self, Claim, Group, Next};
 use crate::{Dispatcher, HandlerContext};
 
-/// Runs the handler of a claimed delivery and records the outcome. Never panics; every
-/// failure ends in the delivery's row (retry scheduled, or dead letter).
-pub(crate) async fn execute(dispatcher: Dispatcher, claim: Claim) {
-    let db = dispatcher.database().clone();
-
-    let envelope = match &claim.event {
-        Ok(envelope) => envelope.clone(),
-        Err(reason) => {
-            let error = format!("event {} cannot be read: {reason}", claim.event_id);
-            return finish_failed(&dispatcher, &claim, error, true).await;
+/// Runs the handler of a claimed group and records the outcome. Never panics; every
+/// failure ends in the deliveries' rows (retry scheduled, or dead letter).
+pub(crate) async fn execute(dispatcher: Dispatcher, group: Group) {
+    let key = group.key.clone();
+    let token = group.claims.first().map(|c| c.token.clone());
+    run(&dispatcher, group).await;
+    if let (Some(key), Some(token)) = (key, token) {
+        let db = dispatcher.database().clone();
+        if let Err(error) = store::release_key(&db, &key, &token).await {
+            tracing::warn!(%key, %error, "could not release the ordering key; it frees when its lease expires");
         }
-    };
+    }
+}
+
+async fn run(dispatcher: &Dispatcher, group: Group) {
+    // A delivery whose event cannot be read is dead on its own; the rest go on.
+    let mut claims = Vec::with_capacity(group.claims.len());
+    for claim in group.claims {
+        match &claim.event {
+            Ok(_) => claims.push(claim),
+            Err(reason) => {
+                let error = format!("event {} cannot be read: {reason}", claim.event_id);
+                finish_failed(dispatcher, &[claim], error, true).await;
+            }
+        }
+    }
+    let Some(first) = claims.first() else { return };
+    let envelopes: Vec<_> = claims
+        .iter()
+        .filter_map(|c| c.event.as_ref().ok().cloned())
+        .collect();
     let Some(handler) = dispatcher
         .registry()
-        .handler(&envelope.name, &claim.handler)
+        .handler(&envelopes[0].name, &first.handler)
         .cloned()
     else {
         let error = format!(
-            "no handler named `{}` for event `{}` is registered in this process (renamed or \
-             removed?); register it, then retry this entry from the dead letter",
-            claim.handler, envelope.name
+            "no handler named `{}` for `{}` is registered in this process (renamed or removed?); \
+             register it, then retry this entry from the dead letter",
+            first.handler, envelopes[0].name
         );
-        return finish_failed(&dispatcher, &claim, error, true).await;
+        return finish_failed(dispatcher, &claims, error, true).await;
     };
 
     let timeout = dispatcher.options().handler_timeout;
     let mut ctx = HandlerContext::new(
         dispatcher.clone(),
-        envelope.clone(),
+        envelopes.clone(),
         handler.name(),
-        claim.attempt,
+        first.attempt,
     );
     let call = handler.erased().clone();
-    let event = Arc::clone(&envelope);
     // A task of its own per attempt: a panicking handler fails this attempt only.
     let joined = tokio::spawn(async move {
-        let outcome = tokio::time::timeout(timeout, call.call(&event, &mut ctx)).await;
+        let outcome = tokio::time::timeout(timeout, call.call(&envelopes, &mut ctx)).await;
         (outcome, ctx.processed())
     })
     .await;
 
     let (error, retryable) = match joined {
         Ok((Ok(Ok(())), processed)) | Ok((Ok(Err(Error::AlreadyProcessed { .. })), processed)) => {
-            if !processed
-                && let Err(error) = store::mark_done(&db, &claim.event_id, &claim.handler).await
-            {
-                tracing::warn!(
-                    handler = %claim.handler, event_id = %claim.event_id, %error,
-                    "handled, but marking the delivery done failed; it will be redelivered \
-                     when its lease expires"
-                );
+            if !processed {
+                let ids: Vec<String> = claims.iter().map(|c| c.event_id.clone()).collect();
+                let db = dispatcher.database().clone();
+                if let Err(error) = store::mark_done(&db, &ids, &first.handler).await {
+                    tracing::warn!(
+                        handler = %first.handler, %error,
+                        "handled, but marking the delivery done failed; it will be redelivered \
+                         when its lease expires"
+                    );
+                }
             }
-            tracing::debug!(handler = %claim.handler, event_id = %claim.event_id, "handled");
+            tracing::debug!(handler = %first.handler, count = claims.len(), "handled");
             return;
         }
         Ok((Ok(Err(error)), true)) => {
             tracing::warn!(
-                handler = %claim.handler, event_id = %claim.event_id, %error,
+                handler = %first.handler, %error,
                 "handler failed after committing its unit of work; the delivery stays done"
             );
             return;
@@ -86,42 +105,45 @@ pub(crate) async fn execute(dispatcher: Dispatcher, claim: Claim) {
             true,
         ),
         Err(_) => {
-            tracing::warn!(handler = %claim.handler, "delivery cancelled (runtime shutting down)");
+            tracing::warn!(handler = %first.handler, "delivery cancelled (runtime shutting down)");
             return;
         }
     };
-    finish_failed(&dispatcher, &claim, error, !retryable).await
+    finish_failed(dispatcher, &claims, error, !retryable).await
 }
 
-async fn finish_failed(dispatcher: &Dispatcher, claim: &Claim, error: String, permanent: bool) {
-    let policy = dispatcher
-        .registry()
-        .handlers()
-        .find(|h| h.name() == claim.handler)
-        .map(|h| h.retry_policy().clone())
-        .unwrap_or_else(crate::Handler::default_retry);
-    let next = if permanent || !policy.allows_another_after(claim.attempt) {
-        tracing::error!(
-            handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
-            %error, "delivery failed; moved to the dead letter"
-        );
-        Next::Dead
-    } else {
-        let delay = policy.jittered_delay_before(claim.attempt + 1);
-        tracing::warn!(
-            handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
-            %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"
-        );
-        Next::RetryAt(now_millis() + delay.as_millis() as i64)
-    };
+/// Records a failed attempt of each delivery of a group: retry later, or dead.
+async fn finish_failed(dispatcher: &Dispatcher, claims: &[Claim], error: String, permanent: bool) {
     let db = dispatcher.database().clone();
-    match store::record_failure(&db, claim, &error, next).await {
-        Ok(()) => dispatcher.wake_relay(),
-        Err(failure) => tracing::warn!(
-            handler = %claim.handler, event_id = %claim.event_id, %failure,
-            "could not record the failed attempt; the delivery is retried when its lease expires"
-        ),
+    for claim in claims {
+        let policy = dispatcher
+            .registry()
+            .handlers()
+            .find(|h| h.name() == claim.handler)
+            .map(|h| h.retry_policy().clone())
+            .unwrap_or_else(crate::Handler::default_retry);
+        let next = if permanent || !policy.allows_another_after(claim.attempt) {
+            tracing::error!(
+                handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
+                %error, "delivery failed; moved to the dead letter"
+            );
+            Next::Dead
+        } else {
+            let delay = policy.jittered_delay_before(claim.attempt + 1);
+            tracing::warn!(
+                handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
+                %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"
+            );
+            Next::RetryAt(now_millis() + delay.as_millis() as i64)
+        };
+        if let Err(failure) = store::record_failure(&db, claim, &error, next).await {
+            tracing::warn!(
+                handler = %claim.handler, event_id = %claim.event_id, %failure,
+                "could not record the failed attempt; the delivery is retried when its lease expires"
+            );
+        }
     }
+    dispatcher.wake_relay();
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

@@ -9,8 +9,9 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::registry::Registry;
+use crate::relay::{WorkerLimits, WorkerReport};
 use crate::routing::RoutingTable;
-use crate::store::{self, Claim};
+use crate::store::{self, Claim, Group};
 use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
 
 /// Delivers the events of committed units of work to their handlers.
@@ -44,7 +45,7 @@ struct Inner {
     permits: Arc<Semaphore>,
     wake: Arc<Notify>,
     stop: watch::Sender<bool>,
-    relay: Mutex<Option<JoinHandle<()>>>,
+    relay: Mutex<Option<JoinHandle<WorkerReport>>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -76,7 +77,8 @@ impl Dispatcher {
     pub fn with_options(db: Database, registry: Registry, options: DeliveryOptions) -> Self {
         let permits = Arc::new(Semaphore::new(options.max_in_flight));
         let lease = options.fast_path.then(|| options.lease_duration());
-        let routing = Arc::new(RoutingTable::new(&registry, lease));
+        let wake = Arc::new(Notify::new());
+        let routing = Arc::new(RoutingTable::new(&registry, lease, wake.clone()));
         Dispatcher {
             inner: Arc::new(Inner {
                 db: db.with_routing(routing),
@@ -84,7 +86,7 @@ impl Dispatcher {
                 options,
                 in_flight: watch::Sender::new(0),
                 permits,
-                wake: Arc::new(Notify::new()),
+                wake,
                 stop: watch::Sender::new(false),
                 relay: Mutex::new(None),
             }),
@@ -144,24 +146,28 @@ impl Dispatcher {
                     attempt: 1,
                     token: token.clone(),
                 };
-                self.spawn_delivery(claim, || {});
+                self.spawn_delivery(Group::one(claim), || {});
             }
         }
         Ok(value)
     }
 
-    /// Runs one delivery in a task of its own; `done` runs when it ends.
-    pub(crate) fn spawn_delivery(&self, claim: Claim, done: impl FnOnce() + Send + 'static) {
+    /// Runs one delivery (or batch) in a task of its own; `done` runs when it ends.
+    pub(crate) fn spawn_delivery(&self, group: Group, done: impl FnOnce() + Send + 'static) {
+        let Some(first) = group.claims.first() else {
+            return done();
+        };
         self.inner.in_flight.send_modify(|n| *n += 1);
         let guard = InFlight(self.inner.clone());
         let span = tracing::info_span!(
             "deliver",
-            handler = %claim.handler,
-            event_id = %claim.event_id,
-            attempt = claim.attempt,
+            handler = %first.handler,
+            event_id = %first.event_id,
+            attempt = first.attempt,
+            count = group.claims.len(),
         );
         let permits = self.inner.permits.clone();
-        let delivery = delivery::execute(self.clone(), claim);
+        let delivery = delivery::execute(self.clone(), group);
         tokio::spawn(
             async move {
                 // Waiting here holds no connection: a burst of commits queues cheaply.
@@ -201,8 +207,18 @@ impl Dispatcher {
         let mut relay = self.inner.relay.lock().unwrap_or_else(|e| e.into_inner());
         if relay.is_none() {
             let stop = self.inner.stop.subscribe();
-            *relay = Some(tokio::spawn(relay::run(self.clone(), stop)));
+            let limits = WorkerLimits::default();
+            *relay = Some(tokio::spawn(relay::run(self.clone(), stop, limits)));
         }
+    }
+
+    /// Runs a worker in the foreground until `limits` are reached or
+    /// [`Dispatcher::shutdown`] is called, then waits for what it took to finish. Like a
+    /// relay, it delivers events and handles commands.
+    pub async fn run_worker(&self, limits: WorkerLimits) -> WorkerReport {
+        let report = relay::run(self.clone(), self.inner.stop.subscribe(), limits).await;
+        self.wait_idle().await;
+        report
     }
 
     /// Wakes the relay now (e.g. a retry was scheduled, a dead delivery was retried).

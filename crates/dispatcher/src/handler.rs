@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use keel_domain::{DomainEvent, Envelope};
+use keel_domain::{Command, DomainEvent, Envelope};
 use keel_orchestrator::{Error, RetryPolicy};
 
 use crate::HandlerContext;
@@ -14,14 +14,14 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The call of a handler for one pair of borrows; names the future so it can be required
 /// `Send`. Implemented for every suitable function; never implement it yourself.
-pub trait HandlerCall<'a, E: 'a>:
+pub trait HandlerCall<'a, E: ?Sized + 'a>:
     Fn(&'a E, &'a mut HandlerContext) -> <Self as HandlerCall<'a, E>>::Fut
 {
     /// The future one call returns.
     type Fut: Future<Output = Result<(), Error>> + Send + 'a;
 }
 
-impl<'a, E: 'a, F, Fut> HandlerCall<'a, E> for F
+impl<'a, E: ?Sized + 'a, F, Fut> HandlerCall<'a, E> for F
 where
     F: Fn(&'a E, &'a mut HandlerContext) -> Fut,
     Fut: Future<Output = Result<(), Error>> + Send + 'a,
@@ -41,7 +41,7 @@ where
     note = "handlers never receive a `Tx`: they run after the caller's transaction has committed; \
             open your own with `ctx.unit_of_work(async |tx| {{ … }})`"
 )]
-pub trait HandlerFn<E>: Send + Sync + 'static {
+pub trait HandlerFn<E: ?Sized>: Send + Sync + 'static {
     /// Runs the handler.
     fn call<'a>(
         &'a self,
@@ -50,7 +50,7 @@ pub trait HandlerFn<E>: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
-impl<E, F> HandlerFn<E> for F
+impl<E: ?Sized, F> HandlerFn<E> for F
 where
     F: for<'a> HandlerCall<'a, E> + Send + Sync + 'static,
 {
@@ -63,31 +63,89 @@ where
     }
 }
 
-/// A handler with its event type erased, as the registry stores it.
+/// A handler with its message type erased, as the registry stores it. It receives one
+/// envelope, or several for a batch handler.
 pub(crate) trait ErasedHandler: Send + Sync {
     fn call<'a>(
         &'a self,
-        envelope: &'a Envelope,
+        envelopes: &'a [Arc<Envelope>],
         ctx: &'a mut HandlerContext,
     ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
-struct Typed<E, F> {
+struct EventHandler<E, F> {
     handler: F,
     event: PhantomData<fn(E)>,
 }
 
-impl<E: DomainEvent, F: HandlerFn<E>> ErasedHandler for Typed<E, F> {
+impl<E: DomainEvent, F: HandlerFn<E>> ErasedHandler for EventHandler<E, F> {
     fn call<'a>(
         &'a self,
-        envelope: &'a Envelope,
+        envelopes: &'a [Arc<Envelope>],
         ctx: &'a mut HandlerContext,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let event: E = envelope.decode().map_err(Error::rejected)?;
-            self.handler.call(&event, ctx).await
+            for envelope in envelopes {
+                let event: E = envelope.decode().map_err(Error::rejected)?;
+                self.handler.call(&event, ctx).await?;
+            }
+            Ok(())
         })
     }
+}
+
+struct CommandHandler<C, F> {
+    handler: F,
+    command: PhantomData<fn(C)>,
+}
+
+impl<C: Command, F: HandlerFn<C>> ErasedHandler for CommandHandler<C, F> {
+    fn call<'a>(
+        &'a self,
+        envelopes: &'a [Arc<Envelope>],
+        ctx: &'a mut HandlerContext,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            for envelope in envelopes {
+                let command: C = envelope.decode_command().map_err(Error::rejected)?;
+                self.handler.call(&command, ctx).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+struct BatchHandler<C, F> {
+    handler: F,
+    command: PhantomData<fn(C)>,
+}
+
+impl<C: Command, F: HandlerFn<[C]>> ErasedHandler for BatchHandler<C, F> {
+    fn call<'a>(
+        &'a self,
+        envelopes: &'a [Arc<Envelope>],
+        ctx: &'a mut HandlerContext,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let commands = envelopes
+                .iter()
+                .map(|e| e.decode_command::<C>())
+                .collect::<Result<Vec<C>, _>>()
+                .map_err(Error::rejected)?;
+            self.handler.call(&commands, ctx).await
+        })
+    }
+}
+
+/// What a handler handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerKind {
+    /// One event at a time; an event may have many handlers.
+    Event,
+    /// One command at a time; a command has exactly one handler.
+    Command,
+    /// Up to this many commands of one ordering key at a time, in one unit of work.
+    Batch(usize),
 }
 
 /// One handler of one event type, with its name and retry policy.
@@ -113,6 +171,7 @@ impl<E: DomainEvent, F: HandlerFn<E>> ErasedHandler for Typed<E, F> {
 pub struct Handler {
     name: &'static str,
     event: &'static str,
+    kind: HandlerKind,
     retry: RetryPolicy,
     call: Arc<dyn ErasedHandler>,
 }
@@ -122,6 +181,7 @@ impl std::fmt::Debug for Handler {
         f.debug_struct("Handler")
             .field("name", &self.name)
             .field("event", &self.event)
+            .field("kind", &self.kind)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -139,14 +199,76 @@ impl Handler {
 
     /// A handler named `name` reacting to events of type `E`.
     pub fn new<E: DomainEvent, F: HandlerFn<E>>(name: &'static str, handler: F) -> Self {
-        Handler {
+        Self::from_erased(
             name,
-            event: E::NAME,
-            retry: Self::default_retry(),
-            call: Arc::new(Typed::<E, F> {
+            E::NAME,
+            HandlerKind::Event,
+            EventHandler::<E, F> {
                 handler,
                 event: PhantomData,
-            }),
+            },
+        )
+    }
+
+    /// The handler named `name` of commands of type `C`, one command at a time:
+    /// `async fn(&C, &mut HandlerContext) -> Result<(), keel::Error>`.
+    pub fn command<C: Command, F: HandlerFn<C>>(name: &'static str, handler: F) -> Self {
+        Self::from_erased(
+            name,
+            C::NAME,
+            HandlerKind::Command,
+            CommandHandler::<C, F> {
+                handler,
+                command: PhantomData,
+            },
+        )
+    }
+
+    /// The handler named `name` of commands of type `C`, taking up to `max` commands of one
+    /// ordering key at a time, to apply them in one unit of work:
+    /// `async fn(&[C], &mut HandlerContext) -> Result<(), keel::Error>`.
+    pub fn command_batch<C: Command, F: HandlerFn<[C]>>(
+        name: &'static str,
+        max: usize,
+        handler: F,
+    ) -> Self {
+        let kind = HandlerKind::Batch(max.max(1));
+        Self::from_erased(
+            name,
+            C::NAME,
+            kind,
+            BatchHandler::<C, F> {
+                handler,
+                command: PhantomData,
+            },
+        )
+    }
+
+    fn from_erased(
+        name: &'static str,
+        event: &'static str,
+        kind: HandlerKind,
+        call: impl ErasedHandler + 'static,
+    ) -> Self {
+        Handler {
+            name,
+            event,
+            kind,
+            retry: Self::default_retry(),
+            call: Arc::new(call),
+        }
+    }
+
+    /// What this handler handles.
+    pub fn kind(&self) -> HandlerKind {
+        self.kind
+    }
+
+    /// How many messages one call takes at most.
+    pub fn batch_size(&self) -> usize {
+        match self.kind {
+            HandlerKind::Batch(max) => max,
+            HandlerKind::Event | HandlerKind::Command => 1,
         }
     }
 
@@ -161,7 +283,7 @@ impl Handler {
         self.name
     }
 
-    /// The name of the event it handles.
+    /// The name of the event (or command) it handles.
     pub fn event(&self) -> &'static str {
         self.event
     }

@@ -54,9 +54,10 @@ mod store;
 pub use context::HandlerContext;
 pub use dead_letter::{DeadLetter, DeadLetters, FailedAttempt};
 pub use dispatcher::Dispatcher;
-pub use handler::{Handler, HandlerCall, HandlerFn};
+pub use handler::{Handler, HandlerCall, HandlerFn, HandlerKind};
 pub use options::DeliveryOptions;
 pub use registry::{HandlerRegistration, Registry, RegistryError};
+pub use relay::{WorkerLimits, WorkerReport};
 pub use session::Session;
 pub use store::NO_HANDLER;
 

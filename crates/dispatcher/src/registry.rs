@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::Handler;
+use crate::handler::HandlerKind;
 
 /// A handler registration collected by [`register_handler!`](crate::register_handler).
 #[doc(hidden)]
@@ -24,6 +25,20 @@ inventory::collect!(HandlerRegistration);
 /// A registry could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// A second handler is registered for a command.
+    #[error(
+        "command `{command}` already has handler `{existing}`, so `{handler}` cannot be \
+         registered: a command has exactly one handler (publish an event for many reactions)"
+    )]
+    SecondCommandHandler {
+        /// The command's name.
+        command: &'static str,
+        /// The handler registered first.
+        existing: &'static str,
+        /// The handler refused.
+        handler: &'static str,
+    },
+
     /// The same handler name is registered twice for one event.
     #[error(
         "handler `{handler}` is registered twice for event `{event}`; a handler runs once per \
@@ -79,6 +94,17 @@ impl Registry {
     /// Adds a handler; fails if a handler of that name already handles that event.
     pub fn register(&mut self, handler: Handler) -> Result<&mut Self, RegistryError> {
         let handlers = self.by_event.entry(handler.event()).or_default();
+        let is_command = |h: &Handler| h.kind() != HandlerKind::Event;
+        if let Some(existing) = handlers
+            .iter()
+            .find(|h| (is_command(h) || is_command(&handler)) && h.name() != handler.name())
+        {
+            return Err(RegistryError::SecondCommandHandler {
+                command: handler.event(),
+                existing: existing.name(),
+                handler: handler.name(),
+            });
+        }
         if handlers.iter().any(|h| h.name() == handler.name()) {
             return Err(RegistryError::Duplicate {
                 handler: handler.name(),
@@ -138,6 +164,44 @@ macro_rules! register_handler {
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!($handler)),
                     $handler,
                 );
+                $( let handler = handler.retry($retry); )?
+                handler
+            }
+            $crate::__private::inventory::submit! {
+                $crate::HandlerRegistration::new(build)
+            }
+        };
+    };
+}
+
+/// Registers the handler of a command where it is defined, for [`Registry::global`]. A
+/// command has exactly one handler.
+///
+/// ```ignore
+/// async fn count_vote(vote: &VoteForPost, ctx: &mut HandlerContext) -> Result<(), keel::Error> { … }
+/// keel::register_command_handler!(VoteForPost => count_vote);
+///
+/// // or, taking up to 100 commands of one ordering key at a time:
+/// async fn count_votes(votes: &[VoteForPost], ctx: &mut HandlerContext) -> Result<(), keel::Error> { … }
+/// keel::register_command_handler!(VoteForPost => count_votes, batch = 100);
+/// ```
+#[macro_export]
+macro_rules! register_command_handler {
+    ($command:ty => $handler:path $(, retry = $retry:expr)? $(,)?) => {
+        $crate::register_command_handler!(@build $command, $handler,
+            |name| $crate::Handler::command::<$command, _>(name, $handler) $(, $retry)?);
+    };
+    ($command:ty => $handler:path, batch = $max:expr $(, retry = $retry:expr)? $(,)?) => {
+        $crate::register_command_handler!(@build $command, $handler,
+            |name| $crate::Handler::command_batch::<$command, _>(name, $max, $handler) $(, $retry)?);
+    };
+    (@build $command:ty, $handler:path, $make:expr $(, $retry:expr)?) => {
+        const _: () = {
+            fn build() -> $crate::Handler {
+                let make: fn(&'static str) -> $crate::Handler = $make;
+                let handler = make(::core::concat!(
+                    ::core::module_path!(), "::", ::core::stringify!($handler)
+                ));
                 $( let handler = handler.retry($retry); )?
                 handler
             }

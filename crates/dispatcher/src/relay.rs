@@ -18,7 +18,31 @@ use tokio::sync::{Notify, watch};
 
 use crate::{Dispatcher, store};
 
-pub(crate) async fn run(dispatcher: Dispatcher, mut stop: watch::Receiver<bool>) {
+/// When a worker stops on its own, like Messenger's `--limit` and `--time-limit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerLimits {
+    /// Stop after taking this many messages (deliveries).
+    pub messages: Option<u64>,
+    /// Stop after running this long.
+    pub duration: Option<std::time::Duration>,
+}
+
+/// What a worker did before it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Messages (deliveries) taken and run to their end.
+    pub messages: u64,
+    /// How long it ran.
+    pub elapsed: std::time::Duration,
+}
+
+pub(crate) async fn run(
+    dispatcher: Dispatcher,
+    mut stop: watch::Receiver<bool>,
+    limits: WorkerLimits,
+) -> WorkerReport {
+    let started = Instant::now();
+    let mut taken: u64 = 0;
     let options = dispatcher.options().clone();
     let db = dispatcher.database().clone();
     let wake = dispatcher.wake_handle();
@@ -33,27 +57,44 @@ pub(crate) async fn run(dispatcher: Dispatcher, mut stop: watch::Receiver<bool>)
     let mut failing_since: Option<Instant> = None;
     tracing::info!(backend = ?db.backend(), "relay started");
     loop {
-        if *stop.borrow() {
+        let out_of_time = limits.duration.is_some_and(|d| started.elapsed() >= d);
+        let out_of_messages = limits.messages.is_some_and(|n| taken >= n);
+        if *stop.borrow() || out_of_time || out_of_messages {
             break;
         }
+        let left = limits
+            .messages
+            .map_or(u32::MAX, |n| (n - taken).min(u32::MAX as u64) as u32);
         let round = async {
             store::route_unrouted(&db, dispatcher.registry(), options.batch_size).await?;
-            let free = dispatcher.free_permits() as u32;
+            let free = (dispatcher.free_permits() as u32).min(left);
             if free == 0 {
-                return Ok::<_, keel_orchestrator::Error>(false);
+                return Ok::<_, keel_orchestrator::Error>((false, 0));
             }
             let limit = free.min(options.batch_size);
-            let claims = store::claim(&db, limit, options.lease_duration()).await?;
-            let full = claims.len() as u32 == limit;
-            for claim in claims {
-                let wake = wake.clone();
-                dispatcher.spawn_delivery(claim, move || wake.notify_one());
+            let lease = options.lease_duration();
+            let keyed = store::claim_keyed(&db, dispatcher.registry(), limit, lease).await?;
+            let free = free.saturating_sub(keyed.iter().map(|g| g.claims.len() as u32).sum());
+            let mut claimed = keyed;
+            let limit = free.min(options.batch_size);
+            let mut full = false;
+            if limit > 0 {
+                let claims = store::claim(&db, limit, lease).await?;
+                full = claims.len() as u32 == limit;
+                claimed.extend(claims.into_iter().map(store::Group::one));
             }
-            Ok(full)
+            let mut count = 0;
+            for group in claimed {
+                count += group.claims.len() as u64;
+                let wake = wake.clone();
+                dispatcher.spawn_delivery(group, move || wake.notify_one());
+            }
+            Ok((full, count))
         }
         .await;
         let busy = match round {
-            Ok(busy) => {
+            Ok((busy, count)) => {
+                taken += count;
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
                         down_for_ms = since.elapsed().as_millis() as u64,
@@ -85,15 +126,25 @@ pub(crate) async fn run(dispatcher: Dispatcher, mut stop: watch::Receiver<bool>)
         if busy {
             continue;
         }
+        let nap = match limits.duration {
+            Some(d) => options
+                .poll_interval
+                .min(d.saturating_sub(started.elapsed())),
+            None => options.poll_interval,
+        };
         tokio::select! {
             _ = stop.changed() => {}
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(options.poll_interval) => {}
+            _ = tokio::time::sleep(nap) => {}
         }
     }
     // Graceful shutdown: stop claiming; what was claimed finishes (`Dispatcher::shutdown`
-    // waits for it).
-    tracing::info!("relay stopped");
+    // and `Dispatcher::run_worker` wait for it).
+    tracing::info!(messages = taken, "relay stopped");
+    WorkerReport {
+        messages: taken,
+        elapsed: started.elapsed(),
+    }
 }
 
 /// Wakes the relay on every `NOTIFY keel_outbox`; reconnects when the server restarts.

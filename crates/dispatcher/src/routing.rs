@@ -1,9 +1,11 @@
 //! The routing table a dispatcher installs on its database handle.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_orchestrator::outbox::Routing;
+use tokio::sync::Notify;
 
 use crate::Registry;
 
@@ -11,10 +13,15 @@ use crate::Registry;
 pub(crate) struct RoutingTable {
     names: HashMap<&'static str, Vec<&'static str>>,
     fast_path_lease: Option<Duration>,
+    relay: Arc<Notify>,
 }
 
 impl RoutingTable {
-    pub(crate) fn new(registry: &Registry, fast_path_lease: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        registry: &Registry,
+        fast_path_lease: Option<Duration>,
+        relay: Arc<Notify>,
+    ) -> Self {
         let mut names: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
         for handler in registry.handlers() {
             names
@@ -25,6 +32,7 @@ impl RoutingTable {
         RoutingTable {
             names,
             fast_path_lease,
+            relay,
         }
     }
 }
@@ -36,5 +44,9 @@ impl Routing for RoutingTable {
 
     fn fast_path_lease(&self) -> Option<Duration> {
         self.fast_path_lease
+    }
+
+    fn left_for_relay(&self) {
+        self.relay.notify_one();
     }
 }

@@ -73,6 +73,14 @@ impl<'a> Session<'a> {
         self.dispatcher.dispatch(receipt)
     }
 
+    /// Sends a command to the bus, durably, at once; a worker handles it. Inside a unit
+    /// of work, use `tx.send(command)` so that it commits with the unit of work.
+    ///
+    /// Fails with [`Error::NoCommandHandler`] if no handler is registered for it.
+    pub async fn send<C: keel_domain::Command>(&mut self, command: C) -> Result<(), Error> {
+        self.db.send(command).await
+    }
+
     /// A connection for reads outside any unit of work.
     pub async fn acquire(&self) -> Result<PoolConnection<keel_orchestrator::Db>, Error> {
         self.db.acquire().await

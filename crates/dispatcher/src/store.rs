@@ -15,6 +15,23 @@ use crate::Registry;
 /// The handler name of the dead-letter entry of an event no handler is registered for.
 pub const NO_HANDLER: &str = "keel::no_handler";
 
+/// Deliveries claimed together: one delivery, or a batch of commands of one ordering
+/// key (whose key lease, `key`, is released when the group ends).
+#[derive(Debug)]
+pub(crate) struct Group {
+    pub(crate) claims: Vec<Claim>,
+    pub(crate) key: Option<String>,
+}
+
+impl Group {
+    pub(crate) fn one(claim: Claim) -> Self {
+        Group {
+            claims: vec![claim],
+            key: None,
+        }
+    }
+}
+
 /// One delivery claimed by this process.
 #[derive(Debug)]
 pub(crate) struct Claim {
@@ -82,7 +99,7 @@ pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<
         Backend::Postgres => {
             "WITH c AS (
                  SELECT event_id, handler FROM keel_deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= $3
+                 WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
                    AND (leased_until IS NULL OR leased_until < $3)
                  ORDER BY next_attempt_at LIMIT $4
                  FOR UPDATE SKIP LOCKED)
@@ -96,7 +113,7 @@ pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<
              SET leased_until = $1, leased_by = $2, attempts = attempts + 1, updated_at = $3
              WHERE (event_id, handler) IN (
                  SELECT event_id, handler FROM keel_deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= $3
+                 WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
                    AND (leased_until IS NULL OR leased_until < $3)
                  ORDER BY next_attempt_at LIMIT $4)
              RETURNING event_id, handler, attempts"
@@ -123,37 +140,192 @@ pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<
                     token: token.clone(),
                 });
             }
-            let mut ids: Vec<String> = claims.iter().map(|c| c.event_id.clone()).collect();
-            ids.sort();
-            ids.dedup();
-            for chunk in ids.chunks(500) {
-                let sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM keel_events WHERE id IN ({})",
-                    in_list(1, chunk.len())
-                );
-                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-                for id in chunk {
-                    query = query.bind(id.as_str());
-                }
-                for row in query.fetch_all(tx.conn()).await? {
-                    let id: String = row.try_get("id")?;
-                    let event = envelope_from(&row).map(Arc::new);
-                    for claim in claims.iter_mut().filter(|c| c.event_id == id) {
-                        claim.event = event.clone();
-                    }
-                }
-            }
+            load_events(tx, &mut claims).await?;
             Ok(claims)
         })
         .await
         .map(|receipt| receipt.into_value())
 }
 
-/// Marks a delivery done (for handlers that did not write through their context).
-pub(crate) async fn mark_done(db: &Database, event_id: &str, handler: &str) -> Result<(), Error> {
+/// Fills in the events of `claims`, read in the claiming transaction.
+async fn load_events(
+    tx: &mut keel_orchestrator::Tx<'_>,
+    claims: &mut [Claim],
+) -> Result<(), Error> {
+    let mut ids: Vec<String> = claims.iter().map(|c| c.event_id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM keel_events WHERE id IN ({})",
+            in_list(1, chunk.len())
+        );
+        let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(id.as_str());
+        }
+        for row in query.fetch_all(tx.conn()).await? {
+            let id: String = row.try_get("id")?;
+            let event = envelope_from(&row).map(Arc::new);
+            for claim in claims.iter_mut().filter(|c| c.event_id == id) {
+                claim.event = event.clone();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims the next commands of up to `max_keys` ordering keys that no one is handling: for
+/// each key, its oldest pending commands in send order, as many as the head's handler takes
+/// in one batch. The key row is leased with them, so no other worker touches the key until
+/// the group ends; workers never wait on each other (`SKIP LOCKED`).
+pub(crate) async fn claim_keyed(
+    db: &Database,
+    registry: &Registry,
+    max_keys: u32,
+    lease: Duration,
+) -> Result<Vec<Group>, Error> {
+    let sql = match db.backend() {
+        Backend::Postgres => {
+            "WITH due AS (
+                 SELECT DISTINCT ordering_key FROM (
+                     SELECT ordering_key FROM keel_deliveries
+                     WHERE status = 'pending' AND ordering_key IS NOT NULL AND next_attempt_at <= $1
+                     ORDER BY next_attempt_at LIMIT 1000) d)
+             SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
+             WHERE k.leased_until IS NULL OR k.leased_until < $1
+             LIMIT $2 FOR UPDATE OF k SKIP LOCKED"
+        }
+        Backend::Sqlite => {
+            "WITH due AS (
+                 SELECT DISTINCT ordering_key FROM (
+                     SELECT ordering_key FROM keel_deliveries
+                     WHERE status = 'pending' AND ordering_key IS NOT NULL AND next_attempt_at <= $1
+                     ORDER BY next_attempt_at LIMIT 1000) d)
+             SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
+             WHERE k.leased_until IS NULL OR k.leased_until < $1
+             LIMIT $2"
+        }
+    };
+    db.clone()
+        .unit_of_work_with(&internal("keel_claim_keyed"), async |tx| {
+            let now = now_millis();
+            let until = now + lease.as_millis() as i64;
+            let keys: Vec<String> = sqlx::query(sql)
+                .bind(now)
+                .bind(i64::from(max_keys))
+                .fetch_all(tx.conn())
+                .await?
+                .iter()
+                .map(|row| row.try_get("key"))
+                .collect::<Result<_, _>>()?;
+            let mut groups = Vec::with_capacity(keys.len());
+            for key in keys {
+                let heads = sqlx::query(
+                    "SELECT event_id, handler, next_attempt_at, leased_until FROM keel_deliveries
+                     WHERE ordering_key = $1 AND status = 'pending' ORDER BY event_id LIMIT 1000",
+                )
+                .bind(key.as_str())
+                .fetch_all(tx.conn())
+                .await?;
+                let Some(head) = heads.first() else { continue };
+                let free = |row: &sqlx::any::AnyRow| -> Result<bool, sqlx::Error> {
+                    let due: i64 = row.try_get("next_attempt_at")?;
+                    let leased: Option<i64> = row.try_get("leased_until")?;
+                    Ok(due <= now && leased.is_none_or(|l| l < now))
+                };
+                // Strict order: a head that waits for its retry holds its key.
+                if !free(head)? {
+                    continue;
+                }
+                let handler: String = head.try_get("handler")?;
+                let batch = registry
+                    .handlers()
+                    .find(|h| h.name() == handler)
+                    .map(|h| h.batch_size())
+                    .unwrap_or(1);
+                let mut ids = Vec::new();
+                for row in heads.iter().take(batch) {
+                    let same: String = row.try_get("handler")?;
+                    if same != handler || !free(row)? {
+                        break;
+                    }
+                    ids.push(row.try_get::<String, _>("event_id")?);
+                }
+                let token = uuid::Uuid::now_v7().simple().to_string();
+                sqlx::query(
+                    "UPDATE keel_keys SET leased_until = $1, leased_by = $2 WHERE key = $3",
+                )
+                .bind(until)
+                .bind(token.as_str())
+                .bind(key.as_str())
+                .execute(tx.conn())
+                .await?;
+                let sql = format!(
+                    "UPDATE keel_deliveries SET leased_until = $1, leased_by = $2,
+                     attempts = attempts + 1, updated_at = $3
+                     WHERE handler = $4 AND status = 'pending' AND event_id IN ({})
+                     RETURNING event_id, attempts",
+                    in_list(5, ids.len())
+                );
+                let mut query = sqlx::query::<Db>(AssertSqlSafe(sql))
+                    .bind(until)
+                    .bind(token.as_str())
+                    .bind(now)
+                    .bind(handler.as_str());
+                for id in &ids {
+                    query = query.bind(id.as_str());
+                }
+                let mut claims = Vec::with_capacity(ids.len());
+                for row in query.fetch_all(tx.conn()).await? {
+                    claims.push(Claim {
+                        event: Err("event row not found".to_owned()),
+                        event_id: row.try_get("event_id")?,
+                        handler: handler.clone(),
+                        attempt: row.try_get::<i64, _>("attempts")?.max(1) as u32,
+                        token: token.clone(),
+                    });
+                }
+                claims.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+                load_events(tx, &mut claims).await?;
+                groups.push(Group {
+                    claims,
+                    key: Some(key),
+                });
+            }
+            Ok(groups)
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
+
+/// Ends a group's hold on its ordering key.
+pub(crate) async fn release_key(db: &Database, key: &str, token: &str) -> Result<(), Error> {
+    db.clone()
+        .unit_of_work_with(&internal("keel_release_key"), async |tx| {
+            sqlx::query(
+                "UPDATE keel_keys SET leased_until = NULL, leased_by = NULL
+                 WHERE key = $1 AND leased_by = $2",
+            )
+            .bind(key)
+            .bind(token)
+            .execute(tx.conn())
+            .await?;
+            Ok(())
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
+
+/// Marks deliveries done (for handlers that did not write through their context).
+pub(crate) async fn mark_done(
+    db: &Database,
+    event_ids: &[String],
+    handler: &str,
+) -> Result<(), Error> {
     db.clone()
         .unit_of_work_with(&internal("keel_mark_done"), async |tx| {
-            outbox::mark_done(tx.conn(), event_id, handler).await?;
+            outbox::mark_done(tx.conn(), event_ids, handler).await?;
             Ok(())
         })
         .await
@@ -242,12 +414,12 @@ pub(crate) async fn route_unrouted(
             "WITH c AS (SELECT id FROM keel_events WHERE NOT routed
                         ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
              UPDATE keel_events e SET routed = TRUE FROM c WHERE e.id = c.id
-             RETURNING e.id, e.name"
+             RETURNING e.id, e.name, e.ordering_key"
         }
         Backend::Sqlite => {
             "UPDATE keel_events SET routed = TRUE WHERE id IN
                  (SELECT id FROM keel_events WHERE NOT routed ORDER BY created_at LIMIT $1)
-             RETURNING id, name"
+             RETURNING id, name, ordering_key"
         }
     };
     db.clone()
@@ -260,17 +432,22 @@ pub(crate) async fn route_unrouted(
             for row in &rows {
                 let id: String = row.try_get("id")?;
                 let name: String = row.try_get("name")?;
+                let key: Option<String> = row.try_get("ordering_key")?;
                 let handlers = registry.handlers_for(&name);
                 if handlers.is_empty() {
                     let error = format!(
                         "no handler is registered for event `{name}` in the process that routed \
                          it; register a handler, then retry this entry from the dead letter"
                     );
-                    insert_delivery(tx, &id, NO_HANDLER, DEAD, Some(&error), now).await?;
+                    insert_delivery(tx, &id, NO_HANDLER, DEAD, Some(&error), None, now).await?;
                     insert_error(tx, (id.as_str(), NO_HANDLER), 0, now, &error).await?;
                 }
                 for handler in handlers {
-                    insert_delivery(tx, &id, handler.name(), PENDING, None, now).await?;
+                    let key = key.as_deref();
+                    insert_delivery(tx, &id, handler.name(), PENDING, None, key, now).await?;
+                }
+                if let Some(key) = key.as_deref() {
+                    outbox::insert_keys(tx.conn(), std::iter::once(key)).await?;
                 }
             }
             Ok(rows.len())
@@ -285,17 +462,20 @@ async fn insert_delivery(
     handler: &str,
     status: &str,
     error: Option<&str>,
+    key: Option<&str>,
     now: i64,
 ) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO keel_deliveries (event_id, handler, status, attempts, next_attempt_at,
-         last_error, updated_at) VALUES ($1, $2, $3, 0, $4, $5, $4) ON CONFLICT DO NOTHING",
+         last_error, updated_at, ordering_key) VALUES ($1, $2, $3, 0, $4, $5, $4, $6)
+         ON CONFLICT DO NOTHING",
     )
     .bind(event_id)
     .bind(handler)
     .bind(status)
     .bind(now)
     .bind(error)
+    .bind(key)
     .execute(tx.conn())
     .await?;
     Ok(())

@@ -93,6 +93,22 @@ impl Envelope {
         })
     }
 
+    /// Wraps a command like an event: its name, its key as the aggregate id (empty if
+    /// none), aggregate type `"command"`.
+    pub fn wrap_command<C: crate::Command>(command: &C) -> Result<Self, serde_json::Error> {
+        let id = EventId::new();
+        Ok(Envelope {
+            id,
+            name: C::NAME.to_owned(),
+            aggregate_type: "command".to_owned(),
+            aggregate_id: command.key().unwrap_or_default(),
+            occurred_at: OffsetDateTime::now_utc(),
+            payload: serde_json::to_value(command)?,
+            correlation_id: *id.as_uuid(),
+            causation_id: None,
+        })
+    }
+
     /// Marks this event as caused by `cause`: it joins the cause's correlation and
     /// names the cause as its causation.
     #[must_use]
@@ -116,13 +132,25 @@ impl Envelope {
 
     /// Turns the payload back into the typed event.
     pub fn decode<E: DomainEvent>(&self) -> Result<E, DecodeError> {
-        if !self.is::<E>() {
+        self.decode_named(E::NAME)
+    }
+
+    /// Turns the payload back into the typed command.
+    pub fn decode_command<C: crate::Command>(&self) -> Result<C, DecodeError> {
+        self.decode_named(C::NAME)
+    }
+
+    fn decode_named<T: serde::de::DeserializeOwned>(
+        &self,
+        expected: &'static str,
+    ) -> Result<T, DecodeError> {
+        if self.name != expected {
             return Err(DecodeError::WrongEvent {
-                expected: E::NAME,
+                expected,
                 found: self.name.clone(),
             });
         }
-        E::deserialize(&self.payload).map_err(|source| DecodeError::Payload {
+        T::deserialize(&self.payload).map_err(|source| DecodeError::Payload {
             name: self.name.clone(),
             source,
         })

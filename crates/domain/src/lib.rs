@@ -27,12 +27,14 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod command;
 mod envelope;
 mod event;
 mod id;
 mod version;
 
 pub use aggregate::Aggregate;
+pub use command::Command;
 pub use envelope::{DecodeError, Envelope, EventId};
 pub use event::DomainEvent;
 pub use id::Id;

@@ -151,6 +151,27 @@ pub enum Error {
         handler: &'static str,
     },
 
+    /// Some commands of a batch were already processed by an earlier delivery: the batch's
+    /// steps did not run; its other commands are retried in a new batch.
+    #[error(
+        "some commands of this batch were already processed by handler `{handler}`; the batch \
+         was not applied and its remaining commands are retried"
+    )]
+    BatchPartlyProcessed {
+        /// The handler.
+        handler: &'static str,
+    },
+
+    /// A command was sent that no handler is registered for.
+    #[error(
+        "no handler is registered for command `{command}`; a command has exactly one handler: \
+         register it (`keel::register_command_handler!`) before sending"
+    )]
+    NoCommandHandler {
+        /// The command's name.
+        command: &'static str,
+    },
+
     /// A handler opened a second unit of work in one delivery.
     #[error(
         "handler `{handler}` opened a second unit of work while handling one event; a handler          commits its effects in one unit of work per delivery (that is what makes a repeated          delivery a no-op): merge its writes into a single `ctx.unit_of_work`"

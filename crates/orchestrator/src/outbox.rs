@@ -52,12 +52,24 @@ pub trait Routing: Send + Sync + 'static {
     /// How long deliveries written by this process are reserved for its fast path, or
     /// `None` if it leaves them all to relays.
     fn fast_path_lease(&self) -> Option<Duration>;
+
+    /// Called after a commit that left deliveries for relays (commands, unrouted events),
+    /// so that a relay of this process can start at once.
+    fn left_for_relay(&self) {}
+}
+
+/// A command sent by a unit of work, with its ordering key.
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    pub(crate) envelope: Envelope,
+    pub(crate) key: Option<String>,
 }
 
 /// What the outbox write decided for the fast path: the lease token of the deliveries
 /// reserved for this process, if any.
 pub(crate) struct Written {
     pub(crate) lease_token: Option<String>,
+    pub(crate) left_for_relay: bool,
 }
 
 /// Rows per multi-row `INSERT` (well under both backends' bind-parameter limits).
@@ -88,6 +100,7 @@ pub(crate) async fn write(
     backend: Backend,
     routing: Option<&dyn Routing>,
     events: &[Envelope],
+    commands: &[Sent],
 ) -> Result<Written, Error> {
     let now = now_millis();
     let lease = routing.and_then(|r| r.fast_path_lease());
@@ -95,14 +108,20 @@ pub(crate) async fn write(
     let leased_until = lease.map(|l| now + l.as_millis() as i64);
     let handlers_of = |e: &Envelope| routing.map(|r| r.handlers_for(&e.name)).unwrap_or(&[]);
 
-    for chunk in events.chunks(CHUNK) {
+    // Events, then commands, each with its ordering key (none for events).
+    let rows: Vec<(&Envelope, Option<&str>)> = events
+        .iter()
+        .map(|e| (e, None))
+        .chain(commands.iter().map(|c| (&c.envelope, c.key.as_deref())))
+        .collect();
+    for chunk in rows.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, \
-             payload, correlation_id, causation_id, routed, created_at) VALUES {}",
-            placeholders(chunk.len(), 10)
+             payload, correlation_id, causation_id, routed, created_at, ordering_key) VALUES {}",
+            placeholders(chunk.len(), 11)
         );
         let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-        for e in chunk {
+        for (e, key) in chunk {
             let occurred_at = e
                 .occurred_at
                 .format(&time::format_description::well_known::Rfc3339)
@@ -117,90 +136,131 @@ pub(crate) async fn write(
                 .bind(e.correlation_id.to_string())
                 .bind(e.causation_id.map(|c| c.to_string()))
                 .bind(!handlers_of(e).is_empty())
-                .bind(now);
+                .bind(now)
+                .bind(key.map(str::to_owned));
         }
         query.execute(&mut *conn).await?;
     }
 
-    let deliveries: Vec<(&Envelope, &'static str)> = events
+    // Event deliveries are reserved for this process's fast path (when it has one);
+    // command deliveries always go to workers, which honour their ordering keys.
+    let event_deliveries = events
         .iter()
-        .flat_map(|e| handlers_of(e).iter().map(move |h| (e, *h)))
-        .collect();
+        .flat_map(|e| handlers_of(e).iter().map(move |h| (e, *h, None, true)));
+    let command_deliveries = commands.iter().flat_map(|c| {
+        handlers_of(&c.envelope)
+            .iter()
+            .map(move |h| (&c.envelope, *h, c.key.as_deref(), false))
+    });
+    let deliveries: Vec<(&Envelope, &'static str, Option<&str>, bool)> =
+        event_deliveries.chain(command_deliveries).collect();
     for chunk in deliveries.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO keel_deliveries (event_id, handler, status, attempts, next_attempt_at, \
-             leased_until, leased_by, updated_at) VALUES {}",
-            placeholders(chunk.len(), 8)
+             leased_until, leased_by, updated_at, ordering_key) VALUES {}",
+            placeholders(chunk.len(), 9)
         );
         let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-        for (e, handler) in chunk {
+        for (e, handler, key, fast) in chunk {
+            let leased = *fast && lease.is_some();
             query = query
                 .bind(e.id.to_string())
                 .bind(*handler)
                 .bind(PENDING)
-                .bind(if lease.is_some() { 1_i32 } else { 0 })
+                .bind(if leased { 1_i32 } else { 0 })
                 .bind(now)
-                .bind(leased_until)
-                .bind(lease_token.clone())
-                .bind(now);
+                .bind(if leased { leased_until } else { None })
+                .bind(if leased { lease_token.clone() } else { None })
+                .bind(now)
+                .bind(key.map(str::to_owned));
         }
         query.execute(&mut *conn).await?;
     }
+    insert_keys(conn, commands.iter().filter_map(|c| c.key.as_deref())).await?;
 
-    // Rows a relay must pick up now: unrouted events, or deliveries nobody reserved.
-    let unrouted = events.iter().any(|e| handlers_of(e).is_empty());
-    let for_relay = unrouted || (lease.is_none() && !deliveries.is_empty());
-    if for_relay && backend == Backend::Postgres {
+    // Rows a relay must pick up now: unrouted rows, commands, or deliveries nobody reserved.
+    let unrouted = rows.iter().any(|(e, _)| handlers_of(e).is_empty());
+    let fast_path_rows = deliveries.iter().any(|d| d.3);
+    let left_for_relay = unrouted || !commands.is_empty() || (lease.is_none() && fast_path_rows);
+    if left_for_relay && backend == Backend::Postgres {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(NOTIFY_CHANNEL)
             .execute(&mut *conn)
             .await?;
     }
     Ok(Written {
-        lease_token: if deliveries.is_empty() {
-            None
-        } else {
-            lease_token
-        },
+        lease_token: if fast_path_rows { lease_token } else { None },
+        left_for_relay,
     })
 }
 
-/// Marks the pending delivery of `event_id` to `handler` done; returns whether it was
+/// Makes sure every ordering key has its row in `keel_keys` (the row workers lease).
+pub async fn insert_keys<'k>(
+    conn: &mut AnyConnection,
+    keys: impl Iterator<Item = &'k str>,
+) -> Result<(), Error> {
+    let mut keys: Vec<&str> = keys.collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for chunk in keys.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO keel_keys (key) VALUES {} ON CONFLICT DO NOTHING",
+            placeholders(chunk.len(), 1)
+        );
+        let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Marks the pending deliveries of `event_ids` to `handler` done; returns how many were
 /// pending. The dispatcher uses it for handlers that wrote nothing through their context.
 pub async fn mark_done(
     conn: &mut AnyConnection,
-    event_id: &str,
+    event_ids: &[String],
     handler: &str,
-) -> Result<bool, Error> {
-    let updated = sqlx::query(
-        "UPDATE keel_deliveries SET status = $1, leased_until = NULL, leased_by = NULL, \
-         updated_at = $2 WHERE event_id = $3 AND handler = $4 AND status = $5",
-    )
-    .bind(DONE)
-    .bind(now_millis())
-    .bind(event_id)
-    .bind(handler)
-    .bind(PENDING)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(updated == 1)
+) -> Result<usize, Error> {
+    let mut done = 0;
+    for chunk in event_ids.chunks(CHUNK) {
+        let ids = (0..chunk.len())
+            .map(|i| format!("${}", i + 5))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "UPDATE keel_deliveries SET status = $1, leased_until = NULL, leased_by = NULL, \
+             updated_at = $2 WHERE handler = $3 AND status = $4 AND event_id IN ({ids})"
+        );
+        let mut query = sqlx::query::<Db>(AssertSqlSafe(sql))
+            .bind(DONE)
+            .bind(now_millis())
+            .bind(handler)
+            .bind(PENDING);
+        for id in chunk {
+            query = query.bind(id.as_str());
+        }
+        done += query.execute(&mut *conn).await?.rows_affected() as usize;
+    }
+    Ok(done)
 }
 
-/// Marks the delivery of `event_id` to `handler` done, in the handler's own unit of work:
-/// the processed marker that makes a repeated delivery a no-op.
+/// Marks the deliveries of `event_ids` to `handler` done, in the handler's own unit of
+/// work: the processed marker that makes a repeated delivery a no-op. All or nothing.
 pub(crate) async fn mark_processed(
     conn: &mut AnyConnection,
-    event_id: &str,
+    event_ids: &[String],
     handler: &'static str,
 ) -> Result<(), Error> {
-    if mark_done(conn, event_id, handler).await? {
-        return Ok(());
+    match mark_done(conn, event_ids, handler).await? {
+        n if n == event_ids.len() => Ok(()),
+        0 => Err(Error::AlreadyProcessed {
+            event_id: event_ids.first().cloned().unwrap_or_default(),
+            handler,
+        }),
+        _ => Err(Error::BatchPartlyProcessed { handler }),
     }
-    Err(Error::AlreadyProcessed {
-        event_id: event_id.to_owned(),
-        handler,
-    })
 }
 
 #[cfg(test)]

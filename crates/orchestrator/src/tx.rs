@@ -1,10 +1,11 @@
 //! The transaction handle the steps of a unit of work receive.
 
-use keel_domain::{Aggregate, DomainEvent, Envelope, Version};
+use keel_domain::{Aggregate, Command, DomainEvent, Envelope, Version};
 use sqlx::query::Query;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use crate::lock::is_identifier;
+use crate::outbox::{Routing, Sent};
 use crate::unit_of_work::Cause;
 use crate::{Backend, Db, Error, Key, LockWait, Locked, RowLock};
 
@@ -22,7 +23,9 @@ pub struct Tx<'c> {
     backend: Backend,
     attempt: u32,
     cause: Option<Cause>,
+    routing: Option<&'c dyn Routing>,
     events: Vec<Envelope>,
+    commands: Vec<Sent>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -32,6 +35,16 @@ impl std::fmt::Debug for Tx<'_> {
             .field("attempt", &self.attempt)
             .field("recorded", &self.events.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// A command nobody handles is refused when the handlers are known.
+pub(crate) fn check_handled<C: Command>(routing: Option<&dyn Routing>) -> Result<(), Error> {
+    match routing {
+        Some(routing) if routing.handlers_for(C::NAME).is_empty() => {
+            Err(Error::NoCommandHandler { command: C::NAME })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -51,18 +64,58 @@ impl<'c> Tx<'c> {
         backend: Backend,
         attempt: u32,
         cause: Option<Cause>,
+        routing: Option<&'c dyn Routing>,
     ) -> Self {
         Tx {
             conn,
             backend,
             attempt,
             cause,
+            routing,
             events: Vec::new(),
+            commands: Vec::new(),
         }
     }
 
-    pub(crate) fn into_events(self) -> Vec<Envelope> {
-        self.events
+    pub(crate) fn into_outgoing(self) -> (Vec<Envelope>, Vec<Sent>) {
+        (self.events, self.commands)
+    }
+
+    fn caused(&self, mut envelope: Envelope) -> Envelope {
+        if let Some(cause) = self.cause {
+            envelope.correlation_id = cause.correlation_id;
+            envelope.causation_id = Some(cause.causation_id);
+        }
+        envelope
+    }
+
+    /// Sends a command to the bus. It is written with this transaction and reaches a
+    /// worker only if the unit of work commits; if the attempt rolls back or is retried,
+    /// it is dropped with it.
+    ///
+    /// Fails with [`Error::NoCommandHandler`] when this database handle knows the handlers
+    /// (it belongs to an app) and none is registered for the command.
+    pub fn send<C: Command>(&mut self, command: C) -> Result<(), Error> {
+        let sent = self.prepare(&command)?;
+        self.commands.push(sent);
+        Ok(())
+    }
+
+    /// Checks and wraps a command for sending.
+    pub(crate) fn prepare<C: Command>(&self, command: &C) -> Result<Sent, Error> {
+        check_handled::<C>(self.routing)?;
+        let envelope = Envelope::wrap_command(command).map_err(|source| Error::Serialization {
+            event: C::NAME,
+            source,
+        })?;
+        Ok(Sent {
+            envelope: self.caused(envelope),
+            key: command.key(),
+        })
+    }
+
+    pub(crate) fn push_sent(&mut self, sent: Sent) {
+        self.commands.push(sent);
     }
 
     /// Records a domain event. It is delivered to its handlers only after this unit of
@@ -91,14 +144,11 @@ impl<'c> Tx<'c> {
     /// # let _ = receipt.into_value(); Ok(()) }
     /// ```
     pub fn record<E: DomainEvent>(&mut self, event: E) -> Result<(), Error> {
-        let mut envelope = Envelope::wrap(&event).map_err(|source| Error::Serialization {
+        let envelope = Envelope::wrap(&event).map_err(|source| Error::Serialization {
             event: E::NAME,
             source,
         })?;
-        if let Some(cause) = self.cause {
-            envelope.correlation_id = cause.correlation_id;
-            envelope.causation_id = Some(cause.causation_id);
-        }
+        let envelope = self.caused(envelope);
         self.events.push(envelope);
         Ok(())
     }

@@ -44,7 +44,7 @@ pub struct UnitOfWork {
     lock_timeout: Option<Duration>,
     retry: RetryPolicy,
     cause: Option<Cause>,
-    processes: Option<(String, &'static str)>,
+    processes: Option<(Vec<String>, &'static str)>,
 }
 
 /// The event whose handling runs a unit of work: events it records join the cause's
@@ -108,8 +108,15 @@ impl UnitOfWork {
     /// `handler`: its first statement marks the delivery done, in the same transaction as
     /// the handler's effects. If the delivery is already done, the steps do not run and the
     /// result is [`Error::AlreadyProcessed`]. Handler contexts set this for you.
-    pub fn processing(mut self, event_id: String, handler: &'static str) -> Self {
-        self.processes = Some((event_id, handler));
+    pub fn processing(self, event_id: String, handler: &'static str) -> Self {
+        self.processing_all(vec![event_id], handler)
+    }
+
+    /// [`UnitOfWork::processing`] for a batch of commands handled together: all of them
+    /// are marked done with the batch's effects, or none. If only some are still pending,
+    /// the steps do not run and the result is [`Error::BatchPartlyProcessed`].
+    pub fn processing_all(mut self, event_ids: Vec<String>, handler: &'static str) -> Self {
+        self.processes = Some((event_ids, handler));
         self
     }
 
@@ -270,6 +277,21 @@ impl Database {
         }
     }
 
+    /// Sends a command to the bus on its own, in a unit of work of its own: it is durable
+    /// when this returns, and a worker handles it. Inside a unit of work, use
+    /// [`Tx::send`] instead, so that the command commits with the rest.
+    pub async fn send<C: keel_domain::Command>(&mut self, command: C) -> Result<(), Error> {
+        crate::tx::check_handled::<C>(self.routing())?;
+        let sent = &command;
+        self.unit_of_work_with(&UnitOfWork::named("send"), async |tx| {
+            let prepared = tx.prepare(sent)?;
+            tx.push_sent(prepared);
+            Ok(())
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+    }
+
     /// One attempt: a fresh connection and transaction, the steps, then commit or rollback.
     async fn attempt<T, F>(
         &self,
@@ -313,29 +335,41 @@ impl Database {
             );
             sqlx::query(AssertSqlSafe(set)).execute(&mut *txn).await?;
         }
-        if let Some((event_id, handler)) = &options.processes
-            && let Err(error) = outbox::mark_processed(&mut txn, event_id, handler).await
+        if let Some((event_ids, handler)) = &options.processes
+            && let Err(error) = outbox::mark_processed(&mut txn, event_ids, handler).await
         {
             let _ = txn.rollback().await;
             return Err(error);
         }
-        let (outcome, events) = {
-            let mut tx = Tx::new(&mut txn, backend, attempt, options.cause);
+        let (outcome, events, commands) = {
+            let mut tx = Tx::new(&mut txn, backend, attempt, options.cause, self.routing());
             let outcome = guard::inside(options.name, steps(&mut tx)).await;
-            (outcome, tx.into_events())
+            let (events, commands) = tx.into_outgoing();
+            (outcome, events, commands)
         };
         let outcome = match outcome {
-            Ok(value) if !events.is_empty() => {
-                outbox::write(&mut txn, backend, self.routing(), &events)
+            Ok(value) if !events.is_empty() || !commands.is_empty() => {
+                outbox::write(&mut txn, backend, self.routing(), &events, &commands)
                     .await
-                    .map(|written| (value, written.lease_token))
+                    .map(|written| (value, Some(written)))
             }
             Ok(value) => Ok((value, None)),
             Err(error) => Err(error),
         };
         match outcome {
-            Ok((value, lease_token)) => {
+            Ok((value, written)) => {
                 txn.commit().await?;
+                let lease_token = match written {
+                    Some(written) => {
+                        if written.left_for_relay
+                            && let Some(routing) = self.routing()
+                        {
+                            routing.left_for_relay();
+                        }
+                        written.lease_token
+                    }
+                    None => None,
+                };
                 Ok((value, events, lease_token))
             }
             Err(error) => {
