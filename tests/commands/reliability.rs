@@ -135,7 +135,10 @@ async fn a_worker_stopped_while_busy_loses_and_doubles_nothing(db: Database) {
         scalar(&db, "SELECT COUNT(*) FROM (SELECT user_id FROM votes GROUP BY user_id HAVING COUNT(*) > 1) d").await,
         0
     );
-    assert_eq!(scalar(&db, "SELECT CAST(SUM(likes) AS BIGINT) FROM posts").await, 300);
+    assert_eq!(
+        scalar(&db, "SELECT CAST(SUM(likes) AS BIGINT) FROM posts").await,
+        300
+    );
     second.shutdown().await;
 }
 
