@@ -115,6 +115,7 @@ async fn run(dispatcher: &Dispatcher, group: Group) {
 /// Records a failed attempt of each delivery of a group: retry later, or dead.
 async fn finish_failed(dispatcher: &Dispatcher, claims: &[Claim], error: String, permanent: bool) {
     let db = dispatcher.database().clone();
+    let failed_at = now_millis();
     for claim in claims {
         let policy = dispatcher
             .registry()
@@ -134,9 +135,9 @@ async fn finish_failed(dispatcher: &Dispatcher, claims: &[Claim], error: String,
                 handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                 %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"
             );
-            Next::RetryAt(now_millis() + delay.as_millis() as i64)
+            Next::RetryAt(failed_at + delay.as_millis() as i64)
         };
-        if let Err(failure) = store::record_failure(&db, claim, &error, next).await {
+        if let Err(failure) = store::record_failure(&db, claim, &error, failed_at, next).await {
             tracing::warn!(
                 handler = %claim.handler, event_id = %claim.event_id, %failure,
                 "could not record the failed attempt; the delivery is retried when its lease expires"

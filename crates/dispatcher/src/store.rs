@@ -362,19 +362,21 @@ pub(crate) enum Next {
 
 /// Records a failed attempt, if the delivery is still this claim's, and schedules the
 /// next one or moves the delivery to the dead letter.
+/// `failed_at` is when the attempt failed (the retry delay counts from it).
 pub(crate) async fn record_failure(
     db: &Database,
     claim: &Claim,
     error: &str,
+    failed_at: i64,
     next: Next,
 ) -> Result<(), Error> {
     let (status, next_attempt_at) = match next {
         Next::RetryAt(at) => (PENDING, at),
-        Next::Dead => (DEAD, now_millis()),
+        Next::Dead => (DEAD, failed_at),
     };
     db.clone()
         .unit_of_work_with(&internal("keel_record_failure"), async |tx| {
-            let now = now_millis();
+            let now = failed_at;
             let updated = sqlx::query(
                 "UPDATE keel_deliveries SET status = $1, next_attempt_at = $2, leased_until = NULL,
                  leased_by = NULL, last_error = $3, updated_at = $4
