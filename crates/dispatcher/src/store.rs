@@ -207,6 +207,7 @@ pub(crate) async fn claim_keyed(
              LIMIT $2"
         }
     };
+    let max_batch = registry.handlers().map(|h| h.batch_size()).max().unwrap_or(1) as i64;
     db.clone()
         .unit_of_work_with(&internal("keel_claim_keyed"), async |tx| {
             let now = now_millis();
@@ -223,9 +224,10 @@ pub(crate) async fn claim_keyed(
             for key in keys {
                 let heads = sqlx::query(
                     "SELECT event_id, handler, next_attempt_at, leased_until FROM keel_deliveries
-                     WHERE ordering_key = $1 AND status = 'pending' ORDER BY event_id LIMIT 1000",
+                     WHERE ordering_key = $1 AND status = 'pending' ORDER BY event_id LIMIT $2",
                 )
                 .bind(key.as_str())
+                .bind(max_batch)
                 .fetch_all(tx.conn())
                 .await?;
                 let Some(head) = heads.first() else { continue };

@@ -15,11 +15,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keel_domain::Envelope;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
-use crate::{Backend, Db, Error};
+use crate::{Db, Error};
 
 /// The channel PostgreSQL relays listen on; a unit of work notifies it when it leaves
 /// deliveries for a relay.
+///
+/// The notification is sent right *after* the commit, not inside the transaction: a
+/// PostgreSQL transaction that has issued `NOTIFY` commits under a database-wide lock, which
+/// would serialize every producing transaction's commit (and its WAL flush). A relay that
+/// misses a notification (its listener was reconnecting) finds the rows at its next poll.
 pub const NOTIFY_CHANNEL: &str = "keel_outbox";
+
+/// Wakes the PostgreSQL relays listening on [`NOTIFY_CHANNEL`]; best effort.
+pub(crate) async fn notify_relays(conn: &mut AnyConnection) {
+    let notified = sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *conn)
+        .await;
+    if let Err(error) = notified {
+        tracing::debug!(%error, "could not notify relays; they will find the rows when they poll");
+    }
+}
 
 /// Delivery status: to deliver.
 pub const PENDING: &str = "pending";
@@ -97,7 +113,6 @@ fn placeholders(rows: usize, columns: usize) -> String {
 /// Writes `events` and their deliveries on the unit of work's connection.
 pub(crate) async fn write(
     conn: &mut AnyConnection,
-    backend: Backend,
     routing: Option<&dyn Routing>,
     events: &[Envelope],
     commands: &[Sent],
@@ -182,12 +197,6 @@ pub(crate) async fn write(
     let unrouted = rows.iter().any(|(e, _)| handlers_of(e).is_empty());
     let fast_path_rows = deliveries.iter().any(|d| d.3);
     let left_for_relay = unrouted || !commands.is_empty() || (lease.is_none() && fast_path_rows);
-    if left_for_relay && backend == Backend::Postgres {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(NOTIFY_CHANNEL)
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(Written {
         lease_token: if fast_path_rows { lease_token } else { None },
         left_for_relay,

@@ -349,7 +349,7 @@ impl Database {
         };
         let outcome = match outcome {
             Ok(value) if !events.is_empty() || !commands.is_empty() => {
-                outbox::write(&mut txn, backend, self.routing(), &events, &commands)
+                outbox::write(&mut txn, self.routing(), &events, &commands)
                     .await
                     .map(|written| (value, Some(written)))
             }
@@ -361,10 +361,13 @@ impl Database {
                 txn.commit().await?;
                 let lease_token = match written {
                     Some(written) => {
-                        if written.left_for_relay
-                            && let Some(routing) = self.routing()
-                        {
-                            routing.left_for_relay();
+                        if written.left_for_relay {
+                            if let Some(routing) = self.routing() {
+                                routing.left_for_relay();
+                            }
+                            if backend == Backend::Postgres {
+                                outbox::notify_relays(&mut conn).await;
+                            }
                         }
                         written.lease_token
                     }
