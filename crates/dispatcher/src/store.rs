@@ -207,7 +207,11 @@ pub(crate) async fn claim_keyed(
              LIMIT $2"
         }
     };
-    let max_batch = registry.handlers().map(|h| h.batch_size()).max().unwrap_or(1) as i64;
+    let max_batch = registry
+        .handlers()
+        .map(|h| h.batch_size())
+        .max()
+        .unwrap_or(1) as i64;
     db.clone()
         .unit_of_work_with(&internal("keel_claim_keyed"), async |tx| {
             let now = now_millis();

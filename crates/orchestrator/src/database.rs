@@ -140,6 +140,8 @@ struct Inner {
     /// Kept to open an independent pool (`connect_again`); holds the unredacted URL, so
     /// it is never printed.
     options: DatabaseOptions,
+    /// When this pool last sent `NOTIFY keel_outbox` (ms since the epoch).
+    last_notify: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Database {
@@ -222,6 +224,7 @@ impl Database {
                 sqlite_writer: tokio::sync::Mutex::new(()),
                 sqlite_busy_timeout: options.sqlite_busy_timeout,
                 options: kept,
+                last_notify: std::sync::atomic::AtomicI64::new(0),
             }),
         })
     }
@@ -263,6 +266,21 @@ impl Database {
             inner: self.inner.clone(),
             routing: Some(routing),
         }
+    }
+
+    /// Whether a `NOTIFY` may be sent now: at most one per 5 ms per pool. Relays that a
+    /// skipped notification would have woken find the rows when the last one wakes them,
+    /// or at their next poll.
+    pub(crate) fn may_notify(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = crate::outbox::now_millis();
+        let last = self.inner.last_notify.load(Ordering::Relaxed);
+        now - last >= 5
+            && self
+                .inner
+                .last_notify
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     pub(crate) fn routing(&self) -> Option<&dyn Routing> {

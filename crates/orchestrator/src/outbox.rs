@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use keel_domain::Envelope;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
-use crate::{Db, Error};
+use crate::{Backend, Db, Error};
 
 /// The channel PostgreSQL relays listen on; a unit of work notifies it when it leaves
 /// deliveries for a relay.
@@ -91,7 +91,14 @@ pub(crate) struct Written {
 /// Rows per multi-row `INSERT` (well under both backends' bind-parameter limits).
 const CHUNK: usize = 500;
 
+/// Bind parameters in one statement, under PostgreSQL's limit of 65,535.
+const MAX_PARAMS: usize = 30_000;
+
 fn placeholders(rows: usize, columns: usize) -> String {
+    placeholders_from(1, rows, columns)
+}
+
+fn placeholders_from(first: usize, rows: usize, columns: usize) -> String {
     let mut sql = String::with_capacity(rows * columns * 5);
     for row in 0..rows {
         if row > 0 {
@@ -103,16 +110,103 @@ fn placeholders(rows: usize, columns: usize) -> String {
                 sql.push(',');
             }
             sql.push('$');
-            sql.push_str(&(row * columns + column + 1).to_string());
+            sql.push_str(&(first + row * columns + column).to_string());
         }
         sql.push(')');
     }
     sql
 }
 
-/// Writes `events` and their deliveries on the unit of work's connection.
+/// A value bound to an outbox statement.
+enum Value {
+    Text(String),
+    MaybeText(Option<String>),
+    Int(i64),
+    MaybeInt(Option<i64>),
+    Small(i32),
+    Flag(bool),
+}
+
+/// The rows of one multi-row `INSERT`.
+struct Insert {
+    into: &'static str,
+    columns: usize,
+    tail: &'static str,
+    rows: Vec<Vec<Value>>,
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, Db, sqlx::any::AnyArguments>,
+    values: impl Iterator<Item = &'q Value>,
+) -> sqlx::query::Query<'q, Db, sqlx::any::AnyArguments> {
+    for value in values {
+        query = match value {
+            Value::Text(v) => query.bind(v.as_str()),
+            Value::MaybeText(v) => query.bind(v.as_deref()),
+            Value::Int(v) => query.bind(*v),
+            Value::MaybeInt(v) => query.bind(*v),
+            Value::Small(v) => query.bind(*v),
+            Value::Flag(v) => query.bind(*v),
+        };
+    }
+    query
+}
+
+/// Runs the inserts: on PostgreSQL as one statement (one round trip) when they fit,
+/// otherwise one chunked statement per table.
+async fn run_inserts(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    inserts: &[Insert],
+) -> Result<(), Error> {
+    let inserts: Vec<&Insert> = inserts.iter().filter(|i| !i.rows.is_empty()).collect();
+    let params: usize = inserts.iter().map(|i| i.rows.len() * i.columns).sum();
+    if backend == Backend::Postgres && inserts.len() > 1 && params <= MAX_PARAMS {
+        let mut sql = String::from("WITH ");
+        let mut first = 1;
+        for (n, insert) in inserts.iter().enumerate() {
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "w{n} AS ({} VALUES {}{})",
+                insert.into,
+                placeholders_from(first, insert.rows.len(), insert.columns),
+                insert.tail
+            ));
+            first += insert.rows.len() * insert.columns;
+        }
+        sql.push_str(" SELECT 1");
+        let values = inserts.iter().flat_map(|i| i.rows.iter().flatten());
+        bind_all(sqlx::query::<Db>(AssertSqlSafe(sql)), values)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    for insert in inserts {
+        for chunk in insert.rows.chunks(CHUNK) {
+            let sql = format!(
+                "{} VALUES {}{}",
+                insert.into,
+                placeholders(chunk.len(), insert.columns),
+                insert.tail
+            );
+            bind_all(
+                sqlx::query::<Db>(AssertSqlSafe(sql)),
+                chunk.iter().flatten(),
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `events` and `commands`, their deliveries and their ordering keys on the unit
+/// of work's connection.
 pub(crate) async fn write(
     conn: &mut AnyConnection,
+    backend: Backend,
     routing: Option<&dyn Routing>,
     events: &[Envelope],
     commands: &[Sent],
@@ -124,78 +218,90 @@ pub(crate) async fn write(
     let handlers_of = |e: &Envelope| routing.map(|r| r.handlers_for(&e.name)).unwrap_or(&[]);
 
     // Events, then commands, each with its ordering key (none for events).
-    let rows: Vec<(&Envelope, Option<&str>)> = events
+    let messages: Vec<(&Envelope, Option<&str>)> = events
         .iter()
         .map(|e| (e, None))
         .chain(commands.iter().map(|c| (&c.envelope, c.key.as_deref())))
         .collect();
-    for chunk in rows.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, \
-             payload, correlation_id, causation_id, routed, created_at, ordering_key) VALUES {}",
-            placeholders(chunk.len(), 11)
-        );
-        let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-        for (e, key) in chunk {
-            let occurred_at = e
-                .occurred_at
-                .format(&time::format_description::well_known::Rfc3339)
-                .map_err(|err| Error::rejected(std::io::Error::other(err.to_string())))?;
-            query = query
-                .bind(e.id.to_string())
-                .bind(e.name.clone())
-                .bind(e.aggregate_type.clone())
-                .bind(e.aggregate_id.clone())
-                .bind(occurred_at)
-                .bind(e.payload.to_string())
-                .bind(e.correlation_id.to_string())
-                .bind(e.causation_id.map(|c| c.to_string()))
-                .bind(!handlers_of(e).is_empty())
-                .bind(now)
-                .bind(key.map(str::to_owned));
-        }
-        query.execute(&mut *conn).await?;
+    let mut event_rows = Vec::with_capacity(messages.len());
+    for (e, key) in &messages {
+        let occurred_at = e
+            .occurred_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|err| Error::rejected(std::io::Error::other(err.to_string())))?;
+        event_rows.push(vec![
+            Value::Text(e.id.to_string()),
+            Value::Text(e.name.clone()),
+            Value::Text(e.aggregate_type.clone()),
+            Value::Text(e.aggregate_id.clone()),
+            Value::Text(occurred_at),
+            Value::Text(e.payload.to_string()),
+            Value::Text(e.correlation_id.to_string()),
+            Value::MaybeText(e.causation_id.map(|c| c.to_string())),
+            Value::Flag(!handlers_of(e).is_empty()),
+            Value::Int(now),
+            Value::MaybeText(key.map(str::to_owned)),
+        ]);
     }
 
     // Event deliveries are reserved for this process's fast path (when it has one);
     // command deliveries always go to workers, which honour their ordering keys.
-    let event_deliveries = events
-        .iter()
-        .flat_map(|e| handlers_of(e).iter().map(move |h| (e, *h, None, true)));
-    let command_deliveries = commands.iter().flat_map(|c| {
-        handlers_of(&c.envelope)
-            .iter()
-            .map(move |h| (&c.envelope, *h, c.key.as_deref(), false))
-    });
-    let deliveries: Vec<(&Envelope, &'static str, Option<&str>, bool)> =
-        event_deliveries.chain(command_deliveries).collect();
-    for chunk in deliveries.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO keel_deliveries (event_id, handler, status, attempts, next_attempt_at, \
-             leased_until, leased_by, updated_at, ordering_key) VALUES {}",
-            placeholders(chunk.len(), 9)
-        );
-        let mut query = sqlx::query::<Db>(AssertSqlSafe(sql));
-        for (e, handler, key, fast) in chunk {
-            let leased = *fast && lease.is_some();
-            query = query
-                .bind(e.id.to_string())
-                .bind(*handler)
-                .bind(PENDING)
-                .bind(if leased { 1_i32 } else { 0 })
-                .bind(now)
-                .bind(if leased { leased_until } else { None })
-                .bind(if leased { lease_token.clone() } else { None })
-                .bind(now)
-                .bind(key.map(str::to_owned));
+    let mut delivery_rows = Vec::new();
+    let mut fast_path_rows = false;
+    for (n, (e, key)) in messages.iter().enumerate() {
+        let fast = n < events.len();
+        for handler in handlers_of(e) {
+            let leased = fast && lease.is_some();
+            fast_path_rows |= fast;
+            delivery_rows.push(vec![
+                Value::Text(e.id.to_string()),
+                Value::Text((*handler).to_owned()),
+                Value::Text(PENDING.to_owned()),
+                Value::Small(if leased { 1 } else { 0 }),
+                Value::Int(now),
+                Value::MaybeInt(if leased { leased_until } else { None }),
+                Value::MaybeText(if leased { lease_token.clone() } else { None }),
+                Value::Int(now),
+                Value::MaybeText(key.map(str::to_owned)),
+            ]);
         }
-        query.execute(&mut *conn).await?;
     }
-    insert_keys(conn, commands.iter().filter_map(|c| c.key.as_deref())).await?;
+
+    let mut keys: Vec<&str> = commands.iter().filter_map(|c| c.key.as_deref()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let key_rows = keys
+        .iter()
+        .map(|k| vec![Value::Text((*k).to_owned())])
+        .collect();
+
+    let inserts = [
+        Insert {
+            into: "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, \
+                   occurred_at, payload, correlation_id, causation_id, routed, created_at, \
+                   ordering_key)",
+            columns: 11,
+            tail: "",
+            rows: event_rows,
+        },
+        Insert {
+            into: "INSERT INTO keel_deliveries (event_id, handler, status, attempts, \
+                   next_attempt_at, leased_until, leased_by, updated_at, ordering_key)",
+            columns: 9,
+            tail: "",
+            rows: delivery_rows,
+        },
+        Insert {
+            into: "INSERT INTO keel_keys (key)",
+            columns: 1,
+            tail: " ON CONFLICT DO NOTHING",
+            rows: key_rows,
+        },
+    ];
+    run_inserts(conn, backend, &inserts).await?;
 
     // Rows a relay must pick up now: unrouted rows, commands, or deliveries nobody reserved.
-    let unrouted = rows.iter().any(|(e, _)| handlers_of(e).is_empty());
-    let fast_path_rows = deliveries.iter().any(|d| d.3);
+    let unrouted = messages.iter().any(|(e, _)| handlers_of(e).is_empty());
     let left_for_relay = unrouted || !commands.is_empty() || (lease.is_none() && fast_path_rows);
     Ok(Written {
         lease_token: if fast_path_rows { lease_token } else { None },

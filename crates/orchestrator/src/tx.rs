@@ -38,6 +38,25 @@ impl std::fmt::Debug for Tx<'_> {
     }
 }
 
+/// Wraps a command for the outbox, marked as caused by `cause` if any.
+pub(crate) fn prepare_command<C: Command>(
+    command: &C,
+    cause: Option<Cause>,
+) -> Result<Sent, Error> {
+    let mut envelope = Envelope::wrap_command(command).map_err(|source| Error::Serialization {
+        event: C::NAME,
+        source,
+    })?;
+    if let Some(cause) = cause {
+        envelope.correlation_id = cause.correlation_id;
+        envelope.causation_id = Some(cause.causation_id);
+    }
+    Ok(Sent {
+        envelope,
+        key: command.key(),
+    })
+}
+
 /// A command nobody handles is refused when the handlers are known.
 pub(crate) fn check_handled<C: Command>(routing: Option<&dyn Routing>) -> Result<(), Error> {
     match routing {

@@ -282,6 +282,16 @@ impl Database {
     /// [`Tx::send`] instead, so that the command commits with the rest.
     pub async fn send<C: keel_domain::Command>(&mut self, command: C) -> Result<(), Error> {
         crate::tx::check_handled::<C>(self.routing())?;
+        if self.backend() == Backend::Postgres {
+            // One statement is atomic on its own: no BEGIN/COMMIT round trips.
+            guard::ensure_outside("send a command outside the unit of work (use `tx.send`)")?;
+            let sent = crate::tx::prepare_command(&command, None)?;
+            let mut conn = self.pool().acquire().await?;
+            let written =
+                outbox::write(&mut conn, Backend::Postgres, self.routing(), &[], &[sent]).await?;
+            self.after_commit(&mut conn, written.left_for_relay).await;
+            return Ok(());
+        }
         let sent = &command;
         self.unit_of_work_with(&UnitOfWork::named("send"), async |tx| {
             let prepared = tx.prepare(sent)?;
@@ -290,6 +300,20 @@ impl Database {
         })
         .await
         .map(|receipt| receipt.into_value())
+    }
+
+    /// Wakes relays after a commit that left them work: this process's at once, other
+    /// processes' through PostgreSQL `NOTIFY` (at most one per few milliseconds).
+    async fn after_commit(&self, conn: &mut sqlx::AnyConnection, left_for_relay: bool) {
+        if !left_for_relay {
+            return;
+        }
+        if let Some(routing) = self.routing() {
+            routing.left_for_relay();
+        }
+        if self.backend() == Backend::Postgres && self.may_notify() {
+            outbox::notify_relays(conn).await;
+        }
     }
 
     /// One attempt: a fresh connection and transaction, the steps, then commit or rollback.
@@ -349,7 +373,7 @@ impl Database {
         };
         let outcome = match outcome {
             Ok(value) if !events.is_empty() || !commands.is_empty() => {
-                outbox::write(&mut txn, self.routing(), &events, &commands)
+                outbox::write(&mut txn, backend, self.routing(), &events, &commands)
                     .await
                     .map(|written| (value, Some(written)))
             }
@@ -361,14 +385,7 @@ impl Database {
                 txn.commit().await?;
                 let lease_token = match written {
                     Some(written) => {
-                        if written.left_for_relay {
-                            if let Some(routing) = self.routing() {
-                                routing.left_for_relay();
-                            }
-                            if backend == Backend::Postgres {
-                                outbox::notify_relays(&mut conn).await;
-                            }
-                        }
+                        self.after_commit(&mut conn, written.left_for_relay).await;
                         written.lease_token
                     }
                     None => None,
