@@ -191,6 +191,11 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A call to another system (an HTTP partner, a mail server) failed. Not transient for
+    /// a unit of work; a handler returning it is retried per its policy.
+    #[error("external call failed: {0}")]
+    External(Box<dyn StdError + Send + Sync + 'static>),
+
     /// The application refused the operation (a domain rule); never retried.
     #[error(transparent)]
     Rejected(Box<dyn StdError + Send + Sync + 'static>),
@@ -234,6 +239,11 @@ impl Error {
     /// Wraps any error as a [`Rejection`](Error::Rejected) without implementing the marker trait.
     pub fn rejected(error: impl StdError + Send + Sync + 'static) -> Self {
         Error::Rejected(Box::new(error))
+    }
+
+    /// Wraps the failure of a call to another system ([`Error::External`]).
+    pub fn external(error: impl Into<Box<dyn StdError + Send + Sync + 'static>>) -> Self {
+        Error::External(error.into())
     }
 
     /// The application's rejection of type `R`, if this error is one.

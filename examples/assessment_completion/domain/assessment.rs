@@ -68,14 +68,28 @@ pub struct AlreadyCompleted(pub AssessmentId);
 
 impl keel::Rejection for AlreadyCompleted {}
 
+/// The assessment ended another way (aborted, ended by a supervisor…): it cannot be completed.
+#[derive(Debug, thiserror::Error)]
+#[error("assessment {id} cannot be completed: it is {state:?}")]
+pub struct NotCompletable {
+    pub id: AssessmentId,
+    pub state: AssessmentState,
+}
+
+impl keel::Rejection for NotCompletable {}
+
 impl Assessment {
-    /// Marks the assessment completed, or refuses if it already is.
-    pub fn complete(&mut self) -> Result<(), AlreadyCompleted> {
-        if self.state == AssessmentState::Completed {
-            return Err(AlreadyCompleted(self.id));
+    /// Marks the assessment completed, or refuses if it is already completed or ended
+    /// another way.
+    pub fn complete(&mut self) -> Result<(), keel::Error> {
+        match self.state {
+            AssessmentState::Started => {
+                self.state = AssessmentState::Completed;
+                Ok(())
+            }
+            AssessmentState::Completed => Err(AlreadyCompleted(self.id).into()),
+            state => Err(NotCompletable { id: self.id, state }.into()),
         }
-        self.state = AssessmentState::Completed;
-        Ok(())
     }
 }
 
@@ -100,6 +114,17 @@ mod tests {
         let mut assessment = started();
         assessment.complete().unwrap();
         assert_eq!(assessment.state, AssessmentState::Completed);
-        assert!(assessment.complete().is_err());
+        let again = assessment.complete().unwrap_err();
+        assert!(again.rejection::<AlreadyCompleted>().is_some());
+    }
+
+    #[test]
+    fn an_aborted_assessment_cannot_be_completed() {
+        let mut assessment = started();
+        assessment.state = AssessmentState::Aborted;
+        let refused = assessment.complete().unwrap_err();
+        let refused = refused.rejection::<NotCompletable>().unwrap();
+        assert_eq!(refused.state, AssessmentState::Aborted);
+        assert_eq!(assessment.state, AssessmentState::Aborted);
     }
 }

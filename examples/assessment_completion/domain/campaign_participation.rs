@@ -10,6 +10,7 @@ pub enum ParticipationStatus {
 #[derive(Debug, Clone)]
 pub struct CampaignParticipation {
     pub id: i64,
+    pub campaign_id: i64,
     pub status: ParticipationStatus,
 }
 

@@ -1,4 +1,7 @@
 //! After-commit reactions. Each handler is independent: it runs after the completion has
-//! committed, in its own unit of work, and its failure never undoes the completion.
+//! committed, in its own unit of work, is retried on its own, and its failure never undoes
+//! the completion. Each is registered where it is defined (`keel::register_handler!`).
 
+mod partner_certification;
+mod partner_notification;
 mod user_statistics;

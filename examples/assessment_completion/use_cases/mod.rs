@@ -2,4 +2,4 @@
 
 mod complete_assessment;
 
-pub use complete_assessment::complete_assessment;
+pub use complete_assessment::{Completion, complete_assessment};
