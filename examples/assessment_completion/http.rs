@@ -26,12 +26,12 @@ fn problem(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-fn parse(id: &str) -> Result<AssessmentId, Response> {
+fn parse(id: &str) -> Result<AssessmentId, Box<Response>> {
     id.parse::<i64>().map(AssessmentId).map_err(|_| {
-        problem(
+        Box::new(problem(
             StatusCode::BAD_REQUEST,
             format!("`{id}` is not an assessment id (a whole number)"),
-        )
+        ))
     })
 }
 
@@ -50,7 +50,7 @@ fn status_of(error: &Error) -> StatusCode {
 async fn complete(State(app): State<App>, Path(id): Path<String>) -> Response {
     let id = match parse(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match complete_assessment(&mut app.session(), id).await {
         Ok(completion) => (StatusCode::CREATED, Json(completion)).into_response(),
@@ -67,7 +67,7 @@ async fn complete(State(app): State<App>, Path(id): Path<String>) -> Response {
 async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
     let id = match parse(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let found = async {
         let mut conn = app.session().acquire().await?;
