@@ -119,10 +119,12 @@ impl DeadLetters {
                 if handler == NO_HANDLER {
                     // Route the event again, with the handlers registered now.
                     let removed = delete_dead(tx, event_id, handler).await?;
-                    sqlx::query("UPDATE keel_events SET routed = FALSE WHERE id = $1")
-                        .bind(event_id)
-                        .execute(tx.conn())
-                        .await?;
+                    if removed {
+                        sqlx::query("UPDATE keel_events SET routed = FALSE WHERE id = $1")
+                            .bind(event_id)
+                            .execute(tx.conn())
+                            .await?;
+                    }
                     return Ok(removed);
                 }
                 let updated = sqlx::query(

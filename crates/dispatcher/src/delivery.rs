@@ -22,9 +22,29 @@ pub(crate) async fn execute(dispatcher: Dispatcher, group: Group) {
 }
 
 async fn run(dispatcher: &Dispatcher, group: Group) {
+    // A group that waited long for a delivery slot renews its leases first; deliveries
+    // whose lease was taken over meanwhile do not run here.
+    let lease = dispatcher.options().lease_duration();
+    let waited = group
+        .claims
+        .first()
+        .map(|c| c.claimed_at.elapsed())
+        .unwrap_or_default();
+    let group_claims = if waited > lease / 4 {
+        let db = dispatcher.database().clone();
+        match store::renew(&db, group.claims, group.key.as_deref(), lease).await {
+            Ok(kept) => kept,
+            Err(error) => {
+                tracing::warn!(%error, "could not renew leases; leaving the deliveries to their lease expiry");
+                return;
+            }
+        }
+    } else {
+        group.claims
+    };
     // A delivery whose event cannot be read is dead on its own; the rest go on.
-    let mut claims = Vec::with_capacity(group.claims.len());
-    for claim in group.claims {
+    let mut claims = Vec::with_capacity(group_claims.len());
+    for claim in group_claims {
         match &claim.event {
             Ok(_) => claims.push(claim),
             Err(reason) => {

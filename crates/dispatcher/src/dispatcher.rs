@@ -145,6 +145,7 @@ impl Dispatcher {
                     handler: handler.name().to_owned(),
                     attempt: 1,
                     token: token.clone(),
+                    claimed_at: std::time::Instant::now(),
                 };
                 self.spawn_delivery(Group::one(claim), || {});
             }

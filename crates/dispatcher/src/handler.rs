@@ -224,15 +224,16 @@ impl Handler {
         )
     }
 
-    /// The handler named `name` of commands of type `C`, taking up to `max` commands of one
-    /// ordering key at a time, to apply them in one unit of work:
+    /// The handler named `name` of commands of type `C`, taking up to `max` (at most 1,000)
+    /// commands of one ordering key at a time, to apply them in one unit of work:
     /// `async fn(&[C], &mut HandlerContext) -> Result<(), keel::Error>`.
     pub fn command_batch<C: Command, F: HandlerFn<[C]>>(
         name: &'static str,
         max: usize,
         handler: F,
     ) -> Self {
-        let kind = HandlerKind::Batch(max.max(1));
+        // Capped so that a batch's keys always fit one statement's parameters.
+        let kind = HandlerKind::Batch(max.clamp(1, 1_000));
         Self::from_erased(
             name,
             C::NAME,

@@ -40,6 +40,8 @@ pub(crate) struct Claim {
     pub(crate) handler: String,
     pub(crate) attempt: u32,
     pub(crate) token: String,
+    /// When the lease was taken, to renew it if the delivery waited long for a slot.
+    pub(crate) claimed_at: std::time::Instant,
 }
 
 fn internal(name: &'static str) -> UnitOfWork {
@@ -138,6 +140,7 @@ pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<
                     handler: row.try_get("handler")?,
                     attempt: row.try_get::<i64, _>("attempts")?.max(1) as u32,
                     token: token.clone(),
+                    claimed_at: std::time::Instant::now(),
                 });
             }
             load_events(tx, &mut claims).await?;
@@ -290,6 +293,7 @@ pub(crate) async fn claim_keyed(
                         handler: handler.clone(),
                         attempt: row.try_get::<i64, _>("attempts")?.max(1) as u32,
                         token: token.clone(),
+                        claimed_at: std::time::Instant::now(),
                     });
                 }
                 claims.sort_by(|a, b| a.event_id.cmp(&b.event_id));
@@ -303,6 +307,50 @@ pub(crate) async fn claim_keyed(
         })
         .await
         .map(|receipt| receipt.into_value())
+}
+
+/// Extends the leases of a group that waited for a delivery slot; returns the claims whose
+/// lease still belonged to it (the others were taken over or finished meanwhile and must
+/// not run here).
+pub(crate) async fn renew(
+    db: &Database,
+    claims: Vec<Claim>,
+    key: Option<&str>,
+    lease: Duration,
+) -> Result<Vec<Claim>, Error> {
+    db.clone()
+        .unit_of_work_with(&internal("keel_renew_lease"), async |tx| {
+            let until = now_millis() + lease.as_millis() as i64;
+            let mut kept = Vec::new();
+            for claim in &claims {
+                let renewed = sqlx::query(
+                    "UPDATE keel_deliveries SET leased_until = $1
+                     WHERE event_id = $2 AND handler = $3 AND leased_by = $4 AND status = 'pending'",
+                )
+                .bind(until)
+                .bind(claim.event_id.as_str())
+                .bind(claim.handler.as_str())
+                .bind(claim.token.as_str())
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                kept.push(renewed == 1);
+            }
+            if let (Some(key), Some(claim)) = (key, claims.first()) {
+                sqlx::query("UPDATE keel_keys SET leased_until = $1 WHERE key = $2 AND leased_by = $3")
+                    .bind(until)
+                    .bind(key)
+                    .bind(claim.token.as_str())
+                    .execute(tx.conn())
+                    .await?;
+            }
+            Ok(kept)
+        })
+        .await
+        .map(|receipt| {
+            let kept = receipt.into_value();
+            claims.into_iter().zip(kept).filter(|(_, k)| *k).map(|(c, _)| c).collect()
+        })
 }
 
 /// Ends a group's hold on its ordering key.
