@@ -66,6 +66,11 @@ impl HandlerContext {
         self.processed
     }
 
+    /// Whether the handler opened its unit of work.
+    pub(crate) fn opened(&self) -> bool {
+        self.opened
+    }
+
     /// The event's id (the first command's, for a batch): the idempotency key to give to
     /// external systems.
     pub fn event_id(&self) -> EventId {

@@ -82,6 +82,14 @@ async fn run(dispatcher: &Dispatcher, group: Group) {
     // A task of its own per attempt: a panicking handler fails this attempt only.
     let joined = tokio::spawn(async move {
         let outcome = tokio::time::timeout(timeout, call.call(&envelopes, &mut ctx)).await;
+        // A handler that opened its unit of work, saw it fail, and still returned `Ok`
+        // must not have its deliveries marked done without their effects.
+        let outcome = match outcome {
+            Ok(Ok(())) if ctx.opened() && !ctx.processed() => Ok(Err(Error::external(
+                "the handler returned Ok although its unit of work did not commit",
+            ))),
+            other => other,
+        };
         (outcome, ctx.processed())
     })
     .await;
