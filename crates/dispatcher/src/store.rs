@@ -188,27 +188,27 @@ pub(crate) async fn claim_keyed(
     max_keys: u32,
     lease: Duration,
 ) -> Result<Vec<Group>, Error> {
+    // Keys with due commands and no live lease; PostgreSQL also skips keys another worker
+    // is claiming right now.
+    macro_rules! free_keys {
+        ($lock:literal) => {
+            concat!(
+                "WITH due AS (
+                     SELECT DISTINCT ordering_key FROM (
+                         SELECT ordering_key FROM keel_deliveries
+                         WHERE status = 'pending' AND ordering_key IS NOT NULL
+                           AND next_attempt_at <= $1
+                         ORDER BY next_attempt_at LIMIT 1000) d)
+                 SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
+                 WHERE k.leased_until IS NULL OR k.leased_until < $1
+                 LIMIT $2",
+                $lock
+            )
+        };
+    }
     let sql = match db.backend() {
-        Backend::Postgres => {
-            "WITH due AS (
-                 SELECT DISTINCT ordering_key FROM (
-                     SELECT ordering_key FROM keel_deliveries
-                     WHERE status = 'pending' AND ordering_key IS NOT NULL AND next_attempt_at <= $1
-                     ORDER BY next_attempt_at LIMIT 1000) d)
-             SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
-             WHERE k.leased_until IS NULL OR k.leased_until < $1
-             LIMIT $2 FOR UPDATE OF k SKIP LOCKED"
-        }
-        Backend::Sqlite => {
-            "WITH due AS (
-                 SELECT DISTINCT ordering_key FROM (
-                     SELECT ordering_key FROM keel_deliveries
-                     WHERE status = 'pending' AND ordering_key IS NOT NULL AND next_attempt_at <= $1
-                     ORDER BY next_attempt_at LIMIT 1000) d)
-             SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
-             WHERE k.leased_until IS NULL OR k.leased_until < $1
-             LIMIT $2"
-        }
+        Backend::Postgres => free_keys!(" FOR UPDATE OF k SKIP LOCKED"),
+        Backend::Sqlite => free_keys!(""),
     };
     let max_batch = registry
         .handlers()
