@@ -73,44 +73,28 @@ pub(crate) trait ErasedHandler: Send + Sync {
     ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
-struct EventHandler<E, F> {
+/// A handler of one message at a time (an event, or an unbatched command), with the
+/// function that turns its envelope back into the message.
+struct OneAtATime<M, F> {
     handler: F,
-    event: PhantomData<fn(E)>,
+    decode: fn(&Envelope) -> Result<M, keel_domain::DecodeError>,
 }
 
-impl<E: DomainEvent, F: HandlerFn<E>> ErasedHandler for EventHandler<E, F> {
+impl<M: Send + Sync + 'static, F: HandlerFn<M>> ErasedHandler for OneAtATime<M, F> {
     fn call<'a>(
         &'a self,
         envelopes: &'a [Arc<Envelope>],
         ctx: &'a mut HandlerContext,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            for envelope in envelopes {
-                let event: E = envelope.decode().map_err(Error::rejected)?;
-                self.handler.call(&event, ctx).await?;
-            }
-            Ok(())
-        })
-    }
-}
-
-struct CommandHandler<C, F> {
-    handler: F,
-    command: PhantomData<fn(C)>,
-}
-
-impl<C: Command, F: HandlerFn<C>> ErasedHandler for CommandHandler<C, F> {
-    fn call<'a>(
-        &'a self,
-        envelopes: &'a [Arc<Envelope>],
-        ctx: &'a mut HandlerContext,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async move {
-            for envelope in envelopes {
-                let command: C = envelope.decode_command().map_err(Error::rejected)?;
-                self.handler.call(&command, ctx).await?;
-            }
-            Ok(())
+            let [envelope] = envelopes else {
+                return Err(Error::rejected(std::io::Error::other(format!(
+                    "a one-at-a-time handler received {} messages",
+                    envelopes.len()
+                ))));
+            };
+            let message = (self.decode)(envelope).map_err(Error::rejected)?;
+            self.handler.call(&message, ctx).await
         })
     }
 }
@@ -203,9 +187,9 @@ impl Handler {
             name,
             E::NAME,
             HandlerKind::Event,
-            EventHandler::<E, F> {
+            OneAtATime {
                 handler,
-                event: PhantomData,
+                decode: |e: &Envelope| e.decode::<E>(),
             },
         )
     }
@@ -217,9 +201,9 @@ impl Handler {
             name,
             C::NAME,
             HandlerKind::Command,
-            CommandHandler::<C, F> {
+            OneAtATime {
                 handler,
-                command: PhantomData,
+                decode: |e: &Envelope| e.decode_command::<C>(),
             },
         )
     }
