@@ -252,10 +252,14 @@ async fn a_handler_chains_through_its_own_unit_of_work(db: Database) {
 
 async fn a_smuggled_receipt_cannot_be_dispatched_inside_a_unit_of_work(mut db: Database) {
     schema(&db).await;
-    let app = app_with(
-        db.clone(),
-        vec![Handler::new::<OrderPlaced, _>("record_order", record_order)],
-    );
+    // No relay: the event stays in the outbox, so only the smuggled dispatch could run it.
+    let mut registry = keel::Registry::new();
+    registry
+        .register(Handler::new::<OrderPlaced, _>("record_order", record_order))
+        .unwrap();
+    let app = keel::App::builder(db.clone(), registry)
+        .relay(false)
+        .start();
     let receipt = db
         .unit_of_work(async |tx| {
             sqlx::query("INSERT INTO orders (id) VALUES (9)")

@@ -1,20 +1,30 @@
 //! `keel-bench`: measures Keel and its baselines in the same run and reports ratios.
 //!
 //! ```text
-//! cargo run --release -p keel-bench -- <scenario> [--json FILE] [--likes N]
+//! cargo run --release -p keel-bench -- <scenario> [--json FILE] [--svg DIR] [options]
 //! ```
 //!
 //! Without `DATABASE_URL`, it starts a throwaway PostgreSQL cluster of its own (as the test
 //! command does) and stops it at the end. Each scenario prints a table and a last line
-//! `RESULT <scenario> key=value …`; `--json FILE` writes the same figures.
+//! `RESULT <scenario> key=value …`; `--json FILE` writes the same figures, `--svg DIR` the
+//! charts of the scenarios that draw one. `all` runs every scenario in turn.
 //!
 //! Absolute numbers drift on shared machines; the ratios against baselines measured in
 //! the same run are the figures to compare.
 
+mod chart;
 mod cluster;
+mod common;
+mod delivery;
+mod drain;
+mod latency;
 mod likes;
+mod peers;
+mod sqlite;
+mod uow;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Figures of one scenario, printed as the `RESULT` line and written as JSON.
@@ -56,7 +66,22 @@ fn round(v: f64) -> f64 {
 struct Args {
     scenario: String,
     json: Option<String>,
+    svg: Option<PathBuf>,
     likes: u32,
+    events: u64,
+    producers: u64,
+    drain: u64,
+    latency: u64,
+    peers: bool,
+}
+
+fn number<T: std::str::FromStr>(
+    option: &str,
+    args: &mut impl Iterator<Item = String>,
+) -> Result<T, String> {
+    let n = args.next().ok_or(format!("{option} needs a number"))?;
+    n.parse()
+        .map_err(|_| format!("{option}: `{n}` is not a number"))
 }
 
 fn parse() -> Result<Args, String> {
@@ -64,17 +89,26 @@ fn parse() -> Result<Args, String> {
     let mut parsed = Args {
         scenario: String::new(),
         json: None,
+        svg: None,
         likes: 10_000,
+        events: 20_000,
+        producers: 8,
+        drain: 100_000,
+        latency: 2_000,
+        peers: true,
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--json" => parsed.json = Some(args.next().ok_or("--json needs a file name")?),
-            "--likes" => {
-                let n = args.next().ok_or("--likes needs a number")?;
-                parsed.likes = n
-                    .parse()
-                    .map_err(|_| format!("--likes: `{n}` is not a number"))?;
+            "--svg" => {
+                parsed.svg = Some(PathBuf::from(args.next().ok_or("--svg needs a directory")?))
             }
+            "--likes" => parsed.likes = number("--likes", &mut args)?,
+            "--events" => parsed.events = number("--events", &mut args)?,
+            "--producers" => parsed.producers = number("--producers", &mut args)?,
+            "--backlog" => parsed.drain = number("--backlog", &mut args)?,
+            "--samples" => parsed.latency = number("--samples", &mut args)?,
+            "--no-peers" => parsed.peers = false,
             "-h" | "--help" => return Err(String::new()),
             other if other.starts_with('-') => return Err(format!("unknown option `{other}`")),
             other => parsed.scenario = other.to_owned(),
@@ -83,15 +117,58 @@ fn parse() -> Result<Args, String> {
     if parsed.scenario.is_empty() {
         return Err("name a scenario".to_owned());
     }
+    if parsed.events == 0 || parsed.producers == 0 || parsed.drain == 0 || parsed.latency == 0 {
+        return Err("counts must be at least 1".to_owned());
+    }
     Ok(parsed)
 }
 
-const USAGE: &str = "usage: keel-bench <scenario> [--json FILE] [--likes N]
+const USAGE: &str = "usage: keel-bench <scenario> [--json FILE] [--svg DIR] [options]
 
-scenarios:
-  likes   N users like one post: a unit of work with a row lock per like (A) vs the command
-          bus with batches (B), against the hot-row SELECT ... FOR UPDATE; UPDATE rate of
-          raw sqlx (the pgbench baseline), all measured in this run";
+scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
+  uow       a unit of work (UPDATE one row + record one event) vs the same statements in
+            raw sqlx, 8 tasks: ratio = Keel/raw time per op (goal <= 1.05)
+  delivery  events/s from commit to handler effect, N producers: Keel vs a hand-written
+            sqlx pipeline (the ceiling), sqlxmq and apalis (goals: vs_raw >= 0.8,
+            vs_apalis >= 5, vs_sqlxmq >= 2); with --svg, throughput vs producers
+  drain     a backlog of pending deliveries drained by the relay vs the server's batched
+            SKIP LOCKED dequeue rate (goal >= 50,000/s)
+  likes     N users like one post: unit of work + row lock (A) vs the command bus with
+            batches (B), against the hot-row SELECT ... FOR UPDATE; UPDATE rate (goal B >= 5x)
+  latency   commit -> handler start, p50/p99, in-process and cross-process (goals: p50 <= 1 ms
+            in-process, p99 <= 20 ms cross-process); with --svg, the distribution
+  sqlite    uow and delivery on SQLite vs raw sqlx on SQLite
+  all       every scenario above, in this order
+
+options:
+  --events N      events of uow, delivery and sqlite (20000)
+  --producers N   producers of delivery (8)
+  --backlog N     pending deliveries of drain (100000)
+  --likes N       likes of likes (10000)
+  --samples N     events of latency (2000)
+  --no-peers      skip sqlxmq and apalis in delivery (they build on first use)
+  --json FILE     write the figures as JSON
+  --svg DIR       write the charts (SVG) into DIR
+
+Without DATABASE_URL, a throwaway PostgreSQL cluster is started and stopped.";
+
+const SCENARIOS: &[&str] = &["uow", "delivery", "drain", "likes", "latency", "sqlite"];
+
+async fn run(scenario: &str, url: &str, args: &Args) -> Result<Report, String> {
+    let svg = args.svg.as_deref();
+    match scenario {
+        "uow" => uow::run(url, args.events).await,
+        "delivery" => delivery::run(url, args.events, args.producers, svg, args.peers).await,
+        "drain" => drain::run(url, args.drain).await,
+        "likes" => likes::run(url, args.likes).await,
+        "latency" => latency::run(url, args.latency, svg).await,
+        "sqlite" => sqlite::run(args.events).await,
+        other => Err(format!(
+            "unknown scenario `{other}`; scenarios: {}, all",
+            SCENARIOS.join(", ")
+        )),
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -105,8 +182,41 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let scenarios: Vec<&str> = match args.scenario.as_str() {
+        "all" => SCENARIOS.to_vec(),
+        "latency-consumer" => {
+            // The child process of the cross-process latency measure.
+            let Ok(url) = std::env::var("DATABASE_URL") else {
+                eprintln!("error: latency-consumer needs DATABASE_URL");
+                return ExitCode::FAILURE;
+            };
+            return match latency::consumer(&url, args.latency).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        one if SCENARIOS.contains(&one) => vec![one],
+        other => {
+            eprintln!(
+                "error: unknown scenario `{other}`; scenarios: {}, all\n\n{USAGE}",
+                SCENARIOS.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = &args.svg
+        && let Err(error) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("error: cannot create {}: {error}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let needs_server = scenarios.iter().any(|s| *s != "sqlite");
     let cluster = match std::env::var("DATABASE_URL") {
         Ok(url) => cluster::Server::External(url),
+        Err(_) if !needs_server => cluster::Server::External(String::new()),
         Err(_) => {
             eprintln!("DATABASE_URL is not set: starting a throwaway PostgreSQL cluster");
             match cluster::Cluster::start() {
@@ -118,31 +228,37 @@ async fn main() -> ExitCode {
             }
         }
     };
-    let report = match args.scenario.as_str() {
-        "likes" => likes::run(cluster.url(), args.likes).await,
-        other => Err(format!(
-            "unknown scenario `{other}`; this version measures: likes"
-        )),
-    };
-    drop(cluster);
-    match report {
-        Ok(report) => {
-            println!("{}", report.result_line());
-            if let Some(file) = args.json {
-                let json = serde_json::json!({
-                    "scenario": report.scenario,
-                    "figures": report.figures,
-                });
-                if let Err(error) = std::fs::write(&file, format!("{json:#}\n")) {
-                    eprintln!("error: cannot write {file}: {error}");
-                    return ExitCode::FAILURE;
-                }
+    let mut reports = Vec::new();
+    let mut failed = false;
+    for scenario in scenarios {
+        eprintln!("running `{scenario}`…");
+        match run(scenario, cluster.url(), &args).await {
+            Ok(report) => {
+                println!("{}", report.result_line());
+                reports.push(report);
             }
-            ExitCode::SUCCESS
+            Err(error) => {
+                eprintln!("error: {scenario}: {error}");
+                failed = true;
+            }
         }
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
+    }
+    drop(cluster);
+    if let Some(file) = &args.json {
+        let figures =
+            |r: &Report| serde_json::json!({"scenario": r.scenario, "figures": r.figures});
+        let json = match reports.as_slice() {
+            [one] if args.scenario != "all" => figures(one),
+            all => serde_json::Value::Array(all.iter().map(figures).collect()),
+        };
+        if let Err(error) = std::fs::write(file, format!("{json:#}\n")) {
+            eprintln!("error: cannot write {file}: {error}");
+            return ExitCode::FAILURE;
         }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

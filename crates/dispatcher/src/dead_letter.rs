@@ -52,7 +52,7 @@ pub struct DeadLetter {
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
     db: Database,
-    wake: std::sync::Arc<tokio::sync::Notify>,
+    wake: std::sync::Arc<crate::relay::Wake>,
 }
 
 const SELECT: &str = "SELECT d.event_id, d.handler, d.attempts, e.id, e.name, e.aggregate_type,
@@ -60,7 +60,7 @@ const SELECT: &str = "SELECT d.event_id, d.handler, d.attempts, e.id, e.name, e.
     FROM keel_deliveries d JOIN keel_events e ON e.id = d.event_id";
 
 impl DeadLetters {
-    pub(crate) fn new(db: Database, wake: std::sync::Arc<tokio::sync::Notify>) -> Self {
+    pub(crate) fn new(db: Database, wake: std::sync::Arc<crate::relay::Wake>) -> Self {
         DeadLetters { db, wake }
     }
 
@@ -145,7 +145,7 @@ impl DeadLetters {
             .await?
             .into_value();
         if retried {
-            self.wake.notify_one();
+            self.wake.wake();
         }
         Ok(retried)
     }

@@ -4,15 +4,20 @@
 use keel_orchestrator::Error;
 use keel_orchestrator::outbox::now_millis;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::store::{self, Claim, Group, Next};
 use crate::{Dispatcher, HandlerContext};
 
 /// Runs the handler of a claimed group and records the outcome. Never panics; every
 /// failure ends in the deliveries' rows (retry scheduled, or dead letter).
-pub(crate) async fn execute(dispatcher: Dispatcher, group: Group) {
+///
+/// `permit` is this delivery's slot among the deliveries running in the process; it is
+/// given back as soon as the handler has returned.
+pub(crate) async fn execute(dispatcher: Dispatcher, group: Group, permit: OwnedSemaphorePermit) {
     let key = group.key.clone();
     let token = group.claims.first().map(|c| c.token.clone());
-    run(&dispatcher, group).await;
+    run(&dispatcher, group, permit).await;
     if let (Some(key), Some(token)) = (key, token) {
         let db = dispatcher.database().clone();
         if let Err(error) = store::release_key(&db, &key, &token).await {
@@ -21,7 +26,7 @@ pub(crate) async fn execute(dispatcher: Dispatcher, group: Group) {
     }
 }
 
-async fn run(dispatcher: &Dispatcher, group: Group) {
+async fn run(dispatcher: &Dispatcher, group: Group, permit: OwnedSemaphorePermit) {
     // A group that waited long for a delivery slot renews its leases first; deliveries
     // whose lease was taken over meanwhile do not run here.
     let lease = dispatcher.options().lease_duration();
@@ -97,9 +102,9 @@ async fn run(dispatcher: &Dispatcher, group: Group) {
     let (error, retryable) = match joined {
         Ok((Ok(Ok(())), processed)) | Ok((Ok(Err(Error::AlreadyProcessed { .. })), processed)) => {
             if !processed {
+                drop(permit);
                 let ids: Vec<String> = claims.iter().map(|c| c.event_id.clone()).collect();
-                let db = dispatcher.database().clone();
-                if let Err(error) = store::mark_done(&db, &ids, &first.handler).await {
+                if let Err(error) = dispatcher.mark_done(&ids, &first.handler).await {
                     tracing::warn!(
                         handler = %first.handler, %error,
                         "handled, but marking the delivery done failed; it will be redelivered \

@@ -4,12 +4,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keel_orchestrator::{Database, Error, Release, ensure_outside_unit_of_work};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::marks::Marks;
 use crate::registry::Registry;
-use crate::relay::{WorkerLimits, WorkerReport};
+use crate::relay::{Wake, WorkerLimits, WorkerReport};
 use crate::routing::RoutingTable;
 use crate::store::{self, Claim, Group};
 use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
@@ -43,9 +44,10 @@ struct Inner {
     in_flight: watch::Sender<usize>,
     /// Bounds the deliveries running at once in this process, fast path and relay together.
     permits: Arc<Semaphore>,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     stop: watch::Sender<bool>,
     relay: Mutex<Option<JoinHandle<WorkerReport>>>,
+    marks: Marks,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -77,7 +79,7 @@ impl Dispatcher {
     pub fn with_options(db: Database, registry: Registry, options: DeliveryOptions) -> Self {
         let permits = Arc::new(Semaphore::new(options.max_in_flight));
         let lease = options.fast_path.then(|| options.lease_duration());
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wake::default());
         let routing = Arc::new(RoutingTable::new(&registry, lease, wake.clone()));
         Dispatcher {
             inner: Arc::new(Inner {
@@ -89,6 +91,7 @@ impl Dispatcher {
                 wake,
                 stop: watch::Sender::new(false),
                 relay: Mutex::new(None),
+                marks: Marks::new(),
             }),
         }
     }
@@ -168,18 +171,32 @@ impl Dispatcher {
             count = group.claims.len(),
         );
         let permits = self.inner.permits.clone();
-        let delivery = delivery::execute(self.clone(), group);
+        let dispatcher = self.clone();
         tokio::spawn(
             async move {
                 // Waiting here holds no connection: a burst of commits queues cheaply.
-                let permit = permits.acquire_owned().await;
-                delivery.await;
-                drop(permit);
+                // The semaphore is never closed, so the permit always comes.
+                if let Ok(permit) = permits.acquire_owned().await {
+                    delivery::execute(dispatcher, group, permit).await;
+                }
                 drop(guard);
                 done();
             }
             .instrument(span),
         );
+    }
+
+    /// Marks deliveries done for a handler that wrote nothing through its context, batched
+    /// with the other deliveries ending meanwhile.
+    pub(crate) async fn mark_done(
+        &self,
+        event_ids: &[String],
+        handler: &str,
+    ) -> Result<(), String> {
+        self.inner
+            .marks
+            .mark_done(&self.inner.db, event_ids, handler)
+            .await
     }
 
     /// Free delivery slots in this process.
@@ -224,10 +241,10 @@ impl Dispatcher {
 
     /// Wakes the relay now (e.g. a retry was scheduled, a dead delivery was retried).
     pub fn wake_relay(&self) {
-        self.inner.wake.notify_one();
+        self.inner.wake.wake();
     }
 
-    pub(crate) fn wake_handle(&self) -> Arc<Notify> {
+    pub(crate) fn wake_handle(&self) -> Arc<Wake> {
         self.inner.wake.clone()
     }
 
@@ -251,7 +268,7 @@ impl Dispatcher {
         let deadline = Instant::now() + timeout;
         loop {
             self.wait_idle().await;
-            if store::unfinished(&self.inner.db).await? == 0 && self.in_flight() == 0 {
+            if !store::any_unfinished(&self.inner.db).await? && self.in_flight() == 0 {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

@@ -44,6 +44,7 @@ mod dead_letter;
 mod delivery;
 mod dispatcher;
 mod handler;
+mod marks;
 mod options;
 mod registry;
 mod relay;

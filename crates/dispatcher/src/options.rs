@@ -21,6 +21,7 @@ pub struct DeliveryOptions {
     pub(crate) poll_interval: Duration,
     pub(crate) batch_size: u32,
     pub(crate) max_in_flight: usize,
+    pub(crate) claimers: usize,
     pub(crate) fast_path: bool,
     pub(crate) retention: Option<Duration>,
     pub(crate) purge_batch: u32,
@@ -35,6 +36,7 @@ impl Default for DeliveryOptions {
             poll_interval: Duration::from_millis(250),
             batch_size: 100,
             max_in_flight: 64,
+            claimers: 2,
             fast_path: true,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             purge_batch: 5_000,
@@ -74,6 +76,15 @@ impl DeliveryOptions {
     /// How many deliveries one relay runs at once.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max.max(1);
+        self
+    }
+
+    /// How many claim loops a PostgreSQL relay runs at once (default 2). A claim costs the
+    /// server per row, so a deep backlog drains faster with claims running side by side;
+    /// `SKIP LOCKED` keeps them apart. SQLite relays, relays that handle commands (claimed
+    /// key by key) and workers with a message limit run one.
+    pub fn claimers(mut self, claimers: usize) -> Self {
+        self.claimers = claimers.max(1);
         self
     }
 

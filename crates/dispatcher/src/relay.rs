@@ -10,6 +10,7 @@
 //! `NOTIFY`, a local wake-up (a retry was scheduled) or its poll interval.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use keel_orchestrator::Backend;
@@ -38,25 +39,82 @@ pub struct WorkerReport {
 
 pub(crate) async fn run(
     dispatcher: Dispatcher,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     limits: WorkerLimits,
 ) -> WorkerReport {
     let started = Instant::now();
-    let mut taken: u64 = 0;
-    let options = dispatcher.options().clone();
     let db = dispatcher.database().clone();
-    let wake = dispatcher.wake_handle();
     if db.backend() == Backend::Postgres {
         tokio::spawn(listen(
             db.connect_url().to_owned(),
-            wake.clone(),
+            dispatcher.wake_handle(),
             stop.clone(),
         ));
     }
+    // Claims are bounded by the server's work per row, not by round trips: several
+    // claim loops keep both the server's cores busy. A message limit is counted exactly
+    // by one loop. SQLite has one writer, and commands are claimed key by key: one loop.
+    let handles_commands = dispatcher
+        .registry()
+        .handlers()
+        .any(|h| h.kind() != crate::HandlerKind::Event);
+    let loops = if limits.messages.is_some() || db.backend() == Backend::Sqlite || handles_commands
+    {
+        1
+    } else {
+        dispatcher.options().claimers
+    };
+    tracing::info!(backend = ?db.backend(), loops, "relay started");
+    let taken = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(loops);
+    for n in 0..loops {
+        let (dispatcher, stop, taken) = (dispatcher.clone(), stop.clone(), taken.clone());
+        tasks.push(tokio::spawn(claim_loop(
+            dispatcher,
+            stop,
+            limits,
+            taken,
+            n == 0,
+        )));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    // Graceful shutdown: stop claiming; what was claimed finishes (`Dispatcher::shutdown`
+    // and `Dispatcher::run_worker` wait for it).
+    let messages = taken.load(Ordering::Relaxed);
+    tracing::info!(messages, "relay stopped");
+    WorkerReport {
+        messages,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// One claim loop of a relay; the first (`purges`) also claims ordering keys and purges
+/// old deliveries.
+async fn claim_loop(
+    dispatcher: Dispatcher,
+    mut stop: watch::Receiver<bool>,
+    limits: WorkerLimits,
+    counter: Arc<AtomicU64>,
+    purges: bool,
+) {
+    let started = Instant::now();
+    let options = dispatcher.options().clone();
+    let db = dispatcher.database().clone();
+    let wake = dispatcher.wake_handle();
+    // Only commands have ordering keys, claimed by the first loop only: one key is
+    // handled by one group at a time anyway.
+    let handles_commands = purges
+        && dispatcher
+            .registry()
+            .handlers()
+            .any(|h| h.kind() != crate::HandlerKind::Event);
     let mut last_purge = Instant::now();
     let mut failing_since: Option<Instant> = None;
-    tracing::info!(backend = ?db.backend(), "relay started");
     loop {
+        let seen = wake.seen();
+        let taken = counter.load(Ordering::Relaxed);
         let out_of_time = limits.duration.is_some_and(|d| started.elapsed() >= d);
         let out_of_messages = limits.messages.is_some_and(|n| taken >= n);
         if *stop.borrow() || out_of_time || out_of_messages {
@@ -68,12 +126,19 @@ pub(crate) async fn run(
         let round = async {
             store::route_unrouted(&db, dispatcher.registry(), options.batch_size).await?;
             let free = (dispatcher.free_permits() as u32).min(left);
-            if free == 0 {
+            // Claiming a handful of rows costs the server nearly what a full batch does:
+            // while deliveries run, wait until half a batch of slots is free.
+            let worth = (options.batch_size.min(options.max_in_flight as u32) / 2).clamp(1, left);
+            if free < worth {
                 return Ok::<_, keel_orchestrator::Error>((false, 0));
             }
             let limit = free.min(options.batch_size);
             let lease = options.lease_duration();
-            let keyed = store::claim_keyed(&db, dispatcher.registry(), limit, lease).await?;
+            let keyed = if handles_commands {
+                store::claim_keyed(&db, dispatcher.registry(), limit, lease).await?
+            } else {
+                Vec::new()
+            };
             let free = free.saturating_sub(keyed.iter().map(|g| g.claims.len() as u32).sum());
             let mut claimed = keyed;
             let limit = free.min(options.batch_size);
@@ -87,14 +152,18 @@ pub(crate) async fn run(
             for group in claimed {
                 count += group.claims.len() as u64;
                 let wake = wake.clone();
-                dispatcher.spawn_delivery(group, move || wake.notify_one());
+                dispatcher.spawn_delivery(group, move || wake.wake());
             }
             Ok((full, count))
         }
         .await;
         let busy = match round {
             Ok((busy, count)) => {
-                taken += count;
+                counter.fetch_add(count, Ordering::Relaxed);
+                if busy {
+                    // More is due: wake the sibling loops to claim alongside.
+                    wake.wake();
+                }
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
                         down_for_ms = since.elapsed().as_millis() as u64,
@@ -112,6 +181,7 @@ pub(crate) async fn run(
             }
         };
         if let Some(retention) = options.retention
+            && purges
             && last_purge.elapsed() >= options.purge_every
             && failing_since.is_none()
         {
@@ -134,21 +204,48 @@ pub(crate) async fn run(
         };
         tokio::select! {
             _ = stop.changed() => {}
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(nap) => {}
+            _ = wake.sleep(seen, nap) => {}
         }
     }
-    // Graceful shutdown: stop claiming; what was claimed finishes (`Dispatcher::shutdown`
-    // and `Dispatcher::run_worker` wait for it).
-    tracing::info!(messages = taken, "relay stopped");
-    WorkerReport {
-        messages: taken,
-        elapsed: started.elapsed(),
+}
+
+/// Wakes a relay's claim loops: every loop that sleeps, and every loop in the middle of a
+/// round (it goes round again instead of napping), so no wake-up is lost.
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    epoch: AtomicU64,
+    notify: Notify,
+}
+
+impl Wake {
+    /// Wakes every claim loop.
+    pub(crate) fn wake(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// The wake-ups so far; a loop notes it before its round.
+    fn seen(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Sleeps until a wake-up after `seen`, or `nap`.
+    async fn sleep(&self, seen: u64, nap: std::time::Duration) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.seen() != seen {
+            return;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(nap) => {}
+        }
     }
 }
 
 /// Wakes the relay on every `NOTIFY keel_outbox`; reconnects when the server restarts.
-async fn listen(url: String, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn listen(url: String, wake: Arc<Wake>, mut stop: watch::Receiver<bool>) {
     loop {
         let connected = async {
             let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
@@ -169,12 +266,12 @@ async fn listen(url: String, wake: Arc<Notify>, mut stop: watch::Receiver<bool>)
             },
         };
         // Anything committed while the listener was down is found by the next poll.
-        wake.notify_one();
+        wake.wake();
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 notification = listener.recv() => match notification {
-                    Ok(_) => wake.notify_one(),
+                    Ok(_) => wake.wake(),
                     Err(error) => {
                         tracing::debug!(%error, "relay listener lost its connection");
                         break;

@@ -5,22 +5,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_orchestrator::outbox::Routing;
-use tokio::sync::Notify;
 
 use crate::Registry;
+use crate::relay::Wake;
 
 /// Handler names per event name, computed once from the registry.
 pub(crate) struct RoutingTable {
     names: HashMap<&'static str, Vec<&'static str>>,
     fast_path_lease: Option<Duration>,
-    relay: Arc<Notify>,
+    relay: Arc<Wake>,
 }
 
 impl RoutingTable {
     pub(crate) fn new(
         registry: &Registry,
         fast_path_lease: Option<Duration>,
-        relay: Arc<Notify>,
+        relay: Arc<Wake>,
     ) -> Self {
         let mut names: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
         for handler in registry.handlers() {
@@ -47,6 +47,6 @@ impl Routing for RoutingTable {
     }
 
     fn left_for_relay(&self) {
-        self.relay.notify_one();
+        self.relay.wake();
     }
 }

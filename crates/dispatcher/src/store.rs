@@ -95,38 +95,71 @@ pub(crate) fn envelope_from(row: &sqlx::any::AnyRow) -> Result<Envelope, String>
 }
 
 /// Claims up to `limit` due deliveries for `lease`, with their events.
+///
+/// On PostgreSQL, one statement (atomic on its own) leases the rows and returns them
+/// joined with their events: one round trip and one commit per batch. The lease leaves
+/// every indexed column alone, so PostgreSQL can update the rows in place (HOT).
 pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<Vec<Claim>, Error> {
     let token = uuid::Uuid::now_v7().simple().to_string();
-    let sql = match db.backend() {
-        Backend::Postgres => {
+    let now = now_millis();
+    let until = now + lease.as_millis() as i64;
+    if db.backend() == Backend::Postgres {
+        let sql = format!(
             "WITH c AS (
                  SELECT event_id, handler FROM keel_deliveries
                  WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
                    AND (leased_until IS NULL OR leased_until < $3)
                  ORDER BY next_attempt_at LIMIT $4
-                 FOR UPDATE SKIP LOCKED)
-             UPDATE keel_deliveries d
-             SET leased_until = $1, leased_by = $2, attempts = d.attempts + 1, updated_at = $3
-             FROM c WHERE d.event_id = c.event_id AND d.handler = c.handler
-             RETURNING d.event_id, d.handler, d.attempts"
+                 FOR UPDATE SKIP LOCKED),
+             u AS (
+                 UPDATE keel_deliveries d
+                 SET leased_until = $1, leased_by = $2, attempts = d.attempts + 1
+                 FROM c WHERE d.event_id = c.event_id AND d.handler = c.handler
+                 RETURNING d.event_id AS claimed_id, d.handler AS claimed_handler,
+                           d.attempts AS claimed_attempts)
+             SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, {EVENT_COLUMNS}
+             FROM u LEFT JOIN keel_events e ON e.id = u.claimed_id"
+        );
+        let mut conn = db.acquire().await?;
+        let rows = sqlx::query::<Db>(AssertSqlSafe(sql))
+            .bind(until)
+            .bind(token.as_str())
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
+        let claimed_at = std::time::Instant::now();
+        let mut claims = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let found: Option<String> = row.try_get("id")?;
+            let event = match found {
+                Some(_) => envelope_from(row).map(Arc::new),
+                None => Err("event row not found".to_owned()),
+            };
+            claims.push(Claim {
+                event,
+                event_id: row.try_get("claimed_id")?,
+                handler: row.try_get("claimed_handler")?,
+                attempt: row.try_get::<i64, _>("claimed_attempts")?.max(1) as u32,
+                token: token.clone(),
+                claimed_at,
+            });
         }
-        Backend::Sqlite => {
-            "UPDATE keel_deliveries
-             SET leased_until = $1, leased_by = $2, attempts = attempts + 1, updated_at = $3
-             WHERE (event_id, handler) IN (
-                 SELECT event_id, handler FROM keel_deliveries
-                 WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
-                   AND (leased_until IS NULL OR leased_until < $3)
-                 ORDER BY next_attempt_at LIMIT $4)
-             RETURNING event_id, handler, attempts"
-        }
-    };
+        return Ok(claims);
+    }
+    let sql = "UPDATE keel_deliveries
+               SET leased_until = $1, leased_by = $2, attempts = attempts + 1
+               WHERE (event_id, handler) IN (
+                   SELECT event_id, handler FROM keel_deliveries
+                   WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
+                     AND (leased_until IS NULL OR leased_until < $3)
+                   ORDER BY next_attempt_at LIMIT $4)
+               RETURNING event_id, handler, attempts";
     let token = &token;
     db.clone()
         .unit_of_work_with(&internal("keel_claim"), async |tx| {
-            let now = now_millis();
             let rows = sqlx::query(sql)
-                .bind(now + lease.as_millis() as i64)
+                .bind(until)
                 .bind(token.as_str())
                 .bind(now)
                 .bind(i64::from(limit))
@@ -371,15 +404,25 @@ pub(crate) async fn release_key(db: &Database, key: &str, token: &str) -> Result
         .map(|receipt| receipt.into_value())
 }
 
-/// Marks deliveries done (for handlers that did not write through their context).
+/// Marks deliveries done (for handlers that did not write through their context), for
+/// several handlers at once. Each statement is atomic on its own and the marks are
+/// independent, so no transaction wraps them: one round trip per handler.
 pub(crate) async fn mark_done(
     db: &Database,
-    event_ids: &[String],
-    handler: &str,
+    by_handler: &std::collections::BTreeMap<&str, Vec<String>>,
 ) -> Result<(), Error> {
+    if db.backend() == Backend::Postgres {
+        let mut conn = db.acquire().await?;
+        for (handler, event_ids) in by_handler {
+            outbox::mark_done(&mut conn, event_ids, handler).await?;
+        }
+        return Ok(());
+    }
     db.clone()
         .unit_of_work_with(&internal("keel_mark_done"), async |tx| {
-            outbox::mark_done(tx.conn(), event_ids, handler).await?;
+            for (handler, event_ids) in by_handler {
+                outbox::mark_done(tx.conn(), event_ids, handler).await?;
+            }
             Ok(())
         })
         .await
@@ -537,17 +580,19 @@ async fn insert_delivery(
     Ok(())
 }
 
-/// Deliveries not finished yet (pending, or events not routed yet), counted in one
-/// statement so that routing between two counts cannot hide work.
-pub(crate) async fn unfinished(db: &Database) -> Result<i64, Error> {
+/// Whether any delivery is unfinished (pending, or its event not routed yet), checked in
+/// one statement so that routing between two checks cannot hide work. Stops at the first
+/// row found, so a deep backlog costs no more than an empty one.
+pub(crate) async fn any_unfinished(db: &Database) -> Result<bool, Error> {
     let mut conn = db.acquire().await?;
     let (unfinished,): (i64,) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM keel_deliveries WHERE status = 'pending')
-              + (SELECT COUNT(*) FROM keel_events WHERE NOT routed)",
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM keel_deliveries WHERE status = 'pending')
+                       OR EXISTS (SELECT 1 FROM keel_events WHERE NOT routed)
+                THEN 1 ELSE 0 END",
     )
     .fetch_one(&mut *conn)
     .await?;
-    Ok(unfinished)
+    Ok(unfinished == 1)
 }
 
 /// Removes done deliveries (and their error history) older than `before`, at most `limit`

@@ -142,6 +142,8 @@ struct Inner {
     options: DatabaseOptions,
     /// When this pool last sent `NOTIFY keel_outbox` (ms since the epoch).
     last_notify: std::sync::atomic::AtomicI64,
+    /// Whether a coalesced `NOTIFY` is scheduled for the end of the current window.
+    notify_scheduled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Database {
@@ -152,6 +154,9 @@ impl std::fmt::Debug for Database {
             .finish()
     }
 }
+
+/// Commits of one pool within this many milliseconds share one `NOTIFY`.
+const NOTIFY_WINDOW_MS: i64 = 5;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -225,6 +230,7 @@ impl Database {
                 sqlite_busy_timeout: options.sqlite_busy_timeout,
                 options: kept,
                 last_notify: std::sync::atomic::AtomicI64::new(0),
+                notify_scheduled: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -268,19 +274,42 @@ impl Database {
         }
     }
 
-    /// Whether a `NOTIFY` may be sent now: at most one per 5 ms per pool. Relays that a
-    /// skipped notification would have woken find the rows when the last one wakes them,
-    /// or at their next poll.
+    /// Whether a `NOTIFY` may be sent now: at most one per [`NOTIFY_WINDOW_MS`] per pool.
+    /// A commit that may not notify calls [`Database::notify_later`] instead.
     pub(crate) fn may_notify(&self) -> bool {
         use std::sync::atomic::Ordering;
         let now = crate::outbox::now_millis();
         let last = self.inner.last_notify.load(Ordering::Relaxed);
-        now - last >= 5
+        now - last >= NOTIFY_WINDOW_MS
             && self
                 .inner
                 .last_notify
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// Schedules one `NOTIFY` at the end of the current window, unless one is scheduled
+    /// already: the commits coalesced into a window are announced by its trailing
+    /// notification, so a remote relay never waits for its poll interval to see them.
+    pub(crate) fn notify_later(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.notify_scheduled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let db = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(NOTIFY_WINDOW_MS as u64)).await;
+            db.inner.notify_scheduled.store(false, Ordering::Release);
+            db.inner
+                .last_notify
+                .store(crate::outbox::now_millis(), Ordering::Relaxed);
+            match db.inner.pool.acquire().await {
+                Ok(mut conn) => crate::outbox::notify_relays(&mut conn).await,
+                Err(error) => {
+                    tracing::debug!(%error, "could not notify relays; they will find the rows when they poll")
+                }
+            }
+        });
     }
 
     pub(crate) fn routing(&self) -> Option<&dyn Routing> {

@@ -303,7 +303,8 @@ impl Database {
     }
 
     /// Wakes relays after a commit that left them work: this process's at once, other
-    /// processes' through PostgreSQL `NOTIFY` (at most one per few milliseconds).
+    /// processes' through PostgreSQL `NOTIFY`: at once, or coalesced with the other
+    /// commits of the same few milliseconds into one trailing notification.
     async fn after_commit(&self, conn: &mut sqlx::AnyConnection, left_for_relay: bool) {
         if !left_for_relay {
             return;
@@ -311,8 +312,12 @@ impl Database {
         if let Some(routing) = self.routing() {
             routing.left_for_relay();
         }
-        if self.backend() == Backend::Postgres && self.may_notify() {
-            outbox::notify_relays(conn).await;
+        if self.backend() == Backend::Postgres {
+            if self.may_notify() {
+                outbox::notify_relays(conn).await;
+            } else {
+                self.notify_later();
+            }
         }
     }
 

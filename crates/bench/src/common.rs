@@ -1,0 +1,159 @@
+//! What the scenarios share: the event they record, the tables they write, the raw
+//! pools of the baselines, and the way figures are printed.
+
+use std::time::{Duration, Instant};
+
+use keel::{Database, DatabaseOptions, DomainEvent, Error, HandlerContext, sqlx};
+use serde::{Deserialize, Serialize};
+
+/// The event every scenario records: row `row` was touched, the `seq`-th time overall.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Touched {
+    pub row: i64,
+    pub seq: i64,
+}
+
+impl DomainEvent for Touched {
+    const NAME: &'static str = "bench.touched.v1";
+    const AGGREGATE_TYPE: &'static str = "BenchRow";
+    fn aggregate_id(&self) -> String {
+        self.row.to_string()
+    }
+}
+
+/// The handler of the `delivery` scenarios: one row written in its unit of work (which
+/// also marks the delivery done).
+pub async fn write_effect(event: &Touched, ctx: &mut HandlerContext) -> Result<(), Error> {
+    let seq = event.seq;
+    ctx.unit_of_work(async |tx| {
+        sqlx::query("INSERT INTO bench_effects (seq) VALUES ($1)")
+            .bind(seq)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// The tables of the scenarios, created afresh; the outbox emptied.
+pub const SCHEMA: &str = "
+    DROP TABLE IF EXISTS bench_rows, bench_effects, raw_outbox, raw_queue;
+    CREATE TABLE bench_rows (id BIGINT PRIMARY KEY, n BIGINT NOT NULL);
+    CREATE TABLE bench_effects (seq BIGINT PRIMARY KEY);
+    CREATE TABLE raw_outbox (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL,
+                             done BOOLEAN NOT NULL DEFAULT FALSE);
+    CREATE INDEX raw_outbox_pending ON raw_outbox (id) WHERE NOT done;
+    CREATE TABLE raw_queue (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL);
+    INSERT INTO bench_rows SELECT g, 0 FROM generate_series(1, 64) g;
+    TRUNCATE keel_delivery_errors, keel_deliveries, keel_events, keel_keys;";
+
+/// Keel's database for a scenario, migrated, with the scenario tables reset.
+pub async fn keel_database(url: &str, connections: u32) -> Result<Database, String> {
+    let db = DatabaseOptions::new(url)
+        .max_connections(connections)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    db.migrate().await.map_err(|e| e.to_string())?;
+    Ok(db)
+}
+
+/// A raw sqlx PostgreSQL pool (the baselines use no Keel code).
+pub async fn raw_pool(url: &str, connections: u32) -> Result<sqlx::PgPool, String> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections)
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Recreates the scenario tables and empties the outbox, then lets PostgreSQL settle
+/// (checkpoint, statistics) so that each measured phase starts from the same state.
+pub async fn reset(pool: &sqlx::PgPool) -> Result<(), String> {
+    sqlx::raw_sql(SCHEMA)
+        .execute(pool)
+        .await
+        .map_err(|e| format!("resetting the tables: {e}"))?;
+    for statement in ["VACUUM ANALYZE", "CHECKPOINT"] {
+        sqlx::raw_sql(statement)
+            .execute(pool)
+            .await
+            .map_err(|e| format!("{statement}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A count from a one-value query.
+pub async fn count(pool: &sqlx::PgPool, sql: &'static str) -> Result<i64, String> {
+    let (n,): (i64,) = sqlx::query_as(sql)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
+/// Waits until `sql` counts `expected`, polling; fails after `timeout`.
+pub async fn wait_for_count(
+    pool: &sqlx::PgPool,
+    sql: &'static str,
+    expected: i64,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = count(pool, sql).await?;
+        if n >= expected {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "timed out after {} s: `{sql}` = {n}, expected {expected}",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Splits `total` operations among `tasks`: the share of task `i`.
+pub fn share(total: u64, tasks: u64, i: u64) -> u64 {
+    total / tasks + u64::from(i < total % tasks)
+}
+
+/// Joins spawned tasks, turning panics and errors into one message.
+pub async fn join_all<T, E: std::fmt::Display>(
+    tasks: Vec<tokio::task::JoinHandle<Result<T, E>>>,
+) -> Result<Vec<T>, String> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(
+            task.await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
+
+/// The value at percentile `p` (0–100) of sorted samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// One line of a result table: a label, a figure with its unit, and a ratio.
+pub fn row(label: &str, value: f64, unit: &str, ratio: Option<(f64, &str)>) {
+    let ratio = ratio
+        .map(|(r, of)| format!("{r:>7.2}× {of}"))
+        .unwrap_or_default();
+    println!("  {label:<52} {value:>12.1} {unit:<9} {ratio}");
+}
+
+/// Prints the heading of a scenario's table.
+pub fn heading(title: &str) {
+    println!("\n{title}");
+    println!("  {}", "-".repeat(title.chars().count().max(40)));
+}

@@ -1,0 +1,268 @@
+//! `delivery`: events per second from commit to handler effect, end to end.
+//!
+//! Producers run units of work that update one row and record one event; the event's
+//! handler writes one row. The clock stops when every effect is written (and, for Keel,
+//! every delivery is marked done, which its handler's unit of work does with the effect).
+//!
+//! - Keel: an `App` with its defaults (fast path and relay), the handler in
+//!   `common::write_effect`.
+//! - raw: the ceiling, a hand-written pipeline with no framework: each producer commits
+//!   its `UPDATE` and an outbox row; consumers claim one row at a time with
+//!   `FOR UPDATE SKIP LOCKED`, write the effect, mark the row done, commit. The same two
+//!   transactions per event.
+//! - sqlxmq and apalis: the same job through those libraries (see `peers.rs`).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use keel::{App, DeliveryOptions, sqlx};
+
+use crate::Report;
+use crate::chart::{self, Series};
+use crate::common::{self, Touched};
+use crate::peers;
+use crate::uow::verdict;
+
+/// Consumers of the raw pipeline.
+const RAW_CONSUMERS: u64 = 8;
+const EFFECTS: &str = "SELECT count(*) FROM bench_effects";
+
+/// Keel end to end: events per second.
+pub async fn keel(url: &str, events: u64, producers: u64) -> Result<f64, String> {
+    let pool = common::raw_pool(url, 2).await?;
+    common::reset(&pool).await?;
+    let db = common::keel_database(url, producers as u32 + 16).await?;
+    let app = App::builder(db, crate::uow::registry())
+        .delivery(DeliveryOptions::default().max_in_flight(16))
+        .start();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..producers {
+        let app = app.clone();
+        let n = common::share(events, producers, task);
+        tasks.push(tokio::spawn(async move {
+            let mut session = app.session();
+            let row = task as i64 % 64 + 1;
+            for i in 0..n {
+                let seq = (task * events + i) as i64;
+                session
+                    .unit_of_work(async |tx| {
+                        sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
+                            .bind(row)
+                            .execute(tx.conn())
+                            .await?;
+                        tx.record(Touched { row, seq })?;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Ok::<_, keel::Error>(())
+        }));
+    }
+    common::join_all(tasks).await?;
+    common::wait_for_count(&pool, EFFECTS, events as i64, Duration::from_secs(300)).await?;
+    let delivered = app
+        .wait_until_delivered(Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    app.shutdown().await;
+    if !delivered {
+        return Err("Keel: deliveries left pending after every effect was written".to_owned());
+    }
+    check_rows(&pool, events).await?;
+    Ok(rate)
+}
+
+/// The hand-written ceiling: events per second.
+pub async fn raw(url: &str, events: u64, producers: u64) -> Result<f64, String> {
+    let pool = common::raw_pool(url, (producers + RAW_CONSUMERS) as u32 + 2).await?;
+    common::reset(&pool).await?;
+    let handled = Arc::new(AtomicI64::new(0));
+    let started = Instant::now();
+    let mut consumers = Vec::new();
+    for _ in 0..RAW_CONSUMERS {
+        let (pool, handled) = (pool.clone(), handled.clone());
+        let events = events as i64;
+        consumers.push(tokio::spawn(async move {
+            while handled.load(Ordering::Relaxed) < events {
+                let mut tx = pool.begin().await?;
+                let claimed: Option<(String,)> = sqlx::query_as(
+                    "UPDATE raw_outbox SET done = TRUE WHERE id = (
+                         SELECT id FROM raw_outbox WHERE NOT done ORDER BY id LIMIT 1
+                         FOR UPDATE SKIP LOCKED)
+                     RETURNING payload",
+                )
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((payload,)) = claimed else {
+                    tx.rollback().await?;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                };
+                let event: Touched =
+                    serde_json::from_str(&payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                sqlx::query("INSERT INTO bench_effects (seq) VALUES ($1)")
+                    .bind(event.seq)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                handled.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, sqlx::Error>(())
+        }));
+    }
+    let mut tasks = Vec::new();
+    for task in 0..producers {
+        let pool = pool.clone();
+        let n = common::share(events, producers, task);
+        tasks.push(tokio::spawn(async move {
+            let row = task as i64 % 64 + 1;
+            for i in 0..n {
+                let seq = (task * events + i) as i64;
+                let payload = serde_json::to_string(&Touched { row, seq }).unwrap_or_default();
+                let mut tx = pool.begin().await?;
+                sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
+                    .bind(row)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO raw_outbox (payload) VALUES ($1)")
+                    .bind(payload)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }));
+    }
+    common::join_all(tasks).await?;
+    common::join_all(consumers).await?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    check_rows(&pool, events).await?;
+    Ok(rate)
+}
+
+/// Every producer's update committed, every effect written once.
+async fn check_rows(pool: &sqlx::PgPool, events: u64) -> Result<(), String> {
+    let updates = common::count(pool, "SELECT sum(n)::BIGINT FROM bench_rows").await?;
+    let effects = common::count(pool, EFFECTS).await?;
+    if updates != events as i64 || effects != events as i64 {
+        return Err(format!(
+            "expected {events} updates and effects, found {updates} and {effects}"
+        ));
+    }
+    Ok(())
+}
+
+pub async fn run(
+    url: &str,
+    events: u64,
+    producers: u64,
+    svg: Option<&Path>,
+    with_peers: bool,
+) -> Result<Report, String> {
+    let raw_rate = raw(url, events, producers).await?;
+    let keel_rate = keel(url, events, producers).await?;
+    let mut peer_rates = Vec::new();
+    if with_peers {
+        for peer in peers::PEERS {
+            match peers::run(url, peer, events, producers).await {
+                Ok(rate) => peer_rates.push((*peer, Some(rate))),
+                Err(error) => {
+                    eprintln!("warning: peer `{peer}` not measured: {error}");
+                    peer_rates.push((*peer, None));
+                }
+            }
+        }
+    }
+
+    common::heading(&format!(
+        "delivery: commit → handler effect → done, {events} events, {producers} producers, PostgreSQL"
+    ));
+    common::row(
+        "raw sqlx pipeline (the ceiling)",
+        raw_rate,
+        "events/s",
+        None,
+    );
+    common::row(
+        "Keel (fast path + relay)",
+        keel_rate,
+        "events/s",
+        Some((keel_rate / raw_rate, "raw")),
+    );
+    for (peer, rate) in &peer_rates {
+        match rate {
+            Some(rate) => common::row(
+                peers::label(peer),
+                *rate,
+                "events/s",
+                Some((keel_rate / rate, "Keel vs it")),
+            ),
+            None => println!(
+                "  {:<52} not measured (see the warning above)",
+                peers::label(peer)
+            ),
+        }
+    }
+    let mut report = Report::new("delivery");
+    report.set("events_per_s", keel_rate);
+    report.set("raw_events_per_s", raw_rate);
+    report.set("vs_raw", keel_rate / raw_rate);
+    let mut goals = vec![format!(
+        "vs_raw ≥ 0.8 {}",
+        verdict(keel_rate / raw_rate >= 0.8)
+    )];
+    for (peer, rate) in &peer_rates {
+        let Some(rate) = rate else { continue };
+        let (key, rate_key, goal) = match *peer {
+            "apalis" => ("vs_apalis", "apalis_events_per_s", 5.0),
+            _ => ("vs_sqlxmq", "sqlxmq_events_per_s", 2.0),
+        };
+        report.set(key, keel_rate / rate);
+        report.set(rate_key, *rate);
+        goals.push(format!(
+            "{key} ≥ {goal} {}",
+            verdict(keel_rate / rate >= goal)
+        ));
+    }
+    println!("  goals: {}", goals.join("; "));
+
+    if let Some(dir) = svg {
+        let counts = [1_u64, 2, 4, 8, 16];
+        let points = (events / 2).max(1_000);
+        let (mut keel_points, mut raw_points) = (Vec::new(), Vec::new());
+        println!("\n  throughput vs producers ({points} events per point):");
+        for p in counts {
+            let r = raw(url, points, p).await?;
+            let k = keel(url, points, p).await?;
+            println!(
+                "    {p:>2} producers: raw {r:>8.0}/s, Keel {k:>8.0}/s ({:.2}×)",
+                k / r
+            );
+            raw_points.push((p as f64, r));
+            keel_points.push((p as f64, k));
+        }
+        let file = dir.join("delivery-throughput.svg");
+        chart::line_chart(
+            &file,
+            "delivery: events per second, commit to handler effect (PostgreSQL)",
+            "producers",
+            "events per second",
+            &[
+                Series {
+                    name: "Keel".to_owned(),
+                    points: keel_points,
+                },
+                Series {
+                    name: "raw sqlx pipeline (ceiling)".to_owned(),
+                    points: raw_points,
+                },
+            ],
+        )?;
+        println!("  chart: {}", file.display());
+    }
+    Ok(report)
+}

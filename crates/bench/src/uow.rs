@@ -1,0 +1,189 @@
+//! `uow`: the cost of a unit of work against the same statements written by hand.
+//!
+//! Each operation updates one row and records one event. Keel runs it as a unit of work
+//! whose event goes to the outbox (one `keel_events` row and one `keel_deliveries` row for
+//! its handler, written by one statement before `COMMIT`); the baseline is raw sqlx doing
+//! exactly that: `BEGIN`, the `UPDATE`, the same outbox statement, `COMMIT`, with the same
+//! id, timestamp and JSON work. Nothing is delivered during the measure (the handler is
+//! known, so the rows are routed, but the fast path and the relay are off). The two
+//! alternate in rounds so that drift on a shared machine hits both alike.
+
+use std::time::Instant;
+
+use keel::{DeliveryOptions, Dispatcher, Handler, Registry, sqlx};
+
+use crate::Report;
+use crate::common::{self, Touched};
+
+/// Tasks running operations at once.
+const TASKS: u64 = 8;
+/// Rounds of each contender.
+const ROUNDS: u64 = 3;
+
+/// The outbox statement of one event with one handler, as Keel writes it on PostgreSQL.
+const RAW_OUTBOX: &str = "WITH w0 AS (INSERT INTO keel_events (id, name, aggregate_type, \
+    aggregate_id, occurred_at, payload, correlation_id, causation_id, routed, created_at, \
+    ordering_key) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)), \
+    w1 AS (INSERT INTO keel_deliveries (event_id, handler, status, attempts, next_attempt_at, \
+    leased_until, leased_by, updated_at, ordering_key) VALUES ($12,$13,$14,$15,$16,$17,$18,$19,$20)) \
+    SELECT 1";
+
+pub fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<Touched, _>(
+            "write_effect",
+            common::write_effect,
+        ))
+        .expect("one handler");
+    registry
+}
+
+/// Keel: `ops` units of work on `TASKS` tasks; returns the seconds taken.
+pub async fn keel_round(dispatcher: &Dispatcher, ops: u64, first_seq: i64) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let dispatcher = dispatcher.clone();
+        let n = common::share(ops, TASKS, task);
+        tasks.push(tokio::spawn(async move {
+            let mut session = dispatcher.session();
+            let row = task as i64 + 1;
+            for i in 0..n {
+                let seq = first_seq + (task * ops + i) as i64;
+                session
+                    .unit_of_work(async |tx| {
+                        sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
+                            .bind(row)
+                            .execute(tx.conn())
+                            .await?;
+                        tx.record(Touched { row, seq })?;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Ok::<_, keel::Error>(())
+        }));
+    }
+    common::join_all(tasks).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The baseline: the same statements through raw sqlx; returns the seconds taken.
+pub async fn raw_round(pool: &sqlx::PgPool, ops: u64, first_seq: i64) -> Result<f64, String> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let pool = pool.clone();
+        let n = common::share(ops, TASKS, task);
+        tasks.push(tokio::spawn(async move {
+            let row = task as i64 + 1;
+            for i in 0..n {
+                let seq = first_seq + (task * ops + i) as i64;
+                let mut tx = pool.begin().await?;
+                sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
+                    .bind(row)
+                    .execute(&mut *tx)
+                    .await?;
+                raw_outbox_insert(&mut tx, row, seq).await?;
+                tx.commit().await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        }));
+    }
+    common::join_all(tasks).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// What a hand-written outbox does per event: an id, a timestamp, the JSON payload, one
+/// statement writing the event and its delivery.
+async fn raw_outbox_insert(
+    tx: &mut sqlx::PgConnection,
+    row: i64,
+    seq: i64,
+) -> Result<(), sqlx::Error> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let occurred_at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let payload = serde_json::to_string(&Touched { row, seq }).unwrap_or_default();
+    let now = keel::orchestrator::outbox::now_millis();
+    sqlx::query(RAW_OUTBOX)
+        .bind(&id)
+        .bind("bench.touched.v1")
+        .bind("BenchRow")
+        .bind(row.to_string())
+        .bind(occurred_at)
+        .bind(payload)
+        .bind(&id)
+        .bind(None::<String>)
+        .bind(true)
+        .bind(now)
+        .bind(None::<String>)
+        .bind(&id)
+        .bind("write_effect")
+        .bind("pending")
+        .bind(0_i32)
+        .bind(now)
+        .bind(None::<i64>)
+        .bind(None::<String>)
+        .bind(now)
+        .bind(None::<String>)
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn run(url: &str, events: u64) -> Result<Report, String> {
+    let db = common::keel_database(url, TASKS as u32 + 2).await?;
+    let pool = common::raw_pool(url, TASKS as u32 + 2).await?;
+    let dispatcher =
+        Dispatcher::with_options(db, registry(), DeliveryOptions::default().fast_path(false));
+    let per_round = events / ROUNDS;
+    let (mut keel_s, mut raw_s) = (0.0, 0.0);
+    for round in 0..ROUNDS {
+        let first = (round * per_round) as i64;
+        common::reset(&pool).await?;
+        raw_s += raw_round(&pool, per_round, first).await?;
+        let written = common::count(&pool, "SELECT count(*) FROM keel_deliveries").await?;
+        common::reset(&pool).await?;
+        keel_s += keel_round(&dispatcher, per_round, first).await?;
+        let kept = common::count(&pool, "SELECT count(*) FROM keel_deliveries").await?;
+        if written != per_round as i64 || kept != per_round as i64 {
+            return Err(format!(
+                "expected {per_round} deliveries per round, raw wrote {written}, Keel {kept}"
+            ));
+        }
+    }
+    let ops = (per_round * ROUNDS) as f64;
+    let (keel_us, raw_us) = (keel_s / ops * 1e6, raw_s / ops * 1e6);
+    let ratio = keel_us / raw_us;
+
+    common::heading(&format!(
+        "uow: UPDATE one row + record one event, {TASKS} tasks, {} ops each, {ROUNDS} alternating rounds, PostgreSQL",
+        per_round * ROUNDS
+    ));
+    common::row(
+        "raw sqlx (same statements, same outbox rows)",
+        raw_us,
+        "µs/op",
+        None,
+    );
+    common::row("Keel unit of work", keel_us, "µs/op", Some((ratio, "raw")));
+    common::row("raw sqlx", ops / raw_s, "ops/s", None);
+    common::row("Keel", ops / keel_s, "ops/s", None);
+    println!("  goal: ratio ≤ 1.05 → {}", verdict(ratio <= 1.05));
+
+    let mut report = Report::new("uow");
+    report.set("ratio", ratio);
+    report.set("keel_us_per_op", keel_us);
+    report.set("raw_us_per_op", raw_us);
+    report.set("keel_ops_per_s", ops / keel_s);
+    report.set("raw_ops_per_s", ops / raw_s);
+    Ok(report)
+}
+
+/// "met" or "NOT met".
+pub fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}

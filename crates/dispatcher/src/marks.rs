@@ -1,0 +1,91 @@
+//! Marking deliveries done for handlers that wrote nothing through their context.
+//!
+//! A handler that opens its unit of work marks its delivery done in that transaction. One
+//! that does not (it calls another system, or only logs) leaves the mark to the
+//! dispatcher. Marked one by one, each such delivery would cost a transaction of its own
+//! and bound a relay at a few thousand deliveries per second; instead the marks of every
+//! delivery that ends while a mark is being written wait and go together in the next one.
+//! Nothing waits on purpose: a lone delivery is marked at once, and batches form only
+//! under load. A delivery counts as running until its mark is written, so
+//! [`Dispatcher::wait_idle`](crate::Dispatcher::wait_idle) still means "nothing left to do".
+
+use std::collections::BTreeMap;
+
+use keel_orchestrator::{Database, Error};
+use tokio::sync::{mpsc, oneshot};
+
+/// Marks taken per write at most.
+const MAX_MARKS: usize = 2_000;
+
+struct Mark {
+    event_id: String,
+    handler: String,
+    written: oneshot::Sender<Result<(), String>>,
+}
+
+/// The queue of marks to write; one writer task per dispatcher, started on first use.
+pub(crate) struct Marks {
+    queue: std::sync::OnceLock<mpsc::UnboundedSender<Mark>>,
+}
+
+impl Marks {
+    pub(crate) fn new() -> Self {
+        Marks {
+            queue: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Marks the deliveries of `event_ids` to `handler` done; returns once written (or the
+    /// write failed: the delivery is then redelivered when its lease expires).
+    pub(crate) async fn mark_done(
+        &self,
+        db: &Database,
+        event_ids: &[String],
+        handler: &str,
+    ) -> Result<(), String> {
+        let queue = self.queue.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(write_marks(db.clone(), receiver));
+            sender
+        });
+        let mut waits = Vec::with_capacity(event_ids.len());
+        for event_id in event_ids {
+            let (written, wait) = oneshot::channel();
+            let mark = Mark {
+                event_id: event_id.clone(),
+                handler: handler.to_owned(),
+                written,
+            };
+            if queue.send(mark).is_err() {
+                return Err("the dispatcher's mark writer has stopped".to_owned());
+            }
+            waits.push(wait);
+        }
+        for wait in waits {
+            wait.await
+                .map_err(|_| "the dispatcher's mark writer has stopped".to_owned())??;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the queued marks: everything queued meanwhile, in one unit of work, one
+/// statement per handler.
+async fn write_marks(db: Database, mut receiver: mpsc::UnboundedReceiver<Mark>) {
+    let mut batch = Vec::new();
+    while receiver.recv_many(&mut batch, MAX_MARKS).await > 0 {
+        let mut by_handler: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for mark in &batch {
+            by_handler
+                .entry(mark.handler.as_str())
+                .or_default()
+                .push(mark.event_id.clone());
+        }
+        let written = crate::store::mark_done(&db, &by_handler)
+            .await
+            .map_err(|e: Error| e.to_string());
+        for mark in batch.drain(..) {
+            let _ = mark.written.send(written.clone());
+        }
+    }
+}
