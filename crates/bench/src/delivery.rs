@@ -8,8 +8,8 @@
 //!   `common::write_effect`.
 //! - raw: the ceiling, a hand-written pipeline with no framework: each producer commits
 //!   its `UPDATE` and an outbox row; consumers claim one row at a time with
-//!   `FOR UPDATE SKIP LOCKED`, write the effect, mark the row done, commit. The same two
-//!   transactions per event.
+//!   `FOR UPDATE SKIP LOCKED`, write the effect, delete the row (the cheapest "done"),
+//!   commit. The same two transactions per event.
 //! - sqlxmq and apalis: the same job through those libraries (see `peers.rs`).
 
 use std::path::Path;
@@ -90,8 +90,8 @@ pub async fn raw(url: &str, events: u64, producers: u64) -> Result<f64, String> 
             while handled.load(Ordering::Relaxed) < events {
                 let mut tx = pool.begin().await?;
                 let claimed: Option<(String,)> = sqlx::query_as(
-                    "UPDATE raw_outbox SET done = TRUE WHERE id = (
-                         SELECT id FROM raw_outbox WHERE NOT done ORDER BY id LIMIT 1
+                    "DELETE FROM raw_outbox WHERE id = (
+                         SELECT id FROM raw_outbox ORDER BY id LIMIT 1
                          FOR UPDATE SKIP LOCKED)
                      RETURNING payload",
                 )

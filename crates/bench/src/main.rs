@@ -156,6 +156,10 @@ const SCENARIOS: &[&str] = &["uow", "delivery", "drain", "likes", "latency", "sq
 
 async fn run(scenario: &str, url: &str, args: &Args) -> Result<Report, String> {
     let svg = args.svg.as_deref();
+    if scenario != "sqlite" {
+        // Keel's tables first: the baselines reset them before Keel connects.
+        common::keel_database(url, 2).await?.close().await;
+    }
     match scenario {
         "uow" => uow::run(url, args.events).await,
         "delivery" => delivery::run(url, args.events, args.producers, svg, args.peers).await,

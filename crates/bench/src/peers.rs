@@ -39,6 +39,9 @@ fn build() -> Result<(), String> {
                 .args(["build", "--release", "--locked", "--manifest-path"])
                 .arg(peers_dir().join("Cargo.toml"))
                 .env("CARGO_TARGET_DIR", target_dir())
+                // apalis-postgres's query macros would check a live DATABASE_URL.
+                .env("SQLX_OFFLINE", "true")
+                .env_remove("DATABASE_URL")
                 .status()
                 .map_err(|e| format!("cannot run cargo: {e}"))?;
             if status.success() {
@@ -75,9 +78,7 @@ pub async fn run(url: &str, peer: &str, events: u64, producers: u64) -> Result<f
         .await
         .map_err(|e| e.to_string())??;
     let database = fresh_database(url, peer).await?;
-    let binary = target_dir()
-        .join("release")
-        .join(format!("keel-peer-{peer}"));
+    let binary = target_dir().join("release").join(peer);
     let mut command = Command::new(&binary);
     command
         .args(["--url", &database])

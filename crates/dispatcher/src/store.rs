@@ -97,8 +97,10 @@ pub(crate) fn envelope_from(row: &sqlx::any::AnyRow) -> Result<Envelope, String>
 /// Claims up to `limit` due deliveries for `lease`, with their events.
 ///
 /// On PostgreSQL, one statement (atomic on its own) leases the rows and returns them
-/// joined with their events: one round trip and one commit per batch. The lease leaves
-/// every indexed column alone, so PostgreSQL can update the rows in place (HOT).
+/// joined with their events: one round trip and one commit per batch. The rows locked by
+/// the statement are updated by their physical address (`ctid`, stable while locked), and
+/// the lease leaves every indexed column alone, so PostgreSQL can update them in place
+/// (HOT).
 pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<Vec<Claim>, Error> {
     let token = uuid::Uuid::now_v7().simple().to_string();
     let now = now_millis();
@@ -106,7 +108,7 @@ pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<
     if db.backend() == Backend::Postgres {
         let sql = format!(
             "WITH c AS (
-                 SELECT event_id, handler FROM keel_deliveries
+                 SELECT ctid FROM keel_deliveries
                  WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
                    AND (leased_until IS NULL OR leased_until < $3)
                  ORDER BY next_attempt_at LIMIT $4
@@ -114,7 +116,7 @@ pub(crate) async fn claim(db: &Database, limit: u32, lease: Duration) -> Result<
              u AS (
                  UPDATE keel_deliveries d
                  SET leased_until = $1, leased_by = $2, attempts = d.attempts + 1
-                 FROM c WHERE d.event_id = c.event_id AND d.handler = c.handler
+                 WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM c))
                  RETURNING d.event_id AS claimed_id, d.handler AS claimed_handler,
                            d.attempts AS claimed_attempts)
              SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, {EVENT_COLUMNS}
@@ -305,15 +307,14 @@ pub(crate) async fn claim_keyed(
                 .await?;
                 let sql = format!(
                     "UPDATE keel_deliveries SET leased_until = $1, leased_by = $2,
-                     attempts = attempts + 1, updated_at = $3
-                     WHERE handler = $4 AND status = 'pending' AND event_id IN ({})
+                     attempts = attempts + 1
+                     WHERE handler = $3 AND status = 'pending' AND event_id IN ({})
                      RETURNING event_id, attempts",
-                    in_list(5, ids.len())
+                    in_list(4, ids.len())
                 );
                 let mut query = sqlx::query::<Db>(AssertSqlSafe(sql))
                     .bind(until)
                     .bind(token.as_str())
-                    .bind(now)
                     .bind(handler.as_str());
                 for id in &ids {
                     query = query.bind(id.as_str());
