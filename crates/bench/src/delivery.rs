@@ -35,7 +35,7 @@ pub async fn keel(url: &str, events: u64, producers: u64) -> Result<f64, String>
     common::reset(&pool).await?;
     let db = common::keel_database(url, producers as u32 + 16).await?;
     let app = App::builder(db, crate::uow::registry())
-        .delivery(DeliveryOptions::default().max_in_flight(16))
+        .delivery(DeliveryOptions::default())
         .start();
     let started = Instant::now();
     let mut tasks = Vec::new();

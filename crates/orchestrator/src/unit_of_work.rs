@@ -349,13 +349,38 @@ impl Database {
             Backend::Postgres => None,
         };
         let mut conn = self.pool().acquire().await?;
-        if backend == Backend::Sqlite {
-            let busy = options.lock_timeout.unwrap_or(self.sqlite_busy_timeout());
-            let pragma = format!("PRAGMA busy_timeout = {}", busy.as_millis());
-            sqlx::query(AssertSqlSafe(pragma))
-                .execute(&mut *conn)
-                .await?;
+        // Connections open with the database's busy timeout; a unit of work with a lock
+        // timeout of its own sets it for its transaction and puts the default back.
+        let custom_busy = match (backend, options.lock_timeout) {
+            (Backend::Sqlite, Some(timeout)) => Some(timeout),
+            _ => None,
+        };
+        if let Some(busy) = custom_busy {
+            set_busy_timeout(&mut conn, busy).await?;
         }
+        let outcome = self.transaction(&mut conn, options, attempt, steps).await;
+        if custom_busy.is_some()
+            && let Err(error) = set_busy_timeout(&mut conn, self.sqlite_busy_timeout()).await
+        {
+            tracing::warn!(%error, "could not restore the busy timeout; the connection is closed");
+            let _ = conn.close_on_drop();
+        }
+        outcome
+    }
+
+    /// The transaction of one attempt on `conn`: begin, the steps, the outbox, then commit
+    /// or rollback.
+    async fn transaction<T, F>(
+        &self,
+        conn: &mut sqlx::pool::PoolConnection<crate::Db>,
+        options: &UnitOfWork,
+        attempt: u32,
+        steps: &mut F,
+    ) -> Result<(T, Vec<Envelope>, Option<String>), Error>
+    where
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+    {
+        let backend = self.backend();
         let mut txn = conn.begin_with(options.begin_statement(backend)).await?;
         if let (Backend::Postgres, Some(timeout)) = (backend, options.lock_timeout) {
             let set = format!(
@@ -390,7 +415,7 @@ impl Database {
                 txn.commit().await?;
                 let lease_token = match written {
                     Some(written) => {
-                        self.after_commit(&mut conn, written.left_for_relay).await;
+                        self.after_commit(conn, written.left_for_relay).await;
                         written.lease_token
                     }
                     None => None,
@@ -405,4 +430,11 @@ impl Database {
             }
         }
     }
+}
+
+/// Sets SQLite's busy timeout on one connection.
+async fn set_busy_timeout(conn: &mut sqlx::AnyConnection, busy: Duration) -> Result<(), Error> {
+    let pragma = format!("PRAGMA busy_timeout = {}", busy.as_millis());
+    sqlx::query(AssertSqlSafe(pragma)).execute(conn).await?;
+    Ok(())
 }
