@@ -363,7 +363,7 @@ impl Database {
             && let Err(error) = set_busy_timeout(&mut conn, self.sqlite_busy_timeout()).await
         {
             tracing::warn!(%error, "could not restore the busy timeout; the connection is closed");
-            let _ = conn.close_on_drop();
+            conn.close_on_drop();
         }
         outcome
     }
