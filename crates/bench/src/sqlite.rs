@@ -18,6 +18,8 @@ use crate::common::{self, Touched};
 use crate::uow::verdict;
 
 const TASKS: u64 = 8;
+/// Alternating rounds of the `uow` measure.
+const ROUNDS: u64 = 3;
 
 const SCHEMA: &str = "
     DROP TABLE IF EXISTS bench_rows; DROP TABLE IF EXISTS bench_effects;
@@ -284,13 +286,20 @@ async fn measure(dir: &Path, events: u64) -> Result<Report, String> {
     // Keel's file, read and reset through a raw pool of its own.
     let keel_raw = raw_pool(&keel_file).await?;
 
-    reset(&raw).await?;
-    let raw_uow_s = raw_uow(&raw, events).await?;
-    reset(&keel_raw).await?;
-    let keel_uow_s = keel_uow(&db, events).await?;
-    let kept = count(&keel_raw, "SELECT count(*) FROM keel_deliveries").await?;
-    if kept != events as i64 {
-        return Err(format!("Keel wrote {kept} deliveries, expected {events}"));
+    // Alternating rounds, so that drift (the WAL's growth, the machine) hits both alike.
+    let per_round = events / ROUNDS;
+    let (mut raw_uow_s, mut keel_uow_s) = (0.0, 0.0);
+    for _ in 0..ROUNDS {
+        reset(&raw).await?;
+        raw_uow_s += raw_uow(&raw, per_round).await?;
+        reset(&keel_raw).await?;
+        keel_uow_s += keel_uow(&db, per_round).await?;
+        let kept = count(&keel_raw, "SELECT count(*) FROM keel_deliveries").await?;
+        if kept != per_round as i64 {
+            return Err(format!(
+                "Keel wrote {kept} deliveries, expected {per_round}"
+            ));
+        }
     }
 
     reset(&raw).await?;
@@ -301,10 +310,11 @@ async fn measure(dir: &Path, events: u64) -> Result<Report, String> {
     check(&keel_raw, events, "Keel").await?;
     db.close().await;
 
-    let ops = events as f64;
+    let ops = (per_round * ROUNDS) as f64;
     let (keel_us, raw_us) = (keel_uow_s / ops * 1e6, raw_uow_s / ops * 1e6);
     common::heading(&format!(
-        "sqlite: uow and delivery, {events} operations, {TASKS} tasks, SQLite (WAL)"
+        "sqlite: uow ({} ops in {ROUNDS} alternating rounds) and delivery ({events} events), {TASKS} tasks, SQLite (WAL)",
+        per_round * ROUNDS
     ));
     common::row("uow: raw sqlx (one connection)", raw_us, "µs/op", None);
     common::row(

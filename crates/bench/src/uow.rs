@@ -160,7 +160,7 @@ pub async fn run(url: &str, events: u64) -> Result<Report, String> {
     let ratio = keel_us / raw_us;
 
     common::heading(&format!(
-        "uow: UPDATE one row + record one event, {TASKS} tasks, {} ops each, {ROUNDS} alternating rounds, PostgreSQL",
+        "uow: UPDATE one row + record one event, {TASKS} tasks, {} ops in {ROUNDS} alternating rounds, PostgreSQL",
         per_round * ROUNDS
     ));
     common::row(

@@ -297,8 +297,12 @@ impl Database {
             return;
         }
         let db = self.clone();
+        // At the end of the window of the last notification, not a whole window later.
+        let last = self.inner.last_notify.load(Ordering::Relaxed);
+        let wait =
+            (last + NOTIFY_WINDOW_MS - crate::outbox::now_millis()).clamp(0, NOTIFY_WINDOW_MS);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(NOTIFY_WINDOW_MS as u64)).await;
+            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             db.inner.notify_scheduled.store(false, Ordering::Release);
             db.inner
                 .last_notify
