@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use keel::{Database, DomainEvent, NO_HANDLER};
+use keel::{Database, DeliveryOptions, Dispatcher, DomainEvent, Handler, NO_HANDLER, RetryPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::support::*;
@@ -90,4 +90,64 @@ async fn poison_goes_to_the_dead_letter_and_the_rest_flows(db: Database) {
     app.shutdown().await;
 }
 
-keel_testing::backend_tests!(poison_goes_to_the_dead_letter_and_the_rest_flows);
+/// A delivery whose every attempt stopped the process (it was claimed as often as its
+/// policy allows, and no attempt recorded an outcome) goes to the dead letter the next
+/// time it is claimed, without running its handler again.
+async fn a_delivery_that_kills_its_process_is_not_run_forever(db: Database) {
+    schema(&db).await;
+    let handlers = || {
+        registry(vec![
+            Handler::new::<Ticked, _>("effect_a", effect_a)
+                .retry(RetryPolicy::default().max_attempts(3)),
+        ])
+    };
+    // Written for relays only, then claimed three times by processes that died.
+    let producer = Dispatcher::with_options(
+        db.clone(),
+        handlers(),
+        DeliveryOptions::default().fast_path(false),
+    );
+    producer
+        .database()
+        .clone()
+        .unit_of_work(async |tx| {
+            tx.record(Ticked { seq: 1 })?;
+            tx.record(Ticked { seq: 2 })?;
+            Ok(())
+        })
+        .await
+        .unwrap()
+        .into_value();
+    db.execute_script(
+        "UPDATE keel_deliveries SET attempts = 3
+         WHERE event_id = (SELECT id FROM keel_events WHERE payload LIKE '%\"seq\":1%')",
+    )
+    .await
+    .unwrap();
+
+    let app = app(&db, handlers());
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM effects").await,
+        1,
+        "the other event is delivered; the abandoned one never runs"
+    );
+    let dead = app.dead_letters().list(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert!(dead[0].payload.contains("\"seq\":1"), "{dead:#?}");
+    let reason = &dead[0].failures[0].error;
+    assert!(
+        reason.contains("abandoned after 3 attempts that never finished"),
+        "{reason}"
+    );
+    app.shutdown().await;
+}
+
+keel_testing::backend_tests!(
+    poison_goes_to_the_dead_letter_and_the_rest_flows,
+    a_delivery_that_kills_its_process_is_not_run_forever,
+);

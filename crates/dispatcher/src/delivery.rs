@@ -76,6 +76,19 @@ async fn run(dispatcher: &Dispatcher, group: Group, permit: OwnedSemaphorePermit
         return finish_failed(dispatcher, &claims, error, true).await;
     };
 
+    // Claimed more times than its policy allows: its last attempts never recorded an
+    // outcome, because the process running them stopped (abort, out of memory, kill).
+    // Running it again would likely stop this one too.
+    let unfinished = first.attempt.saturating_sub(1);
+    if unfinished > 0 && !handler.retry_policy().allows_another_after(unfinished) {
+        let error = format!(
+            "abandoned after {unfinished} attempts that never finished: the process running each \
+             of them stopped (crash, abort, out of memory?) before recording an outcome; fix the \
+             cause, then retry this entry from the dead letter"
+        );
+        return finish_failed(dispatcher, &claims, error, true).await;
+    }
+
     let timeout = dispatcher.options().handler_timeout;
     let mut ctx = HandlerContext::new(
         dispatcher.clone(),
