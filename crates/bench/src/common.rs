@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel::{Database, DatabaseOptions, DomainEvent, Error, HandlerContext, sqlx};
+use keel::{Database, DatabaseOptions, Dispatcher, DomainEvent, Error, HandlerContext, sqlx};
 use serde::{Deserialize, Serialize};
 
 /// The event every scenario records: row `row` was touched, the `seq`-th time overall.
@@ -33,6 +33,40 @@ pub async fn write_effect(event: &Touched, ctx: &mut HandlerContext) -> Result<(
         Ok(())
     })
     .await
+}
+
+/// Keel's producers: `tasks` tasks run `ops` units of work in all, each updating its
+/// task's row and recording one event (sequence numbers from `first_seq`).
+pub async fn produce(
+    dispatcher: &Dispatcher,
+    ops: u64,
+    tasks: u64,
+    first_seq: i64,
+) -> Result<(), String> {
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let dispatcher = dispatcher.clone();
+        let n = share(ops, tasks, task);
+        handles.push(tokio::spawn(async move {
+            let mut session = dispatcher.session();
+            let row = task as i64 % 64 + 1;
+            for i in 0..n {
+                let seq = first_seq + (task * ops + i) as i64;
+                session
+                    .unit_of_work(async |tx| {
+                        sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
+                            .bind(row)
+                            .execute(tx.conn())
+                            .await?;
+                        tx.record(Touched { row, seq })?;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    join_all(handles).await.map(|_| ())
 }
 
 /// The tables of the scenarios, created afresh; the outbox emptied.

@@ -38,30 +38,7 @@ pub async fn keel(url: &str, events: u64, producers: u64) -> Result<f64, String>
         .delivery(DeliveryOptions::default())
         .start();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..producers {
-        let app = app.clone();
-        let n = common::share(events, producers, task);
-        tasks.push(tokio::spawn(async move {
-            let mut session = app.session();
-            let row = task as i64 % 64 + 1;
-            for i in 0..n {
-                let seq = (task * events + i) as i64;
-                session
-                    .unit_of_work(async |tx| {
-                        sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
-                            .bind(row)
-                            .execute(tx.conn())
-                            .await?;
-                        tx.record(Touched { row, seq })?;
-                        Ok(())
-                    })
-                    .await?;
-            }
-            Ok::<_, keel::Error>(())
-        }));
-    }
-    common::join_all(tasks).await?;
+    common::produce(app.dispatcher(), events, producers, 0).await?;
     common::wait_for_count(&pool, EFFECTS, events as i64, Duration::from_secs(300)).await?;
     let delivered = app
         .wait_until_delivered(Duration::from_secs(60))

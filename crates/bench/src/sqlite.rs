@@ -222,30 +222,7 @@ async fn keel_delivery(db: &Database, events: u64) -> Result<f64, String> {
         .delivery(DeliveryOptions::default().max_in_flight(16))
         .start();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..TASKS {
-        let app = app.clone();
-        let n = common::share(events, TASKS, task);
-        tasks.push(tokio::spawn(async move {
-            let mut session = app.session();
-            let row = task as i64 + 1;
-            for i in 0..n {
-                let seq = (task * events + i) as i64;
-                session
-                    .unit_of_work(async |tx| {
-                        sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
-                            .bind(row)
-                            .execute(tx.conn())
-                            .await?;
-                        tx.record(Touched { row, seq })?;
-                        Ok(())
-                    })
-                    .await?;
-            }
-            Ok::<_, keel::Error>(())
-        }));
-    }
-    common::join_all(tasks).await?;
+    common::produce(app.dispatcher(), events, TASKS, 0).await?;
     let delivered = app
         .wait_until_delivered(Duration::from_secs(300))
         .await

@@ -42,30 +42,7 @@ pub fn registry() -> Registry {
 /// Keel: `ops` units of work on `TASKS` tasks; returns the seconds taken.
 pub async fn keel_round(dispatcher: &Dispatcher, ops: u64, first_seq: i64) -> Result<f64, String> {
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..TASKS {
-        let dispatcher = dispatcher.clone();
-        let n = common::share(ops, TASKS, task);
-        tasks.push(tokio::spawn(async move {
-            let mut session = dispatcher.session();
-            let row = task as i64 + 1;
-            for i in 0..n {
-                let seq = first_seq + (task * ops + i) as i64;
-                session
-                    .unit_of_work(async |tx| {
-                        sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
-                            .bind(row)
-                            .execute(tx.conn())
-                            .await?;
-                        tx.record(Touched { row, seq })?;
-                        Ok(())
-                    })
-                    .await?;
-            }
-            Ok::<_, keel::Error>(())
-        }));
-    }
-    common::join_all(tasks).await?;
+    common::produce(dispatcher, ops, TASKS, first_seq).await?;
     Ok(started.elapsed().as_secs_f64())
 }
 
