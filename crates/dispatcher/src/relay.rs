@@ -69,12 +69,14 @@ pub(crate) async fn run(
     let mut tasks = Vec::with_capacity(loops);
     for n in 0..loops {
         let (dispatcher, stop, taken) = (dispatcher.clone(), stop.clone(), taken.clone());
+        let first = n == 0;
         tasks.push(tokio::spawn(claim_loop(
             dispatcher,
             stop,
             limits,
             taken,
-            n == 0,
+            first,
+            first && handles_commands,
         )));
     }
     for task in tasks {
@@ -90,26 +92,20 @@ pub(crate) async fn run(
     }
 }
 
-/// One claim loop of a relay; the first (`purges`) also claims ordering keys and purges
-/// old deliveries.
+/// One claim loop of a relay; the first one purges old deliveries and, if the relay
+/// handles commands, claims ordering keys.
 async fn claim_loop(
     dispatcher: Dispatcher,
     mut stop: watch::Receiver<bool>,
     limits: WorkerLimits,
     counter: Arc<AtomicU64>,
     purges: bool,
+    claims_keys: bool,
 ) {
     let started = Instant::now();
     let options = dispatcher.options().clone();
     let db = dispatcher.database().clone();
     let wake = dispatcher.wake_handle();
-    // Only commands have ordering keys, claimed by the first loop only: one key is
-    // handled by one group at a time anyway.
-    let handles_commands = purges
-        && dispatcher
-            .registry()
-            .handlers()
-            .any(|h| h.kind() != crate::HandlerKind::Event);
     let mut last_purge = Instant::now();
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -134,7 +130,7 @@ async fn claim_loop(
             }
             let limit = free.min(options.batch_size);
             let lease = options.lease_duration();
-            let keyed = if handles_commands {
+            let keyed = if claims_keys {
                 store::claim_keyed(&db, dispatcher.registry(), limit, lease).await?
             } else {
                 Vec::new()
