@@ -21,6 +21,28 @@ impl DomainEvent for Touched {
     }
 }
 
+/// What a hand-written outbox computes per event before writing it: the baselines do the
+/// same id, timestamp and JSON work as Keel.
+pub struct RawEvent {
+    pub id: String,
+    pub occurred_at: String,
+    pub payload: String,
+    pub now: i64,
+}
+
+impl RawEvent {
+    pub fn new(row: i64, seq: i64) -> Self {
+        RawEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            occurred_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            payload: serde_json::to_string(&Touched { row, seq }).unwrap_or_default(),
+            now: keel::orchestrator::outbox::now_millis(),
+        }
+    }
+}
+
 /// The handler of the `delivery` scenarios: one row written in its unit of work (which
 /// also marks the delivery done).
 pub async fn write_effect(event: &Touched, ctx: &mut HandlerContext) -> Result<(), Error> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use keel::{App, Database, DatabaseOptions, DeliveryOptions, Dispatcher, sqlx};
+use keel::{App, Database, DatabaseOptions, DeliveryOptions, Dispatcher, DomainEvent, sqlx};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::Report;
@@ -97,27 +97,22 @@ async fn raw_uow(pool: &sqlx::SqlitePool, ops: u64) -> Result<f64, String> {
                     .bind(row)
                     .execute(&mut *tx)
                     .await?;
-                let id = uuid::Uuid::now_v7().to_string();
-                let occurred_at = time::OffsetDateTime::now_utc()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default();
-                let payload = serde_json::to_string(&Touched { row, seq }).unwrap_or_default();
-                let now = keel::orchestrator::outbox::now_millis();
+                let event = common::RawEvent::new(row, seq);
                 sqlx::query(
                     "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
                      payload, correlation_id, causation_id, routed, created_at, ordering_key)
                      VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
                 )
-                .bind(&id)
-                .bind("bench.touched.v1")
-                .bind("BenchRow")
+                .bind(&event.id)
+                .bind(Touched::NAME)
+                .bind(Touched::AGGREGATE_TYPE)
                 .bind(row.to_string())
-                .bind(occurred_at)
-                .bind(payload)
-                .bind(&id)
+                .bind(&event.occurred_at)
+                .bind(&event.payload)
+                .bind(&event.id)
                 .bind(None::<String>)
                 .bind(true)
-                .bind(now)
+                .bind(event.now)
                 .bind(None::<String>)
                 .execute(&mut *tx)
                 .await?;
@@ -126,14 +121,14 @@ async fn raw_uow(pool: &sqlx::SqlitePool, ops: u64) -> Result<f64, String> {
                      next_attempt_at, leased_until, leased_by, updated_at, ordering_key)
                      VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
                 )
-                .bind(&id)
+                .bind(&event.id)
                 .bind("write_effect")
                 .bind("pending")
                 .bind(0_i32)
-                .bind(now)
+                .bind(event.now)
                 .bind(None::<i64>)
                 .bind(None::<String>)
-                .bind(now)
+                .bind(event.now)
                 .bind(None::<String>)
                 .execute(&mut *tx)
                 .await?;

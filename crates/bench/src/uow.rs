@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use keel::{DeliveryOptions, Dispatcher, Handler, Registry, sqlx};
+use keel::{DeliveryOptions, Dispatcher, DomainEvent, Handler, Registry, sqlx};
 
 use crate::Report;
 use crate::common::{self, Touched};
@@ -79,32 +79,27 @@ async fn raw_outbox_insert(
     row: i64,
     seq: i64,
 ) -> Result<(), sqlx::Error> {
-    let id = uuid::Uuid::now_v7().to_string();
-    let occurred_at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let payload = serde_json::to_string(&Touched { row, seq }).unwrap_or_default();
-    let now = keel::orchestrator::outbox::now_millis();
+    let event = common::RawEvent::new(row, seq);
     sqlx::query(RAW_OUTBOX)
-        .bind(&id)
-        .bind("bench.touched.v1")
-        .bind("BenchRow")
+        .bind(&event.id)
+        .bind(Touched::NAME)
+        .bind(Touched::AGGREGATE_TYPE)
         .bind(row.to_string())
-        .bind(occurred_at)
-        .bind(payload)
-        .bind(&id)
+        .bind(&event.occurred_at)
+        .bind(&event.payload)
+        .bind(&event.id)
         .bind(None::<String>)
         .bind(true)
-        .bind(now)
+        .bind(event.now)
         .bind(None::<String>)
-        .bind(&id)
+        .bind(&event.id)
         .bind("write_effect")
         .bind("pending")
         .bind(0_i32)
-        .bind(now)
+        .bind(event.now)
         .bind(None::<i64>)
         .bind(None::<String>)
-        .bind(now)
+        .bind(event.now)
         .bind(None::<String>)
         .execute(tx)
         .await?;
