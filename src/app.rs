@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use keel_dispatcher::{DeadLetters, DeliveryOptions, Dispatcher, Registry, Session};
-use keel_orchestrator::{Database, Error};
+use keel_orchestrator::{Backend, Database, Error};
 
 /// A Keel service: its database, the handlers its events are delivered to, and the relay
 /// that delivers whatever the fast path could not.
@@ -31,21 +31,29 @@ use keel_orchestrator::{Database, Error};
 /// app.shutdown().await;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
-pub struct App {
-    dispatcher: Dispatcher,
+#[derive(Debug)]
+pub struct App<B: Backend> {
+    dispatcher: Dispatcher<B>,
+}
+
+impl<B: Backend> Clone for App<B> {
+    fn clone(&self) -> Self {
+        App {
+            dispatcher: self.dispatcher.clone(),
+        }
+    }
 }
 
 /// Builds an [`App`] with explicit delivery options.
 #[derive(Debug)]
-pub struct AppBuilder {
-    db: Database,
-    registry: Registry,
+pub struct AppBuilder<B: Backend> {
+    db: Database<B>,
+    registry: Registry<B>,
     options: DeliveryOptions,
     relay: bool,
 }
 
-impl AppBuilder {
+impl<B: Backend> AppBuilder<B> {
     /// Sets how events are delivered (leases, timeouts, relay pace, retention).
     pub fn delivery(mut self, options: DeliveryOptions) -> Self {
         self.options = options;
@@ -60,7 +68,7 @@ impl AppBuilder {
     }
 
     /// Builds the app and starts its relay. Must be called within a Tokio runtime.
-    pub fn start(self) -> App {
+    pub fn start(self) -> App<B> {
         let dispatcher = Dispatcher::with_options(self.db, self.registry, self.options);
         if self.relay {
             dispatcher.start_relay();
@@ -69,15 +77,15 @@ impl AppBuilder {
     }
 }
 
-impl App {
+impl<B: Backend> App<B> {
     /// A service on `db` whose events go to `registry`'s handlers, with default delivery
     /// options and a relay. Must be called within a Tokio runtime.
-    pub fn new(db: Database, registry: Registry) -> Self {
+    pub fn new(db: Database<B>, registry: Registry<B>) -> Self {
         App::builder(db, registry).start()
     }
 
     /// A builder, for delivery options.
-    pub fn builder(db: Database, registry: Registry) -> AppBuilder {
+    pub fn builder(db: Database<B>, registry: Registry<B>) -> AppBuilder<B> {
         AppBuilder {
             db,
             registry,
@@ -87,22 +95,22 @@ impl App {
     }
 
     /// A session to run units of work with.
-    pub fn session(&self) -> Session<'_> {
+    pub fn session(&self) -> Session<'_, B> {
         self.dispatcher.session()
     }
 
     /// The service's database.
-    pub fn database(&self) -> &Database {
+    pub fn database(&self) -> &Database<B> {
         self.dispatcher.database()
     }
 
     /// The service's dispatcher.
-    pub fn dispatcher(&self) -> &Dispatcher {
+    pub fn dispatcher(&self) -> &Dispatcher<B> {
         &self.dispatcher
     }
 
     /// The dead letter: deliveries that gave up, to inspect, retry or discard.
-    pub fn dead_letters(&self) -> DeadLetters {
+    pub fn dead_letters(&self) -> DeadLetters<B> {
         self.dispatcher.dead_letters()
     }
 
@@ -114,8 +122,12 @@ impl App {
 
     /// Stops the relay (finishing what it claimed), waits for the deliveries running in this
     /// process, then closes the database pool.
-    pub async fn shutdown(self) {
+    ///
+    /// Fails at once with [`Error::InsideUnitOfWork`] inside a unit of work, whose own
+    /// connection would never be returned.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        keel_orchestrator::ensure_outside_unit_of_work("shut the app down")?;
         self.dispatcher.shutdown().await;
-        self.dispatcher.database().close().await;
+        self.dispatcher.database().close().await
     }
 }

@@ -3,20 +3,13 @@
 //! Steps that must succeed together run in one transaction on one connection; domain
 //! events fire only after commit; nothing committed is lost.
 //!
-//! This facade re-exports the focused crates:
-//!
-//! - [`domain`] (`keel-domain`): aggregates, versions, domain events and their envelope.
-//!   Pure: no I/O.
-//! - [`orchestrator`] (`keel-orchestrator`): the database handle for PostgreSQL and
-//!   SQLite, units of work with retries, row and named locks, optimistic versions.
-//! - [`dispatcher`] (`keel-dispatcher`): sessions, handlers and their registry, after-commit
-//!   delivery of events.
-//!
-//! It also re-exports [`sqlx`], so that queries in a unit of work use the very version
-//! Keel runs them with.
+//! The backend is a type, chosen at compile time as sqlx chooses drivers: a service on
+//! one backend imports its aliases and never writes the type parameter:
 //!
 //! ```no_run
-//! use keel::{App, Database, DomainEvent, Registry, RowLock};
+//! # #[cfg(feature = "sqlite")] {
+//! use keel::sqlite::{App, Database};
+//! use keel::{DomainEvent, Registry, RowLock};
 //! # #[derive(serde::Serialize, serde::Deserialize)] struct AccountDebited { id: i64 }
 //! # impl DomainEvent for AccountDebited { const NAME: &'static str = "account.debited.v1";
 //! #   const AGGREGATE_TYPE: &'static str = "Account";
@@ -30,7 +23,8 @@
 //! session
 //!     .unit_of_work(async |tx| {
 //!         let _ = tx.lock(RowLock::for_update("accounts", 1)).await?;
-//!         keel::sqlx::query("UPDATE accounts SET balance = balance - 50 WHERE id = 1")
+//!         // `tx.conn()` is `&mut SqliteConnection` (`&mut PgConnection` on PostgreSQL)
+//!         sqlx::query("UPDATE accounts SET balance = balance - 50 WHERE id = 1")
 //!             .execute(tx.conn())
 //!             .await?;
 //!         tx.record(AccountDebited { id: 1 })?; // delivered after commit
@@ -38,17 +32,17 @@
 //!     })
 //!     .await?;
 //! # Ok(()) }
+//! # }
 //! ```
+//!
+//! The pieces live in focused crates (`keel-domain`, `keel-orchestrator`,
+//! `keel-dispatcher`); this facade is the one path to each public item.
 
 #![warn(missing_docs)]
 
 mod app;
 
 pub use app::{App, AppBuilder};
-pub use keel_dispatcher as dispatcher;
-pub use keel_domain as domain;
-pub use keel_orchestrator as orchestrator;
-
 pub use keel_dispatcher::{
     DeadLetter, DeadLetters, DeliveryOptions, Dispatcher, FailedAttempt, Handler, HandlerContext,
     HandlerFn, HandlerKind, NO_HANDLER, Registry, RegistryError, Session, WorkerLimits,
@@ -62,3 +56,47 @@ pub use keel_orchestrator::{
     Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWork,
 };
 pub use sqlx;
+
+/// Declares the aliases of one backend.
+macro_rules! backend_aliases {
+    ($backend:ty, $name:literal) => {
+        /// The database handle.
+        pub type Database = crate::Database<$backend>;
+        /// The transaction handle of a unit of work; [`Tx::conn`](crate::Tx::conn) is the
+        #[doc = concat!("driver's own ", $name, " connection.")]
+        pub type Tx<'c> = crate::Tx<'c, $backend>;
+        /// The assembled service.
+        pub type App = crate::App<$backend>;
+        /// The builder of an [`App`].
+        pub type AppBuilder = crate::AppBuilder<$backend>;
+        /// Runs units of work and releases their events.
+        pub type Session<'a> = crate::Session<'a, $backend>;
+        /// What a handler receives besides its event.
+        pub type HandlerContext = crate::HandlerContext<$backend>;
+        /// A handler of one event or command type.
+        pub type Handler = crate::Handler<$backend>;
+        /// The handlers of a program.
+        pub type Registry = crate::Registry<$backend>;
+        /// Delivers the events of committed units of work.
+        pub type Dispatcher = crate::Dispatcher<$backend>;
+        /// The dead letter.
+        pub type DeadLetters = crate::DeadLetters<$backend>;
+    };
+}
+
+/// Keel on PostgreSQL, the production backend: `use keel::postgres::{App, Database, Tx};`.
+///
+/// In a unit of work, `tx.conn()` is `&mut sqlx::PgConnection`: native types, `FromRow`,
+/// `query!` and `&mut PgConnection` repositories work as they are.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    backend_aliases!(sqlx::Postgres, "PostgreSQL");
+}
+
+/// Keel on SQLite, the embedded backend: `use keel::sqlite::{App, Database, Tx};`.
+///
+/// In a unit of work, `tx.conn()` is `&mut sqlx::SqliteConnection`.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    backend_aliases!(sqlx::Sqlite, "SQLite");
+}

@@ -5,12 +5,10 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use keel::{
-    Aggregate, Backend, Database, Error, Locked, RetryPolicy, RowLock, Tx, UnitOfWork, Version,
-    sqlx,
-};
+use keel::{Aggregate, Error, Locked, RetryPolicy, RowLock, UnitOfWork, Version, sqlx};
 
-use crate::support::{accounts_with, scalar};
+use super::support::{accounts_with, scalar};
+use super::{B, Database, POSTGRES, Tx};
 
 #[derive(Debug, thiserror::Error)]
 #[error("insufficient funds: balance {balance}, debit {amount}")]
@@ -147,7 +145,7 @@ async fn concurrent_debits_with_versions_and_retry(db: Database) {
         2,
         "one successful save moves the version once"
     );
-    if db.backend() == Backend::Postgres {
+    if POSTGRES {
         // Both read version 1 concurrently; the loser's save conflicted and re-ran.
         assert_eq!(attempts.load(Ordering::SeqCst), 3);
     }

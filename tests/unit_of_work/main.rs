@@ -1,9 +1,38 @@
 //! Units of work against real PostgreSQL and SQLite: commit, rollback, retries, locks,
-//! optimistic versions. Tests named `…::postgres` / `…::sqlite` run the same body on each
-//! backend (see `keel_testing::backend_tests!`); `…_postgres` tests are PostgreSQL-only.
+//! optimistic versions. Each file is compiled once per backend, in module `postgres` and
+//! module `sqlite`, against that backend's aliases (`Database`, `Tx`); files named
+//! `…_postgres` / `…_sqlite` hold what only one backend has.
 
-mod bank_account;
-mod contention;
-mod database;
-mod rollback;
-mod support;
+// The same files, compiled once per backend.
+#![allow(clippy::duplicate_mod)]
+
+mod urls;
+
+// `path = "."`: the files of each module are this directory's.
+#[path = "."]
+mod postgres {
+    pub type B = keel::sqlx::Postgres;
+    pub const POSTGRES: bool = true;
+    pub use keel::postgres::{Database, Tx};
+
+    mod bank_account;
+    mod contention;
+    mod contention_postgres;
+    mod migrations;
+    mod rollback;
+    mod support;
+}
+
+#[path = "."]
+mod sqlite {
+    pub type B = keel::sqlx::Sqlite;
+    pub const POSTGRES: bool = false;
+    pub use keel::sqlite::{Database, Tx};
+
+    mod bank_account;
+    mod contention;
+    mod contention_sqlite;
+    mod migrations;
+    mod rollback;
+    mod support;
+}

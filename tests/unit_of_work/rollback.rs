@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use keel::{Database, Error, RetryPolicy, UnitOfWork, sqlx};
+use keel::{Error, RetryPolicy, UnitOfWork, sqlx};
 
-use crate::support::scalar;
+use super::{B, Database};
+use super::support::scalar;
 
 async fn notes(db: &Database) {
     db.execute_script("CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL)")

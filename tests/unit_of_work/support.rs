@@ -1,7 +1,8 @@
 //! Small helpers shared by the tests.
 
-use keel::Database;
 use keel::sqlx;
+
+use super::Database;
 
 /// Reads one `i64` with a query run outside any unit of work.
 pub async fn scalar(db: &Database, sql: &'static str) -> i64 {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use keel_domain::{Envelope, EventId};
-use keel_orchestrator::{Database, Error, Tx, TxFn, UnitOfWork};
+use keel_orchestrator::{Backend, Database, Error, Tx, TxFn, UnitOfWork};
 
 use crate::Dispatcher;
 
@@ -18,9 +18,9 @@ use crate::Dispatcher;
 /// once (a crash before the mark means the handler runs again), but a repeated delivery of
 /// an event whose effects committed finds the mark and changes nothing: the effects happen
 /// once. Hence one unit of work per delivery; a second one is refused.
-pub struct HandlerContext {
-    db: Database,
-    dispatcher: Dispatcher,
+pub struct HandlerContext<B: Backend> {
+    db: Database<B>,
+    dispatcher: Dispatcher<B>,
     envelopes: Vec<Arc<Envelope>>,
     handler: &'static str,
     attempt: u32,
@@ -28,7 +28,7 @@ pub struct HandlerContext {
     processed: bool,
 }
 
-impl std::fmt::Debug for HandlerContext {
+impl<B: Backend> std::fmt::Debug for HandlerContext<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HandlerContext")
             .field("handler", &self.handler)
@@ -39,9 +39,9 @@ impl std::fmt::Debug for HandlerContext {
     }
 }
 
-impl HandlerContext {
+impl<B: Backend> HandlerContext<B> {
     pub(crate) fn new(
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher<B>,
         envelopes: Vec<Arc<Envelope>>,
         handler: &'static str,
         attempt: u32,
@@ -105,8 +105,8 @@ impl HandlerContext {
     /// done. A second call in one delivery fails with [`Error::SecondHandlerUnitOfWork`].
     pub async fn unit_of_work<T, F>(&mut self, steps: F) -> Result<T, Error>
     where
-        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
-        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+        F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         let options = UnitOfWork::named(self.handler);
         self.unit_of_work_with(options, steps).await
@@ -119,8 +119,8 @@ impl HandlerContext {
         steps: F,
     ) -> Result<T, Error>
     where
-        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
-        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+        F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         if self.opened {
             return Err(Error::SecondHandlerUnitOfWork {
@@ -128,7 +128,7 @@ impl HandlerContext {
             });
         }
         self.opened = true;
-        let ids = self.envelopes.iter().map(|e| e.id.to_string()).collect();
+        let ids = self.envelopes.iter().map(|e| e.id).collect();
         let options = options
             .caused_by(&self.envelopes[0])
             .processing_all(ids, self.handler);

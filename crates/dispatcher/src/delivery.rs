@@ -1,12 +1,10 @@
 //! One attempt of one delivery (or of one batch of commands): run the handler, then
 //! record the outcome of every delivery in it.
 
-use keel_orchestrator::Error;
-use keel_orchestrator::outbox::now_millis;
-
+use keel_orchestrator::outbox::{Claim, Group, Next};
+use keel_orchestrator::{Backend, Error};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::store::{self, Claim, Group, Next};
 use crate::{Dispatcher, HandlerContext};
 
 /// Runs the handler of a claimed group and records the outcome. Never panics; every
@@ -14,19 +12,23 @@ use crate::{Dispatcher, HandlerContext};
 ///
 /// `permit` is this delivery's slot among the deliveries running in the process; it is
 /// given back as soon as the handler has returned.
-pub(crate) async fn execute(dispatcher: Dispatcher, group: Group, permit: OwnedSemaphorePermit) {
+pub(crate) async fn execute<B: Backend>(
+    dispatcher: Dispatcher<B>,
+    group: Group,
+    permit: OwnedSemaphorePermit,
+) {
     let key = group.key.clone();
-    let token = group.claims.first().map(|c| c.token.clone());
+    let token = group.claims.first().map(|c| c.token);
     run(&dispatcher, group, permit).await;
     if let (Some(key), Some(token)) = (key, token) {
         let db = dispatcher.database().clone();
-        if let Err(error) = store::release_key(&db, &key, &token).await {
+        if let Err(error) = B::release_key(&db, &key, token).await {
             tracing::warn!(%key, %error, "could not release the ordering key; it frees when its lease expires");
         }
     }
 }
 
-async fn run(dispatcher: &Dispatcher, group: Group, permit: OwnedSemaphorePermit) {
+async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: OwnedSemaphorePermit) {
     // A group that waited long for a delivery slot renews its leases first; deliveries
     // whose lease was taken over meanwhile do not run here.
     let lease = dispatcher.options().lease_duration();
@@ -37,8 +39,14 @@ async fn run(dispatcher: &Dispatcher, group: Group, permit: OwnedSemaphorePermit
         .unwrap_or_default();
     let group_claims = if waited > lease / 4 {
         let db = dispatcher.database().clone();
-        match store::renew(&db, group.claims, group.key.as_deref(), lease).await {
-            Ok(kept) => kept,
+        match B::renew(&db, &group.claims, group.key.as_deref(), lease).await {
+            Ok(kept) => group
+                .claims
+                .into_iter()
+                .zip(kept)
+                .filter(|(_, kept)| *kept)
+                .map(|(claim, _)| claim)
+                .collect(),
             Err(error) => {
                 tracing::warn!(%error, "could not renew leases; leaving the deliveries to their lease expiry");
                 return;
@@ -116,7 +124,7 @@ async fn run(dispatcher: &Dispatcher, group: Group, permit: OwnedSemaphorePermit
         Ok((Ok(Ok(())), processed)) | Ok((Ok(Err(Error::AlreadyProcessed { .. })), processed)) => {
             if !processed {
                 drop(permit);
-                let ids: Vec<String> = claims.iter().map(|c| c.event_id.clone()).collect();
+                let ids: Vec<_> = claims.iter().map(|c| c.event_id).collect();
                 if let Err(error) = dispatcher.mark_done(&ids, &first.handler).await {
                     tracing::warn!(
                         handler = %first.handler, %error,
@@ -159,16 +167,20 @@ async fn run(dispatcher: &Dispatcher, group: Group, permit: OwnedSemaphorePermit
 }
 
 /// Records a failed attempt of each delivery of a group: retry later, or dead.
-async fn finish_failed(dispatcher: &Dispatcher, claims: &[Claim], error: String, permanent: bool) {
+async fn finish_failed<B: Backend>(
+    dispatcher: &Dispatcher<B>,
+    claims: &[Claim],
+    error: String,
+    permanent: bool,
+) {
     let db = dispatcher.database().clone();
-    let failed_at = now_millis();
     for claim in claims {
         let policy = dispatcher
             .registry()
             .handlers()
             .find(|h| h.name() == claim.handler)
             .map(|h| h.retry_policy().clone())
-            .unwrap_or_else(crate::Handler::default_retry);
+            .unwrap_or_else(crate::handler::default_retry);
         let next = if permanent || !policy.allows_another_after(claim.attempt) {
             tracing::error!(
                 handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
@@ -181,9 +193,9 @@ async fn finish_failed(dispatcher: &Dispatcher, claims: &[Claim], error: String,
                 handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                 %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"
             );
-            Next::RetryAt(failed_at + delay.as_millis() as i64)
+            Next::RetryIn(delay)
         };
-        if let Err(failure) = store::record_failure(&db, claim, &error, failed_at, next).await {
+        if let Err(failure) = B::record_failure(&db, claim, &error, next).await {
             tracing::warn!(
                 handler = %claim.handler, event_id = %claim.event_id, %failure,
                 "could not record the failed attempt; the delivery is retried when its lease expires"

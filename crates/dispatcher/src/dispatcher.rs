@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keel_orchestrator::{Database, Error, Release, ensure_outside_unit_of_work};
+use keel_domain::EventId;
+use keel_orchestrator::outbox::{Claim, Group};
+use keel_orchestrator::{Backend, Database, Error, Release, ensure_outside_unit_of_work};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -12,7 +14,6 @@ use crate::marks::Marks;
 use crate::registry::Registry;
 use crate::relay::{Wake, WorkerLimits, WorkerReport};
 use crate::routing::RoutingTable;
-use crate::store::{self, Claim, Group};
 use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
 
 /// Delivers the events of committed units of work to their handlers.
@@ -32,14 +33,21 @@ use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
 /// letter ([`Dispatcher::dead_letters`]).
 ///
 /// Cheap to clone; clones share the registry, the relay and the in-flight count.
-#[derive(Clone)]
-pub struct Dispatcher {
-    inner: Arc<Inner>,
+pub struct Dispatcher<B: Backend> {
+    inner: Arc<Inner<B>>,
 }
 
-struct Inner {
-    db: Database,
-    registry: Registry,
+impl<B: Backend> Clone for Dispatcher<B> {
+    fn clone(&self) -> Self {
+        Dispatcher {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<B: Backend> {
+    db: Database<B>,
+    registry: Registry<B>,
     options: DeliveryOptions,
     in_flight: watch::Sender<usize>,
     /// Bounds the deliveries running at once in this process, fast path and relay together.
@@ -50,7 +58,7 @@ struct Inner {
     marks: Marks,
 }
 
-impl std::fmt::Debug for Dispatcher {
+impl<B: Backend> std::fmt::Debug for Dispatcher<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
             .field("handlers", &self.inner.registry.len())
@@ -60,23 +68,23 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 /// Decrements the in-flight count when a delivery ends, however it ends.
-struct InFlight(Arc<Inner>);
+struct InFlight<B: Backend>(Arc<Inner<B>>);
 
-impl Drop for InFlight {
+impl<B: Backend> Drop for InFlight<B> {
     fn drop(&mut self) {
         self.0.in_flight.send_modify(|n| *n -= 1);
     }
 }
 
-impl Dispatcher {
+impl<B: Backend> Dispatcher<B> {
     /// A dispatcher with default [`DeliveryOptions`] delivering to `registry`'s handlers.
     /// The relay is not started: see [`Dispatcher::start_relay`] (`keel::App` starts it).
-    pub fn new(db: Database, registry: Registry) -> Self {
+    pub fn new(db: Database<B>, registry: Registry<B>) -> Self {
         Self::with_options(db, registry, DeliveryOptions::default())
     }
 
     /// A dispatcher with explicit delivery options.
-    pub fn with_options(db: Database, registry: Registry, options: DeliveryOptions) -> Self {
+    pub fn with_options(db: Database<B>, registry: Registry<B>, options: DeliveryOptions) -> Self {
         let permits = Arc::new(Semaphore::new(options.max_in_flight));
         let lease = options.fast_path.then(|| options.lease_duration());
         let wake = Arc::new(Wake::default());
@@ -97,18 +105,18 @@ impl Dispatcher {
     }
 
     /// A session on this dispatcher's database.
-    pub fn session(&self) -> Session<'_> {
+    pub fn session(&self) -> Session<'_, B> {
         Session::new(self)
     }
 
     /// The database handle handlers' units of work run on (it writes delivery rows for
     /// this dispatcher's handlers).
-    pub fn database(&self) -> &Database {
+    pub fn database(&self) -> &Database<B> {
         &self.inner.db
     }
 
     /// The handlers this dispatcher delivers to.
-    pub fn registry(&self) -> &Registry {
+    pub fn registry(&self) -> &Registry<B> {
         &self.inner.registry
     }
 
@@ -118,7 +126,7 @@ impl Dispatcher {
     }
 
     /// The dead letter of this dispatcher's database.
-    pub fn dead_letters(&self) -> DeadLetters {
+    pub fn dead_letters(&self) -> DeadLetters<B> {
         DeadLetters::new(self.inner.db.clone(), self.inner.wake.clone())
     }
 
@@ -143,11 +151,11 @@ impl Dispatcher {
             let envelope = Arc::new(envelope);
             for handler in self.inner.registry.handlers_for(&envelope.name) {
                 let claim = Claim {
-                    event_id: envelope.id.to_string(),
+                    event_id: envelope.id,
                     event: Ok(envelope.clone()),
                     handler: handler.name().to_owned(),
                     attempt: 1,
-                    token: token.clone(),
+                    token,
                     claimed_at: std::time::Instant::now(),
                 };
                 self.spawn_delivery(Group::one(claim), || {});
@@ -190,7 +198,7 @@ impl Dispatcher {
     /// with the other deliveries ending meanwhile.
     pub(crate) async fn mark_done(
         &self,
-        event_ids: &[String],
+        event_ids: &[EventId],
         handler: &str,
     ) -> Result<(), String> {
         self.inner
@@ -208,11 +216,10 @@ impl Dispatcher {
     /// deliveries), in bounded batches; returns the rows removed. The relay does this
     /// periodically when [`DeliveryOptions::retention`] is set.
     pub async fn purge_delivered(&self, older_than: Duration) -> Result<u64, Error> {
-        let before = keel_orchestrator::outbox::now_millis() - older_than.as_millis() as i64;
         let mut total = 0;
         loop {
             let removed =
-                store::purge(&self.inner.db, before, self.inner.options.purge_batch).await?;
+                B::purge(&self.inner.db, older_than, self.inner.options.purge_batch).await?;
             total += removed;
             if removed == 0 {
                 return Ok(total);
@@ -268,7 +275,7 @@ impl Dispatcher {
         let deadline = Instant::now() + timeout;
         loop {
             self.wait_idle().await;
-            if !store::any_unfinished(&self.inner.db).await? && self.in_flight() == 0 {
+            if !B::any_unfinished(&self.inner.db).await? && self.in_flight() == 0 {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

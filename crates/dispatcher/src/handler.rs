@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use keel_domain::{Command, DomainEvent, Envelope};
-use keel_orchestrator::{Error, RetryPolicy};
+use keel_orchestrator::{Backend, Error, RetryPolicy};
 
 use crate::HandlerContext;
 
@@ -14,23 +14,23 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The call of a handler for one pair of borrows; names the future so it can be required
 /// `Send`. Implemented for every suitable function; never implement it yourself.
-pub trait HandlerCall<'a, E: ?Sized + 'a>:
-    Fn(&'a E, &'a mut HandlerContext) -> <Self as HandlerCall<'a, E>>::Fut
+pub trait HandlerCall<'a, E: ?Sized + 'a, B: Backend>:
+    Fn(&'a E, &'a mut HandlerContext<B>) -> <Self as HandlerCall<'a, E, B>>::Fut
 {
     /// The future one call returns.
     type Fut: Future<Output = Result<(), Error>> + Send + 'a;
 }
 
-impl<'a, E: ?Sized + 'a, F, Fut> HandlerCall<'a, E> for F
+impl<'a, E: ?Sized + 'a, B: Backend, F, Fut> HandlerCall<'a, E, B> for F
 where
-    F: Fn(&'a E, &'a mut HandlerContext) -> Fut,
+    F: Fn(&'a E, &'a mut HandlerContext<B>) -> Fut,
     Fut: Future<Output = Result<(), Error>> + Send + 'a,
 {
     type Fut = Fut;
 }
 
 /// A function that handles events of type `E`:
-/// `async fn(&E, &mut HandlerContext) -> Result<(), keel::Error>`.
+/// `async fn(&E, &mut HandlerContext<B>) -> Result<(), keel::Error>`.
 ///
 /// A handler never receives a transaction: the unit of work that recorded the event has
 /// committed before the handler runs. A handler that writes opens its own unit of work
@@ -41,23 +41,23 @@ where
     note = "handlers never receive a `Tx`: they run after the caller's transaction has committed; \
             open your own with `ctx.unit_of_work(async |tx| {{ … }})`"
 )]
-pub trait HandlerFn<E: ?Sized>: Send + Sync + 'static {
+pub trait HandlerFn<E: ?Sized, B: Backend>: Send + Sync + 'static {
     /// Runs the handler.
     fn call<'a>(
         &'a self,
         event: &'a E,
-        ctx: &'a mut HandlerContext,
+        ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
-impl<E: ?Sized, F> HandlerFn<E> for F
+impl<E: ?Sized, B: Backend, F> HandlerFn<E, B> for F
 where
-    F: for<'a> HandlerCall<'a, E> + Send + Sync + 'static,
+    F: for<'a> HandlerCall<'a, E, B> + Send + Sync + 'static,
 {
     fn call<'a>(
         &'a self,
         event: &'a E,
-        ctx: &'a mut HandlerContext,
+        ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(self(event, ctx))
     }
@@ -65,11 +65,11 @@ where
 
 /// A handler with its message type erased, as the registry stores it. It receives one
 /// envelope, or several for a batch handler.
-pub(crate) trait ErasedHandler: Send + Sync {
+pub(crate) trait ErasedHandler<B: Backend>: Send + Sync {
     fn call<'a>(
         &'a self,
         envelopes: &'a [Arc<Envelope>],
-        ctx: &'a mut HandlerContext,
+        ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
@@ -80,11 +80,13 @@ struct OneAtATime<M, F> {
     decode: fn(&Envelope) -> Result<M, keel_domain::DecodeError>,
 }
 
-impl<M: Send + Sync + 'static, F: HandlerFn<M>> ErasedHandler for OneAtATime<M, F> {
+impl<M: Send + Sync + 'static, B: Backend, F: HandlerFn<M, B>> ErasedHandler<B>
+    for OneAtATime<M, F>
+{
     fn call<'a>(
         &'a self,
         envelopes: &'a [Arc<Envelope>],
-        ctx: &'a mut HandlerContext,
+        ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let [envelope] = envelopes else {
@@ -104,11 +106,11 @@ struct BatchHandler<C, F> {
     command: PhantomData<fn(C)>,
 }
 
-impl<C: Command, F: HandlerFn<[C]>> ErasedHandler for BatchHandler<C, F> {
+impl<C: Command, B: Backend, F: HandlerFn<[C], B>> ErasedHandler<B> for BatchHandler<C, F> {
     fn call<'a>(
         &'a self,
         envelopes: &'a [Arc<Envelope>],
-        ctx: &'a mut HandlerContext,
+        ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let commands = envelopes
@@ -143,7 +145,7 @@ pub enum HandlerKind {
 /// #   const AGGREGATE_TYPE: &'static str = "Post";
 /// #   fn aggregate_id(&self) -> String { self.post_id.to_string() } }
 ///
-/// async fn count_like(event: &PostLiked, ctx: &mut HandlerContext) -> Result<(), Error> {
+/// async fn count_like(event: &PostLiked, ctx: &mut HandlerContext<sqlx::Sqlite>) -> Result<(), Error> {
 ///     Ok(())
 /// }
 ///
@@ -151,16 +153,27 @@ pub enum HandlerKind {
 ///     .retry(RetryPolicy::default().max_attempts(10));
 /// assert_eq!(handler.event(), "post.liked.v1");
 /// ```
-#[derive(Clone)]
-pub struct Handler {
+pub struct Handler<B: Backend> {
     name: &'static str,
     event: &'static str,
     kind: HandlerKind,
     retry: RetryPolicy,
-    call: Arc<dyn ErasedHandler>,
+    call: Arc<dyn ErasedHandler<B>>,
 }
 
-impl std::fmt::Debug for Handler {
+impl<B: Backend> Clone for Handler<B> {
+    fn clone(&self) -> Self {
+        Handler {
+            name: self.name,
+            event: self.event,
+            kind: self.kind,
+            retry: self.retry.clone(),
+            call: self.call.clone(),
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Handler<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handler")
             .field("name", &self.name)
@@ -171,18 +184,24 @@ impl std::fmt::Debug for Handler {
     }
 }
 
-impl Handler {
+/// The default retry policy of handlers: 5 attempts, 100 ms, ×2, at most 5 s.
+/// Handlers often call other systems, so they wait longer than units of work do.
+pub(crate) fn default_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(5)
+        .base_delay(std::time::Duration::from_millis(100))
+        .max_delay(std::time::Duration::from_secs(5))
+}
+
+impl<B: Backend> Handler<B> {
     /// The default retry policy of handlers: 5 attempts, 100 ms, ×2, at most 5 s.
     /// Handlers often call other systems, so they wait longer than units of work do.
     pub fn default_retry() -> RetryPolicy {
-        RetryPolicy::default()
-            .max_attempts(5)
-            .base_delay(std::time::Duration::from_millis(100))
-            .max_delay(std::time::Duration::from_secs(5))
+        default_retry()
     }
 
     /// A handler named `name` reacting to events of type `E`.
-    pub fn new<E: DomainEvent, F: HandlerFn<E>>(name: &'static str, handler: F) -> Self {
+    pub fn new<E: DomainEvent, F: HandlerFn<E, B>>(name: &'static str, handler: F) -> Self {
         Self::from_erased(
             name,
             E::NAME,
@@ -196,7 +215,7 @@ impl Handler {
 
     /// The handler named `name` of commands of type `C`, one command at a time:
     /// `async fn(&C, &mut HandlerContext) -> Result<(), keel::Error>`.
-    pub fn command<C: Command, F: HandlerFn<C>>(name: &'static str, handler: F) -> Self {
+    pub fn command<C: Command, F: HandlerFn<C, B>>(name: &'static str, handler: F) -> Self {
         Self::from_erased(
             name,
             C::NAME,
@@ -211,7 +230,7 @@ impl Handler {
     /// The handler named `name` of commands of type `C`, taking up to `max` (at most 1,000)
     /// commands of one ordering key at a time, to apply them in one unit of work:
     /// `async fn(&[C], &mut HandlerContext) -> Result<(), keel::Error>`.
-    pub fn command_batch<C: Command, F: HandlerFn<[C]>>(
+    pub fn command_batch<C: Command, F: HandlerFn<[C], B>>(
         name: &'static str,
         max: usize,
         handler: F,
@@ -233,7 +252,7 @@ impl Handler {
         name: &'static str,
         event: &'static str,
         kind: HandlerKind,
-        call: impl ErasedHandler + 'static,
+        call: impl ErasedHandler<B> + 'static,
     ) -> Self {
         Handler {
             name,
@@ -278,7 +297,7 @@ impl Handler {
         &self.retry
     }
 
-    pub(crate) fn erased(&self) -> &Arc<dyn ErasedHandler> {
+    pub(crate) fn erased(&self) -> &Arc<dyn ErasedHandler<B>> {
         &self.call
     }
 }

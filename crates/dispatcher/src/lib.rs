@@ -50,17 +50,16 @@ mod registry;
 mod relay;
 mod routing;
 mod session;
-mod store;
 
 pub use context::HandlerContext;
-pub use dead_letter::{DeadLetter, DeadLetters, FailedAttempt};
+pub use dead_letter::DeadLetters;
+pub use keel_orchestrator::outbox::{DeadLetter, FailedAttempt, NO_HANDLER};
 pub use dispatcher::Dispatcher;
 pub use handler::{Handler, HandlerCall, HandlerFn, HandlerKind};
 pub use options::DeliveryOptions;
 pub use registry::{HandlerRegistration, Registry, RegistryError};
 pub use relay::{WorkerLimits, WorkerReport};
 pub use session::Session;
-pub use store::NO_HANDLER;
 
 #[doc(hidden)]
 pub mod __private {

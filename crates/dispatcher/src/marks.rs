@@ -11,14 +11,15 @@
 
 use std::collections::BTreeMap;
 
-use keel_orchestrator::{Database, Error};
+use keel_domain::EventId;
+use keel_orchestrator::{Backend, Database, Error};
 use tokio::sync::{mpsc, oneshot};
 
 /// Marks taken per write at most.
 const MAX_MARKS: usize = 2_000;
 
 struct Mark {
-    event_id: String,
+    event_id: EventId,
     handler: String,
     written: oneshot::Sender<Result<(), String>>,
 }
@@ -37,10 +38,10 @@ impl Marks {
 
     /// Marks the deliveries of `event_ids` to `handler` done; returns once written (or the
     /// write failed: the delivery is then redelivered when its lease expires).
-    pub(crate) async fn mark_done(
+    pub(crate) async fn mark_done<B: Backend>(
         &self,
-        db: &Database,
-        event_ids: &[String],
+        db: &Database<B>,
+        event_ids: &[EventId],
         handler: &str,
     ) -> Result<(), String> {
         let queue = self.queue.get_or_init(|| {
@@ -52,7 +53,7 @@ impl Marks {
         for event_id in event_ids {
             let (written, wait) = oneshot::channel();
             let mark = Mark {
-                event_id: event_id.clone(),
+                event_id: *event_id,
                 handler: handler.to_owned(),
                 written,
             };
@@ -71,17 +72,17 @@ impl Marks {
 
 /// Writes the queued marks: everything queued meanwhile, in one unit of work, one
 /// statement per handler.
-async fn write_marks(db: Database, mut receiver: mpsc::UnboundedReceiver<Mark>) {
+async fn write_marks<B: Backend>(db: Database<B>, mut receiver: mpsc::UnboundedReceiver<Mark>) {
     let mut batch = Vec::new();
     while receiver.recv_many(&mut batch, MAX_MARKS).await > 0 {
-        let mut by_handler: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let mut by_handler: BTreeMap<&str, Vec<EventId>> = BTreeMap::new();
         for mark in &batch {
             by_handler
                 .entry(mark.handler.as_str())
                 .or_default()
-                .push(mark.event_id.clone());
+                .push(mark.event_id);
         }
-        let written = crate::store::mark_done(&db, &by_handler)
+        let written = B::mark_done_many(&db, &by_handler)
             .await
             .map_err(|e: Error| e.to_string());
         for mark in batch.drain(..) {

@@ -1,21 +1,27 @@
 //! Which handlers react to which events: collected at link time, or built by hand.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use keel_orchestrator::Backend;
 
 use crate::Handler;
 use crate::handler::HandlerKind;
 
 /// A handler registration collected by [`register_handler!`](crate::register_handler).
+///
+/// It holds a `Handler<B>` for the backend its function is written for, type-erased so
+/// that one collection serves both backends; [`Registry::global`] keeps those of its own.
 #[doc(hidden)]
 pub struct HandlerRegistration {
-    build: fn() -> Handler,
+    build: fn() -> Box<dyn Any + Send + Sync>,
 }
 
 impl HandlerRegistration {
     /// Used by `register_handler!`.
     #[doc(hidden)]
-    pub const fn new(build: fn() -> Handler) -> Self {
+    pub const fn new(build: fn() -> Box<dyn Any + Send + Sync>) -> Self {
         HandlerRegistration { build }
     }
 }
@@ -62,7 +68,9 @@ pub enum RegistryError {
 /// # impl DomainEvent for PostLiked { const NAME: &'static str = "post.liked.v1";
 /// #   const AGGREGATE_TYPE: &'static str = "Post";
 /// #   fn aggregate_id(&self) -> String { self.post_id.to_string() } }
-/// async fn count(_: &PostLiked, _: &mut HandlerContext) -> Result<(), Error> { Ok(()) }
+/// async fn count(_: &PostLiked, _: &mut HandlerContext<sqlx::Sqlite>) -> Result<(), Error> {
+///     Ok(())
+/// }
 ///
 /// let mut registry = Registry::new();
 /// registry.register(Handler::new::<PostLiked, _>("count", count)).unwrap();
@@ -70,31 +78,50 @@ pub enum RegistryError {
 /// assert!(twice.is_err());
 /// assert_eq!(registry.handlers_for("post.liked.v1").len(), 1);
 /// ```
-#[derive(Debug, Default, Clone)]
-pub struct Registry {
-    by_event: HashMap<&'static str, Vec<Arc<Handler>>>,
+#[derive(Debug)]
+pub struct Registry<B: Backend> {
+    by_event: HashMap<&'static str, Vec<Arc<Handler<B>>>>,
 }
 
-impl Registry {
+impl<B: Backend> Default for Registry<B> {
+    fn default() -> Self {
+        Registry {
+            by_event: HashMap::new(),
+        }
+    }
+}
+
+impl<B: Backend> Clone for Registry<B> {
+    fn clone(&self) -> Self {
+        Registry {
+            by_event: self.by_event.clone(),
+        }
+    }
+}
+
+impl<B: Backend> Registry<B> {
     /// An empty registry, to fill with [`Registry::register`] (tests, exact sets).
     pub fn new() -> Self {
         Registry::default()
     }
 
-    /// Every handler registered with [`register_handler!`](crate::register_handler) in the
-    /// program, wherever it is defined.
+    /// Every handler for backend `B` registered with
+    /// [`register_handler!`](crate::register_handler) in the program, wherever it is
+    /// defined.
     pub fn global() -> Result<Self, RegistryError> {
         let mut registry = Registry::new();
         for registration in inventory::iter::<HandlerRegistration> {
-            registry.register((registration.build)())?;
+            if let Ok(handler) = (registration.build)().downcast::<Handler<B>>() {
+                registry.register(*handler)?;
+            }
         }
         Ok(registry)
     }
 
     /// Adds a handler; fails if a handler of that name already handles that event.
-    pub fn register(&mut self, handler: Handler) -> Result<&mut Self, RegistryError> {
+    pub fn register(&mut self, handler: Handler<B>) -> Result<&mut Self, RegistryError> {
         let handlers = self.by_event.entry(handler.event()).or_default();
-        let is_command = |h: &Handler| h.kind() != HandlerKind::Event;
+        let is_command = |h: &Handler<B>| h.kind() != HandlerKind::Event;
         if let Some(existing) = handlers
             .iter()
             .find(|h| (is_command(h) || is_command(&handler)) && h.name() != handler.name())
@@ -116,19 +143,19 @@ impl Registry {
     }
 
     /// The handler named `handler` of the event named `event`.
-    pub fn handler(&self, event: &str, handler: &str) -> Option<&Arc<Handler>> {
+    pub fn handler(&self, event: &str, handler: &str) -> Option<&Arc<Handler<B>>> {
         self.handlers_for(event)
             .iter()
             .find(|h| h.name() == handler)
     }
 
     /// The handlers of the event named `event`.
-    pub fn handlers_for(&self, event: &str) -> &[Arc<Handler>] {
+    pub fn handlers_for(&self, event: &str) -> &[Arc<Handler<B>>] {
         self.by_event.get(event).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Every registered handler.
-    pub fn handlers(&self) -> impl Iterator<Item = &Handler> {
+    pub fn handlers(&self) -> impl Iterator<Item = &Handler<B>> {
         self.by_event.values().flatten().map(|h| h.as_ref())
     }
 
@@ -159,13 +186,13 @@ impl Registry {
 macro_rules! register_handler {
     ($event:ty => $handler:path $(, retry = $retry:expr)? $(,)?) => {
         const _: () = {
-            fn build() -> $crate::Handler {
+            fn build() -> ::std::boxed::Box<dyn ::core::any::Any + Send + Sync> {
                 let handler = $crate::Handler::new::<$event, _>(
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!($handler)),
                     $handler,
                 );
                 $( let handler = handler.retry($retry); )?
-                handler
+                ::std::boxed::Box::new(handler)
             }
             $crate::__private::inventory::submit! {
                 $crate::HandlerRegistration::new(build)
@@ -197,13 +224,13 @@ macro_rules! register_command_handler {
     };
     (@build $command:ty, $handler:path, $make:expr $(, $retry:expr)?) => {
         const _: () = {
-            fn build() -> $crate::Handler {
-                let make: fn(&'static str) -> $crate::Handler = $make;
+            fn build() -> ::std::boxed::Box<dyn ::core::any::Any + Send + Sync> {
+                let make: fn(&'static str) -> $crate::Handler<_> = $make;
                 let handler = make(::core::concat!(
                     ::core::module_path!(), "::", ::core::stringify!($handler)
                 ));
                 $( let handler = handler.retry($retry); )?
-                handler
+                ::std::boxed::Box::new(handler)
             }
             $crate::__private::inventory::submit! {
                 $crate::HandlerRegistration::new(build)

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use keel_orchestrator::Backend;
-use keel_orchestrator::outbox::{NOTIFY_CHANNEL, now_millis};
+use keel_orchestrator::outbox::Group;
 use tokio::sync::{Notify, watch};
 
-use crate::{Dispatcher, store};
+use crate::Dispatcher;
 
 /// When a worker stops on its own, like Messenger's `--limit` and `--time-limit`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,19 +37,16 @@ pub struct WorkerReport {
     pub elapsed: std::time::Duration,
 }
 
-pub(crate) async fn run(
-    dispatcher: Dispatcher,
+pub(crate) async fn run<B: Backend>(
+    dispatcher: Dispatcher<B>,
     stop: watch::Receiver<bool>,
     limits: WorkerLimits,
 ) -> WorkerReport {
     let started = Instant::now();
     let db = dispatcher.database().clone();
-    if db.backend() == Backend::Postgres {
-        tokio::spawn(listen(
-            db.connect_url().to_owned(),
-            dispatcher.wake_handle(),
-            stop.clone(),
-        ));
+    if B::NOTIFIES {
+        let (wake, stop) = (dispatcher.wake_handle(), stop.clone());
+        tokio::spawn(async move { B::listen(&db, &|| wake.wake(), stop).await });
     }
     // Claims are bounded by the server's work per row, not by round trips: several
     // claim loops keep both the server's cores busy. A message limit is counted exactly
@@ -58,13 +55,12 @@ pub(crate) async fn run(
         .registry()
         .handlers()
         .any(|h| h.kind() != crate::HandlerKind::Event);
-    let loops = if limits.messages.is_some() || db.backend() == Backend::Sqlite || handles_commands
-    {
+    let loops = if limits.messages.is_some() || B::ONE_WRITER || handles_commands {
         1
     } else {
         dispatcher.options().claimers
     };
-    tracing::info!(backend = ?db.backend(), loops, "relay started");
+    tracing::info!(backend = B::NAME, loops, "relay started");
     let taken = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(loops);
     for n in 0..loops {
@@ -94,8 +90,8 @@ pub(crate) async fn run(
 
 /// One claim loop of a relay; the first one purges old deliveries and, if the relay
 /// handles commands, claims ordering keys.
-async fn claim_loop(
-    dispatcher: Dispatcher,
+async fn claim_loop<B: Backend>(
+    dispatcher: Dispatcher<B>,
     mut stop: watch::Receiver<bool>,
     limits: WorkerLimits,
     counter: Arc<AtomicU64>,
@@ -120,7 +116,11 @@ async fn claim_loop(
             .messages
             .map_or(u32::MAX, |n| (n - taken).min(u32::MAX as u64) as u32);
         let round = async {
-            store::route_unrouted(&db, dispatcher.registry(), options.batch_size).await?;
+            let registry = dispatcher.registry();
+            let handlers_for = |name: &str| {
+                registry.handlers_for(name).iter().map(|h| h.name()).collect()
+            };
+            B::route_unrouted(&db, options.batch_size, &handlers_for).await?;
             let free = (dispatcher.free_permits() as u32).min(left);
             // Claiming a handful of rows costs the server nearly what a full batch does:
             // while deliveries run, wait until half a batch of slots is free.
@@ -131,7 +131,14 @@ async fn claim_loop(
             let limit = free.min(options.batch_size);
             let lease = options.lease_duration();
             let keyed = if claims_keys {
-                store::claim_keyed(&db, dispatcher.registry(), limit, lease).await?
+                let batch_size = |handler: &str| {
+                    registry
+                        .handlers()
+                        .find(|h| h.name() == handler)
+                        .map_or(1, |h| h.batch_size())
+                };
+                let max_batch = registry.handlers().map(|h| h.batch_size()).max().unwrap_or(1);
+                B::claim_keyed(&db, limit, lease, &batch_size, max_batch).await?
             } else {
                 Vec::new()
             };
@@ -140,9 +147,9 @@ async fn claim_loop(
             let limit = free.min(options.batch_size);
             let mut full = false;
             if limit > 0 {
-                let claims = store::claim(&db, limit, lease).await?;
+                let claims = B::claim(&db, limit, lease).await?;
                 full = claims.len() as u32 == limit;
-                claimed.extend(claims.into_iter().map(store::Group::one));
+                claimed.extend(claims.into_iter().map(Group::one));
             }
             let mut count = 0;
             for group in claimed {
@@ -182,8 +189,7 @@ async fn claim_loop(
             && failing_since.is_none()
         {
             last_purge = Instant::now();
-            let before = now_millis() - retention.as_millis() as i64;
-            match store::purge(&db, before, options.purge_batch).await {
+            match B::purge(&db, retention, options.purge_batch).await {
                 Ok(0) => {}
                 Ok(rows) => tracing::debug!(rows, "purged finished deliveries"),
                 Err(error) => tracing::warn!(%error, "purge failed"),
@@ -236,44 +242,6 @@ impl Wake {
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep(nap) => {}
-        }
-    }
-}
-
-/// Wakes the relay on every `NOTIFY keel_outbox`; reconnects when the server restarts.
-async fn listen(url: String, wake: Arc<Wake>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let connected = async {
-            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
-            listener.listen(NOTIFY_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            _ = stop.changed() => return,
-            listener = connected => match listener {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::debug!(%error, "relay listener cannot connect; polling meanwhile");
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                    }
-                }
-            },
-        };
-        // Anything committed while the listener was down is found by the next poll.
-        wake.wake();
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return,
-                notification = listener.recv() => match notification {
-                    Ok(_) => wake.wake(),
-                    Err(error) => {
-                        tracing::debug!(%error, "relay listener lost its connection");
-                        break;
-                    }
-                },
-            }
         }
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keel_orchestrator::Backend;
 use keel_orchestrator::outbox::Routing;
 
 use crate::Registry;
@@ -17,8 +18,8 @@ pub(crate) struct RoutingTable {
 }
 
 impl RoutingTable {
-    pub(crate) fn new(
-        registry: &Registry,
+    pub(crate) fn new<B: Backend>(
+        registry: &Registry<B>,
         fast_path_lease: Option<Duration>,
         relay: Arc<Wake>,
     ) -> Self {

@@ -1,6 +1,6 @@
 //! The session: how application code runs units of work.
 
-use keel_orchestrator::{Database, Error, Tx, TxFn, UnitOfWork};
+use keel_orchestrator::{Backend, Database, Error, Tx, TxFn, UnitOfWork};
 use sqlx::pool::PoolConnection;
 
 use crate::Dispatcher;
@@ -15,7 +15,7 @@ use crate::Dispatcher;
 ///
 /// ```no_run
 /// # use keel_dispatcher::Session;
-/// # async fn run(session: &mut Session<'_>) -> Result<(), keel_orchestrator::Error> {
+/// # async fn run(session: &mut Session<'_, sqlx::Postgres>) -> Result<(), keel_orchestrator::Error> {
 /// let likes: i64 = session
 ///     .unit_of_work(async |tx| {
 ///         let (likes,): (i64,) = sqlx::query_as("UPDATE posts SET likes = likes + 1 WHERE id = 1 RETURNING likes")
@@ -26,20 +26,20 @@ use crate::Dispatcher;
 ///     .await?;
 /// # Ok(()) }
 /// ```
-pub struct Session<'a> {
-    db: Database,
-    dispatcher: &'a Dispatcher,
+pub struct Session<'a, B: Backend> {
+    db: Database<B>,
+    dispatcher: &'a Dispatcher<B>,
 }
 
-impl std::fmt::Debug for Session<'_> {
+impl<B: Backend> std::fmt::Debug for Session<'_, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session").field("db", &self.db).finish()
     }
 }
 
-impl<'a> Session<'a> {
+impl<'a, B: Backend> Session<'a, B> {
     /// A session on the dispatcher's database.
-    pub fn new(dispatcher: &'a Dispatcher) -> Self {
+    pub fn new(dispatcher: &'a Dispatcher<B>) -> Self {
         Session {
             db: dispatcher.database().clone(),
             dispatcher,
@@ -52,8 +52,8 @@ impl<'a> Session<'a> {
     /// See [`Database::unit_of_work_with`] for commit, rollback and retries.
     pub async fn unit_of_work<T, F>(&mut self, steps: F) -> Result<T, Error>
     where
-        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
-        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+        F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         let receipt = self.db.unit_of_work(steps).await?;
         self.dispatcher.dispatch(receipt)
@@ -66,8 +66,8 @@ impl<'a> Session<'a> {
         steps: F,
     ) -> Result<T, Error>
     where
-        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
-        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+        F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         let receipt = self.db.unit_of_work_with(options, steps).await?;
         self.dispatcher.dispatch(receipt)
@@ -82,7 +82,7 @@ impl<'a> Session<'a> {
     }
 
     /// A connection for reads outside any unit of work.
-    pub async fn acquire(&self) -> Result<PoolConnection<keel_orchestrator::Db>, Error> {
+    pub async fn acquire(&self) -> Result<PoolConnection<B>, Error> {
         self.db.acquire().await
     }
 }

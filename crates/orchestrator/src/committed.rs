@@ -23,7 +23,7 @@ use keel_domain::Envelope;
 pub struct Committed<T> {
     value: T,
     events: Vec<Envelope>,
-    lease_token: Option<String>,
+    lease_token: Option<uuid::Uuid>,
 }
 
 /// The receipt of a commit. A free function, not an associated one, so that the compiler
@@ -31,7 +31,7 @@ pub struct Committed<T> {
 pub(crate) fn receipt<T>(
     value: T,
     events: Vec<Envelope>,
-    lease_token: Option<String>,
+    lease_token: Option<uuid::Uuid>,
 ) -> Committed<T> {
     Committed {
         value,
@@ -82,13 +82,13 @@ pub trait Release: sealed::Sealed {
     /// Splits the receipt into its value, its events, and the lease token of the
     /// deliveries reserved for this process's fast path.
     #[doc(hidden)]
-    fn into_parts(self) -> (Self::Value, Vec<Envelope>, Option<String>);
+    fn into_parts(self) -> (Self::Value, Vec<Envelope>, Option<uuid::Uuid>);
 }
 
 impl<T> Release for Committed<T> {
     type Value = T;
 
-    fn into_parts(self) -> (T, Vec<Envelope>, Option<String>) {
+    fn into_parts(self) -> (T, Vec<Envelope>, Option<uuid::Uuid>) {
         (self.value, self.events, self.lease_token)
     }
 }

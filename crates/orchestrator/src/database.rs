@@ -1,44 +1,18 @@
 //! Opening a database from a URL, applying the framework's migrations.
 
-use std::path::Path;
-use std::sync::{Arc, Once};
-use std::time::Duration;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
-use sqlx::{AnyPool, AssertSqlSafe, Executor};
 
 use crate::outbox::Routing;
 use crate::url::redact;
-use crate::{Db, Error, guard};
+use crate::{Backend, Error, guard};
 
-/// Which database engine a [`Database`] talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// PostgreSQL: the production backend.
-    Postgres,
-    /// SQLite: the embedded default, one file, writers serialized.
-    Sqlite,
-}
-
-impl Backend {
-    /// Reads the backend from a URL's scheme.
-    fn of_url(url: &str) -> Result<Self, Error> {
-        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
-        match scheme {
-            "postgres" | "postgresql" => Ok(Backend::Postgres),
-            "sqlite" => Ok(Backend::Sqlite),
-            "" => Err(invalid(url, "the URL has no scheme")),
-            other => Err(invalid(
-                url,
-                &format!("unsupported scheme `{other}` (keel supports postgres and sqlite)"),
-            )),
-        }
-    }
-}
-
-fn invalid(url: &str, reason: &str) -> Error {
+pub(crate) fn invalid(url: &str, reason: &str) -> Error {
     Error::InvalidUrl {
         url: redact(url),
         reason: reason.to_owned(),
@@ -48,11 +22,12 @@ fn invalid(url: &str, reason: &str) -> Error {
 /// How to open a [`Database`]: the URL plus pool settings.
 ///
 /// ```no_run
+/// # #[cfg(feature = "postgres")]
 /// # async fn run() -> Result<(), keel_orchestrator::Error> {
 /// use std::time::Duration;
-/// use keel_orchestrator::DatabaseOptions;
+/// use keel_orchestrator::{Database, DatabaseOptions};
 ///
-/// let db = DatabaseOptions::new("postgres://app@127.0.0.1:5432/app")
+/// let db: Database<sqlx::Postgres> = DatabaseOptions::new("postgres://app@127.0.0.1:5432/app")
 ///     .max_connections(16)
 ///     .acquire_timeout(Duration::from_secs(5))
 ///     .connect()
@@ -61,10 +36,10 @@ fn invalid(url: &str, reason: &str) -> Error {
 /// ```
 #[derive(Clone)]
 pub struct DatabaseOptions {
-    url: String,
-    max_connections: u32,
-    acquire_timeout: Duration,
-    sqlite_busy_timeout: Duration,
+    pub(crate) url: String,
+    pub(crate) max_connections: u32,
+    pub(crate) acquire_timeout: Duration,
+    pub(crate) sqlite_busy_timeout: Duration,
 }
 
 impl std::fmt::Debug for DatabaseOptions {
@@ -110,66 +85,91 @@ impl DatabaseOptions {
         self
     }
 
-    /// Opens the database.
-    pub async fn connect(self) -> Result<Database, Error> {
+    /// Opens the database on backend `B`; the URL's scheme must name it.
+    pub async fn connect<B: Backend>(self) -> Result<Database<B>, Error> {
         Database::open(self).await
+    }
+
+    /// SQLite's default busy timeout for this database.
+    #[doc(hidden)]
+    pub fn busy_timeout(&self) -> Duration {
+        self.sqlite_busy_timeout
+    }
+
+    /// The pool's size.
+    #[doc(hidden)]
+    pub fn pool_size(&self) -> u32 {
+        self.max_connections
+    }
+
+    /// The pool's acquire timeout.
+    #[doc(hidden)]
+    pub fn pool_acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
     }
 }
 
-/// A handle to the database: a connection pool plus what Keel knows about its backend.
+/// A handle to the database on backend `B`: a connection pool plus what Keel keeps about
+/// it.
 ///
 /// Cheap to clone; every clone shares one pool. Opened from a URL:
 ///
-/// - `postgres://user:password@host:port/database`
-/// - `sqlite:path/to/file.db` (the file and its directory are created if missing; the
-///   database runs in WAL mode)
-#[derive(Clone)]
-pub struct Database {
-    inner: Arc<Inner>,
+/// - `postgres://user:password@host:port/database` (`Database<sqlx::Postgres>`)
+/// - `sqlite:path/to/file.db` (`Database<sqlx::Sqlite>`; the file and its directory are
+///   created if missing; the database runs in WAL mode)
+pub struct Database<B: sqlx::Database> {
+    inner: Arc<Inner<B>>,
     routing: Option<Arc<dyn Routing>>,
 }
 
-struct Inner {
-    pool: AnyPool,
-    backend: Backend,
+impl<B: sqlx::Database> Clone for Database<B> {
+    fn clone(&self) -> Self {
+        Database {
+            inner: self.inner.clone(),
+            routing: self.routing.clone(),
+        }
+    }
+}
+
+struct Inner<B: sqlx::Database> {
+    pool: sqlx::Pool<B>,
     url: String,
     /// SQLite allows one writer: units of work of this process queue here instead of
     /// spinning in SQLite's busy handler.
-    sqlite_writer: tokio::sync::Mutex<()>,
-    sqlite_busy_timeout: Duration,
+    writer: tokio::sync::Mutex<()>,
     /// Kept to open an independent pool (`connect_again`); holds the unredacted URL, so
     /// it is never printed.
     options: DatabaseOptions,
-    /// When this pool last sent `NOTIFY keel_outbox` (ms since the epoch).
-    last_notify: std::sync::atomic::AtomicI64,
-    /// Whether a coalesced `NOTIFY` is scheduled for the end of the current window.
-    notify_scheduled: std::sync::atomic::AtomicBool,
+    /// When this pool last sent a notification to relays (ms since `opened`).
+    last_notify: AtomicU64,
+    /// Whether a coalesced notification is scheduled for the end of the current window.
+    notify_scheduled: AtomicBool,
+    opened: Instant,
+    backend: PhantomData<fn() -> B>,
 }
 
-impl std::fmt::Debug for Database {
+impl<B: Backend> std::fmt::Debug for Database<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
-            .field("backend", &self.inner.backend)
+            .field("backend", &B::NAME)
             .field("url", &self.inner.url)
             .finish()
     }
 }
 
-/// Commits of one pool within this many milliseconds share one `NOTIFY`.
-const NOTIFY_WINDOW_MS: i64 = 5;
-
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Commits of one pool within this many milliseconds share one notification.
+const NOTIFY_WINDOW_MS: u64 = 5;
 
 /// The table keel records its own migrations in, apart from the application's.
 const MIGRATIONS_TABLE: &str = "keel_schema_migrations";
 
-impl Database {
+impl<B: Backend> Database<B> {
     /// Opens the database at `url` with default [`DatabaseOptions`].
     ///
     /// ```no_run
+    /// # #[cfg(feature = "sqlite")]
     /// # async fn run() -> Result<(), keel_orchestrator::Error> {
-    /// let db = keel_orchestrator::Database::connect("sqlite:data/app.db").await?;
+    /// let db = keel_orchestrator::Database::<sqlx::Sqlite>::connect("sqlite:data/app.db").await?;
     /// db.migrate().await?;
     /// # Ok(()) }
     /// ```
@@ -178,59 +178,21 @@ impl Database {
     }
 
     async fn open(options: DatabaseOptions) -> Result<Self, Error> {
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-
-        let kept = options.clone();
-        let url = options.url.trim();
-        let backend = Backend::of_url(url)?;
-        let url = match backend {
-            Backend::Postgres => url.to_owned(),
-            Backend::Sqlite => sqlite_url(url)?,
-        };
-        let connect_options: AnyConnectOptions = url
-            .parse()
-            .map_err(|e: sqlx::Error| invalid(&url, &e.to_string()))?;
-
-        let busy_ms = options.sqlite_busy_timeout.as_millis();
-        let pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        let pragmas = format!(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms};"
-                        );
-                        conn.execute(AssertSqlSafe(pragmas)).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(connect_options)
-            .await
-            .map_err(|source| match source {
-                sqlx::Error::Configuration(e) => invalid(&url, &e.to_string()),
-                source => Error::Unreachable {
-                    url: redact(&url),
-                    source,
-                },
-            })?;
-
+        let url = B::normalise_url(options.url.trim())?;
+        let pool = B::open(&url, &options).await?;
         let shown = redact(&url);
-        tracing::debug!(url = %shown, ?backend, "database opened");
+        tracing::debug!(url = %shown, backend = B::NAME, "database opened");
         Ok(Database {
             routing: None,
             inner: Arc::new(Inner {
                 pool,
-                backend,
                 url: shown,
-                sqlite_writer: tokio::sync::Mutex::new(()),
-                sqlite_busy_timeout: options.sqlite_busy_timeout,
-                options: kept,
-                last_notify: std::sync::atomic::AtomicI64::new(0),
-                notify_scheduled: std::sync::atomic::AtomicBool::new(false),
+                writer: tokio::sync::Mutex::new(()),
+                options,
+                last_notify: AtomicU64::new(0),
+                notify_scheduled: AtomicBool::new(false),
+                opened: Instant::now(),
+                backend: PhantomData,
             }),
         })
     }
@@ -242,13 +204,10 @@ impl Database {
     /// version of Keel. Safe to call from several processes at once on PostgreSQL.
     pub async fn migrate(&self) -> Result<(), Error> {
         guard::ensure_outside("run migrations")?;
-        let mut migrator = match self.inner.backend {
-            Backend::Postgres => clone_migrator(&POSTGRES_MIGRATIONS),
-            Backend::Sqlite => clone_migrator(&SQLITE_MIGRATIONS),
-        };
+        let mut migrator = clone_migrator(B::migrator());
         migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
         let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        match migrator.run(&self.inner.pool).await {
+        match B::run_migrations(&migrator, &self.inner.pool).await {
             Ok(()) => Ok(()),
             Err(MigrateError::VersionMissing(found)) => {
                 Err(Error::SchemaNewerThanLibrary { found, known })
@@ -260,55 +219,62 @@ impl Database {
     /// Opens an independent pool on the same database, with the same options, as another
     /// process would. Units of work on the two handles contend like two processes (on
     /// SQLite they meet SQLite's own locking rather than this handle's writer queue).
-    pub async fn connect_again(&self) -> Result<Database, Error> {
+    pub async fn connect_again(&self) -> Result<Self, Error> {
         guard::ensure_outside("open another pool")?;
         self.inner.options.clone().connect().await
     }
 
     /// A handle on the same pool whose units of work write a delivery row for each
-    /// handler of each recorded event (see [`crate::outbox`]). The dispatcher installs it.
-    pub fn with_routing(&self, routing: Arc<dyn Routing>) -> Database {
+    /// handler of each recorded event. The dispatcher installs it.
+    #[doc(hidden)]
+    pub fn with_routing(&self, routing: Arc<dyn Routing>) -> Self {
         Database {
             inner: self.inner.clone(),
             routing: Some(routing),
         }
     }
 
-    /// Whether a `NOTIFY` may be sent now: at most one per [`NOTIFY_WINDOW_MS`] per pool.
-    /// A commit that may not notify calls [`Database::notify_later`] instead.
-    pub(crate) fn may_notify(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let now = crate::outbox::now_millis();
+    fn millis(&self) -> u64 {
+        self.inner.opened.elapsed().as_millis() as u64
+    }
+
+    /// Wakes other processes' relays after a commit that left them work: at most one
+    /// notification per [`NOTIFY_WINDOW_MS`] per pool, and the commits of a window are
+    /// announced by its trailing notification, so a remote relay never waits for its poll
+    /// interval to see them.
+    pub(crate) async fn notify_relays(&self, conn: &mut PoolConnection<B>) {
+        if !B::NOTIFIES {
+            return;
+        }
+        let now = self.millis();
         let last = self.inner.last_notify.load(Ordering::Relaxed);
-        now - last >= NOTIFY_WINDOW_MS
+        let may = now.saturating_sub(last) >= NOTIFY_WINDOW_MS
             && self
                 .inner
                 .last_notify
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+                .is_ok();
+        if may {
+            B::notify_relays(conn).await;
+        } else {
+            self.notify_later();
+        }
     }
 
-    /// Schedules one `NOTIFY` at the end of the current window, unless one is scheduled
-    /// already: the commits coalesced into a window are announced by its trailing
-    /// notification, so a remote relay never waits for its poll interval to see them.
-    pub(crate) fn notify_later(&self) {
-        use std::sync::atomic::Ordering;
+    fn notify_later(&self) {
         if self.inner.notify_scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
         let db = self.clone();
         // At the end of the window of the last notification, not a whole window later.
         let last = self.inner.last_notify.load(Ordering::Relaxed);
-        let wait =
-            (last + NOTIFY_WINDOW_MS - crate::outbox::now_millis()).clamp(0, NOTIFY_WINDOW_MS);
+        let wait = (last + NOTIFY_WINDOW_MS).saturating_sub(self.millis());
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            tokio::time::sleep(Duration::from_millis(wait.min(NOTIFY_WINDOW_MS))).await;
             db.inner.notify_scheduled.store(false, Ordering::Release);
-            db.inner
-                .last_notify
-                .store(crate::outbox::now_millis(), Ordering::Relaxed);
+            db.inner.last_notify.store(db.millis(), Ordering::Relaxed);
             match db.inner.pool.acquire().await {
-                Ok(mut conn) => crate::outbox::notify_relays(&mut conn).await,
+                Ok(mut conn) => B::notify_relays(&mut conn).await,
                 Err(error) => {
                     tracing::debug!(%error, "could not notify relays; they will find the rows when they poll")
                 }
@@ -320,28 +286,22 @@ impl Database {
         self.routing.as_deref()
     }
 
-    /// The URL with its password, for drivers that need their own connection (the
-    /// PostgreSQL listener). Never print it.
-    #[doc(hidden)]
-    pub fn connect_url(&self) -> &str {
-        &self.inner.options.url
-    }
-
-    /// The backend this database runs on.
-    pub fn backend(&self) -> Backend {
-        self.inner.backend
-    }
-
     /// The URL this database was opened with, password hidden.
     pub fn url(&self) -> &str {
         &self.inner.url
+    }
+
+    /// The options this database was opened with.
+    #[doc(hidden)]
+    pub fn options(&self) -> &DatabaseOptions {
+        &self.inner.options
     }
 
     /// A connection from the pool, for work outside any unit of work (reads, set-up).
     ///
     /// Fails at once with [`Error::InsideUnitOfWork`] when called from inside a unit of
     /// work: the steps of a unit of work use the `&mut Tx` they are given.
-    pub async fn acquire(&self) -> Result<PoolConnection<Db>, Error> {
+    pub async fn acquire(&self) -> Result<PoolConnection<B>, Error> {
         guard::ensure_outside("acquire a database connection")?;
         Ok(self.inner.pool.acquire().await?)
     }
@@ -349,27 +309,33 @@ impl Database {
     /// Runs SQL statements (e.g. an application's schema) outside any unit of work.
     ///
     /// The SQL must be written by the program, never derived from user input.
-    pub async fn execute_script(&self, sql: &'static str) -> Result<(), Error> {
+    pub async fn execute_script(&self, sql: &'static str) -> Result<(), Error>
+    where
+        for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    {
         let mut conn = self.acquire().await?;
         sqlx::raw_sql(sql).execute(&mut *conn).await?;
         Ok(())
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
-    pub async fn close(&self) {
+    ///
+    /// Fails at once with [`Error::InsideUnitOfWork`] inside a unit of work, whose own
+    /// connection would never be returned.
+    pub async fn close(&self) -> Result<(), Error> {
+        guard::ensure_outside("close the database")?;
         self.inner.pool.close().await;
+        Ok(())
     }
 
-    pub(crate) fn pool(&self) -> &AnyPool {
+    /// The pool, for Keel's own statements.
+    #[doc(hidden)]
+    pub fn pool(&self) -> &sqlx::Pool<B> {
         &self.inner.pool
     }
 
-    pub(crate) fn sqlite_writer(&self) -> &tokio::sync::Mutex<()> {
-        &self.inner.sqlite_writer
-    }
-
-    pub(crate) fn sqlite_busy_timeout(&self) -> Duration {
-        self.inner.sqlite_busy_timeout
+    pub(crate) fn writer(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.writer
     }
 }
 
@@ -377,42 +343,6 @@ fn clone_migrator(embedded: &Migrator) -> Migrator {
     Migrator::with_migrations(embedded.iter().cloned().collect())
 }
 
-/// Normalises a SQLite URL: refuses in-memory databases, creates the file's directory,
-/// and asks for the file to be created if missing.
-fn sqlite_url(url: &str) -> Result<String, Error> {
-    let rest = url.strip_prefix("sqlite:").unwrap_or(url);
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
-    let (path, query) = match rest.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (rest, None),
-    };
-    if path.is_empty() {
-        return Err(invalid(url, "the SQLite URL names no file"));
-    }
-    if path == ":memory:" || query.is_some_and(|q| q.contains("mode=memory")) {
-        return Err(invalid(
-            url,
-            "in-memory SQLite databases are not supported (each pooled connection would see \
-             its own empty database); use a file, e.g. `sqlite:data/app.db`",
-        ));
-    }
-    if let Some(dir) = Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            invalid(
-                url,
-                &format!("cannot create directory `{}`: {e}", dir.display()),
-            )
-        })?;
-    }
-    Ok(match query {
-        Some(q) if q.contains("mode=") => format!("sqlite://{path}?{q}"),
-        Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
-        None => format!("sqlite://{path}?mode=rwc"),
-    })
-}
 
 #[cfg(test)]
 mod tests {
@@ -425,42 +355,6 @@ mod tests {
         assert!(
             !shown.contains("hunter2") && shown.contains("app:***@db"),
             "{shown}"
-        );
-    }
-
-    #[test]
-    fn backends_are_read_from_the_scheme() {
-        assert_eq!(
-            Backend::of_url("postgres://h/db").unwrap(),
-            Backend::Postgres
-        );
-        assert_eq!(
-            Backend::of_url("postgresql://h/db").unwrap(),
-            Backend::Postgres
-        );
-        assert_eq!(Backend::of_url("sqlite:a.db").unwrap(), Backend::Sqlite);
-        let err = Backend::of_url("mysql://u:pw@h/db")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("unsupported scheme `mysql`"), "{err}");
-        assert!(!err.contains("pw"), "{err}");
-        assert!(Backend::of_url("just-a-path.db").is_err());
-    }
-
-    #[test]
-    fn sqlite_urls_create_the_file_and_refuse_memory() {
-        let dir = std::env::temp_dir().join(format!("keel-url-{}", std::process::id()));
-        let file = dir.join("sub/app.db");
-        let url = sqlite_url(&format!("sqlite:{}", file.display())).unwrap();
-        assert!(url.ends_with("app.db?mode=rwc"), "{url}");
-        assert!(file.parent().unwrap().is_dir());
-        std::fs::remove_dir_all(&dir).unwrap();
-
-        assert!(sqlite_url("sqlite::memory:").is_err());
-        assert!(sqlite_url("sqlite:").is_err());
-        assert_eq!(
-            sqlite_url("sqlite:a.db?mode=ro").unwrap(),
-            "sqlite://a.db?mode=ro"
         );
     }
 }

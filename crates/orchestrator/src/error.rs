@@ -3,7 +3,6 @@
 use std::error::Error as StdError;
 
 use keel_domain::Version;
-use sqlx::error::DatabaseError;
 
 /// Everything that can go wrong when opening a database or running a unit of work.
 ///
@@ -280,35 +279,20 @@ impl Error {
     }
 }
 
-/// What a driver error means for retries. PostgreSQL reports SQLSTATE codes; SQLite
-/// reports (extended) result codes whose low byte is the primary code.
+/// What a driver error means for retries: each enabled backend classifies its own
+/// errors ([`Store::classify`](crate::store::Store::classify)); anything else is permanent.
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        let Some(db) = error.as_database_error() else {
-            return Error::Database(error);
+        #[cfg(feature = "postgres")]
+        let error = match <sqlx::Postgres as crate::store::Store>::classify(error) {
+            Ok(classified) => return classified,
+            Err(error) => error,
         };
-        if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-            return match pg.code() {
-                "40001" => Error::SerializationFailure(error),
-                "40P01" => Error::Deadlock(error),
-                "55P03" => Error::LockTimeout {
-                    detail: pg.message().to_owned(),
-                },
-                _ => Error::Database(error),
-            };
-        }
-        if let Some(lite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
-            let primary = lite
-                .code()
-                .and_then(|c| c.parse::<i32>().ok())
-                .map(|c| c & 0xff);
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended variants.
-            if matches!(primary, Some(5 | 6)) {
-                return Error::LockTimeout {
-                    detail: format!("SQLite: {}", lite.message()),
-                };
-            }
-        }
+        #[cfg(feature = "sqlite")]
+        let error = match <sqlx::Sqlite as crate::store::Store>::classify(error) {
+            Ok(classified) => return classified,
+            Err(error) => error,
+        };
         Error::Database(error)
     }
 }

@@ -18,11 +18,16 @@
 //! the whole closure on a fresh transaction, per a [`RetryPolicy`]. The closure is an
 //! `AsyncFnMut`, so it is re-run from its start and no state of a failed attempt survives.
 //!
+//! The backend is a type ([`Backend`]: `sqlx::Postgres` or `sqlx::Sqlite`), and
+//! [`Tx::conn`] is the driver's own connection, so a step is ordinary sqlx code:
+//!
 //! ```no_run
-//! use keel_orchestrator::{Database, RowLock, Locked, Error};
+//! # #[cfg(feature = "sqlite")] {
+//! use keel_orchestrator::{Database, Error, Locked, RowLock};
+//! use sqlx::Sqlite;
 //!
 //! # async fn run() -> Result<(), Error> {
-//! let mut db = Database::connect("sqlite:data/bank.db").await?;
+//! let mut db = Database::<Sqlite>::connect("sqlite:data/bank.db").await?;
 //! db.migrate().await?;
 //! let balance: i64 = db
 //!     .unit_of_work(async |tx| {
@@ -43,32 +48,39 @@
 //!     .await?
 //!     .into_value();
 //! # Ok(()) }
+//! # }
 //! ```
 
 #![warn(missing_docs)]
+// Without a backend feature, only the generic parts are left.
+#![cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 
+mod backend;
 mod committed;
 mod database;
 mod error;
 mod guard;
 mod lock;
+#[doc(hidden)]
 pub mod outbox;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod retry;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[doc(hidden)]
+pub mod store;
 mod tx;
 mod unit_of_work;
 mod url;
 
+pub use backend::Backend;
 pub use committed::{Committed, Release};
-pub use database::{Backend, Database, DatabaseOptions};
+pub use database::{Database, DatabaseOptions};
 pub use error::{Error, Rejection};
+#[doc(hidden)]
 pub use guard::ensure_outside_unit_of_work;
 pub use lock::{Key, LockMode, LockWait, Locked, RowLock};
 pub use retry::RetryPolicy;
 pub use tx::Tx;
 pub use unit_of_work::{Isolation, TxFn, UnitOfWork};
-
-/// The sqlx database type every query in a unit of work runs against.
-///
-/// Keel speaks to PostgreSQL and SQLite through sqlx's `Any` driver, so that one
-/// repository compiles against both backends.
-pub type Db = sqlx::Any;

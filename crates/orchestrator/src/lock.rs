@@ -10,13 +10,17 @@ use std::fmt;
 
 use keel_domain::Id;
 
-/// The key of a row to lock: an integer or a text (e.g. a UUID) id.
+/// The key of a row to lock or version: an integer, a text or a UUID id.
+///
+/// A UUID is bound as PostgreSQL's `uuid` and as SQLite's hyphenated text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {
     /// A `BIGINT`/`INTEGER` key.
     Int(i64),
     /// A `TEXT` key.
     Text(String),
+    /// A `UUID` key.
+    Uuid(uuid::Uuid),
 }
 
 impl fmt::Display for Key {
@@ -24,6 +28,7 @@ impl fmt::Display for Key {
         match self {
             Key::Int(i) => write!(f, "{i}"),
             Key::Text(s) => write!(f, "{s}"),
+            Key::Uuid(u) => write!(f, "{u}"),
         }
     }
 }
@@ -64,15 +69,21 @@ impl From<&str> for Key {
     }
 }
 
+impl From<uuid::Uuid> for Key {
+    fn from(value: uuid::Uuid) -> Self {
+        Key::Uuid(value)
+    }
+}
+
 impl<T: ?Sized> From<Id<T>> for Key {
     fn from(value: Id<T>) -> Self {
-        Key::Text(value.to_string())
+        Key::Uuid(*value.as_uuid())
     }
 }
 
 impl<T: ?Sized> From<&Id<T>> for Key {
     fn from(value: &Id<T>) -> Self {
-        Key::Text(value.to_string())
+        Key::Uuid(*value.as_uuid())
     }
 }
 
@@ -155,22 +166,6 @@ impl RowLock {
         self.wait
     }
 
-    pub(crate) fn postgres_sql(&self) -> String {
-        let mode = match self.mode {
-            LockMode::ForUpdate => "FOR UPDATE",
-            LockMode::ForShare => "FOR SHARE",
-        };
-        let wait = match self.wait {
-            LockWait::Wait => "",
-            LockWait::NoWait => " NOWAIT",
-            LockWait::SkipLocked => " SKIP LOCKED",
-        };
-        format!(
-            "SELECT 1 FROM {} WHERE {} = $1 {mode}{wait}",
-            self.table, self.key_column
-        )
-    }
-
     pub(crate) fn exists_sql(&self) -> String {
         format!(
             "SELECT 1 FROM {} WHERE {} = $1",
@@ -223,24 +218,10 @@ mod tests {
     }
 
     #[test]
-    fn postgres_sql_spells_each_mode() {
-        let sql = RowLock::for_share("posts", 1).skip_locked().postgres_sql();
-        assert_eq!(
-            sql,
-            "SELECT 1 FROM posts WHERE id = $1 FOR SHARE SKIP LOCKED"
-        );
-        let sql = RowLock::for_update("posts", "x")
-            .key_column("slug")
-            .nowait()
-            .postgres_sql();
-        assert_eq!(sql, "SELECT 1 FROM posts WHERE slug = $1 FOR UPDATE NOWAIT");
-    }
-
-    #[test]
     fn keys_convert_from_common_id_types() {
         struct Post;
         let id: Id<Post> = Id::new();
-        assert_eq!(Key::from(&id), Key::Text(id.to_string()));
+        assert_eq!(Key::from(&id), Key::Uuid(*id.as_uuid()));
         assert_eq!(Key::from(7_i32), Key::Int(7));
         assert_eq!(Key::from("a").to_string(), "a");
     }

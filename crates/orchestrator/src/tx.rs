@@ -1,13 +1,12 @@
 //! The transaction handle the steps of a unit of work receive.
 
 use keel_domain::{Aggregate, Command, DomainEvent, Envelope, Version};
-use sqlx::query::Query;
-use sqlx::{AnyConnection, AssertSqlSafe};
 
 use crate::lock::is_identifier;
 use crate::outbox::{Routing, Sent};
+use crate::store::Saved;
 use crate::unit_of_work::Cause;
-use crate::{Backend, Db, Error, Key, LockWait, Locked, RowLock};
+use crate::{Backend, Error, Key, Locked, RowLock};
 
 /// The open transaction of one unit of work attempt: the only way its steps reach the
 /// database.
@@ -16,11 +15,11 @@ use crate::{Backend, Db, Error, Key, LockWait, Locked, RowLock};
 /// for one attempt and cannot outlive it. Run sqlx queries on [`Tx::conn`]; use the helpers
 /// for locks and optimistic versions.
 ///
-/// Query text is portable between the backends when it uses `$1, $2, …` placeholders and
-/// standard SQL; [`Tx::backend`] tells which engine runs it when a repository needs to branch.
-pub struct Tx<'c> {
-    conn: &'c mut AnyConnection,
-    backend: Backend,
+/// [`Tx::conn`] is the driver's own connection (`&mut PgConnection` on PostgreSQL,
+/// `&mut SqliteConnection` on SQLite), inside the unit of work's transaction: native types,
+/// `FromRow`, `query!` and existing repository functions take it as they are.
+pub struct Tx<'c, B: Backend> {
+    conn: &'c mut B::Connection,
     attempt: u32,
     cause: Option<Cause>,
     routing: Option<&'c dyn Routing>,
@@ -28,10 +27,10 @@ pub struct Tx<'c> {
     commands: Vec<Sent>,
 }
 
-impl std::fmt::Debug for Tx<'_> {
+impl<B: Backend> std::fmt::Debug for Tx<'_, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tx")
-            .field("backend", &self.backend)
+            .field("backend", &B::NAME)
             .field("attempt", &self.attempt)
             .field("recorded", &self.events.len())
             .finish_non_exhaustive()
@@ -67,27 +66,15 @@ pub(crate) fn check_handled<C: Command>(routing: Option<&dyn Routing>) -> Result
     }
 }
 
-fn bind_key<'q>(
-    query: Query<'q, Db, sqlx::any::AnyArguments>,
-    key: &Key,
-) -> Query<'q, Db, sqlx::any::AnyArguments> {
-    match key {
-        Key::Int(i) => query.bind(*i),
-        Key::Text(s) => query.bind(s.clone()),
-    }
-}
-
-impl<'c> Tx<'c> {
+impl<'c, B: Backend> Tx<'c, B> {
     pub(crate) fn new(
-        conn: &'c mut AnyConnection,
-        backend: Backend,
+        conn: &'c mut B::Connection,
         attempt: u32,
         cause: Option<Cause>,
         routing: Option<&'c dyn Routing>,
     ) -> Self {
         Tx {
             conn,
-            backend,
             attempt,
             cause,
             routing,
@@ -178,15 +165,11 @@ impl<'c> Tx<'c> {
         &self.events
     }
 
-    /// The transaction's connection, to run sqlx queries on:
-    /// `sqlx::query("…").bind(x).execute(tx.conn()).await?`.
-    pub fn conn(&mut self) -> &mut AnyConnection {
+    /// The transaction's connection, the driver's own (`&mut PgConnection`,
+    /// `&mut SqliteConnection`), to run sqlx queries on:
+    /// `sqlx::query!("…", x).execute(tx.conn()).await?`.
+    pub fn conn(&mut self) -> &mut B::Connection {
         self.conn
-    }
-
-    /// The engine running this transaction.
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     /// Which attempt of the unit of work this is (1 for the first run).
@@ -220,37 +203,7 @@ impl<'c> Tx<'c> {
                 return Err(Error::InvalidIdentifier(name));
             }
         }
-        let sql = match self.backend {
-            Backend::Postgres => lock.postgres_sql(),
-            // The write lock taken by BEGIN IMMEDIATE already covers every row.
-            Backend::Sqlite => lock.exists_sql(),
-        };
-        let query = bind_key(sqlx::query(AssertSqlSafe(sql)), &lock.key);
-        let found = match query.fetch_optional(&mut *self.conn).await {
-            Ok(row) => row.is_some(),
-            Err(e) => {
-                let e = Error::from(e);
-                return Err(match (lock.wait, e) {
-                    (LockWait::NoWait, Error::LockTimeout { .. }) => Error::RowLocked {
-                        table: lock.table,
-                        key: lock.key.to_string(),
-                    },
-                    (_, e) => e,
-                });
-            }
-        };
-        if found {
-            return Ok(Locked::Acquired);
-        }
-        if lock.wait == LockWait::SkipLocked && self.backend == Backend::Postgres {
-            let exists = bind_key(sqlx::query(AssertSqlSafe(lock.exists_sql())), &lock.key)
-                .fetch_optional(&mut *self.conn)
-                .await?;
-            if exists.is_some() {
-                return Ok(Locked::Skipped);
-            }
-        }
-        Ok(Locked::Missing)
+        B::lock_row(self.conn, &lock).await
     }
 
     /// Takes the named lock `name` until the unit of work ends, creating it on first use.
@@ -259,38 +212,7 @@ impl<'c> Tx<'c> {
     /// has never been locked before and many of them ask at the same moment. Use it to
     /// serialize work on something that has no row of its own (an import, a user's quota).
     pub async fn lock_named(&mut self, name: &str) -> Result<(), Error> {
-        if self.backend == Backend::Postgres {
-            let existing = sqlx::query("SELECT 1 FROM keel_locks WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_optional(&mut *self.conn)
-                .await?;
-            if existing.is_some() {
-                return Ok(());
-            }
-        }
-        // A concurrent creator's uncommitted row makes this insert wait until that
-        // transaction ends; then the conflict is ignored and the lock below is granted.
-        let created = sqlx::query(
-            "INSERT INTO keel_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING 1",
-        )
-        .bind(name)
-        .fetch_optional(&mut *self.conn)
-        .await?;
-        if created.is_some() || self.backend == Backend::Sqlite {
-            return Ok(());
-        }
-        let locked = sqlx::query("SELECT 1 FROM keel_locks WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *self.conn)
-            .await?;
-        match locked {
-            Some(_) => Ok(()),
-            // Only under REPEATABLE READ / SERIALIZABLE: the row committed after this
-            // transaction's snapshot. A fresh attempt sees it.
-            None => Err(Error::LockTimeout {
-                detail: format!("named lock `{name}` was created concurrently; retrying"),
-            }),
-        }
+        B::lock_named(self.conn, name).await
     }
 
     /// Saves the version of `aggregate` optimistically: moves the row's `version` column
@@ -316,30 +238,14 @@ impl<'c> Tx<'c> {
         }
         let expected = aggregate.version();
         let key: Key = aggregate.id().clone().into();
-        let sql =
-            format!("UPDATE {table} SET version = version + 1 WHERE id = $1 AND version = $2");
-        let result = bind_key(sqlx::query(AssertSqlSafe(sql)), &key)
-            .bind(expected.get())
-            .execute(&mut *self.conn)
-            .await?;
-        if result.rows_affected() == 1 {
-            return Ok(expected.next());
-        }
-        let exists = bind_key(
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT 1 FROM {table} WHERE id = $1"
-            ))),
-            &key,
-        )
-        .fetch_optional(&mut *self.conn)
-        .await?;
-        match exists {
-            Some(_) => Err(Error::VersionConflict {
+        match B::save_version(self.conn, table, &key, expected.get()).await? {
+            Saved::Saved => Ok(expected.next()),
+            Saved::Conflict => Err(Error::VersionConflict {
                 aggregate: A::TYPE,
                 id: key.to_string(),
                 expected,
             }),
-            None => Err(Error::Database(sqlx::Error::RowNotFound)),
+            Saved::Missing => Err(Error::Database(sqlx::Error::RowNotFound)),
         }
     }
 }

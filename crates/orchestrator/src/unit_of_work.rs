@@ -3,12 +3,20 @@
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Connection};
+use sqlx::Connection;
+use sqlx::pool::PoolConnection;
 use tracing::Instrument;
 
 use keel_domain::{Envelope, EventId};
 
-use crate::{Backend, Committed, Database, Error, RetryPolicy, Tx, committed, guard, outbox};
+use crate::outbox::Outgoing;
+use crate::{Backend, Committed, Database, Error, RetryPolicy, Tx, committed, guard};
+
+/// The options of Keel's own short units of work (claims, outcomes): retried more than a
+/// user's, since they only ever meet other workers.
+pub(crate) fn internal(name: &'static str) -> UnitOfWork {
+    UnitOfWork::named(name).retry(RetryPolicy::default().max_attempts(8))
+}
 
 /// Transaction isolation level (PostgreSQL; SQLite transactions are always serializable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,7 +52,7 @@ pub struct UnitOfWork {
     lock_timeout: Option<Duration>,
     retry: RetryPolicy,
     cause: Option<Cause>,
-    processes: Option<(Vec<String>, &'static str)>,
+    processes: Option<(Vec<EventId>, &'static str)>,
 }
 
 /// The event whose handling runs a unit of work: events it records join the cause's
@@ -108,14 +116,14 @@ impl UnitOfWork {
     /// `handler`: its first statement marks the delivery done, in the same transaction as
     /// the handler's effects. If the delivery is already done, the steps do not run and the
     /// result is [`Error::AlreadyProcessed`]. Handler contexts set this for you.
-    pub fn processing(self, event_id: String, handler: &'static str) -> Self {
+    pub fn processing(self, event_id: EventId, handler: &'static str) -> Self {
         self.processing_all(vec![event_id], handler)
     }
 
     /// [`UnitOfWork::processing`] for a batch of commands handled together: all of them
     /// are marked done with the batch's effects, or none. If only some are still pending,
     /// the steps do not run and the result is [`Error::BatchPartlyProcessed`].
-    pub fn processing_all(mut self, event_ids: Vec<String>, handler: &'static str) -> Self {
+    pub fn processing_all(mut self, event_ids: Vec<EventId>, handler: &'static str) -> Self {
         self.processes = Some((event_ids, handler));
         self
     }
@@ -128,17 +136,6 @@ impl UnitOfWork {
     /// The name given to this unit of work.
     pub fn name(&self) -> &'static str {
         self.name
-    }
-
-    fn begin_statement(&self, backend: Backend) -> &'static str {
-        match (backend, self.isolation) {
-            (Backend::Sqlite, _) => "BEGIN IMMEDIATE",
-            (Backend::Postgres, Isolation::ReadCommitted) => "BEGIN",
-            (Backend::Postgres, Isolation::RepeatableRead) => {
-                "BEGIN ISOLATION LEVEL REPEATABLE READ"
-            }
-            (Backend::Postgres, Isolation::Serializable) => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-        }
     }
 }
 
@@ -171,14 +168,14 @@ where
     type Fut = Fut;
 }
 
-impl Database {
+impl<B: Backend> Database<B> {
     /// Runs `steps` as one unit of work with default [`UnitOfWork`] options.
     ///
     /// See [`Database::unit_of_work_with`].
     pub async fn unit_of_work<T, F>(&mut self, steps: F) -> Result<Committed<T>, Error>
     where
-        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
-        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+        F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         self.unit_of_work_with(&UnitOfWork::default(), steps).await
     }
@@ -224,8 +221,8 @@ impl Database {
         mut steps: F,
     ) -> Result<Committed<T>, Error>
     where
-        F: AsyncFnMut(&mut Tx<'_>) -> Result<T, Error>,
-        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+        F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         guard::ensure_outside("open another unit of work")?;
         let mut attempt = 1;
@@ -282,14 +279,19 @@ impl Database {
     /// [`Tx::send`] instead, so that the command commits with the rest.
     pub async fn send<C: keel_domain::Command>(&mut self, command: C) -> Result<(), Error> {
         crate::tx::check_handled::<C>(self.routing())?;
-        if self.backend() == Backend::Postgres {
+        if B::ATOMIC_OUTBOX_WRITE {
             // One statement is atomic on its own: no BEGIN/COMMIT round trips.
             guard::ensure_outside("send a command outside the unit of work (use `tx.send`)")?;
-            let sent = crate::tx::prepare_command(&command, None)?;
+            let sent = [crate::tx::prepare_command(&command, None)?];
             let mut conn = self.pool().acquire().await?;
-            let written =
-                outbox::write(&mut conn, Backend::Postgres, self.routing(), &[], &[sent]).await?;
-            self.after_commit(&mut conn, written.left_for_relay).await;
+            let outgoing = Outgoing {
+                events: &[],
+                commands: &sent,
+                routing: self.routing(),
+                lease: None,
+            };
+            B::write_outbox(&mut *conn, &outgoing).await?;
+            self.after_commit(&mut conn, true).await;
             return Ok(());
         }
         let sent = &command;
@@ -303,22 +305,15 @@ impl Database {
     }
 
     /// Wakes relays after a commit that left them work: this process's at once, other
-    /// processes' through PostgreSQL `NOTIFY`: at once, or coalesced with the other
-    /// commits of the same few milliseconds into one trailing notification.
-    async fn after_commit(&self, conn: &mut sqlx::AnyConnection, left_for_relay: bool) {
+    /// processes' through the backend's notifications.
+    async fn after_commit(&self, conn: &mut PoolConnection<B>, left_for_relay: bool) {
         if !left_for_relay {
             return;
         }
         if let Some(routing) = self.routing() {
             routing.left_for_relay();
         }
-        if self.backend() == Backend::Postgres {
-            if self.may_notify() {
-                outbox::notify_relays(conn).await;
-            } else {
-                self.notify_later();
-            }
-        }
+        self.notify_relays(conn).await;
     }
 
     /// One attempt: a fresh connection and transaction, the steps, then commit or rollback.
@@ -327,42 +322,36 @@ impl Database {
         options: &UnitOfWork,
         attempt: u32,
         steps: &mut F,
-    ) -> Result<(T, Vec<Envelope>, Option<String>), Error>
+    ) -> Result<(T, Vec<Envelope>, Option<uuid::Uuid>), Error>
     where
-        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
-        let backend = self.backend();
-        let _writer = match backend {
-            Backend::Sqlite => {
-                let wait = options.lock_timeout.unwrap_or(self.sqlite_busy_timeout());
-                let guard = tokio::time::timeout(wait, self.sqlite_writer().lock())
-                    .await
-                    .map_err(|_| Error::LockTimeout {
-                        detail: format!(
-                            "SQLite write lock not granted within {} ms (another unit of work of \
-                             this process is writing)",
-                            wait.as_millis()
-                        ),
-                    })?;
-                Some(guard)
-            }
-            Backend::Postgres => None,
+        let _writer = if B::ONE_WRITER {
+            let wait = options
+                .lock_timeout
+                .unwrap_or(self.options().sqlite_busy_timeout);
+            let guard = tokio::time::timeout(wait, self.writer().lock())
+                .await
+                .map_err(|_| Error::LockTimeout {
+                    detail: format!(
+                        "write lock not granted within {} ms (another unit of work of this \
+                         process is writing)",
+                        wait.as_millis()
+                    ),
+                })?;
+            Some(guard)
+        } else {
+            None
         };
         let mut conn = self.pool().acquire().await?;
-        // Connections open with the database's busy timeout; a unit of work with a lock
-        // timeout of its own sets it for its transaction and puts the default back.
-        let custom_busy = match (backend, options.lock_timeout) {
-            (Backend::Sqlite, Some(timeout)) => Some(timeout),
-            _ => None,
-        };
-        if let Some(busy) = custom_busy {
-            set_busy_timeout(&mut conn, busy).await?;
+        if let Some(timeout) = options.lock_timeout {
+            B::before_begin(&mut *conn, timeout).await?;
         }
         let outcome = self.transaction(&mut conn, options, attempt, steps).await;
-        if custom_busy.is_some()
-            && let Err(error) = set_busy_timeout(&mut conn, self.sqlite_busy_timeout()).await
+        if options.lock_timeout.is_some()
+            && let Err(error) = B::after_end(&mut *conn, self.options()).await
         {
-            tracing::warn!(%error, "could not restore the busy timeout; the connection is closed");
+            tracing::warn!(%error, "could not restore the connection's defaults; it is closed");
             conn.close_on_drop();
         }
         outcome
@@ -372,55 +361,65 @@ impl Database {
     /// or rollback.
     async fn transaction<T, F>(
         &self,
-        conn: &mut sqlx::pool::PoolConnection<crate::Db>,
+        conn: &mut PoolConnection<B>,
         options: &UnitOfWork,
         attempt: u32,
         steps: &mut F,
-    ) -> Result<(T, Vec<Envelope>, Option<String>), Error>
+    ) -> Result<(T, Vec<Envelope>, Option<uuid::Uuid>), Error>
     where
-        F: for<'t, 'c> TxFn<&'t mut Tx<'c>, T>,
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
-        let backend = self.backend();
-        let mut txn = conn.begin_with(options.begin_statement(backend)).await?;
-        if let (Backend::Postgres, Some(timeout)) = (backend, options.lock_timeout) {
-            let set = format!(
-                "SET LOCAL lock_timeout = '{}ms'",
-                timeout.as_millis().max(1)
-            );
-            sqlx::query(AssertSqlSafe(set)).execute(&mut *txn).await?;
+        // An owned statement: with a `&'static str`, rustc cannot prove the future `Send`
+        // in generic callers ("implementation of `SqlSafeStr` is not general enough").
+        let begin = sqlx::SqlStr::from_static(B::begin_statement(options.isolation));
+        let mut txn = conn.begin_with(begin).await?;
+        if let Some(timeout) = options.lock_timeout {
+            B::after_begin(&mut *txn, timeout).await?;
         }
-        if let Some((event_ids, handler)) = &options.processes
-            && let Err(error) = outbox::mark_processed(&mut txn, event_ids, handler).await
-        {
-            let _ = txn.rollback().await;
-            return Err(error);
+        if let Some((event_ids, handler)) = &options.processes {
+            let marked = match B::mark_done(&mut *txn, event_ids, handler).await {
+                Ok(n) if n == event_ids.len() => Ok(()),
+                Ok(0) => Err(Error::AlreadyProcessed {
+                    event_id: event_ids.first().map(|id| id.to_string()).unwrap_or_default(),
+                    handler,
+                }),
+                Ok(_) => Err(Error::BatchPartlyProcessed { handler }),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = marked {
+                let _ = txn.rollback().await;
+                return Err(error);
+            }
         }
         let (outcome, events, commands) = {
-            let mut tx = Tx::new(&mut txn, backend, attempt, options.cause, self.routing());
+            let mut tx = Tx::new(&mut *txn, attempt, options.cause, self.routing());
             let outcome = guard::inside(options.name, steps(&mut tx)).await;
             let (events, commands) = tx.into_outgoing();
             (outcome, events, commands)
         };
-        let outcome = match outcome {
-            Ok(value) if !events.is_empty() || !commands.is_empty() => {
-                outbox::write(&mut txn, backend, self.routing(), &events, &commands)
-                    .await
-                    .map(|written| (value, Some(written)))
-            }
-            Ok(value) => Ok((value, None)),
-            Err(error) => Err(error),
+        let lease = self
+            .routing()
+            .and_then(|r| r.fast_path_lease())
+            .map(|lease| (uuid::Uuid::now_v7(), lease));
+        let outgoing = Outgoing {
+            events: &events,
+            commands: &commands,
+            routing: self.routing(),
+            lease,
         };
+        let writes = !events.is_empty() || !commands.is_empty();
+        let outcome = match outcome {
+            Ok(value) if writes => B::write_outbox(&mut *txn, &outgoing).await.map(|()| value),
+            other => other,
+        };
+        let reserved = writes && outgoing.reserves();
+        let left_for_relay = writes && outgoing.leaves_for_relay();
         match outcome {
-            Ok((value, written)) => {
+            Ok(value) => {
                 txn.commit().await?;
-                let lease_token = match written {
-                    Some(written) => {
-                        self.after_commit(conn, written.left_for_relay).await;
-                        written.lease_token
-                    }
-                    None => None,
-                };
-                Ok((value, events, lease_token))
+                self.after_commit(conn, left_for_relay).await;
+                let token = lease.filter(|_| reserved).map(|(token, _)| token);
+                Ok((value, events, token))
             }
             Err(error) => {
                 if let Err(rollback) = txn.rollback().await {
@@ -430,11 +429,4 @@ impl Database {
             }
         }
     }
-}
-
-/// Sets SQLite's busy timeout on one connection.
-async fn set_busy_timeout(conn: &mut sqlx::AnyConnection, busy: Duration) -> Result<(), Error> {
-    let pragma = format!("PRAGMA busy_timeout = {}", busy.as_millis());
-    sqlx::query(AssertSqlSafe(pragma)).execute(conn).await?;
-    Ok(())
 }

@@ -15,10 +15,28 @@
 //!
 //! `KEEL_TEST_POOL_SIZE` sets the pool size of every test database.
 //!
-//! [`backend_tests!`] turns one `async fn(Database)` into a test per backend:
+//! [`TestDatabase::<B>::new`](TestDatabase::new) gives a fresh, migrated database of backend `B`.
+//! [`backend_tests!`] turns `async fn name(db: Database<B>)` functions into tests, where
+//! `B` is a type alias in scope naming the backend; a suite written once against the
+//! aliases runs on both backends by being compiled once per backend:
 //!
-//! ```no_run
-//! use keel_orchestrator::Database;
+//! ```ignore
+//! // tests/orders/main.rs: the same files, once per backend
+//! mod postgres {
+//!     pub type B = sqlx::Postgres;
+//!     pub use keel::postgres::{App, Database};
+//!     #[path = "../counting.rs"]
+//!     mod counting;
+//! }
+//! mod sqlite {
+//!     pub type B = sqlx::Sqlite;
+//!     pub use keel::sqlite::{App, Database};
+//!     #[path = "../counting.rs"]
+//!     mod counting;
+//! }
+//!
+//! // tests/orders/counting.rs
+//! use super::{B, Database};
 //!
 //! async fn counts_rows(db: Database) {
 //!     db.execute_script("CREATE TABLE t (id BIGINT PRIMARY KEY)").await.unwrap();
@@ -26,15 +44,16 @@
 //! }
 //!
 //! keel_testing::backend_tests!(counts_rows);
-//! // runs as `counts_rows::postgres` and `counts_rows::sqlite`
+//! // runs as `postgres::counting::counts_rows::test` and `sqlite::counting::counts_rows::test`
 //! ```
 
 #![warn(missing_docs)]
 
 use std::path::PathBuf;
 
-use keel_orchestrator::{Database, DatabaseOptions};
-use sqlx::{AssertSqlSafe, Connection};
+use std::future::Future;
+
+use keel_orchestrator::{Backend, Database, DatabaseOptions};
 
 /// The variable naming the PostgreSQL server tests create their databases on.
 pub const POSTGRES_URL_VAR: &str = "KEEL_TEST_POSTGRES_URL";
@@ -61,55 +80,79 @@ fn options_for(
 
 /// A migrated database that exists for one test and is removed when dropped.
 #[derive(Debug)]
-pub struct TestDatabase {
-    database: Database,
+pub struct TestDatabase<B: Backend> {
+    database: Database<B>,
     cleanup: Cleanup,
 }
 
 #[derive(Debug)]
 enum Cleanup {
-    Sqlite(PathBuf),
-    Postgres { admin_url: String, name: String },
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    File(PathBuf),
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Server { admin_url: String, name: String },
 }
 
-impl TestDatabase {
-    /// A new SQLite database file, migrated.
+/// A backend tests can create databases on. Implemented for `sqlx::Postgres` and
+/// `sqlx::Sqlite`.
+pub trait TestBackend: Backend {
+    /// Creates a fresh database opened with options adjusted by `configure`; `None` when
+    /// the backend's server is not configured (see the crate documentation).
+    fn create(
+        configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions + Send,
+    ) -> impl Future<Output = Option<TestDatabase<Self>>> + Send;
+}
+
+impl<B: TestBackend> TestDatabase<B> {
+    /// A new, migrated database; `None` (with a notice) when it is PostgreSQL and no
+    /// server is configured, and PostgreSQL is not required.
     ///
     /// # Panics
-    /// If the file cannot be created or migrated: a test cannot proceed without it.
-    pub async fn sqlite() -> TestDatabase {
-        Self::sqlite_with(|options| options).await
+    /// If the database cannot be created or migrated, or if PostgreSQL is required
+    /// (`KEEL_REQUIRE_POSTGRES=1`) but not configured: a test cannot proceed without it.
+    pub async fn new() -> Option<Self> {
+        B::create(|options| options).await
     }
 
-    /// A new SQLite database file opened with options adjusted by `configure`.
-    pub async fn sqlite_with(
-        configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions,
-    ) -> TestDatabase {
+    /// [`TestDatabase::new`] with the options adjusted by `configure` (pool size, timeouts).
+    pub async fn with(
+        configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions + Send,
+    ) -> Option<Self> {
+        B::create(configure).await
+    }
+
+    /// The database under test.
+    pub fn database(&self) -> &Database<B> {
+        &self.database
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl TestBackend for sqlx::Sqlite {
+    /// A new SQLite file in the temporary directory.
+    async fn create(
+        configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions + Send,
+    ) -> Option<TestDatabase<Self>> {
         let path = std::env::temp_dir()
             .join("keel-tests")
             .join(format!("{}.db", uuid::Uuid::now_v7().simple()));
         let url = format!("sqlite:{}", path.display());
         let database = connect_and_migrate(options_for(url, configure)).await;
-        TestDatabase {
+        Some(TestDatabase {
             database,
-            cleanup: Cleanup::Sqlite(path),
-        }
+            cleanup: Cleanup::File(path),
+        })
     }
+}
 
-    /// A new PostgreSQL database, migrated; `None` (with a notice) when no server is
-    /// configured and PostgreSQL is not required.
-    ///
-    /// # Panics
-    /// If the server is configured but the database cannot be created or migrated, or if
-    /// PostgreSQL is required (`KEEL_REQUIRE_POSTGRES=1`) but not configured.
-    pub async fn postgres() -> Option<TestDatabase> {
-        Self::postgres_with(|options| options).await
-    }
+#[cfg(feature = "postgres")]
+impl TestBackend for sqlx::Postgres {
+    /// A new database on the server named by `KEEL_TEST_POSTGRES_URL`.
+    async fn create(
+        configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions + Send,
+    ) -> Option<TestDatabase<Self>> {
+        use sqlx::{AssertSqlSafe, Connection};
 
-    /// A new PostgreSQL database opened with options adjusted by `configure`.
-    pub async fn postgres_with(
-        configure: impl FnOnce(DatabaseOptions) -> DatabaseOptions,
-    ) -> Option<TestDatabase> {
         let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
             if std::env::var(REQUIRE_POSTGRES_VAR).as_deref() == Ok("1") {
                 panic!(
@@ -135,17 +178,12 @@ impl TestDatabase {
         let database = connect_and_migrate(options_for(url.as_str(), configure)).await;
         Some(TestDatabase {
             database,
-            cleanup: Cleanup::Postgres { admin_url, name },
+            cleanup: Cleanup::Server { admin_url, name },
         })
-    }
-
-    /// The database under test.
-    pub fn database(&self) -> &Database {
-        &self.database
     }
 }
 
-async fn connect_and_migrate(options: DatabaseOptions) -> Database {
+async fn connect_and_migrate<B: Backend>(options: DatabaseOptions) -> Database<B> {
     let database = options
         .connect()
         .await
@@ -157,17 +195,20 @@ async fn connect_and_migrate(options: DatabaseOptions) -> Database {
     database
 }
 
-impl Drop for TestDatabase {
+impl<B: Backend> Drop for TestDatabase<B> {
     fn drop(&mut self) {
         match &self.cleanup {
-            Cleanup::Sqlite(path) => {
+            Cleanup::File(path) => {
                 for suffix in ["", "-wal", "-shm"] {
                     let mut file = path.clone().into_os_string();
                     file.push(suffix);
                     let _ = std::fs::remove_file(file);
                 }
             }
-            Cleanup::Postgres { admin_url, name } => {
+            #[cfg(feature = "postgres")]
+            Cleanup::Server { admin_url, name } => {
+                use sqlx::{AssertSqlSafe, Connection};
+
                 let (admin_url, shown, name) = (admin_url.clone(), name.clone(), name.clone());
                 // Drop runs inside the test's runtime, which cannot be blocked on: use a
                 // short-lived runtime on a thread of its own.
@@ -191,27 +232,24 @@ impl Drop for TestDatabase {
                     eprintln!("note: could not drop test database {shown}");
                 }
             }
+            #[cfg(not(feature = "postgres"))]
+            Cleanup::Server { .. } => {}
         }
     }
 }
 
-/// Declares, for each `async fn name(db: Database)`, a test module `name` with two tests,
-/// `name::postgres` and `name::sqlite`, each running the function on a fresh database.
+/// Declares, for each `async fn name(db: Database<B>)`, a test `name::test` running the
+/// function on a fresh database of backend `B`, a type alias that must be in scope
+/// (`type B = sqlx::Postgres;`). A PostgreSQL test without a configured server is skipped.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),+ $(,)?) => {$(
         mod $name {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(test_db) = $crate::TestDatabase::postgres().await {
+            async fn test() {
+                if let Some(test_db) = $crate::TestDatabase::<super::B>::new().await {
                     super::$name(test_db.database().clone()).await;
                 }
-            }
-
-            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let test_db = $crate::TestDatabase::sqlite().await;
-                super::$name(test_db.database().clone()).await;
             }
         }
     )+};

@@ -1,0 +1,246 @@
+//! Everything Keel itself runs against the database, as one trait with one implementation
+//! per backend ([`crate::postgres`], [`crate::sqlite`]).
+//!
+//! Generic code (units of work, the dispatcher) calls these methods on its backend type
+//! `B`; the statements themselves live in the backend's module and nowhere else, so no
+//! code path matches on the backend at run time. Every time a decision compares (leases,
+//! due times, retry times) is read from the database's clock inside the statement that
+//! decides, never from the process's clock.
+//!
+//! The trait is public only so that the dispatcher crate can call it; it is not part of
+//! Keel's API and may change in any release.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use keel_domain::EventId;
+use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
+
+use crate::outbox::{Claim, DeadLetter, Group, Next, Outgoing};
+use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
+
+/// The driver connection of backend `B`: `PgConnection` or `SqliteConnection`.
+pub type Connection<B> = <B as sqlx::Database>::Connection;
+
+/// What an optimistic version save found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// The row moved to the next version.
+    Saved,
+    /// The row is at another version.
+    Conflict,
+    /// No row has the key.
+    Missing,
+}
+
+/// Keel's own statements on one backend. See the module documentation.
+pub trait Store: sqlx::Database {
+    /// Whether the backend has one writer at a time (SQLite): units of work of one
+    /// process then queue for the write lock in the process instead of in the driver.
+    const ONE_WRITER: bool;
+
+    /// Whether [`Store::write_outbox`] is a single statement, atomic without a
+    /// transaction (a standalone `send` then needs no `BEGIN`/`COMMIT`).
+    const ATOMIC_OUTBOX_WRITE: bool;
+
+    /// Checks the URL's scheme and normalises it.
+    fn normalise_url(url: &str) -> Result<String, Error>;
+
+    /// Opens the pool.
+    fn open(
+        url: &str,
+        options: &DatabaseOptions,
+    ) -> impl Future<Output = Result<sqlx::Pool<Self>, Error>> + Send;
+
+    /// Keel's migrations for this backend.
+    fn migrator() -> &'static Migrator;
+
+    /// Runs `migrator` on the pool.
+    fn run_migrations(
+        migrator: &Migrator,
+        pool: &sqlx::Pool<Self>,
+    ) -> impl Future<Output = Result<(), sqlx::migrate::MigrateError>> + Send;
+
+    /// Classifies a driver error of this backend (deadlock, serialization failure, lock
+    /// timeout, busy); gives the error back when it is none of those.
+    fn classify(error: sqlx::Error) -> Result<Error, sqlx::Error>;
+
+    /// Calls `wake` on every notification from another process's commit until `stop`
+    /// turns true; reconnects when the server restarts. Returns at once on a backend
+    /// without notifications.
+    fn listen(
+        db: &Database<Self>,
+        wake: &(dyn Fn() + Sync),
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send;
+
+    // ---- units of work -------------------------------------------------------------
+
+    /// Called on a pooled connection before `BEGIN` when the unit of work has a lock
+    /// timeout of its own.
+    fn before_begin(
+        conn: &mut Connection<Self>,
+        lock_timeout: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The statement that opens a transaction.
+    fn begin_statement(isolation: Isolation) -> &'static str;
+
+    /// Called first inside the transaction when the unit of work has a lock timeout.
+    fn after_begin(
+        conn: &mut Connection<Self>,
+        lock_timeout: Duration,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Called after the transaction ended when [`Store::before_begin`] ran; puts the
+    /// connection's defaults back.
+    fn after_end(
+        conn: &mut Connection<Self>,
+        options: &DatabaseOptions,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Locks one row (see [`Tx::lock`](crate::Tx::lock)).
+    fn lock_row(
+        conn: &mut Connection<Self>,
+        lock: &RowLock,
+    ) -> impl Future<Output = Result<Locked, Error>> + Send;
+
+    /// Takes a named lock, creating its row on first use.
+    fn lock_named(
+        conn: &mut Connection<Self>,
+        name: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Moves `table`'s row `key` from version `expected` to the next.
+    fn save_version(
+        conn: &mut Connection<Self>,
+        table: &'static str,
+        key: &Key,
+        expected: i64,
+    ) -> impl Future<Output = Result<Saved, Error>> + Send;
+
+    /// Writes a unit of work's events and commands, their deliveries and ordering keys.
+    fn write_outbox(
+        conn: &mut Connection<Self>,
+        outgoing: &Outgoing<'_>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Marks the pending deliveries of `event_ids` to `handler` done; returns how many
+    /// were pending.
+    fn mark_done(
+        conn: &mut Connection<Self>,
+        event_ids: &[EventId],
+        handler: &str,
+    ) -> impl Future<Output = Result<usize, Error>> + Send;
+
+    /// Wakes the relays of other processes after a commit that left them work
+    /// (PostgreSQL `NOTIFY`); best effort.
+    fn notify_relays(conn: &mut PoolConnection<Self>) -> impl Future<Output = ()> + Send;
+
+    /// Whether this backend can wake other processes' relays ([`Store::notify_relays`]).
+    const NOTIFIES: bool;
+
+    // ---- the delivery side -----------------------------------------------------------
+
+    /// Claims up to `limit` due deliveries without ordering key, leased for `lease`.
+    fn claim(
+        db: &Database<Self>,
+        limit: u32,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<Claim>, Error>> + Send;
+
+    /// Claims the next commands of up to `max_keys` free ordering keys: per key, its
+    /// oldest pending commands in send order, as many as `batch_size(handler)` allows
+    /// (at most `max_batch`), the key leased with them.
+    fn claim_keyed(
+        db: &Database<Self>,
+        max_keys: u32,
+        lease: Duration,
+        batch_size: &(dyn Fn(&str) -> usize + Sync),
+        max_batch: usize,
+    ) -> impl Future<Output = Result<Vec<Group>, Error>> + Send;
+
+    /// Extends the leases of `claims` (and of their key); returns, per claim, whether it
+    /// is still this claim's.
+    fn renew(
+        db: &Database<Self>,
+        claims: &[Claim],
+        key: Option<&str>,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Vec<bool>, Error>> + Send;
+
+    /// Ends a group's hold on its ordering key.
+    fn release_key(
+        db: &Database<Self>,
+        key: &str,
+        token: uuid::Uuid,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Marks deliveries done for several handlers at once.
+    fn mark_done_many(
+        db: &Database<Self>,
+        by_handler: &BTreeMap<&str, Vec<EventId>>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Records a failed attempt, if the delivery is still `claim`'s, and schedules the next
+    /// one or moves the delivery to the dead letter.
+    fn record_failure(
+        db: &Database<Self>,
+        claim: &Claim,
+        error: &str,
+        next: Next,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Creates the delivery rows of up to `limit` events written without routing;
+    /// returns how many events were routed.
+    fn route_unrouted(
+        db: &Database<Self>,
+        limit: u32,
+        handlers_for: &(dyn Fn(&str) -> Vec<&'static str> + Sync),
+    ) -> impl Future<Output = Result<usize, Error>> + Send;
+
+    /// Whether any delivery is pending or any event unrouted.
+    fn any_unfinished(db: &Database<Self>) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Removes up to `limit` done deliveries finished more than `older_than` ago, their
+    /// error history, and events left without deliveries; returns the rows removed.
+    fn purge(
+        db: &Database<Self>,
+        older_than: Duration,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    // ---- the dead letter ---------------------------------------------------------------
+
+    /// The oldest `limit` dead deliveries.
+    fn dead_list(
+        db: &Database<Self>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, Error>> + Send;
+
+    /// How many deliveries are dead.
+    fn dead_count(db: &Database<Self>) -> impl Future<Output = Result<i64, Error>> + Send;
+
+    /// One dead delivery.
+    fn dead_show(
+        db: &Database<Self>,
+        event_id: EventId,
+        handler: &str,
+    ) -> impl Future<Output = Result<Option<DeadLetter>, Error>> + Send;
+
+    /// Puts a dead delivery back in the queue; `false` if it is not dead.
+    fn dead_retry(
+        db: &Database<Self>,
+        event_id: EventId,
+        handler: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Removes a dead delivery and its history; `false` if it is not dead.
+    fn dead_discard(
+        db: &Database<Self>,
+        event_id: EventId,
+        handler: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}

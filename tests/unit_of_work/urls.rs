@@ -1,0 +1,55 @@
+//! Opening databases: URLs and unreachable servers, secrets kept out of errors.
+
+use keel::Error;
+use keel::sqlx::{Postgres, Sqlite};
+
+#[tokio::test]
+async fn malformed_and_unsupported_urls_are_named_without_their_password() {
+    for url in [
+        "mysql://app:hunter2@localhost/app",
+        "postgres://app:hunter2@localhost:notaport/app",
+        "no-scheme-at-all",
+        "sqlite::memory:",
+    ] {
+        let errors = [
+            keel::Database::<Postgres>::connect(url).await.unwrap_err(),
+            keel::Database::<Sqlite>::connect(url).await.unwrap_err(),
+        ];
+        for err in errors {
+            let text = err.to_string();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{url}: {text}");
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("expected `postgres://"), "{text}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_reported_without_the_password() {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let err = keel::Database::<Postgres>::connect("postgres://app:hunter2@127.0.0.1:1/app")
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Unreachable { .. }), "{text}");
+    assert!(
+        text.contains("postgres://app:***@127.0.0.1:1/app"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!format!("{err:?}").contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_url_for_the_other_backend_is_refused_by_name() {
+    let err = keel::Database::<Postgres>::connect("sqlite:data/x.db")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("this database is PostgreSQL"), "{err}");
+    let err = keel::Database::<Sqlite>::connect("postgres://app:hunter2@h/db")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("this database is SQLite") && !err.contains("hunter2"), "{err}");
+}
