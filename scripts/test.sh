@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
 # The whole test suite, on a real PostgreSQL and on SQLite.
 #
-# Starts a throwaway PostgreSQL cluster (installing PostgreSQL with apt-get if it is
-# missing), runs `cargo test --workspace` against it and against SQLite, runs the flagship
-# example on both backends, and stops the cluster on every exit path.
+# Checks formatting, lints, the API documentation and a PostgreSQL-only build; starts a
+# throwaway PostgreSQL cluster (installing PostgreSQL with apt-get if it is missing), runs
+# `cargo test --workspace` against it and against SQLite, runs the flagship example on both
+# backends, and stops the cluster on every exit path.
 # Extra arguments go to `cargo test` (e.g. `bash scripts/test.sh unit_of_work`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# The checked queries build from the offline data in .sqlx/, never from a live database.
+export SQLX_OFFLINE=true
+
+# 0. Formatting, lints, documentation, and a build without SQLite (full runs only).
+if [ $# -eq 0 ]; then
+  say "cargo fmt --check"
+  cargo fmt --all --check
+  say "cargo clippy (warnings denied)"
+  cargo clippy -q --workspace --all-targets -- -D warnings
+  say "cargo doc (missing docs and broken links denied)"
+  RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps
+  say "PostgreSQL-only build (no bundled SQLite)"
+  cargo check -q -p keel --lib --no-default-features --features postgres
+fi
 
 as_postgres() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

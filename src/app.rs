@@ -13,7 +13,8 @@ use keel_orchestrator::{Backend, Database, Error};
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use keel::{App, Database, Registry};
+/// use keel::Registry;
+/// use keel::sqlite::{App, Database};
 ///
 /// let db = Database::connect("sqlite:data/app.db").await?;
 /// db.migrate().await?;
@@ -28,7 +29,7 @@ use keel_orchestrator::{Backend, Database, Error};
 ///         Ok(())
 ///     })
 ///     .await?;
-/// app.shutdown().await;
+/// app.shutdown().await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]

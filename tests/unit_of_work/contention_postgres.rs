@@ -179,3 +179,32 @@ async fn serialization_failure_is_classified_transient() {
     assert!(matches!(last, Error::SerializationFailure(_)), "{last}");
     assert!(last.is_transient());
 }
+
+/// `SET TRANSACTION ISOLATION LEVEL` as the first statement would silently downgrade a
+/// serializable unit of work: its commit is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolation_level_changed_by_hand_is_refused() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let mut db = test_db.database().clone();
+    accounts_with(&db, 100).await;
+    let options = UnitOfWork::named("audited").isolation(Isolation::Serializable);
+    let err = db
+        .unit_of_work_with(&options, async |tx| {
+            sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .execute(tx.conn())
+                .await?;
+            sqlx::query("UPDATE accounts SET balance = 0 WHERE id = 1")
+                .execute(tx.conn())
+                .await?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TransactionReplaced { unit_of_work: "audited" }),
+        "{err}"
+    );
+    assert_eq!(scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await, 100);
+}

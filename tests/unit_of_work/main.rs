@@ -21,6 +21,7 @@ mod postgres {
     mod migrations;
     mod rollback;
     mod support;
+    mod tampering;
 }
 
 #[path = "."]
@@ -35,4 +36,5 @@ mod sqlite {
     mod migrations;
     mod rollback;
     mod support;
+    mod tampering;
 }

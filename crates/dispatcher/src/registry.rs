@@ -173,15 +173,18 @@ impl<B: Backend> Registry<B> {
 /// Registers a handler where it is defined, for [`Registry::global`].
 ///
 /// ```ignore
-/// async fn notify_partner(event: &AssessmentCompleted, ctx: &mut HandlerContext) -> Result<(), keel::Error> {
+/// async fn notify_partner(event: &AssessmentCompleted, ctx: &mut HandlerContext<Postgres>) -> Result<(), keel::Error> {
 ///     // …
+///     Ok(())
 /// }
 /// keel::register_handler!(AssessmentCompleted => notify_partner);
 /// // with a retry policy:
 /// keel::register_handler!(AssessmentCompleted => notify_partner, retry = RetryPolicy::default().max_attempts(10));
 /// ```
 ///
-/// The handler's name is its path (`my_service::handlers::notify_partner`).
+/// The handler's name is its path (`my_service::handlers::notify_partner`). The backend
+/// is the one of the function's `HandlerContext<B>`; [`Registry::global`] for that backend
+/// finds it.
 #[macro_export]
 macro_rules! register_handler {
     ($event:ty => $handler:path $(, retry = $retry:expr)? $(,)?) => {
@@ -205,11 +208,11 @@ macro_rules! register_handler {
 /// command has exactly one handler.
 ///
 /// ```ignore
-/// async fn count_vote(vote: &VoteForPost, ctx: &mut HandlerContext) -> Result<(), keel::Error> { … }
+/// async fn count_vote(vote: &VoteForPost, ctx: &mut HandlerContext<Postgres>) -> Result<(), keel::Error> { todo!() }
 /// keel::register_command_handler!(VoteForPost => count_vote);
 ///
 /// // or, taking up to 100 commands of one ordering key at a time:
-/// async fn count_votes(votes: &[VoteForPost], ctx: &mut HandlerContext) -> Result<(), keel::Error> { … }
+/// async fn count_votes(votes: &[VoteForPost], ctx: &mut HandlerContext<Postgres>) -> Result<(), keel::Error> { todo!() }
 /// keel::register_command_handler!(VoteForPost => count_votes, batch = 100);
 /// ```
 #[macro_export]

@@ -133,6 +133,19 @@ pub enum Error {
         action: &'static str,
     },
 
+    /// The steps of a unit of work ended its transaction or replaced its connection.
+    #[error(
+        "the transaction of unit of work `{unit_of_work}` was ended or replaced by its steps \
+         (a `COMMIT` or `ROLLBACK` run by hand, a changed isolation level, or `tx.conn()` swapped \
+         for another connection): nothing more was committed, its events were dropped and the \
+         connection was closed; run statements on `tx.conn()`, and let the unit of work end \
+         the transaction"
+    )]
+    TransactionReplaced {
+        /// The unit of work.
+        unit_of_work: &'static str,
+    },
+
     /// A table or column name given to a lock or version helper is not a plain SQL identifier.
     #[error(
         "`{0}` is not a plain SQL identifier; use letters, digits and `_` (optionally \

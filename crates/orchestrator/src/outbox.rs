@@ -77,6 +77,9 @@ pub struct Outgoing<'a> {
     pub routing: Option<&'a dyn Routing>,
     /// The fast path's lease on the event deliveries: its token and duration.
     pub lease: Option<(uuid::Uuid, Duration)>,
+    /// The marker of the unit of work's transaction, when the write is part of one: the
+    /// write only happens inside that transaction.
+    pub marker: Option<uuid::Uuid>,
 }
 
 impl Outgoing<'_> {

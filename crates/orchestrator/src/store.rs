@@ -1,5 +1,5 @@
 //! Everything Keel itself runs against the database, as one trait with one implementation
-//! per backend ([`crate::postgres`], [`crate::sqlite`]).
+//! per backend (modules `postgres` and `sqlite` of this crate).
 //!
 //! Generic code (units of work, the dispatcher) calls these methods on its backend type
 //! `B`; the statements themselves live in the backend's module and nowhere else, so no
@@ -85,14 +85,33 @@ pub trait Store: sqlx::Database {
         lock_timeout: Duration,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// The statement that opens a transaction.
-    fn begin_statement(isolation: Isolation) -> &'static str;
-
-    /// Called first inside the transaction when the unit of work has a lock timeout.
-    fn after_begin(
+    /// Opens a unit of work's transaction on `conn`, marked with `marker` so that its end
+    /// can tell whether it still is the transaction it began.
+    fn begin(
         conn: &mut Connection<Self>,
-        lock_timeout: Duration,
+        isolation: Isolation,
+        lock_timeout: Option<Duration>,
+        marker: uuid::Uuid,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// After the steps, before anything is written for them: whether `conn` is still in
+    /// the transaction [`Store::begin`] opened (not ended by hand, not swapped for another
+    /// connection). `Ok(false)` when it is not.
+    fn verify(
+        conn: &mut Connection<Self>,
+        marker: uuid::Uuid,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Commits the transaction if it still is the one begun with `marker` at `isolation`
+    /// (checked in the same round trip); `Ok(false)`, without committing, when it is not.
+    fn commit(
+        conn: &mut Connection<Self>,
+        marker: uuid::Uuid,
+        isolation: Isolation,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Rolls the transaction back.
+    fn rollback(conn: &mut Connection<Self>) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Called after the transaction ended when [`Store::before_begin`] ran; puts the
     /// connection's defaults back.

@@ -136,7 +136,7 @@ impl<'c, B: Backend> Tx<'c, B> {
     /// # impl DomainEvent for PostLiked { const NAME: &'static str = "post.liked.v1";
     /// #   const AGGREGATE_TYPE: &'static str = "Post";
     /// #   fn aggregate_id(&self) -> String { self.post_id.to_string() } }
-    /// # async fn run(mut db: Database) -> Result<(), Error> {
+    /// # async fn run(mut db: Database<sqlx::Postgres>) -> Result<(), Error> {
     /// let receipt = db
     ///     .unit_of_work(async |tx| {
     ///         sqlx::query("UPDATE posts SET likes = likes + 1 WHERE id = 1")
@@ -186,7 +186,7 @@ impl<'c, B: Backend> Tx<'c, B> {
     ///
     /// ```no_run
     /// # use keel_orchestrator::{Database, Error, Locked, RowLock};
-    /// # async fn run(mut db: Database) -> Result<(), Error> {
+    /// # async fn run(mut db: Database<sqlx::Postgres>) -> Result<(), Error> {
     /// db.unit_of_work(async |tx| {
     ///     match tx.lock(RowLock::for_update("accounts", 1)).await? {
     ///         Locked::Acquired => Ok(()),

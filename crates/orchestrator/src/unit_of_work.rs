@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::Connection;
 use sqlx::pool::PoolConnection;
 use tracing::Instrument;
 
@@ -200,7 +199,7 @@ impl<B: Backend> Database<B> {
     /// ```no_run
     /// # use std::time::Duration;
     /// # use keel_orchestrator::{Database, Error, RowLock, UnitOfWork};
-    /// # async fn run(mut db: Database) -> Result<(), Error> {
+    /// # async fn run(mut db: Database<sqlx::Postgres>) -> Result<(), Error> {
     /// let debit = UnitOfWork::named("debit").lock_timeout(Duration::from_millis(100));
     /// let amount = 50_i64;
     /// db.unit_of_work_with(&debit, async |tx| {
@@ -289,6 +288,7 @@ impl<B: Backend> Database<B> {
                 commands: &sent,
                 routing: self.routing(),
                 lease: None,
+                marker: None,
             };
             B::write_outbox(&mut *conn, &outgoing).await?;
             self.after_commit(&mut conn, true).await;
@@ -343,25 +343,29 @@ impl<B: Backend> Database<B> {
         } else {
             None
         };
-        let mut conn = self.pool().acquire().await?;
+        let mut open = Open {
+            conn: self.pool().acquire().await?,
+            ended: true,
+        };
         if let Some(timeout) = options.lock_timeout {
-            B::before_begin(&mut *conn, timeout).await?;
+            B::before_begin(&mut open.conn, timeout).await?;
         }
-        let outcome = self.transaction(&mut conn, options, attempt, steps).await;
+        let outcome = self.transaction(&mut open, options, attempt, steps).await;
         if options.lock_timeout.is_some()
-            && let Err(error) = B::after_end(&mut *conn, self.options()).await
+            && open.ended
+            && let Err(error) = B::after_end(&mut open.conn, self.options()).await
         {
             tracing::warn!(%error, "could not restore the connection's defaults; it is closed");
-            conn.close_on_drop();
+            open.ended = false;
         }
         outcome
     }
 
-    /// The transaction of one attempt on `conn`: begin, the steps, the outbox, then commit
-    /// or rollback.
+    /// The transaction of one attempt: begin, the steps, the outbox, then commit or
+    /// rollback. Commits only the transaction it began, on the connection it began it on.
     async fn transaction<T, F>(
         &self,
-        conn: &mut PoolConnection<B>,
+        open: &mut Open<B>,
         options: &UnitOfWork,
         attempt: u32,
         steps: &mut F,
@@ -369,15 +373,11 @@ impl<B: Backend> Database<B> {
     where
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
-        // An owned statement: with a `&'static str`, rustc cannot prove the future `Send`
-        // in generic callers ("implementation of `SqlSafeStr` is not general enough").
-        let begin = sqlx::SqlStr::from_static(B::begin_statement(options.isolation));
-        let mut txn = conn.begin_with(begin).await?;
-        if let Some(timeout) = options.lock_timeout {
-            B::after_begin(&mut *txn, timeout).await?;
-        }
-        if let Some((event_ids, handler)) = &options.processes {
-            let marked = match B::mark_done(&mut *txn, event_ids, handler).await {
+        let marker = uuid::Uuid::now_v7();
+        open.ended = false;
+        B::begin(&mut open.conn, options.isolation, options.lock_timeout, marker).await?;
+        let outcome = match &options.processes {
+            Some((event_ids, handler)) => match B::mark_done(&mut open.conn, event_ids, handler).await {
                 Ok(n) if n == event_ids.len() => Ok(()),
                 Ok(0) => Err(Error::AlreadyProcessed {
                     event_id: event_ids.first().map(|id| id.to_string()).unwrap_or_default(),
@@ -385,17 +385,28 @@ impl<B: Backend> Database<B> {
                 }),
                 Ok(_) => Err(Error::BatchPartlyProcessed { handler }),
                 Err(error) => Err(error),
-            };
-            if let Err(error) = marked {
-                let _ = txn.rollback().await;
-                return Err(error);
+            },
+            None => Ok(()),
+        };
+        let (outcome, events, commands) = match outcome {
+            Ok(()) => {
+                let mut tx = Tx::new(&mut *open.conn, attempt, options.cause, self.routing());
+                let outcome = guard::inside(options.name, steps(&mut tx)).await;
+                let (events, commands) = tx.into_outgoing();
+                (outcome, events, commands)
             }
-        }
-        let (outcome, events, commands) = {
-            let mut tx = Tx::new(&mut *txn, attempt, options.cause, self.routing());
-            let outcome = guard::inside(options.name, steps(&mut tx)).await;
-            let (events, commands) = tx.into_outgoing();
-            (outcome, events, commands)
+            Err(error) => (Err(error), Vec::new(), Vec::new()),
+        };
+        let replaced = || Error::TransactionReplaced {
+            unit_of_work: options.name,
+        };
+        let outcome = match outcome {
+            Ok(value) => match B::verify(&mut open.conn, marker).await {
+                Ok(true) => Ok(value),
+                Ok(false) => return Err(self.abandon(open, replaced()).await),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
         };
         let lease = self
             .routing()
@@ -406,27 +417,69 @@ impl<B: Backend> Database<B> {
             commands: &commands,
             routing: self.routing(),
             lease,
+            marker: Some(marker),
         };
         let writes = !events.is_empty() || !commands.is_empty();
         let outcome = match outcome {
-            Ok(value) if writes => B::write_outbox(&mut *txn, &outgoing).await.map(|()| value),
+            Ok(value) if writes => B::write_outbox(&mut open.conn, &outgoing)
+                .await
+                .map(|()| value),
             other => other,
         };
-        let reserved = writes && outgoing.reserves();
-        let left_for_relay = writes && outgoing.leaves_for_relay();
-        match outcome {
-            Ok(value) => {
-                txn.commit().await?;
-                self.after_commit(conn, left_for_relay).await;
-                let token = lease.filter(|_| reserved).map(|(token, _)| token);
-                Ok((value, events, token))
-            }
+        let value = match outcome {
+            Ok(value) => value,
             Err(error) => {
-                if let Err(rollback) = txn.rollback().await {
-                    tracing::warn!(%rollback, "rollback failed; the connection is discarded");
+                match B::rollback(&mut open.conn).await {
+                    Ok(()) => open.ended = true,
+                    Err(rollback) => {
+                        tracing::warn!(%rollback, "rollback failed; the connection is closed")
+                    }
                 }
-                Err(error)
+                return Err(error);
             }
+        };
+        match B::commit(&mut open.conn, marker, options.isolation).await {
+            Ok(true) => open.ended = true,
+            Ok(false) => return Err(self.abandon(open, replaced()).await),
+            // A database's refusal ends the transaction; a lost connection leaves its
+            // outcome unknown, and the connection is closed.
+            Err(error @ Error::Database(sqlx::Error::Io(_))) => return Err(error),
+            Err(error) => {
+                open.ended = true;
+                return Err(error);
+            }
+        }
+        let reserved = writes && outgoing.reserves();
+        if writes && outgoing.leaves_for_relay() {
+            self.after_commit(&mut open.conn, true).await;
+        }
+        let token = lease.filter(|_| reserved).map(|(token, _)| token);
+        Ok((value, events, token))
+    }
+
+    /// Rolls back what can be, and leaves the connection to be closed: after its steps
+    /// ended or replaced the transaction, its state is unknown.
+    async fn abandon(&self, open: &mut Open<B>, error: Error) -> Error {
+        let _ = B::rollback(&mut open.conn).await;
+        open.ended = false;
+        tracing::error!(%error, "the connection is closed");
+        error
+    }
+}
+
+/// A pooled connection during a unit of work. Unless the transaction ended cleanly, the
+/// connection is closed instead of going back to the pool: a panic or a dropped future
+/// mid-transaction, or steps that tampered with the transaction, leave it in a state the
+/// next user must not inherit (the server rolls back what a closed connection left open).
+struct Open<B: Backend> {
+    conn: PoolConnection<B>,
+    ended: bool,
+}
+
+impl<B: Backend> Drop for Open<B> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
         }
     }
 }

@@ -29,6 +29,19 @@ use crate::{Database, DatabaseOptions, Error, Isolation, Key, LockWait, Locked, 
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// The setting that marks a unit of work's transaction (`SET LOCAL`, so it ends with it).
+const MARKER: &str = "keel.unit_of_work";
+
+/// The setting whose lookup fails when a unit of work's transaction is not the one begun.
+const REPLACED: &str = "keel.transaction_replaced";
+
+fn is_replaced(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<PgDatabaseError>())
+        .is_some_and(|pg| pg.code() == "42704" && pg.message().contains(REPLACED))
+}
+
 fn bind_key<'q>(query: Query<'q, Postgres, PgArguments>, key: &Key) -> Query<'q, Postgres, PgArguments> {
     match key {
         Key::Int(i) => query.bind(*i),
@@ -120,20 +133,63 @@ impl Store for Postgres {
         Ok(())
     }
 
-    fn begin_statement(isolation: Isolation) -> &'static str {
-        match isolation {
+    /// `BEGIN`, the marker and the lock timeout in one round trip (a simple query).
+    async fn begin(
+        conn: &mut PgConnection,
+        isolation: Isolation,
+        lock_timeout: Option<Duration>,
+        marker: uuid::Uuid,
+    ) -> Result<(), Error> {
+        let begin = match isolation {
             Isolation::ReadCommitted => "BEGIN",
             Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
             Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        };
+        let mut sql = format!("{begin}; SET LOCAL {MARKER} = '{marker}'");
+        if let Some(timeout) = lock_timeout {
+            sql.push_str(&format!(
+                "; SET LOCAL lock_timeout = '{}ms'",
+                timeout.as_millis().max(1)
+            ));
+        }
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+        Ok(())
+    }
+
+    /// The marker is checked by the outbox write and by the commit themselves, in their
+    /// own round trips.
+    async fn verify(_: &mut PgConnection, _: uuid::Uuid) -> Result<bool, Error> {
+        Ok(true)
+    }
+
+    /// A check and `COMMIT` in one simple query: when the check fails, PostgreSQL skips
+    /// the rest of the query, so the transaction is not committed.
+    async fn commit(
+        conn: &mut PgConnection,
+        marker: uuid::Uuid,
+        isolation: Isolation,
+    ) -> Result<bool, Error> {
+        let level = match isolation {
+            Isolation::ReadCommitted => "read committed",
+            Isolation::RepeatableRead => "repeatable read",
+            Isolation::Serializable => "serializable",
+        };
+        // `current_setting` of an unknown name raises: a check that fails at execution,
+        // never at planning (constant folding would evaluate a failing cast too early).
+        let sql = format!(
+            "SELECT CASE WHEN current_setting('{MARKER}', true) = '{marker}'
+                          AND current_setting('transaction_isolation') = '{level}'
+                     THEN '' ELSE current_setting('{REPLACED}') END; COMMIT"
+        );
+        match sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await {
+            Ok(_) => Ok(true),
+            Err(error) if is_replaced(&error) => Ok(false),
+            Err(error) => Err(error.into()),
         }
     }
 
-    async fn after_begin(conn: &mut PgConnection, lock_timeout: Duration) -> Result<(), Error> {
-        let set = format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            lock_timeout.as_millis().max(1)
-        );
-        sqlx::query(AssertSqlSafe(set)).execute(conn).await?;
+    async fn rollback(conn: &mut PgConnection) -> Result<(), Error> {
+        sqlx::raw_sql("ROLLBACK").execute(conn).await?;
         Ok(())
     }
 
@@ -356,7 +412,9 @@ impl Store for Postgres {
 
 /// The outbox write: events, deliveries and ordering keys in one statement, whatever the
 /// number of rows. Every column travels as one array (`UNNEST`), so the statement's text
-/// never changes and stays prepared.
+/// never changes and stays prepared. Inside a unit of work it writes only if the
+/// transaction still carries the unit of work's marker: after a `COMMIT` run by hand, it
+/// would otherwise commit on its own.
 async fn write_outbox(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<(), Error> {
     let mut ids = Vec::new();
     let mut names = Vec::new();
@@ -401,15 +459,19 @@ async fn write_outbox(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Resul
              INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
                  payload, correlation_id, causation_id, routed, ordering_key)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
-                 $5::timestamptz[], $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])),
+                 $5::timestamptz[], $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
+             WHERE $17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17),
          d AS (
              INSERT INTO keel_deliveries (event_id, handler, leased_until, leased_by, ordering_key)
              SELECT i, h, CASE WHEN l THEN now() + $13 * interval '1 millisecond' END,
                     CASE WHEN l THEN $14::uuid END, k
-             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)),
+             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
+             WHERE $17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17),
          k AS (
              INSERT INTO keel_keys (key)
-             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k) WHERE k IS NOT NULL
+             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k)
+             WHERE k IS NOT NULL
+               AND ($17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17)
              ON CONFLICT DO NOTHING)
          SELECT 1",
     )
@@ -429,6 +491,7 @@ async fn write_outbox(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Resul
     .bind(token)
     .bind(d_leased)
     .bind(d_keys)
+    .bind(outgoing.marker.map(|m| m.to_string()))
     .execute(conn)
     .await?;
     Ok(())

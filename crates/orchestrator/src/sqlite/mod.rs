@@ -3,7 +3,7 @@
 //!
 //! SQLite has one writer at a time: every writing unit of work takes the write lock with
 //! `BEGIN IMMEDIATE`, and units of work of one process queue for it in the process. Times
-//! are integer milliseconds read from SQLite's own clock ([`now_ms!`]) by the transaction
+//! are integer milliseconds read from SQLite's own clock (`now_ms!`) by the transaction
 //! that uses them.
 
 mod dead_letter;
@@ -36,6 +36,13 @@ macro_rules! now_ms {
     };
 }
 pub(crate) use now_ms;
+
+/// The savepoint that marks a unit of work's transaction.
+macro_rules! savepoint {
+    () => {
+        "keel_unit_of_work"
+    };
+}
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -133,13 +140,40 @@ impl Store for Sqlite {
         set_busy_timeout(conn, lock_timeout).await
     }
 
-    fn begin_statement(_: Isolation) -> &'static str {
-        // SQLite transactions are serializable; IMMEDIATE takes the write lock up front,
-        // so two writers never deadlock upgrading a read lock.
-        "BEGIN IMMEDIATE"
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so two writers never deadlock
+    /// upgrading a read lock (SQLite transactions are serializable). The savepoint marks
+    /// the transaction: it vanishes with a `COMMIT` or `ROLLBACK` run by hand, and another
+    /// connection does not have it.
+    async fn begin(
+        conn: &mut SqliteConnection,
+        _: Isolation,
+        _: Option<Duration>,
+        _: uuid::Uuid,
+    ) -> Result<(), Error> {
+        sqlx::raw_sql(concat!("BEGIN IMMEDIATE; SAVEPOINT ", savepoint!()))
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 
-    async fn after_begin(_: &mut SqliteConnection, _: Duration) -> Result<(), Error> {
+    async fn verify(conn: &mut SqliteConnection, _: uuid::Uuid) -> Result<bool, Error> {
+        match sqlx::raw_sql(concat!("RELEASE ", savepoint!()))
+            .execute(conn)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if error.to_string().contains("no such savepoint") => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn commit(conn: &mut SqliteConnection, _: uuid::Uuid, _: Isolation) -> Result<bool, Error> {
+        sqlx::raw_sql("COMMIT").execute(conn).await?;
+        Ok(true)
+    }
+
+    async fn rollback(conn: &mut SqliteConnection) -> Result<(), Error> {
+        sqlx::raw_sql("ROLLBACK").execute(conn).await?;
         Ok(())
     }
 

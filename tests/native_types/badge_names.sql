@@ -1,0 +1,1 @@
+SELECT name FROM badges ORDER BY name
