@@ -208,3 +208,35 @@ async fn an_isolation_level_changed_by_hand_is_refused() {
     );
     assert_eq!(scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await, 100);
 }
+
+/// A unit of work with no lock timeout of its own still does not wait forever for a row:
+/// the database's default lock timeout bounds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_lock_waits_are_bounded_by_default() {
+    let Some(test_db) = TestDatabase::<B>::with(|options| {
+        options.lock_timeout(std::time::Duration::from_millis(200))
+    })
+    .await
+    else {
+        return;
+    };
+    let db = test_db.database().clone();
+    accounts_with(&db, 100).await;
+    let (release, released) = tokio::sync::oneshot::channel();
+    let (held, is_held) = tokio::sync::oneshot::channel();
+    let holder = tokio::spawn(super::contention::hold_row(db.clone(), released, held));
+    is_held.await.unwrap();
+    let mut waiter = db.clone();
+    let started = std::time::Instant::now();
+    let err = waiter
+        .unit_of_work_with(
+            &UnitOfWork::named("waiter").retry(RetryPolicy::never()),
+            async |tx| tx.lock(RowLock::for_update("accounts", 1)).await,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err.last_attempt(), Error::LockTimeout { .. }), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    release.send(()).unwrap();
+    holder.await.unwrap();
+}

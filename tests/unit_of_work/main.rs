@@ -19,6 +19,7 @@ mod postgres {
     mod contention;
     mod contention_postgres;
     mod migrations;
+    mod nesting;
     mod rollback;
     mod support;
     mod tampering;
@@ -34,6 +35,7 @@ mod sqlite {
     mod contention;
     mod contention_sqlite;
     mod migrations;
+    mod nesting;
     mod rollback;
     mod support;
     mod tampering;

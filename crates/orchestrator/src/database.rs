@@ -39,7 +39,7 @@ pub struct DatabaseOptions {
     pub(crate) url: String,
     pub(crate) max_connections: u32,
     pub(crate) acquire_timeout: Duration,
-    pub(crate) sqlite_busy_timeout: Duration,
+    pub(crate) lock_timeout: Duration,
 }
 
 impl std::fmt::Debug for DatabaseOptions {
@@ -48,20 +48,20 @@ impl std::fmt::Debug for DatabaseOptions {
             .field("url", &redact(&self.url))
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
-            .field("sqlite_busy_timeout", &self.sqlite_busy_timeout)
+            .field("lock_timeout", &self.lock_timeout)
             .finish()
     }
 }
 
 impl DatabaseOptions {
-    /// Options for `url` with the defaults: 10 connections, 10 s acquire timeout, and on
-    /// SQLite a 5 s busy timeout.
+    /// Options for `url` with the defaults: 10 connections, a 10 s acquire timeout and a
+    /// 5 s lock timeout.
     pub fn new(url: impl Into<String>) -> Self {
         DatabaseOptions {
             url: url.into(),
             max_connections: 10,
             acquire_timeout: Duration::from_secs(10),
-            sqlite_busy_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(5),
         }
     }
 
@@ -78,10 +78,13 @@ impl DatabaseOptions {
         self
     }
 
-    /// SQLite only: how long to wait for another process's write lock by default (a unit
-    /// of work's own `lock_timeout` overrides it).
-    pub fn sqlite_busy_timeout(mut self, timeout: Duration) -> Self {
-        self.sqlite_busy_timeout = timeout;
+    /// How long any statement may wait for a lock by default: PostgreSQL's `lock_timeout`
+    /// on every connection, SQLite's busy timeout and its write-lock queue. Nothing Keel
+    /// runs then waits forever for a lock; exceeding it is [`Error::LockTimeout`], which a
+    /// unit of work retries. A unit of work's own
+    /// [`UnitOfWork::lock_timeout`](crate::UnitOfWork::lock_timeout) overrides it.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -90,23 +93,6 @@ impl DatabaseOptions {
         Database::open(self).await
     }
 
-    /// SQLite's default busy timeout for this database.
-    #[doc(hidden)]
-    pub fn busy_timeout(&self) -> Duration {
-        self.sqlite_busy_timeout
-    }
-
-    /// The pool's size.
-    #[doc(hidden)]
-    pub fn pool_size(&self) -> u32 {
-        self.max_connections
-    }
-
-    /// The pool's acquire timeout.
-    #[doc(hidden)]
-    pub fn pool_acquire_timeout(&self) -> Duration {
-        self.acquire_timeout
-    }
 }
 
 /// A handle to the database on backend `B`: a connection pool plus what Keel keeps about
@@ -145,6 +131,10 @@ struct Inner<B: sqlx::Database> {
     /// Whether a coalesced notification is scheduled for the end of the current window.
     notify_scheduled: AtomicBool,
     opened: Instant,
+    /// The units of work holding a connection of the pool (or waiting for SQLite's write
+    /// lock): named in the error when the pool or the lock runs out.
+    holders: std::sync::Mutex<Vec<(u64, &'static str)>>,
+    next_holder: AtomicU64,
     backend: PhantomData<fn() -> B>,
 }
 
@@ -192,6 +182,8 @@ impl<B: Backend> Database<B> {
                 last_notify: AtomicU64::new(0),
                 notify_scheduled: AtomicBool::new(false),
                 opened: Instant::now(),
+                holders: std::sync::Mutex::new(Vec::new()),
+                next_holder: AtomicU64::new(0),
                 backend: PhantomData,
             }),
         })
@@ -303,7 +295,53 @@ impl<B: Backend> Database<B> {
     /// work: the steps of a unit of work use the `&mut Tx` they are given.
     pub async fn acquire(&self) -> Result<PoolConnection<B>, Error> {
         guard::ensure_outside("acquire a database connection")?;
-        Ok(self.inner.pool.acquire().await?)
+        self.inner
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| self.exhausted("a connection request", None, e))
+    }
+
+    /// Records that unit of work `name` holds a connection until the result is dropped.
+    pub(crate) fn hold(&self, name: &'static str) -> Holding<'_, B> {
+        let id = self.inner.next_holder.fetch_add(1, Ordering::Relaxed);
+        self.holders().push((id, name));
+        Holding { db: self, id }
+    }
+
+    fn holders(&self) -> std::sync::MutexGuard<'_, Vec<(u64, &'static str)>> {
+        self.inner
+            .holders
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The units of work holding connections (or the write lock) now, oldest first.
+    pub(crate) fn holder_names(&self, except: Option<u64>) -> Vec<&'static str> {
+        self.holders()
+            .iter()
+            .filter(|(id, _)| Some(*id) != except)
+            .map(|(_, name)| *name)
+            .collect()
+    }
+
+    /// The error of a connection request that failed: when the pool ran out, one that
+    /// names who holds the connections, so that a nested acquisition reads as what it is.
+    pub(crate) fn exhausted(
+        &self,
+        waiting: &'static str,
+        except: Option<u64>,
+        error: sqlx::Error,
+    ) -> Error {
+        match error {
+            sqlx::Error::PoolTimedOut => Error::PoolExhausted {
+                waiting,
+                waited_ms: self.inner.options.acquire_timeout.as_millis() as u64,
+                size: self.inner.pool.size(),
+                holders: self.holder_names(except),
+            },
+            other => other.into(),
+        }
     }
 
     /// Runs SQL statements (e.g. an application's schema) outside any unit of work.
@@ -356,5 +394,23 @@ mod tests {
             !shown.contains("hunter2") && shown.contains("app:***@db"),
             "{shown}"
         );
+    }
+}
+
+/// A unit of work's entry among the holders of its database; removed when dropped.
+pub(crate) struct Holding<'a, B: Backend> {
+    db: &'a Database<B>,
+    id: u64,
+}
+
+impl<B: Backend> Holding<'_, B> {
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl<B: Backend> Drop for Holding<'_, B> {
+    fn drop(&mut self) {
+        self.db.holders().retain(|(id, _)| *id != self.id);
     }
 }

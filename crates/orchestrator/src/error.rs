@@ -133,6 +133,27 @@ pub enum Error {
         action: &'static str,
     },
 
+    /// No connection came free within the pool's acquire timeout.
+    #[error(
+        "{waiting} got no connection within {waited_ms} ms: all {size} connections of the pool \
+         are in use, by units of work {holders}; if one of them waits for this one (a unit of \
+         work opened from a task spawned inside another, or from a blocking call), the pool is \
+         deadlocked: do that work before or after the unit of work, or inside it on its `Tx`; \
+         otherwise raise `DatabaseOptions::max_connections` or `acquire_timeout`",
+        holders = crate::unit_of_work::names(holders)
+    )]
+    PoolExhausted {
+        /// Who waited: a unit of work's name, or "a connection request".
+        waiting: &'static str,
+        /// How long it waited.
+        waited_ms: u64,
+        /// The pool's size.
+        size: u32,
+        /// The units of work that held connections, oldest first (connections taken
+        /// outside units of work are not named).
+        holders: Vec<&'static str>,
+    },
+
     /// The steps of a unit of work ended its transaction or replaced its connection.
     #[error(
         "the transaction of unit of work `{unit_of_work}` was ended or replaced by its steps \

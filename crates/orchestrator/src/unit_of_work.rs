@@ -326,27 +326,31 @@ impl<B: Backend> Database<B> {
     where
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
+        let holding = self.hold(options.name);
         let _writer = if B::ONE_WRITER {
             let wait = options
                 .lock_timeout
-                .unwrap_or(self.options().sqlite_busy_timeout);
+                .unwrap_or(self.options().lock_timeout);
             let guard = tokio::time::timeout(wait, self.writer().lock())
                 .await
                 .map_err(|_| Error::LockTimeout {
                     detail: format!(
-                        "write lock not granted within {} ms (another unit of work of this \
-                         process is writing)",
-                        wait.as_millis()
+                        "the write lock was not granted within {} ms; units of work of this \
+                         process holding or waiting for it: {}",
+                        wait.as_millis(),
+                        names(&self.holder_names(Some(holding.id())))
                     ),
                 })?;
             Some(guard)
         } else {
             None
         };
-        let mut open = Open {
-            conn: self.pool().acquire().await?,
-            ended: true,
-        };
+        let conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| self.exhausted(options.name, Some(holding.id()), e))?;
+        let mut open = Open { conn, ended: true };
         if let Some(timeout) = options.lock_timeout {
             B::before_begin(&mut open.conn, timeout).await?;
         }
@@ -465,6 +469,18 @@ impl<B: Backend> Database<B> {
         tracing::error!(%error, "the connection is closed");
         error
     }
+}
+
+/// `a`, `b` as a sentence fragment.
+pub(crate) fn names(names: &[&'static str]) -> String {
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A pooled connection during a unit of work. Unless the transaction ended cleanly, the

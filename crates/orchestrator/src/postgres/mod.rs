@@ -15,7 +15,7 @@ use std::time::Duration;
 use keel_domain::EventId;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgArguments, PgConnection, PgDatabaseError, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgDatabaseError, PgPoolOptions};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Postgres};
 use tokio::sync::watch;
@@ -82,11 +82,18 @@ impl Store for Postgres {
         }
     }
 
+    /// Every connection starts with the database's lock timeout (sent in the startup
+    /// packet: no extra round trip), so no statement waits forever for a lock.
     async fn open(url: &str, options: &DatabaseOptions) -> Result<sqlx::PgPool, Error> {
+        let connect: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| invalid(url, &e.to_string()))?;
+        let lock_timeout = format!("{}ms", options.lock_timeout.as_millis());
+        let connect = connect.options([("lock_timeout", lock_timeout.as_str())]);
         PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .connect(url)
+            .connect_with(connect)
             .await
             .map_err(|source| match source {
                 sqlx::Error::Configuration(e) => invalid(url, &e.to_string()),

@@ -78,7 +78,7 @@ impl Store for Sqlite {
     }
 
     async fn open(url: &str, options: &DatabaseOptions) -> Result<sqlx::SqlitePool, Error> {
-        let busy_ms = options.sqlite_busy_timeout.as_millis();
+        let busy_ms = options.lock_timeout.as_millis();
         SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -178,7 +178,7 @@ impl Store for Sqlite {
     }
 
     async fn after_end(conn: &mut SqliteConnection, options: &DatabaseOptions) -> Result<(), Error> {
-        set_busy_timeout(conn, options.sqlite_busy_timeout).await
+        set_busy_timeout(conn, options.lock_timeout).await
     }
 
     /// The write lock taken by `BEGIN IMMEDIATE` already covers every row: the lock is
