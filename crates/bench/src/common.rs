@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use keel::{Database, DatabaseOptions, Dispatcher, DomainEvent, Error, HandlerContext, sqlx};
+use keel::postgres::Database;
+use keel::{Backend, DatabaseOptions, Dispatcher, DomainEvent, Error, HandlerContext, sqlx};
 use serde::{Deserialize, Serialize};
 
 /// The event every scenario records: row `row` was touched, the `seq`-th time overall.
@@ -21,31 +22,37 @@ impl DomainEvent for Touched {
     }
 }
 
-/// What a hand-written outbox computes per event before writing it: the baselines do the
-/// same id, timestamp and JSON work as Keel.
+/// What a hand-written outbox computes per event before writing it, as Keel does in
+/// `Envelope::wrap`: a time-ordered id (also the correlation id), a timestamp, the JSON
+/// value of the event. Every other time (`created_at`, `next_attempt_at`, `updated_at`) is
+/// the database's, from the columns' defaults, as Keel writes them.
 pub struct RawEvent {
-    pub id: String,
-    pub occurred_at: String,
-    pub payload: String,
-    pub now: i64,
+    pub id: uuid::Uuid,
+    pub occurred_at: time::OffsetDateTime,
+    pub payload: serde_json::Value,
 }
 
 impl RawEvent {
     pub fn new(row: i64, seq: i64) -> Self {
         RawEvent {
-            id: uuid::Uuid::now_v7().to_string(),
-            occurred_at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default(),
-            payload: serde_json::to_string(&Touched { row, seq }).unwrap_or_default(),
-            now: keel::orchestrator::outbox::now_millis(),
+            id: uuid::Uuid::now_v7(),
+            occurred_at: time::OffsetDateTime::now_utc(),
+            payload: serde_json::to_value(Touched { row, seq }).unwrap_or_default(),
         }
     }
 }
 
 /// The handler of the `delivery` scenarios: one row written in its unit of work (which
-/// also marks the delivery done).
-pub async fn write_effect(event: &Touched, ctx: &mut HandlerContext) -> Result<(), Error> {
+/// also marks the delivery done). Generic: `sqlite` runs it too.
+pub async fn write_effect<B: Backend>(
+    event: &Touched,
+    ctx: &mut HandlerContext<B>,
+) -> Result<(), Error>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    B::Arguments: sqlx::IntoArguments<B>,
+    i64: sqlx::Type<B> + for<'q> sqlx::Encode<'q, B>,
+{
     let seq = event.seq;
     ctx.unit_of_work(async |tx| {
         sqlx::query("INSERT INTO bench_effects (seq) VALUES ($1)")
@@ -59,12 +66,17 @@ pub async fn write_effect(event: &Touched, ctx: &mut HandlerContext) -> Result<(
 
 /// Keel's producers: `tasks` tasks run `ops` units of work in all, each updating its
 /// task's row and recording one event (sequence numbers from `first_seq`).
-pub async fn produce(
-    dispatcher: &Dispatcher,
+pub async fn produce<B: Backend>(
+    dispatcher: &Dispatcher<B>,
     ops: u64,
     tasks: u64,
     first_seq: i64,
-) -> Result<(), String> {
+) -> Result<(), String>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    B::Arguments: sqlx::IntoArguments<B>,
+    i64: sqlx::Type<B> + for<'q> sqlx::Encode<'q, B>,
+{
     let mut handles = Vec::new();
     for task in 0..tasks {
         let dispatcher = dispatcher.clone();
@@ -91,15 +103,16 @@ pub async fn produce(
     join_all(handles).await.map(|_| ())
 }
 
-/// The tables of the scenarios, created afresh; the outbox emptied.
+/// The tables of the scenarios, created afresh; the outbox emptied. The hand-written
+/// queues keep their payloads as Keel does on PostgreSQL, in `jsonb`.
 pub const SCHEMA: &str = "
     DROP TABLE IF EXISTS bench_rows, bench_effects, raw_outbox, raw_queue;
     CREATE TABLE bench_rows (id BIGINT PRIMARY KEY, n BIGINT NOT NULL);
     CREATE TABLE bench_effects (seq BIGINT PRIMARY KEY);
-    CREATE TABLE raw_outbox (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL,
+    CREATE TABLE raw_outbox (id BIGSERIAL PRIMARY KEY, payload JSONB NOT NULL,
                              done BOOLEAN NOT NULL DEFAULT FALSE);
     CREATE INDEX raw_outbox_pending ON raw_outbox (id) WHERE NOT done;
-    CREATE TABLE raw_queue (id BIGSERIAL PRIMARY KEY, payload TEXT NOT NULL);
+    CREATE TABLE raw_queue (id BIGSERIAL PRIMARY KEY, payload JSONB NOT NULL);
     INSERT INTO bench_rows SELECT g, 0 FROM generate_series(1, 64) g;
     TRUNCATE keel_delivery_errors, keel_deliveries, keel_events, keel_keys;";
 
@@ -107,7 +120,7 @@ pub const SCHEMA: &str = "
 pub async fn keel_database(url: &str, connections: u32) -> Result<Database, String> {
     let db = DatabaseOptions::new(url)
         .max_connections(connections)
-        .connect()
+        .connect::<sqlx::Postgres>()
         .await
         .map_err(|e| e.to_string())?;
     db.migrate().await.map_err(|e| e.to_string())?;

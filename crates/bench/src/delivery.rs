@@ -7,9 +7,9 @@
 //! - Keel: an `App` with its defaults (fast path and relay), the handler in
 //!   `common::write_effect`.
 //! - raw: the ceiling, a hand-written pipeline with no framework: each producer commits
-//!   its `UPDATE` and an outbox row; consumers claim one row at a time with
-//!   `FOR UPDATE SKIP LOCKED`, write the effect, delete the row (the cheapest "done"),
-//!   commit. The same two transactions per event.
+//!   its `UPDATE` and an outbox row (its payload in `jsonb`, as Keel keeps it); consumers
+//!   claim one row at a time with `FOR UPDATE SKIP LOCKED`, write the effect, delete the
+//!   row (the cheapest "done"), commit. The same two transactions per event.
 //! - sqlxmq and apalis: the same job through those libraries (see `peers.rs`).
 
 use std::path::Path;
@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use keel::{App, DeliveryOptions, sqlx};
+use keel::postgres::App;
+use keel::{DeliveryOptions, sqlx};
+use sqlx::types::Json;
 
 use crate::Report;
 use crate::chart::{self, Series};
@@ -45,7 +47,7 @@ pub async fn keel(url: &str, events: u64, producers: u64) -> Result<f64, String>
         .await
         .map_err(|e| e.to_string())?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
-    app.shutdown().await;
+    app.shutdown().await.map_err(|e| e.to_string())?;
     if !delivered {
         return Err("Keel: deliveries left pending after every effect was written".to_owned());
     }
@@ -66,7 +68,7 @@ pub async fn raw(url: &str, events: u64, producers: u64) -> Result<f64, String> 
         consumers.push(tokio::spawn(async move {
             while handled.load(Ordering::Relaxed) < events {
                 let mut tx = pool.begin().await?;
-                let claimed: Option<(String,)> = sqlx::query_as(
+                let claimed: Option<(Json<Touched>,)> = sqlx::query_as(
                     "DELETE FROM raw_outbox WHERE id = (
                          SELECT id FROM raw_outbox ORDER BY id LIMIT 1
                          FOR UPDATE SKIP LOCKED)
@@ -79,10 +81,8 @@ pub async fn raw(url: &str, events: u64, producers: u64) -> Result<f64, String> 
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 };
-                let event: Touched =
-                    serde_json::from_str(&payload).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                 sqlx::query("INSERT INTO bench_effects (seq) VALUES ($1)")
-                    .bind(event.seq)
+                    .bind(payload.seq)
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
@@ -99,7 +99,7 @@ pub async fn raw(url: &str, events: u64, producers: u64) -> Result<f64, String> 
             let row = task as i64 % 64 + 1;
             for i in 0..n {
                 let seq = (task * events + i) as i64;
-                let payload = serde_json::to_string(&Touched { row, seq }).unwrap_or_default();
+                let payload = serde_json::to_value(Touched { row, seq }).unwrap_or_default();
                 let mut tx = pool.begin().await?;
                 sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
                     .bind(row)

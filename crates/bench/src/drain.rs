@@ -8,7 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use keel::{App, DeliveryOptions, Error, Handler, HandlerContext, Registry, sqlx};
+use keel::postgres::{App, Handler, HandlerContext, Registry};
+use keel::{DeliveryOptions, Error, sqlx};
 
 use crate::Report;
 use crate::common::{self, Touched};
@@ -20,14 +21,17 @@ async fn note(_event: &Touched, _ctx: &mut HandlerContext) -> Result<(), Error> 
     Ok(())
 }
 
-/// Pending deliveries of `n` events to the `note` handler, unleased, due now.
+/// `n` events as Keel would have written them: time-ordered ids (UUIDv7, made by the
+/// harness: PostgreSQL has `uuidv7()` only from version 18), `jsonb` payloads, times in the
+/// past in the order written.
 const SEED: &str = "
     INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, payload,
                              correlation_id, causation_id, routed, created_at)
-    SELECT u, 'bench.touched.v1', 'BenchRow', '1', '2026-01-01T00:00:00Z',
-           '{\"row\":1,\"seq\":' || g || '}', u, NULL, TRUE, g
-    FROM (SELECT g, gen_random_uuid()::TEXT AS u FROM generate_series(1, $1) g) s;
-    ";
+    SELECT u, 'bench.touched.v1', 'BenchRow', '1', t, jsonb_build_object('row', 1, 'seq', g),
+           u, NULL, TRUE, t
+    FROM (SELECT u, g, now() - interval '1 hour' + g * interval '1 microsecond' AS t
+          FROM UNNEST($1::uuid[]) WITH ORDINALITY AS s (u, g)) s";
+/// Their pending deliveries to the `note` handler, unleased, due since they were written.
 const SEED_DELIVERIES: &str = "
     INSERT INTO keel_deliveries (event_id, handler, status, attempts, next_attempt_at,
                                  updated_at)
@@ -35,8 +39,9 @@ const SEED_DELIVERIES: &str = "
 
 async fn seed(pool: &sqlx::PgPool, n: u64) -> Result<(), String> {
     common::reset(pool).await?;
+    let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::now_v7()).collect();
     sqlx::query(SEED)
-        .bind(n as i64)
+        .bind(ids)
         .execute(pool)
         .await
         .map_err(|e| format!("seeding events: {e}"))?;
@@ -45,7 +50,7 @@ async fn seed(pool: &sqlx::PgPool, n: u64) -> Result<(), String> {
         .await
         .map_err(|e| format!("seeding deliveries: {e}"))?;
     sqlx::query(
-        "INSERT INTO raw_queue (payload) SELECT '{\"row\":1,\"seq\":' || g || '}'
+        "INSERT INTO raw_queue (payload) SELECT jsonb_build_object('row', 1, 'seq', g)
          FROM generate_series(1, $1) g",
     )
     .bind(n as i64)
@@ -69,7 +74,7 @@ async fn limit(pool: &sqlx::PgPool, n: u64) -> Result<f64, String> {
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let rows: Vec<(String,)> = sqlx::query_as(
+                let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
                     "DELETE FROM raw_queue WHERE id IN (
                          SELECT id FROM raw_queue ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED)
                      RETURNING payload",
@@ -104,7 +109,7 @@ async fn keel(url: &str, n: u64, options: DeliveryOptions) -> Result<f64, String
         .await
         .map_err(|e| e.to_string())?;
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    app.shutdown().await;
+    app.shutdown().await.map_err(|e| e.to_string())?;
     if !delivered {
         return Err("the relay left deliveries pending after 300 s".to_owned());
     }

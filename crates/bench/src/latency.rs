@@ -17,7 +17,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keel::{App, DeliveryOptions, Error, Handler, HandlerContext, Registry, sqlx};
+use keel::postgres::{App, Handler, HandlerContext, Registry};
+use keel::{DeliveryOptions, Error, sqlx};
 
 use crate::Report;
 use crate::chart;
@@ -93,7 +94,7 @@ async fn in_process(url: &str, n: u64) -> Result<Vec<f64>, String> {
     app.wait_until_delivered(Duration::from_secs(60))
         .await
         .map_err(|e| e.to_string())?;
-    app.shutdown().await;
+    app.shutdown().await.map_err(|e| e.to_string())?;
     let started = STARTED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -174,7 +175,7 @@ async fn cross_process(url: &str, n: u64) -> Result<Vec<f64>, String> {
         latencies.push(at.saturating_sub(*commit) as f64 / 1e6);
     }
     let status = child.wait().map_err(|e| e.to_string())?;
-    app.shutdown().await;
+    app.shutdown().await.map_err(|e| e.to_string())?;
     if !status.success() {
         return Err(format!("the consumer process failed: {status}"));
     }
@@ -194,7 +195,7 @@ pub async fn consumer(url: &str, n: u64) -> Result<(), String> {
     while started_count() < n as usize && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    app.shutdown().await;
+    app.shutdown().await.map_err(|e| e.to_string())?;
     let started = STARTED
         .lock()
         .unwrap_or_else(|e| e.into_inner())

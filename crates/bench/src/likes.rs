@@ -9,10 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use keel::{
-    App, Command, Database, DatabaseOptions, DeliveryOptions, Error, Handler, HandlerContext,
-    Registry, RowLock, UnitOfWork, sqlx,
-};
+use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
+use keel::{Command, DatabaseOptions, DeliveryOptions, Error, RowLock, UnitOfWork, sqlx};
 use serde::{Deserialize, Serialize};
 
 use crate::Report;
@@ -241,7 +239,7 @@ async fn drain(db: &Database, n: u32) -> Result<f64, String> {
 pub async fn run(url: &str, n: u32) -> Result<Report, String> {
     let db = DatabaseOptions::new(url)
         .max_connections(CONCURRENCY as u32 + 4)
-        .connect()
+        .connect::<sqlx::Postgres>()
         .await
         .map_err(|e| e.to_string())?;
     db.migrate().await.map_err(|e| e.to_string())?;

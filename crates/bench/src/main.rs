@@ -158,7 +158,11 @@ async fn run(scenario: &str, url: &str, args: &Args) -> Result<Report, String> {
     let svg = args.svg.as_deref();
     if scenario != "sqlite" {
         // Keel's tables first: the baselines reset them before Keel connects.
-        common::keel_database(url, 2).await?.close().await;
+        common::keel_database(url, 2)
+            .await?
+            .close()
+            .await
+            .map_err(|e| e.to_string())?;
     }
     match scenario {
         "uow" => uow::run(url, args.events).await,

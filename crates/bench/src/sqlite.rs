@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use keel::{App, Database, DatabaseOptions, DeliveryOptions, Dispatcher, DomainEvent, sqlx};
+use keel::sqlite::{App, Database, Dispatcher};
+use keel::{DatabaseOptions, DeliveryOptions, DomainEvent, sqlx};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::Report;
@@ -45,7 +46,7 @@ fn directory() -> Result<PathBuf, String> {
 async fn keel_db(file: &Path) -> Result<Database, String> {
     let db = DatabaseOptions::new(format!("sqlite:{}", file.display()))
         .max_connections(TASKS as u32 + 2)
-        .connect()
+        .connect::<sqlx::Sqlite>()
         .await
         .map_err(|e| e.to_string())?;
     db.migrate().await.map_err(|e| e.to_string())?;
@@ -97,39 +98,40 @@ async fn raw_uow(pool: &sqlx::SqlitePool, ops: u64) -> Result<f64, String> {
                     .bind(row)
                     .execute(&mut *tx)
                     .await?;
+                // Keel's two statements on SQLite (`crates/orchestrator/src/sqlite/`, the
+                // outbox write), as its query builder writes them for one event with one
+                // handler, not leased; the times are SQLite's, from the columns' defaults.
                 let event = common::RawEvent::new(row, seq);
+                let occurred_at = event
+                    .occurred_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
                 sqlx::query(
-                    "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
-                     payload, correlation_id, causation_id, routed, created_at, ordering_key)
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+                    "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, \
+                     payload, correlation_id, causation_id, routed, ordering_key) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
-                .bind(&event.id)
+                .bind(event.id.to_string())
                 .bind(Touched::NAME)
                 .bind(Touched::AGGREGATE_TYPE)
                 .bind(row.to_string())
-                .bind(&event.occurred_at)
-                .bind(&event.payload)
-                .bind(&event.id)
+                .bind(occurred_at)
+                .bind(event.payload.to_string())
+                .bind(event.id.to_string())
                 .bind(None::<String>)
                 .bind(true)
-                .bind(event.now)
-                .bind(None::<String>)
+                .bind(None::<&str>)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
-                    "INSERT INTO keel_deliveries (event_id, handler, status, attempts,
-                     next_attempt_at, leased_until, leased_by, updated_at, ordering_key)
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                    "INSERT INTO keel_deliveries (event_id, handler, leased_until, leased_by, \
+                     ordering_key) VALUES (?, ?, ?, ?, ?)",
                 )
-                .bind(&event.id)
+                .bind(event.id.to_string())
                 .bind("write_effect")
-                .bind("pending")
-                .bind(0_i32)
-                .bind(event.now)
                 .bind(None::<i64>)
-                .bind(None::<String>)
-                .bind(event.now)
-                .bind(None::<String>)
+                .bind(None::<&str>)
+                .bind(None::<&str>)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -223,7 +225,7 @@ async fn keel_delivery(db: &Database, events: u64) -> Result<f64, String> {
         .await
         .map_err(|e| e.to_string())?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
-    app.shutdown().await;
+    app.shutdown().await.map_err(|e| e.to_string())?;
     if !delivered {
         return Err("Keel on SQLite left deliveries pending".to_owned());
     }
@@ -253,7 +255,11 @@ async fn measure(dir: &Path, events: u64) -> Result<Report, String> {
     let (keel_file, raw_file) = (dir.join("keel.db"), dir.join("raw.db"));
     let db = keel_db(&keel_file).await?;
     // The raw file gets the same outbox tables; only raw sqlx touches it afterwards.
-    keel_db(&raw_file).await?.close().await;
+    keel_db(&raw_file)
+        .await?
+        .close()
+        .await
+        .map_err(|e| e.to_string())?;
     let raw = raw_pool(&raw_file).await?;
     // Keel's file, read and reset through a raw pool of its own.
     let keel_raw = raw_pool(&keel_file).await?;
@@ -280,7 +286,7 @@ async fn measure(dir: &Path, events: u64) -> Result<Report, String> {
     reset(&keel_raw).await?;
     let keel_rate = keel_delivery(&db, events).await?;
     check(&keel_raw, events, "Keel").await?;
-    db.close().await;
+    db.close().await.map_err(|e| e.to_string())?;
 
     let ops = (per_round * ROUNDS) as f64;
     let (keel_us, raw_us) = (keel_uow_s / ops * 1e6, raw_uow_s / ops * 1e6);

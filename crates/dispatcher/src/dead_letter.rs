@@ -49,7 +49,11 @@ impl<B: Backend> DeadLetters<B> {
     }
 
     /// One dead delivery, if it is dead.
-    pub async fn show(&self, event_id: EventId, handler: &str) -> Result<Option<DeadLetter>, Error> {
+    pub async fn show(
+        &self,
+        event_id: EventId,
+        handler: &str,
+    ) -> Result<Option<DeadLetter>, Error> {
         ensure_outside_unit_of_work("read the dead letter")?;
         B::dead_show(&self.db, event_id, handler).await
     }

@@ -277,6 +277,7 @@ impl<B: Backend> Handler<B> {
     }
 
     /// Sets how failed deliveries are retried.
+    #[must_use]
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self

@@ -53,9 +53,9 @@ mod session;
 
 pub use context::HandlerContext;
 pub use dead_letter::DeadLetters;
-pub use keel_orchestrator::outbox::{DeadLetter, FailedAttempt, NO_HANDLER};
 pub use dispatcher::Dispatcher;
 pub use handler::{Handler, HandlerCall, HandlerFn, HandlerKind};
+pub use keel_orchestrator::outbox::{DeadLetter, FailedAttempt, NO_HANDLER};
 pub use options::DeliveryOptions;
 pub use registry::{HandlerRegistration, Registry, RegistryError};
 pub use relay::{WorkerLimits, WorkerReport};

@@ -49,12 +49,14 @@ impl DeliveryOptions {
     /// How long a claimed delivery is reserved for the process that claimed it. If that
     /// process dies, another relay delivers it once the lease has expired. Keep it longer
     /// than the handler timeout (it is raised to twice the timeout if shorter).
+    #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
     }
 
     /// How long one handler call may run before it counts as a failed attempt.
+    #[must_use]
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = timeout;
         self
@@ -62,18 +64,21 @@ impl DeliveryOptions {
 
     /// How often an idle relay looks for due deliveries (PostgreSQL relays are also woken
     /// by `NOTIFY`).
+    #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
     }
 
     /// How many deliveries a relay claims per query.
+    #[must_use]
     pub fn batch_size(mut self, size: u32) -> Self {
         self.batch_size = size.max(1);
         self
     }
 
     /// How many deliveries one relay runs at once.
+    #[must_use]
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max.max(1);
         self
@@ -83,6 +88,7 @@ impl DeliveryOptions {
     /// server per row, so a deep backlog drains faster with claims running side by side;
     /// `SKIP LOCKED` keeps them apart. SQLite relays, relays that handle commands (claimed
     /// key by key) and workers with a message limit run one.
+    #[must_use]
     pub fn claimers(mut self, claimers: usize) -> Self {
         self.claimers = claimers.max(1);
         self
@@ -90,18 +96,21 @@ impl DeliveryOptions {
 
     /// Whether this process delivers the events of its own commits at once (`true`, the
     /// default) or leaves everything to relays.
+    #[must_use]
     pub fn fast_path(mut self, enabled: bool) -> Self {
         self.fast_path = enabled;
         self
     }
 
     /// How long finished deliveries are kept before the relay purges them (`None`: never).
+    #[must_use]
     pub fn retention(mut self, retention: Option<Duration>) -> Self {
         self.retention = retention;
         self
     }
 
     /// Rows removed per purge statement, and how often the relay purges.
+    #[must_use]
     pub fn purge(mut self, batch: u32, every: Duration) -> Self {
         self.purge_batch = batch.max(1);
         self.purge_every = every;

@@ -14,6 +14,7 @@ use crate::handler::HandlerKind;
 /// It holds a `Handler<B>` for the backend its function is written for, type-erased so
 /// that one collection serves both backends; [`Registry::global`] keeps those of its own.
 #[doc(hidden)]
+#[derive(Debug)]
 pub struct HandlerRegistration {
     build: fn() -> Box<dyn Any + Send + Sync>,
 }

@@ -118,7 +118,11 @@ async fn claim_loop<B: Backend>(
         let round = async {
             let registry = dispatcher.registry();
             let handlers_for = |name: &str| {
-                registry.handlers_for(name).iter().map(|h| h.name()).collect()
+                registry
+                    .handlers_for(name)
+                    .iter()
+                    .map(|h| h.name())
+                    .collect()
             };
             B::route_unrouted(&db, options.batch_size, &handlers_for).await?;
             let free = (dispatcher.free_permits() as u32).min(left);
@@ -137,7 +141,11 @@ async fn claim_loop<B: Backend>(
                         .find(|h| h.name() == handler)
                         .map_or(1, |h| h.batch_size())
                 };
-                let max_batch = registry.handlers().map(|h| h.batch_size()).max().unwrap_or(1);
+                let max_batch = registry
+                    .handlers()
+                    .map(|h| h.batch_size())
+                    .max()
+                    .unwrap_or(1);
                 B::claim_keyed(&db, limit, lease, &batch_size, max_batch).await?
             } else {
                 Vec::new()

@@ -66,6 +66,7 @@ impl DatabaseOptions {
     }
 
     /// Size of the connection pool.
+    #[must_use]
     pub fn max_connections(mut self, max: u32) -> Self {
         self.max_connections = max.max(1);
         self
@@ -73,6 +74,7 @@ impl DatabaseOptions {
 
     /// How long a connection request may wait for the pool before failing. Keeping this
     /// bounded means even code outside Keel's control cannot hang forever on the pool.
+    #[must_use]
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
         self
@@ -83,6 +85,7 @@ impl DatabaseOptions {
     /// runs then waits forever for a lock; exceeding it is [`Error::LockTimeout`], which a
     /// unit of work retries. A unit of work's own
     /// [`UnitOfWork::lock_timeout`](crate::UnitOfWork::lock_timeout) overrides it.
+    #[must_use]
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout.max(Duration::from_millis(1));
         self
@@ -92,7 +95,6 @@ impl DatabaseOptions {
     pub async fn connect<B: Backend>(self) -> Result<Database<B>, Error> {
         Database::open(self).await
     }
-
 }
 
 /// A handle to the database on backend `B`: a connection pool plus what Keel keeps about
@@ -219,6 +221,7 @@ impl<B: Backend> Database<B> {
     /// A handle on the same pool whose units of work write a delivery row for each
     /// handler of each recorded event. The dispatcher installs it.
     #[doc(hidden)]
+    #[must_use]
     pub fn with_routing(&self, routing: Arc<dyn Routing>) -> Self {
         Database {
             inner: self.inner.clone(),
@@ -381,22 +384,6 @@ fn clone_migrator(embedded: &Migrator) -> Migrator {
     Migrator::with_migrations(embedded.iter().cloned().collect())
 }
 
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_never_print_the_password() {
-        let options = DatabaseOptions::new("postgres://app:hunter2@db/app");
-        let shown = format!("{options:?}");
-        assert!(
-            !shown.contains("hunter2") && shown.contains("app:***@db"),
-            "{shown}"
-        );
-    }
-}
-
 /// A unit of work's entry among the holders of its database; removed when dropped.
 pub(crate) struct Holding<'a, B: Backend> {
     db: &'a Database<B>,
@@ -412,5 +399,20 @@ impl<B: Backend> Holding<'_, B> {
 impl<B: Backend> Drop for Holding<'_, B> {
     fn drop(&mut self) {
         self.db.holders().retain(|(id, _)| *id != self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_never_print_the_password() {
+        let options = DatabaseOptions::new("postgres://app:hunter2@db/app");
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("app:***@db"),
+            "{shown}"
+        );
     }
 }

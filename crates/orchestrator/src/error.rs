@@ -140,7 +140,7 @@ pub enum Error {
          work opened from a task spawned inside another, or from a blocking call), the pool is \
          deadlocked: do that work before or after the unit of work, or inside it on its `Tx`; \
          otherwise raise `DatabaseOptions::max_connections` or `acquire_timeout`",
-        holders = crate::unit_of_work::names(holders)
+        holders = crate::transaction::names(holders)
     )]
     PoolExhausted {
         /// Who waited: a unit of work's name, or "a connection request".

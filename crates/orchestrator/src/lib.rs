@@ -61,6 +61,7 @@ mod database;
 mod error;
 mod guard;
 mod lock;
+mod options;
 #[doc(hidden)]
 pub mod outbox;
 #[cfg(feature = "postgres")]
@@ -70,6 +71,7 @@ mod retry;
 mod sqlite;
 #[doc(hidden)]
 pub mod store;
+mod transaction;
 mod tx;
 mod unit_of_work;
 mod url;
@@ -81,6 +83,7 @@ pub use error::{Error, Rejection};
 #[doc(hidden)]
 pub use guard::ensure_outside_unit_of_work;
 pub use lock::{Key, LockMode, LockWait, Locked, RowLock};
+pub use options::{Isolation, UnitOfWork};
 pub use retry::RetryPolicy;
 pub use tx::Tx;
-pub use unit_of_work::{Isolation, TxFn, UnitOfWork};
+pub use unit_of_work::TxFn;

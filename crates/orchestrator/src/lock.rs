@@ -144,18 +144,21 @@ impl RowLock {
     }
 
     /// Names the key column when it is not `id`.
+    #[must_use]
     pub fn key_column(mut self, column: &'static str) -> Self {
         self.key_column = column;
         self
     }
 
     /// Fails at once if the row is locked ([`LockWait::NoWait`]).
+    #[must_use]
     pub fn nowait(mut self) -> Self {
         self.wait = LockWait::NoWait;
         self
     }
 
     /// Skips the row if it is locked ([`LockWait::SkipLocked`]).
+    #[must_use]
     pub fn skip_locked(mut self) -> Self {
         self.wait = LockWait::SkipLocked;
         self

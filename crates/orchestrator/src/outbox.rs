@@ -68,6 +68,7 @@ pub struct Sent {
 }
 
 /// What one unit of work writes to the outbox.
+#[allow(missing_debug_implementations)] // holds the routing table, a trait object
 pub struct Outgoing<'a> {
     /// The recorded events.
     pub events: &'a [Envelope],
@@ -120,8 +121,8 @@ impl Outgoing<'_> {
     /// deliveries nobody reserved.
     pub fn leaves_for_relay(&self) -> bool {
         let unrouted = self.messages().any(|(e, _)| self.handlers_of(e).is_empty());
-        let unreserved = self.lease.is_none()
-            && self.events.iter().any(|e| !self.handlers_of(e).is_empty());
+        let unreserved =
+            self.lease.is_none() && self.events.iter().any(|e| !self.handlers_of(e).is_empty());
         unrouted || !self.commands.is_empty() || unreserved
     }
 }

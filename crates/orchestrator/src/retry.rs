@@ -52,18 +52,21 @@ impl RetryPolicy {
     }
 
     /// Total number of attempts, the first included (at least 1).
+    #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
         self
     }
 
     /// Delay before the second attempt.
+    #[must_use]
     pub fn base_delay(mut self, delay: Duration) -> Self {
         self.base_delay = delay;
         self
     }
 
     /// Factor applied to the delay after each attempt (at least 1.0).
+    #[must_use]
     pub fn multiplier(mut self, multiplier: f64) -> Self {
         self.multiplier = if multiplier.is_finite() {
             multiplier.max(1.0)
@@ -74,12 +77,14 @@ impl RetryPolicy {
     }
 
     /// Upper bound of any delay.
+    #[must_use]
     pub fn max_delay(mut self, delay: Duration) -> Self {
         self.max_delay = delay;
         self
     }
 
     /// Fraction (0.0 to 1.0) of each delay that is randomly taken off.
+    #[must_use]
     pub fn jitter(mut self, jitter: f64) -> Self {
         self.jitter = if jitter.is_finite() {
             jitter.clamp(0.0, 1.0)

@@ -3,9 +3,9 @@
 use keel_domain::{Aggregate, Command, DomainEvent, Envelope, Version};
 
 use crate::lock::is_identifier;
+use crate::options::Cause;
 use crate::outbox::{Routing, Sent};
 use crate::store::Saved;
-use crate::unit_of_work::Cause;
 use crate::{Backend, Error, Key, Locked, RowLock};
 
 /// The open transaction of one unit of work attempt: the only way its steps reach the

@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::delivery::{EVENT_COLUMNS, envelope_from};
+use super::claims::{EVENT_COLUMNS, envelope_from};
 use crate::outbox::{DeadLetter, FailedAttempt, NO_HANDLER};
 use crate::{Database, Error};
 
@@ -63,7 +63,8 @@ async fn letters(db: &Database<Postgres>, rows: &[PgRow]) -> Result<Vec<DeadLett
 }
 
 pub(super) async fn list(db: &Database<Postgres>, limit: u32) -> Result<Vec<DeadLetter>, Error> {
-    let sql = select("WHERE d.status = 'dead' ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1");
+    let sql =
+        select("WHERE d.status = 'dead' ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1");
     let mut conn = db.acquire().await?;
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(i64::from(limit))

@@ -5,10 +5,10 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, Sqlite};
 use time::OffsetDateTime;
 
-use super::delivery::envelope_from;
+use super::claims::envelope_from;
 use super::now_ms;
+use crate::options::internal;
 use crate::outbox::{DeadLetter, FailedAttempt, NO_HANDLER};
-use crate::unit_of_work::internal;
 use crate::{Database, Error};
 
 fn select(tail: &str) -> String {
@@ -54,7 +54,8 @@ async fn letter(db: &Database<Sqlite>, row: &SqliteRow) -> Result<DeadLetter, Er
 }
 
 pub(super) async fn list(db: &Database<Sqlite>, limit: u32) -> Result<Vec<DeadLetter>, Error> {
-    let sql = select("WHERE d.status = 'dead' ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1");
+    let sql =
+        select("WHERE d.status = 'dead' ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1");
     let mut conn = db.acquire().await?;
     let rows = sqlx::query(AssertSqlSafe(sql))
         .bind(i64::from(limit))
@@ -96,7 +97,11 @@ pub(super) async fn show(
     }
 }
 
-pub(super) async fn retry(db: &Database<Sqlite>, event_id: EventId, handler: &str) -> Result<bool, Error> {
+pub(super) async fn retry(
+    db: &Database<Sqlite>,
+    event_id: EventId,
+    handler: &str,
+) -> Result<bool, Error> {
     let event_id = event_id.to_string();
     let event_id = event_id.as_str();
     db.clone()
@@ -142,11 +147,13 @@ pub(super) async fn discard(
         .unit_of_work_with(&internal("keel_dead_letter_discard"), async |tx| {
             let removed = delete_dead(tx.conn(), event_id, handler).await?;
             if removed {
-                sqlx::query("DELETE FROM keel_delivery_errors WHERE event_id = $1 AND handler = $2")
-                    .bind(event_id)
-                    .bind(handler)
-                    .execute(tx.conn())
-                    .await?;
+                sqlx::query(
+                    "DELETE FROM keel_delivery_errors WHERE event_id = $1 AND handler = $2",
+                )
+                .bind(event_id)
+                .bind(handler)
+                .execute(tx.conn())
+                .await?;
                 sqlx::query(
                     "DELETE FROM keel_events WHERE id = $1 AND NOT EXISTS
                      (SELECT 1 FROM keel_deliveries d WHERE d.event_id = keel_events.id)",

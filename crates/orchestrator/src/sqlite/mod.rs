@@ -6,24 +6,25 @@
 //! are integer milliseconds read from SQLite's own clock (`now_ms!`) by the transaction
 //! that uses them.
 
+mod claims;
 mod dead_letter;
 mod delivery;
+mod outbox;
+mod transaction;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use keel_domain::{Envelope, EventId};
+use keel_domain::EventId;
+use sqlx::error::DatabaseError;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePoolOptions};
-use sqlx::query::Query;
-use sqlx::error::DatabaseError;
-use sqlx::{AssertSqlSafe, Executor, QueryBuilder, Sqlite};
+use sqlx::sqlite::{SqliteConnection, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Executor, Sqlite};
 use tokio::sync::watch;
 
 use crate::database::invalid;
-use crate::lock::is_identifier;
 use crate::outbox::{Claim, DeadLetter, Group, Next, Outgoing};
 use crate::store::{Saved, Store};
 use crate::url::redact;
@@ -43,19 +44,12 @@ macro_rules! savepoint {
         "keel_unit_of_work"
     };
 }
+pub(crate) use savepoint;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Rows per multi-row statement (well under SQLite's bind-parameter limit).
 pub(crate) const CHUNK: usize = 500;
-
-fn bind_key<'q>(query: Query<'q, Sqlite, SqliteArguments>, key: &Key) -> Query<'q, Sqlite, SqliteArguments> {
-    match key {
-        Key::Int(i) => query.bind(*i),
-        Key::Text(s) => query.bind(s.clone()),
-        Key::Uuid(u) => query.bind(u.to_string()),
-    }
-}
 
 /// The database's clock, read in the caller's transaction.
 pub(crate) async fn now(conn: &mut SqliteConnection) -> Result<i64, Error> {
@@ -136,70 +130,51 @@ impl Store for Sqlite {
 
     async fn listen(_: &Database<Sqlite>, _: &(dyn Fn() + Sync), _: watch::Receiver<bool>) {}
 
-    async fn before_begin(conn: &mut SqliteConnection, lock_timeout: Duration) -> Result<(), Error> {
+    async fn before_begin(
+        conn: &mut SqliteConnection,
+        lock_timeout: Duration,
+    ) -> Result<(), Error> {
         set_busy_timeout(conn, lock_timeout).await
     }
 
-    /// `BEGIN IMMEDIATE` takes the write lock up front, so two writers never deadlock
-    /// upgrading a read lock (SQLite transactions are serializable). The savepoint marks
-    /// the transaction: it vanishes with a `COMMIT` or `ROLLBACK` run by hand, and another
-    /// connection does not have it.
     async fn begin(
         conn: &mut SqliteConnection,
         _: Isolation,
         _: Option<Duration>,
         _: uuid::Uuid,
     ) -> Result<(), Error> {
-        sqlx::raw_sql(concat!("BEGIN IMMEDIATE; SAVEPOINT ", savepoint!()))
-            .execute(conn)
-            .await?;
-        Ok(())
+        transaction::begin(conn).await
     }
 
     async fn verify(conn: &mut SqliteConnection, _: uuid::Uuid) -> Result<bool, Error> {
-        match sqlx::raw_sql(concat!("RELEASE ", savepoint!()))
-            .execute(conn)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(error) if error.to_string().contains("no such savepoint") => Ok(false),
-            Err(error) => Err(error.into()),
-        }
+        transaction::verify(conn).await
     }
 
-    async fn commit(conn: &mut SqliteConnection, _: uuid::Uuid, _: Isolation) -> Result<bool, Error> {
-        sqlx::raw_sql("COMMIT").execute(conn).await?;
-        Ok(true)
+    async fn commit(
+        conn: &mut SqliteConnection,
+        _: uuid::Uuid,
+        _: Isolation,
+    ) -> Result<bool, Error> {
+        transaction::commit(conn).await
     }
 
     async fn rollback(conn: &mut SqliteConnection) -> Result<(), Error> {
-        sqlx::raw_sql("ROLLBACK").execute(conn).await?;
-        Ok(())
+        transaction::rollback(conn).await
     }
 
-    async fn after_end(conn: &mut SqliteConnection, options: &DatabaseOptions) -> Result<(), Error> {
+    async fn after_end(
+        conn: &mut SqliteConnection,
+        options: &DatabaseOptions,
+    ) -> Result<(), Error> {
         set_busy_timeout(conn, options.lock_timeout).await
     }
 
-    /// The write lock taken by `BEGIN IMMEDIATE` already covers every row: the lock is
-    /// granted at once and tells whether the row exists.
     async fn lock_row(conn: &mut SqliteConnection, lock: &RowLock) -> Result<Locked, Error> {
-        let found = bind_key(sqlx::query(AssertSqlSafe(lock.exists_sql())), &lock.key)
-            .fetch_optional(conn)
-            .await?;
-        Ok(if found.is_some() {
-            Locked::Acquired
-        } else {
-            Locked::Missing
-        })
+        transaction::lock_row(conn, lock).await
     }
 
     async fn lock_named(conn: &mut SqliteConnection, name: &str) -> Result<(), Error> {
-        sqlx::query("INSERT INTO keel_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .execute(conn)
-            .await?;
-        Ok(())
+        transaction::lock_named(conn, name).await
     }
 
     async fn save_version(
@@ -208,28 +183,14 @@ impl Store for Sqlite {
         key: &Key,
         expected: i64,
     ) -> Result<Saved, Error> {
-        debug_assert!(is_identifier(table));
-        let sql = format!("UPDATE {table} SET version = version + 1 WHERE id = $1 AND version = $2");
-        let result = bind_key(sqlx::query(AssertSqlSafe(sql)), key)
-            .bind(expected)
-            .execute(&mut *conn)
-            .await?;
-        if result.rows_affected() == 1 {
-            return Ok(Saved::Saved);
-        }
-        let sql = format!("SELECT 1 FROM {table} WHERE id = $1");
-        let exists = bind_key(sqlx::query(AssertSqlSafe(sql)), key)
-            .fetch_optional(conn)
-            .await?;
-        Ok(if exists.is_some() {
-            Saved::Conflict
-        } else {
-            Saved::Missing
-        })
+        transaction::save_version(conn, table, key, expected).await
     }
 
-    async fn write_outbox(conn: &mut SqliteConnection, outgoing: &Outgoing<'_>) -> Result<(), Error> {
-        write_outbox(conn, outgoing).await
+    async fn write_outbox(
+        conn: &mut SqliteConnection,
+        outgoing: &Outgoing<'_>,
+    ) -> Result<(), Error> {
+        outbox::write(conn, outgoing).await
     }
 
     async fn mark_done(
@@ -237,29 +198,17 @@ impl Store for Sqlite {
         event_ids: &[EventId],
         handler: &str,
     ) -> Result<usize, Error> {
-        let mut done = 0;
-        for chunk in event_ids.chunks(CHUNK) {
-            let mut query = QueryBuilder::<Sqlite>::new(concat!(
-                "UPDATE keel_deliveries SET status = 'done', leased_until = NULL, \
-                 leased_by = NULL, updated_at = ",
-                now_ms!(),
-                " WHERE status = 'pending' AND handler = "
-            ));
-            query.push_bind(handler).push(" AND event_id IN (");
-            let mut ids = query.separated(", ");
-            for id in chunk {
-                ids.push_bind(id.to_string());
-            }
-            query.push(")");
-            done += query.build().execute(&mut *conn).await?.rows_affected() as usize;
-        }
-        Ok(done)
+        transaction::mark_done(conn, event_ids, handler).await
     }
 
     async fn notify_relays(_: &mut PoolConnection<Sqlite>) {}
 
-    async fn claim(db: &Database<Sqlite>, limit: u32, lease: Duration) -> Result<Vec<Claim>, Error> {
-        delivery::claim(db, limit, lease).await
+    async fn claim(
+        db: &Database<Sqlite>,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, Error> {
+        claims::claim(db, limit, lease).await
     }
 
     async fn claim_keyed(
@@ -269,7 +218,7 @@ impl Store for Sqlite {
         batch_size: &(dyn Fn(&str) -> usize + Sync),
         max_batch: usize,
     ) -> Result<Vec<Group>, Error> {
-        delivery::claim_keyed(db, max_keys, lease, batch_size, max_batch).await
+        claims::claim_keyed(db, max_keys, lease, batch_size, max_batch).await
     }
 
     async fn renew(
@@ -278,11 +227,11 @@ impl Store for Sqlite {
         key: Option<&str>,
         lease: Duration,
     ) -> Result<Vec<bool>, Error> {
-        delivery::renew(db, claims, key, lease).await
+        claims::renew(db, claims, key, lease).await
     }
 
     async fn release_key(db: &Database<Sqlite>, key: &str, token: uuid::Uuid) -> Result<(), Error> {
-        delivery::release_key(db, key, token).await
+        claims::release_key(db, key, token).await
     }
 
     async fn mark_done_many(
@@ -333,7 +282,11 @@ impl Store for Sqlite {
         dead_letter::show(db, event_id, handler).await
     }
 
-    async fn dead_retry(db: &Database<Sqlite>, event_id: EventId, handler: &str) -> Result<bool, Error> {
+    async fn dead_retry(
+        db: &Database<Sqlite>,
+        event_id: EventId,
+        handler: &str,
+    ) -> Result<bool, Error> {
         dead_letter::retry(db, event_id, handler).await
     }
 
@@ -349,84 +302,6 @@ impl Store for Sqlite {
 async fn set_busy_timeout(conn: &mut SqliteConnection, busy: Duration) -> Result<(), Error> {
     let pragma = format!("PRAGMA busy_timeout = {}", busy.as_millis());
     sqlx::query(AssertSqlSafe(pragma)).execute(conn).await?;
-    Ok(())
-}
-
-fn occurred_at(e: &Envelope) -> Result<String, Error> {
-    e.occurred_at
-        .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|err| Error::rejected(std::io::Error::other(err.to_string())))
-}
-
-/// The outbox write: multi-row inserts, chunked under SQLite's parameter limit. The fast
-/// path's lease ends at SQLite's clock plus the lease.
-async fn write_outbox(conn: &mut SqliteConnection, outgoing: &Outgoing<'_>) -> Result<(), Error> {
-    let messages: Vec<(&Envelope, Option<&str>)> = outgoing.messages().collect();
-    for chunk in messages.chunks(CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, \
-             payload, correlation_id, causation_id, routed, ordering_key) ",
-        );
-        let mut failed = None;
-        query.push_values(chunk, |mut row, (e, key)| {
-            let occurred = occurred_at(e).unwrap_or_else(|err| {
-                failed = Some(err);
-                String::new()
-            });
-            row.push_bind(e.id.to_string())
-                .push_bind(e.name.as_str())
-                .push_bind(e.aggregate_type.as_str())
-                .push_bind(e.aggregate_id.as_str())
-                .push_bind(occurred)
-                .push_bind(e.payload.to_string())
-                .push_bind(e.correlation_id.to_string())
-                .push_bind(e.causation_id.map(|c| c.to_string()))
-                .push_bind(!outgoing.handlers_of(e).is_empty())
-                .push_bind(*key);
-        });
-        if let Some(err) = failed {
-            return Err(err);
-        }
-        query.build().execute(&mut *conn).await?;
-    }
-
-    let leased_until = match outgoing.lease {
-        Some((_, lease)) => Some(now(conn).await? + millis(lease)),
-        None => None,
-    };
-    let token = outgoing.lease.map(|(token, _)| token.to_string());
-    let mut deliveries = Vec::new();
-    for (n, (e, key)) in messages.iter().enumerate() {
-        // Event deliveries are reserved for this process's fast path (when it has one);
-        // command deliveries always go to workers, which honour their ordering keys.
-        let leased = n < outgoing.events.len();
-        for handler in outgoing.handlers_of(e) {
-            deliveries.push((e.id.to_string(), *handler, leased, *key));
-        }
-    }
-    for chunk in deliveries.chunks(CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO keel_deliveries (event_id, handler, leased_until, leased_by, ordering_key) ",
-        );
-        query.push_values(chunk, |mut row, (id, handler, leased, key)| {
-            row.push_bind(id.as_str())
-                .push_bind(*handler)
-                .push_bind(leased_until.filter(|_| *leased))
-                .push_bind(token.as_deref().filter(|_| *leased))
-                .push_bind(*key);
-        });
-        query.build().execute(&mut *conn).await?;
-    }
-
-    let keys = outgoing.keys();
-    for chunk in keys.chunks(CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO keel_keys (key) ");
-        query.push_values(chunk, |mut row, key| {
-            row.push_bind(*key);
-        });
-        query.push(" ON CONFLICT DO NOTHING");
-        query.build().execute(&mut *conn).await?;
-    }
     Ok(())
 }
 
@@ -495,6 +370,9 @@ mod tests {
             "sqlite://a.db?mode=ro"
         );
         let err = sqlite_url("postgres://u:pw@h/db").unwrap_err().to_string();
-        assert!(err.contains("scheme is `postgres`") && !err.contains("pw"), "{err}");
+        assert!(
+            err.contains("scheme is `postgres`") && !err.contains("pw"),
+            "{err}"
+        );
     }
 }

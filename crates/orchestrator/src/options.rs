@@ -1,0 +1,141 @@
+//! The options of a unit of work: its name, isolation level, lock timeout, retry policy,
+//! and what a handler's unit of work processes.
+
+use std::time::Duration;
+
+use keel_domain::{Envelope, EventId};
+
+use crate::RetryPolicy;
+
+/// The options of Keel's own short units of work (claims, outcomes): retried more than a
+/// user's, since they only ever meet other workers.
+pub(crate) fn internal(name: &'static str) -> UnitOfWork {
+    UnitOfWork::named(name).retry(RetryPolicy::default().max_attempts(8))
+}
+
+/// Transaction isolation level (PostgreSQL; SQLite transactions are always serializable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Isolation {
+    /// PostgreSQL's default: each statement sees what was committed before it began.
+    #[default]
+    ReadCommitted,
+    /// One snapshot for the whole transaction; concurrent updates fail with a
+    /// serialization failure (retried).
+    RepeatableRead,
+    /// Full serializability; anomalies such as write skew fail with a serialization
+    /// failure (retried).
+    Serializable,
+}
+
+/// Options of one unit of work: its name (for logs and errors), isolation level, lock
+/// timeout and retry policy.
+///
+/// ```
+/// use std::time::Duration;
+/// use keel_orchestrator::{Isolation, RetryPolicy, UnitOfWork};
+///
+/// let transfer = UnitOfWork::named("transfer")
+///     .isolation(Isolation::Serializable)
+///     .lock_timeout(Duration::from_millis(200))
+///     .retry(RetryPolicy::default().max_attempts(8));
+/// assert_eq!(transfer.name(), "transfer");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitOfWork {
+    pub(crate) name: &'static str,
+    pub(crate) isolation: Isolation,
+    pub(crate) lock_timeout: Option<Duration>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) cause: Option<Cause>,
+    pub(crate) processes: Option<(Vec<EventId>, &'static str)>,
+}
+
+/// The event whose handling runs a unit of work: events it records join the cause's
+/// correlation and name it as their causation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Cause {
+    pub(crate) correlation_id: uuid::Uuid,
+    pub(crate) causation_id: EventId,
+}
+
+impl Default for UnitOfWork {
+    fn default() -> Self {
+        UnitOfWork::named("unit_of_work")
+    }
+}
+
+impl UnitOfWork {
+    /// Default options under a name that appears in spans and errors.
+    pub fn named(name: &'static str) -> Self {
+        UnitOfWork {
+            name,
+            isolation: Isolation::default(),
+            lock_timeout: None,
+            retry: RetryPolicy::default(),
+            cause: None,
+            processes: None,
+        }
+    }
+
+    /// Sets the isolation level (PostgreSQL).
+    #[must_use]
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Bounds how long any lock of this unit of work may be waited for. On PostgreSQL it
+    /// sets `lock_timeout` for the transaction; on SQLite it bounds the wait for the write
+    /// lock. Exceeding it is [`Error::LockTimeout`], which is retried.
+    #[must_use]
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the retry policy for transient failures.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Marks the events this unit of work records as caused by `event` (same correlation
+    /// id, causation id = `event.id`). Handler contexts set this for you.
+    #[must_use]
+    pub fn caused_by(mut self, event: &Envelope) -> Self {
+        self.cause = Some(Cause {
+            correlation_id: event.correlation_id,
+            causation_id: event.id,
+        });
+        self
+    }
+
+    /// Makes this unit of work the one that processes the delivery of event `event_id` to
+    /// `handler`: its first statement marks the delivery done, in the same transaction as
+    /// the handler's effects. If the delivery is already done, the steps do not run and the
+    /// result is [`Error::AlreadyProcessed`]. Handler contexts set this for you.
+    #[must_use]
+    pub fn processing(self, event_id: EventId, handler: &'static str) -> Self {
+        self.processing_all(vec![event_id], handler)
+    }
+
+    /// [`UnitOfWork::processing`] for a batch of commands handled together: all of them
+    /// are marked done with the batch's effects, or none. If only some are still pending,
+    /// the steps do not run and the result is [`Error::BatchPartlyProcessed`].
+    #[must_use]
+    pub fn processing_all(mut self, event_ids: Vec<EventId>, handler: &'static str) -> Self {
+        self.processes = Some((event_ids, handler));
+        self
+    }
+
+    /// The retry policy of this unit of work.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The name given to this unit of work.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}

@@ -1,0 +1,251 @@
+//! Claims on PostgreSQL: one statement leases due deliveries and returns them with their
+//! events; keyed commands are claimed key by key; leases are renewed and released.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_domain::{Envelope, EventId};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Postgres, Row};
+use uuid::Uuid;
+
+use super::millis;
+use crate::options::internal;
+use crate::outbox::{Claim, Group};
+use crate::{Database, Error};
+
+/// The event columns every claim returns, prefixed by the events table's alias `e`.
+pub(super) const EVENT_COLUMNS: &str = "e.id, e.name, e.aggregate_type, e.aggregate_id, \
+    e.occurred_at, e.payload, e.correlation_id, e.causation_id";
+
+/// Turns a row holding [`EVENT_COLUMNS`] back into an envelope.
+pub(super) fn envelope_from(row: &PgRow) -> Result<Envelope, String> {
+    let get = |column: &str| format!("column {column}");
+    let id: Option<Uuid> = row
+        .try_get("id")
+        .map_err(|e| format!("{}: {e}", get("id")))?;
+    let Some(id) = id else {
+        return Err("event row not found".to_owned());
+    };
+    let text = |column: &str| -> Result<String, String> {
+        row.try_get::<String, _>(column)
+            .map_err(|e| format!("{}: {e}", get(column)))
+    };
+    Ok(Envelope {
+        id: EventId::from_uuid(id),
+        name: text("name")?,
+        aggregate_type: text("aggregate_type")?,
+        aggregate_id: text("aggregate_id")?,
+        occurred_at: row
+            .try_get("occurred_at")
+            .map_err(|e| format!("{}: {e}", get("occurred_at")))?,
+        payload: row
+            .try_get("payload")
+            .map_err(|e| format!("{}: {e}", get("payload")))?,
+        correlation_id: row
+            .try_get("correlation_id")
+            .map_err(|e| format!("{}: {e}", get("correlation_id")))?,
+        causation_id: row
+            .try_get::<Option<Uuid>, _>("causation_id")
+            .map_err(|e| format!("{}: {e}", get("causation_id")))?
+            .map(EventId::from_uuid),
+    })
+}
+
+fn claim_from(row: &PgRow, token: Uuid) -> Result<Claim, Error> {
+    Ok(Claim {
+        event: envelope_from(row).map(Arc::new),
+        event_id: EventId::from_uuid(row.try_get("claimed_id")?),
+        handler: row.try_get("claimed_handler")?,
+        attempt: row.try_get::<i32, _>("claimed_attempts")?.max(1) as u32,
+        token,
+        claimed_at: std::time::Instant::now(),
+    })
+}
+
+/// One statement leases the rows and returns them joined with their events. The rows
+/// locked are updated by their physical address (`ctid`, stable while locked), and the
+/// lease leaves every indexed column alone, so PostgreSQL updates them in place (HOT).
+pub(super) async fn claim(
+    db: &Database<Postgres>,
+    limit: u32,
+    lease: Duration,
+) -> Result<Vec<Claim>, Error> {
+    let token = Uuid::now_v7();
+    let sql = format!(
+        "WITH c AS (
+             SELECT ctid FROM keel_deliveries
+             WHERE status = 'pending' AND next_attempt_at <= now() AND ordering_key IS NULL
+               AND (leased_until IS NULL OR leased_until < now())
+             ORDER BY next_attempt_at LIMIT $1
+             FOR UPDATE SKIP LOCKED),
+         u AS (
+             UPDATE keel_deliveries d
+             SET leased_until = now() + $2 * interval '1 millisecond', leased_by = $3,
+                 attempts = d.attempts + 1
+             WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM c))
+             RETURNING d.event_id AS claimed_id, d.handler AS claimed_handler,
+                       d.attempts AS claimed_attempts)
+         SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, {EVENT_COLUMNS}
+         FROM u LEFT JOIN keel_events e ON e.id = u.claimed_id"
+    );
+    let mut conn = db.acquire().await?;
+    let rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(i64::from(limit))
+        .bind(millis(lease))
+        .bind(token)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|row| claim_from(row, token)).collect()
+}
+
+/// Keys with due commands and no live lease, skipping keys another worker is claiming
+/// right now; then, per key, its head commands in send order.
+pub(super) async fn claim_keyed(
+    db: &Database<Postgres>,
+    max_keys: u32,
+    lease: Duration,
+    batch_size: &(dyn Fn(&str) -> usize + Sync),
+    max_batch: usize,
+) -> Result<Vec<Group>, Error> {
+    let lease_ms = millis(lease);
+    let claim_sql = format!(
+        "WITH u AS (
+             UPDATE keel_deliveries
+             SET leased_until = now() + $1 * interval '1 millisecond', leased_by = $2,
+                 attempts = attempts + 1
+             WHERE handler = $3 AND status = 'pending' AND event_id = ANY ($4)
+             RETURNING event_id AS claimed_id, handler AS claimed_handler,
+                       attempts AS claimed_attempts)
+         SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, {EVENT_COLUMNS}
+         FROM u LEFT JOIN keel_events e ON e.id = u.claimed_id ORDER BY u.claimed_id"
+    );
+    let claim_sql = &claim_sql;
+    db.clone()
+        .unit_of_work_with(&internal("keel_claim_keyed"), async |tx| {
+            let keys: Vec<String> = sqlx::query_scalar(
+                "WITH due AS (
+                     SELECT DISTINCT ordering_key FROM (
+                         SELECT ordering_key FROM keel_deliveries
+                         WHERE status = 'pending' AND ordering_key IS NOT NULL
+                           AND next_attempt_at <= now()
+                         ORDER BY next_attempt_at LIMIT 1000) d)
+                 SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
+                 WHERE k.leased_until IS NULL OR k.leased_until < now()
+                 LIMIT $1 FOR UPDATE OF k SKIP LOCKED",
+            )
+            .bind(i64::from(max_keys))
+            .fetch_all(tx.conn())
+            .await?;
+            let mut groups = Vec::with_capacity(keys.len());
+            for key in keys {
+                let heads: Vec<(Uuid, String, bool)> = sqlx::query_as(
+                    "SELECT event_id, handler,
+                            next_attempt_at <= now()
+                            AND (leased_until IS NULL OR leased_until < now()) AS free
+                     FROM keel_deliveries
+                     WHERE ordering_key = $1 AND status = 'pending'
+                     ORDER BY event_id LIMIT $2",
+                )
+                .bind(key.as_str())
+                .bind(max_batch as i64)
+                .fetch_all(tx.conn())
+                .await?;
+                // Strict order: a head that waits for its retry holds its key.
+                let Some((_, handler, true)) = heads.first() else {
+                    continue;
+                };
+                let ids: Vec<Uuid> = heads
+                    .iter()
+                    .take(batch_size(handler))
+                    .take_while(|(_, h, free)| h == handler && *free)
+                    .map(|(id, _, _)| *id)
+                    .collect();
+                let token = Uuid::now_v7();
+                sqlx::query(
+                    "UPDATE keel_keys SET leased_until = now() + $1 * interval '1 millisecond',
+                     leased_by = $2 WHERE key = $3",
+                )
+                .bind(lease_ms)
+                .bind(token)
+                .bind(key.as_str())
+                .execute(tx.conn())
+                .await?;
+                let rows = sqlx::query(AssertSqlSafe(claim_sql.clone()))
+                    .bind(lease_ms)
+                    .bind(token)
+                    .bind(handler.as_str())
+                    .bind(ids)
+                    .fetch_all(tx.conn())
+                    .await?;
+                let claims = rows
+                    .iter()
+                    .map(|row| claim_from(row, token))
+                    .collect::<Result<Vec<_>, _>>()?;
+                groups.push(Group {
+                    claims,
+                    key: Some(key),
+                });
+            }
+            Ok(groups)
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
+
+/// Extends the leases still held by the claims' token, and their key's, in one statement.
+pub(super) async fn renew(
+    db: &Database<Postgres>,
+    claims: &[Claim],
+    key: Option<&str>,
+    lease: Duration,
+) -> Result<Vec<bool>, Error> {
+    let Some(token) = claims.first().map(|c| c.token) else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<Uuid> = claims.iter().map(|c| *c.event_id.as_uuid()).collect();
+    let handlers: Vec<&str> = claims.iter().map(|c| c.handler.as_str()).collect();
+    let mut conn = db.acquire().await?;
+    let renewed: Vec<(Uuid, String)> = sqlx::query_as(
+        "WITH k AS (
+             UPDATE keel_keys SET leased_until = now() + $1 * interval '1 millisecond'
+             WHERE key = $5 AND leased_by = $2)
+         UPDATE keel_deliveries d SET leased_until = now() + $1 * interval '1 millisecond'
+         FROM UNNEST($3::uuid[], $4::text[]) AS t (i, h)
+         WHERE d.event_id = t.i AND d.handler = t.h AND d.leased_by = $2
+           AND d.status = 'pending'
+         RETURNING d.event_id, d.handler",
+    )
+    .bind(millis(lease))
+    .bind(token)
+    .bind(ids)
+    .bind(handlers)
+    .bind(key)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(claims
+        .iter()
+        .map(|c| {
+            renewed
+                .iter()
+                .any(|(i, h)| i == c.event_id.as_uuid() && *h == c.handler)
+        })
+        .collect())
+}
+
+pub(super) async fn release_key(
+    db: &Database<Postgres>,
+    key: &str,
+    token: Uuid,
+) -> Result<(), Error> {
+    let mut conn = db.acquire().await?;
+    sqlx::query(
+        "UPDATE keel_keys SET leased_until = NULL, leased_by = NULL
+         WHERE key = $1 AND leased_by = $2",
+    )
+    .bind(key)
+    .bind(token)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The outbox write on PostgreSQL.
+
+use sqlx::postgres::PgConnection;
+
+use crate::Error;
+use crate::outbox::Outgoing;
+
+/// The outbox write: events, deliveries and ordering keys in one statement, whatever the
+/// number of rows. Every column travels as one array (`UNNEST`), so the statement's text
+/// never changes and stays prepared. Inside a unit of work it writes only if the
+/// transaction still carries the unit of work's marker: after a `COMMIT` run by hand, it
+/// would otherwise commit on its own.
+pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<(), Error> {
+    let mut ids = Vec::new();
+    let mut names = Vec::new();
+    let mut aggregate_types = Vec::new();
+    let mut aggregate_ids = Vec::new();
+    let mut occurred = Vec::new();
+    let mut payloads = Vec::new();
+    let mut correlations = Vec::new();
+    let mut causations = Vec::new();
+    let mut routed = Vec::new();
+    let mut keys = Vec::new();
+    let (mut d_ids, mut d_handlers, mut d_leased, mut d_keys) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, (e, key)) in outgoing.messages().enumerate() {
+        let handlers = outgoing.handlers_of(e);
+        ids.push(*e.id.as_uuid());
+        names.push(e.name.as_str());
+        aggregate_types.push(e.aggregate_type.as_str());
+        aggregate_ids.push(e.aggregate_id.as_str());
+        occurred.push(e.occurred_at);
+        payloads.push(&e.payload);
+        correlations.push(e.correlation_id);
+        causations.push(e.causation_id.map(|c| *c.as_uuid()));
+        routed.push(!handlers.is_empty());
+        keys.push(key);
+        // Event deliveries are reserved for this process's fast path (when it has one);
+        // command deliveries always go to workers, which honour their ordering keys.
+        let leased = n < outgoing.events.len() && outgoing.lease.is_some();
+        for handler in handlers {
+            d_ids.push(*e.id.as_uuid());
+            d_handlers.push(*handler);
+            d_leased.push(leased);
+            d_keys.push(key);
+        }
+    }
+    let (token, lease_ms) = match outgoing.lease {
+        Some((token, lease)) => (Some(token), lease.as_millis() as i64),
+        None => (None, 0),
+    };
+    sqlx::query(
+        "WITH e AS (
+             INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
+                 payload, correlation_id, causation_id, routed, ordering_key)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
+                 $5::timestamptz[], $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
+             WHERE $17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17),
+         d AS (
+             INSERT INTO keel_deliveries (event_id, handler, leased_until, leased_by, ordering_key)
+             SELECT i, h, CASE WHEN l THEN now() + $13 * interval '1 millisecond' END,
+                    CASE WHEN l THEN $14::uuid END, k
+             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
+             WHERE $17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17),
+         k AS (
+             INSERT INTO keel_keys (key)
+             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k)
+             WHERE k IS NOT NULL
+               AND ($17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17)
+             ON CONFLICT DO NOTHING)
+         SELECT 1",
+    )
+    .bind(ids)
+    .bind(names)
+    .bind(aggregate_types)
+    .bind(aggregate_ids)
+    .bind(occurred)
+    .bind(payloads)
+    .bind(correlations)
+    .bind(causations)
+    .bind(routed)
+    .bind(keys)
+    .bind(d_ids)
+    .bind(d_handlers)
+    .bind(lease_ms)
+    .bind(token)
+    .bind(d_leased)
+    .bind(d_keys)
+    .bind(outgoing.marker.map(|m| m.to_string()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}

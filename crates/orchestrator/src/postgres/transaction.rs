@@ -1,0 +1,238 @@
+//! The statements of a unit of work on Postgres: begin, verify, commit, locks, versions, the
+//! processed marker.
+
+use std::time::Duration;
+
+use keel_domain::EventId;
+use sqlx::postgres::{PgArguments, PgConnection, PgDatabaseError};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Postgres};
+
+use crate::lock::{LockMode, is_identifier};
+use crate::store::Saved;
+use crate::{Error, Isolation, Key, LockWait, Locked, RowLock};
+
+/// The setting that marks a unit of work's transaction (`SET LOCAL`, so it ends with it).
+const MARKER: &str = "keel.unit_of_work";
+
+/// The setting whose lookup fails when a unit of work's transaction is not the one begun.
+const REPLACED: &str = "keel.transaction_replaced";
+
+fn is_replaced(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<PgDatabaseError>())
+        .is_some_and(|pg| pg.code() == "42704" && pg.message().contains(REPLACED))
+}
+
+fn bind_key<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    key: &Key,
+) -> Query<'q, Postgres, PgArguments> {
+    match key {
+        Key::Int(i) => query.bind(*i),
+        Key::Text(s) => query.bind(s.clone()),
+        Key::Uuid(u) => query.bind(*u),
+    }
+}
+
+fn lock_sql(lock: &RowLock) -> String {
+    let mode = match lock.mode {
+        LockMode::ForUpdate => "FOR UPDATE",
+        LockMode::ForShare => "FOR SHARE",
+    };
+    let wait = match lock.wait {
+        LockWait::Wait => "",
+        LockWait::NoWait => " NOWAIT",
+        LockWait::SkipLocked => " SKIP LOCKED",
+    };
+    format!(
+        "SELECT 1 FROM {} WHERE {} = $1 {mode}{wait}",
+        lock.table, lock.key_column
+    )
+}
+
+/// `BEGIN`, the marker and the lock timeout in one round trip (a simple query).
+pub(super) async fn begin(
+    conn: &mut PgConnection,
+    isolation: Isolation,
+    lock_timeout: Option<Duration>,
+    marker: uuid::Uuid,
+) -> Result<(), Error> {
+    let begin = match isolation {
+        Isolation::ReadCommitted => "BEGIN",
+        Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    };
+    let mut sql = format!("{begin}; SET LOCAL {MARKER} = '{marker}'");
+    if let Some(timeout) = lock_timeout {
+        sql.push_str(&format!(
+            "; SET LOCAL lock_timeout = '{}ms'",
+            timeout.as_millis().max(1)
+        ));
+    }
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+/// A check and `COMMIT` in one simple query: when the check fails, PostgreSQL skips
+/// the rest of the query, so the transaction is not committed.
+pub(super) async fn commit(
+    conn: &mut PgConnection,
+    marker: uuid::Uuid,
+    isolation: Isolation,
+) -> Result<bool, Error> {
+    let level = match isolation {
+        Isolation::ReadCommitted => "read committed",
+        Isolation::RepeatableRead => "repeatable read",
+        Isolation::Serializable => "serializable",
+    };
+    // `current_setting` of an unknown name raises: a check that fails at execution,
+    // never at planning (constant folding would evaluate a failing cast too early).
+    let sql = format!(
+        "SELECT CASE WHEN current_setting('{MARKER}', true) = '{marker}'
+                      AND current_setting('transaction_isolation') = '{level}'
+                 THEN '' ELSE current_setting('{REPLACED}') END; COMMIT"
+    );
+    match sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await {
+        Ok(_) => Ok(true),
+        Err(error) if is_replaced(&error) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub(super) async fn rollback(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::raw_sql("ROLLBACK").execute(conn).await?;
+    Ok(())
+}
+
+pub(super) async fn lock_row(conn: &mut PgConnection, lock: &RowLock) -> Result<Locked, Error> {
+    let found = bind_key(sqlx::query(AssertSqlSafe(lock_sql(lock))), &lock.key)
+        .fetch_optional(&mut *conn)
+        .await;
+    match found {
+        Ok(Some(_)) => return Ok(Locked::Acquired),
+        Ok(None) => {}
+        Err(e) => {
+            return Err(match (lock.wait, Error::from(e)) {
+                (LockWait::NoWait, Error::LockTimeout { .. }) => Error::RowLocked {
+                    table: lock.table,
+                    key: lock.key.to_string(),
+                },
+                (_, e) => e,
+            });
+        }
+    }
+    if lock.wait == LockWait::SkipLocked {
+        let exists = bind_key(sqlx::query(AssertSqlSafe(lock.exists_sql())), &lock.key)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if exists.is_some() {
+            return Ok(Locked::Skipped);
+        }
+    }
+    Ok(Locked::Missing)
+}
+
+pub(super) async fn lock_named(conn: &mut PgConnection, name: &str) -> Result<(), Error> {
+    const LOCK: &str = "SELECT 1 FROM keel_locks WHERE name = $1 FOR UPDATE";
+    if sqlx::query(LOCK)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    // A concurrent creator's uncommitted row makes this insert wait until that
+    // transaction ends; then the conflict is ignored and the lock below is granted.
+    let created = sqlx::query(
+        "INSERT INTO keel_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING 1",
+    )
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if created.is_some() {
+        return Ok(());
+    }
+    match sqlx::query(LOCK)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        Some(_) => Ok(()),
+        // Only under REPEATABLE READ / SERIALIZABLE: the row committed after this
+        // transaction's snapshot. A fresh attempt sees it.
+        None => Err(Error::LockTimeout {
+            detail: format!("named lock `{name}` was created concurrently; retrying"),
+        }),
+    }
+}
+
+pub(super) async fn save_version(
+    conn: &mut PgConnection,
+    table: &'static str,
+    key: &Key,
+    expected: i64,
+) -> Result<Saved, Error> {
+    debug_assert!(is_identifier(table));
+    // One round trip: the update, and whether the row exists at all.
+    let sql = format!(
+        "WITH u AS (UPDATE {table} SET version = version + 1
+                    WHERE id = $1 AND version = $2 RETURNING 1)
+         SELECT (SELECT count(*) FROM u) AS saved,
+                EXISTS (SELECT 1 FROM {table} WHERE id = $1) AS present"
+    );
+    let (saved, present): (i64, bool) = bind_key(sqlx::query(AssertSqlSafe(sql)), key)
+        .bind(expected)
+        .try_map(|row: sqlx::postgres::PgRow| {
+            use sqlx::Row;
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        })
+        .fetch_one(conn)
+        .await?;
+    Ok(match (saved, present) {
+        (1, _) => Saved::Saved,
+        (_, true) => Saved::Conflict,
+        (_, false) => Saved::Missing,
+    })
+}
+
+pub(super) async fn mark_done(
+    conn: &mut PgConnection,
+    event_ids: &[EventId],
+    handler: &str,
+) -> Result<usize, Error> {
+    let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| *id.as_uuid()).collect();
+    let done = sqlx::query(
+        "UPDATE keel_deliveries SET status = 'done', leased_until = NULL, leased_by = NULL,
+         updated_at = now()
+         WHERE handler = $1 AND status = 'pending' AND event_id = ANY ($2)",
+    )
+    .bind(handler)
+    .bind(ids)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(done as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_sql_spells_each_mode() {
+        let sql = lock_sql(&RowLock::for_share("posts", 1).skip_locked());
+        assert_eq!(
+            sql,
+            "SELECT 1 FROM posts WHERE id = $1 FOR SHARE SKIP LOCKED"
+        );
+        let sql = lock_sql(
+            &RowLock::for_update("posts", "x")
+                .key_column("slug")
+                .nowait(),
+        );
+        assert_eq!(sql, "SELECT 1 FROM posts WHERE slug = $1 FOR UPDATE NOWAIT");
+    }
+}

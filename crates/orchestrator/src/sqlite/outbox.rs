@@ -1,0 +1,90 @@
+//! The outbox write on SQLite.
+
+use keel_domain::Envelope;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{QueryBuilder, Sqlite};
+
+use super::{CHUNK, millis, now};
+use crate::Error;
+use crate::outbox::Outgoing;
+
+fn occurred_at(e: &Envelope) -> Result<String, Error> {
+    e.occurred_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|err| Error::rejected(std::io::Error::other(err.to_string())))
+}
+
+/// The outbox write: multi-row inserts, chunked under SQLite's parameter limit. The fast
+/// path's lease ends at SQLite's clock plus the lease.
+pub(super) async fn write(
+    conn: &mut SqliteConnection,
+    outgoing: &Outgoing<'_>,
+) -> Result<(), Error> {
+    let messages: Vec<(&Envelope, Option<&str>)> = outgoing.messages().collect();
+    for chunk in messages.chunks(CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, \
+             payload, correlation_id, causation_id, routed, ordering_key) ",
+        );
+        let mut failed = None;
+        query.push_values(chunk, |mut row, (e, key)| {
+            let occurred = occurred_at(e).unwrap_or_else(|err| {
+                failed = Some(err);
+                String::new()
+            });
+            row.push_bind(e.id.to_string())
+                .push_bind(e.name.as_str())
+                .push_bind(e.aggregate_type.as_str())
+                .push_bind(e.aggregate_id.as_str())
+                .push_bind(occurred)
+                .push_bind(e.payload.to_string())
+                .push_bind(e.correlation_id.to_string())
+                .push_bind(e.causation_id.map(|c| c.to_string()))
+                .push_bind(!outgoing.handlers_of(e).is_empty())
+                .push_bind(*key);
+        });
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        query.build().execute(&mut *conn).await?;
+    }
+
+    let leased_until = match outgoing.lease {
+        Some((_, lease)) => Some(now(conn).await? + millis(lease)),
+        None => None,
+    };
+    let token = outgoing.lease.map(|(token, _)| token.to_string());
+    let mut deliveries = Vec::new();
+    for (n, (e, key)) in messages.iter().enumerate() {
+        // Event deliveries are reserved for this process's fast path (when it has one);
+        // command deliveries always go to workers, which honour their ordering keys.
+        let leased = n < outgoing.events.len();
+        for handler in outgoing.handlers_of(e) {
+            deliveries.push((e.id.to_string(), *handler, leased, *key));
+        }
+    }
+    for chunk in deliveries.chunks(CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO keel_deliveries (event_id, handler, leased_until, leased_by, ordering_key) ",
+        );
+        query.push_values(chunk, |mut row, (id, handler, leased, key)| {
+            row.push_bind(id.as_str())
+                .push_bind(*handler)
+                .push_bind(leased_until.filter(|_| *leased))
+                .push_bind(token.as_deref().filter(|_| *leased))
+                .push_bind(*key);
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+
+    let keys = outgoing.keys();
+    for chunk in keys.chunks(CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO keel_keys (key) ");
+        query.push_values(chunk, |mut row, key| {
+            row.push_bind(*key);
+        });
+        query.push(" ON CONFLICT DO NOTHING");
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! The statements of a unit of work on SQLite: begin, verify, commit, locks, versions, the
+//! processed marker.
+
+use keel_domain::EventId;
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
+
+use super::{CHUNK, now_ms, savepoint};
+use crate::lock::is_identifier;
+use crate::store::Saved;
+use crate::{Error, Key, Locked, RowLock};
+
+fn bind_key<'q>(
+    query: Query<'q, Sqlite, SqliteArguments>,
+    key: &Key,
+) -> Query<'q, Sqlite, SqliteArguments> {
+    match key {
+        Key::Int(i) => query.bind(*i),
+        Key::Text(s) => query.bind(s.clone()),
+        Key::Uuid(u) => query.bind(u.to_string()),
+    }
+}
+
+/// `BEGIN IMMEDIATE` takes the write lock up front, so two writers never deadlock
+/// upgrading a read lock (SQLite transactions are serializable). The savepoint marks
+/// the transaction: it vanishes with a `COMMIT` or `ROLLBACK` run by hand, and another
+/// connection does not have it.
+pub(super) async fn begin(conn: &mut SqliteConnection) -> Result<(), Error> {
+    sqlx::raw_sql(concat!("BEGIN IMMEDIATE; SAVEPOINT ", savepoint!()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn verify(conn: &mut SqliteConnection) -> Result<bool, Error> {
+    match sqlx::raw_sql(concat!("RELEASE ", savepoint!()))
+        .execute(conn)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(error) if error.to_string().contains("no such savepoint") => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub(super) async fn commit(conn: &mut SqliteConnection) -> Result<bool, Error> {
+    sqlx::raw_sql("COMMIT").execute(conn).await?;
+    Ok(true)
+}
+
+pub(super) async fn rollback(conn: &mut SqliteConnection) -> Result<(), Error> {
+    sqlx::raw_sql("ROLLBACK").execute(conn).await?;
+    Ok(())
+}
+
+/// The write lock taken by `BEGIN IMMEDIATE` already covers every row: the lock is
+/// granted at once and tells whether the row exists.
+pub(super) async fn lock_row(conn: &mut SqliteConnection, lock: &RowLock) -> Result<Locked, Error> {
+    let found = bind_key(sqlx::query(AssertSqlSafe(lock.exists_sql())), &lock.key)
+        .fetch_optional(conn)
+        .await?;
+    Ok(if found.is_some() {
+        Locked::Acquired
+    } else {
+        Locked::Missing
+    })
+}
+
+pub(super) async fn lock_named(conn: &mut SqliteConnection, name: &str) -> Result<(), Error> {
+    sqlx::query("INSERT INTO keel_locks (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn save_version(
+    conn: &mut SqliteConnection,
+    table: &'static str,
+    key: &Key,
+    expected: i64,
+) -> Result<Saved, Error> {
+    debug_assert!(is_identifier(table));
+    let sql = format!("UPDATE {table} SET version = version + 1 WHERE id = $1 AND version = $2");
+    let result = bind_key(sqlx::query(AssertSqlSafe(sql)), key)
+        .bind(expected)
+        .execute(&mut *conn)
+        .await?;
+    if result.rows_affected() == 1 {
+        return Ok(Saved::Saved);
+    }
+    let sql = format!("SELECT 1 FROM {table} WHERE id = $1");
+    let exists = bind_key(sqlx::query(AssertSqlSafe(sql)), key)
+        .fetch_optional(conn)
+        .await?;
+    Ok(if exists.is_some() {
+        Saved::Conflict
+    } else {
+        Saved::Missing
+    })
+}
+
+pub(super) async fn mark_done(
+    conn: &mut SqliteConnection,
+    event_ids: &[EventId],
+    handler: &str,
+) -> Result<usize, Error> {
+    let mut done = 0;
+    for chunk in event_ids.chunks(CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(concat!(
+            "UPDATE keel_deliveries SET status = 'done', leased_until = NULL, \
+             leased_by = NULL, updated_at = ",
+            now_ms!(),
+            " WHERE status = 'pending' AND handler = "
+        ));
+        query.push_bind(handler).push(" AND event_id IN (");
+        let mut ids = query.separated(", ");
+        for id in chunk {
+            ids.push_bind(id.to_string());
+        }
+        query.push(")");
+        done += query.build().execute(&mut *conn).await?.rows_affected() as usize;
+    }
+    Ok(done)
+}

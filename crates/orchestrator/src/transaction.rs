@@ -1,0 +1,203 @@
+//! One attempt of a unit of work: a connection, a transaction marked at `BEGIN`, the steps,
+//! the outbox write, and a commit of that very transaction, or a rollback.
+
+use sqlx::pool::PoolConnection;
+
+use keel_domain::Envelope;
+
+use crate::outbox::Outgoing;
+use crate::{Backend, Database, Error, Tx, TxFn, UnitOfWork, guard};
+
+impl<B: Backend> Database<B> {
+    /// One attempt: a fresh connection and transaction, the steps, then commit or rollback.
+    pub(crate) async fn attempt<T, F>(
+        &self,
+        options: &UnitOfWork,
+        attempt: u32,
+        steps: &mut F,
+    ) -> Result<(T, Vec<Envelope>, Option<uuid::Uuid>), Error>
+    where
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
+    {
+        let holding = self.hold(options.name);
+        let _writer = if B::ONE_WRITER {
+            let wait = options.lock_timeout.unwrap_or(self.options().lock_timeout);
+            let guard = tokio::time::timeout(wait, self.writer().lock())
+                .await
+                .map_err(|_| Error::LockTimeout {
+                    detail: format!(
+                        "the write lock was not granted within {} ms; units of work of this \
+                         process holding or waiting for it: {}",
+                        wait.as_millis(),
+                        names(&self.holder_names(Some(holding.id())))
+                    ),
+                })?;
+            Some(guard)
+        } else {
+            None
+        };
+        let conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| self.exhausted(options.name, Some(holding.id()), e))?;
+        let mut open = Open { conn, ended: true };
+        if let Some(timeout) = options.lock_timeout {
+            B::before_begin(&mut open.conn, timeout).await?;
+        }
+        let outcome = self.transaction(&mut open, options, attempt, steps).await;
+        if options.lock_timeout.is_some()
+            && open.ended
+            && let Err(error) = B::after_end(&mut open.conn, self.options()).await
+        {
+            tracing::warn!(%error, "could not restore the connection's defaults; it is closed");
+            open.ended = false;
+        }
+        outcome
+    }
+
+    /// The transaction of one attempt: begin, the steps, the outbox, then commit or
+    /// rollback. Commits only the transaction it began, on the connection it began it on.
+    async fn transaction<T, F>(
+        &self,
+        open: &mut Open<B>,
+        options: &UnitOfWork,
+        attempt: u32,
+        steps: &mut F,
+    ) -> Result<(T, Vec<Envelope>, Option<uuid::Uuid>), Error>
+    where
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
+    {
+        let marker = uuid::Uuid::now_v7();
+        open.ended = false;
+        B::begin(
+            &mut open.conn,
+            options.isolation,
+            options.lock_timeout,
+            marker,
+        )
+        .await?;
+        let outcome = match &options.processes {
+            Some((event_ids, handler)) => {
+                match B::mark_done(&mut open.conn, event_ids, handler).await {
+                    Ok(n) if n == event_ids.len() => Ok(()),
+                    Ok(0) => Err(Error::AlreadyProcessed {
+                        event_id: event_ids
+                            .first()
+                            .map(|id| id.to_string())
+                            .unwrap_or_default(),
+                        handler,
+                    }),
+                    Ok(_) => Err(Error::BatchPartlyProcessed { handler }),
+                    Err(error) => Err(error),
+                }
+            }
+            None => Ok(()),
+        };
+        let (outcome, events, commands) = match outcome {
+            Ok(()) => {
+                let mut tx = Tx::new(&mut *open.conn, attempt, options.cause, self.routing());
+                let outcome = guard::inside(options.name, steps(&mut tx)).await;
+                let (events, commands) = tx.into_outgoing();
+                (outcome, events, commands)
+            }
+            Err(error) => (Err(error), Vec::new(), Vec::new()),
+        };
+        let replaced = || Error::TransactionReplaced {
+            unit_of_work: options.name,
+        };
+        let outcome = match outcome {
+            Ok(value) => match B::verify(&mut open.conn, marker).await {
+                Ok(true) => Ok(value),
+                Ok(false) => return Err(self.abandon(open, replaced()).await),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        let lease = self
+            .routing()
+            .and_then(|r| r.fast_path_lease())
+            .map(|lease| (uuid::Uuid::now_v7(), lease));
+        let outgoing = Outgoing {
+            events: &events,
+            commands: &commands,
+            routing: self.routing(),
+            lease,
+            marker: Some(marker),
+        };
+        let writes = !events.is_empty() || !commands.is_empty();
+        let outcome = match outcome {
+            Ok(value) if writes => B::write_outbox(&mut open.conn, &outgoing)
+                .await
+                .map(|()| value),
+            other => other,
+        };
+        let value = match outcome {
+            Ok(value) => value,
+            Err(error) => {
+                match B::rollback(&mut open.conn).await {
+                    Ok(()) => open.ended = true,
+                    Err(rollback) => {
+                        tracing::warn!(%rollback, "rollback failed; the connection is closed")
+                    }
+                }
+                return Err(error);
+            }
+        };
+        match B::commit(&mut open.conn, marker, options.isolation).await {
+            Ok(true) => open.ended = true,
+            Ok(false) => return Err(self.abandon(open, replaced()).await),
+            // A database's refusal ends the transaction; a lost connection leaves its
+            // outcome unknown, and the connection is closed.
+            Err(error @ Error::Database(sqlx::Error::Io(_))) => return Err(error),
+            Err(error) => {
+                open.ended = true;
+                return Err(error);
+            }
+        }
+        let reserved = writes && outgoing.reserves();
+        if writes && outgoing.leaves_for_relay() {
+            self.after_commit(&mut open.conn, true).await;
+        }
+        let token = lease.filter(|_| reserved).map(|(token, _)| token);
+        Ok((value, events, token))
+    }
+
+    /// Rolls back what can be, and leaves the connection to be closed: after its steps
+    /// ended or replaced the transaction, its state is unknown.
+    async fn abandon(&self, open: &mut Open<B>, error: Error) -> Error {
+        let _ = B::rollback(&mut open.conn).await;
+        open.ended = false;
+        tracing::error!(%error, "the connection is closed");
+        error
+    }
+}
+
+/// `a`, `b` as a sentence fragment.
+pub(crate) fn names(names: &[&'static str]) -> String {
+    if names.is_empty() {
+        return "none".to_owned();
+    }
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A pooled connection during a unit of work. Unless the transaction ended cleanly, the
+/// connection is closed instead of going back to the pool: a panic or a dropped future
+/// mid-transaction, or steps that tampered with the transaction, leave it in a state the
+/// next user must not inherit (the server rolls back what a closed connection left open).
+struct Open<B: Backend> {
+    conn: PoolConnection<B>,
+    ended: bool,
+}
+
+impl<B: Backend> Drop for Open<B> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
+        }
+    }
+}
