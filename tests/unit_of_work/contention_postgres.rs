@@ -240,3 +240,40 @@ async fn row_lock_waits_are_bounded_by_default() {
     release.send(()).unwrap();
     holder.await.unwrap();
 }
+
+/// A session-level `SET` or a `LISTEN` made by a unit of work's steps does not leak to the
+/// next unit of work on the same pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_do_not_leak_to_the_next_unit_of_work() {
+    let Some(test_db) = TestDatabase::<B>::with(|options| options.max_connections(1)).await else {
+        return;
+    };
+    let mut db = test_db.database().clone();
+    db.unit_of_work(async |tx| {
+        sqlx::raw_sql("SET statement_timeout = '1234ms'; LISTEN keel_test_channel")
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    })
+    .await
+    .unwrap()
+    .into_value();
+    let (timeout, listening, lock_timeout) = db
+        .unit_of_work(async |tx| {
+            let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+                .fetch_one(tx.conn())
+                .await?;
+            let listening: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_listening_channels()")
+                .fetch_one(tx.conn())
+                .await?;
+            let lock_timeout: String = sqlx::query_scalar("SHOW lock_timeout")
+                .fetch_one(tx.conn())
+                .await?;
+            Ok((timeout, listening, lock_timeout))
+        })
+        .await
+        .unwrap()
+        .into_value();
+    assert_eq!((timeout.as_str(), listening), ("0", 0));
+    assert_eq!(lock_timeout, "5s", "the connection's own lock timeout is kept");
+}

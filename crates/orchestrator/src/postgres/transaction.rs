@@ -76,7 +76,10 @@ pub(super) async fn begin(
 }
 
 /// A check and `COMMIT` in one simple query: when the check fails, PostgreSQL skips
-/// the rest of the query, so the transaction is not committed.
+/// the rest of the query, so the transaction is not committed. After the commit, session
+/// settings and listens the steps may have made (`SET` without `LOCAL`, `LISTEN`) are reset
+/// in the same round trip, so they never leak to the next unit of work on this pooled
+/// connection (settings given at connection time are kept).
 pub(super) async fn commit(
     conn: &mut PgConnection,
     marker: uuid::Uuid,
@@ -92,7 +95,7 @@ pub(super) async fn commit(
     let sql = format!(
         "SELECT CASE WHEN current_setting('{MARKER}', true) = '{marker}'
                       AND current_setting('transaction_isolation') = '{level}'
-                 THEN '' ELSE current_setting('{REPLACED}') END; COMMIT"
+                 THEN '' ELSE current_setting('{REPLACED}') END; COMMIT; RESET ALL; UNLISTEN *"
     );
     match sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await {
         Ok(_) => Ok(true),
