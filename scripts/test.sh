@@ -30,7 +30,9 @@ as_postgres() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# 1. PostgreSQL binaries (Debian keeps them off the PATH; pg_config says where).
+# 1. PostgreSQL binaries (Debian keeps them off the PATH; pg_config says where), and
+#    libfaketime, which the clock-skew test starts relays under.
+faketime_lib() { dpkg -L libfaketime 2>/dev/null | grep -m1 'libfaketime\.so\.1$'; }
 pg_bindir() { command -v pg_config >/dev/null 2>&1 && pg_config --bindir; }
 if ! bindir=$(pg_bindir) || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl" ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -43,6 +45,19 @@ if ! bindir=$(pg_bindir) || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl"
   apt-get install -y -q postgresql >/dev/null
   bindir=$(pg_bindir)
 fi
+
+if ! faketime=$(faketime_lib) || [ -z "$faketime" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "libfaketime not found and not root: install the faketime package" >&2
+    exit 1
+  fi
+  say "libfaketime not found: installing faketime with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q faketime >/dev/null
+  faketime=$(faketime_lib)
+fi
+export KEEL_TEST_FAKETIME="$faketime"
 
 # 2. A throwaway cluster in a directory the postgres user owns, on a free port.
 workdir=$(mktemp -d /tmp/keel-pg.XXXXXX)
@@ -102,7 +117,7 @@ if [ $# -eq 0 ]; then
   say "relay across a PostgreSQL restart"
   if [ "$(id -u)" = 0 ]; then restart_as="runuser -u postgres --"; else restart_as=""; fi
   KEEL_TEST_PG_RESTART="$restart_as $bindir/pg_ctl -D $workdir/data -l $workdir/server.log -m fast -w -t 30 restart" \
-    cargo test -p keel --test durability -- --ignored --exact restart::the_relay_survives_a_postgres_restart
+    cargo test -p keel --test durability -- --ignored --exact postgres::restart_postgres::the_relay_survives_a_postgres_restart
 fi
 
 # 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL.

@@ -1,4 +1,5 @@
-//! The HTTP adapter (axum): the same use case behind `POST /assessments/{id}/completion`.
+//! The HTTP adapter (axum): the same use case behind `POST /assessments/{id}/completion`,
+//! for any backend `B`.
 
 use std::net::SocketAddr;
 
@@ -7,18 +8,18 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use keel::{App, Error, sqlx};
+use keel::{App, Error};
 use serde_json::json;
 
-use crate::domain::{AlreadyCompleted, AssessmentId, NotCompletable};
-use crate::infrastructure::repositories::assessments::AssessmentNotFound;
+use crate::domain::{AlreadyCompleted, AssessmentId, AssessmentNotFound, NotCompletable};
+use crate::ports::Store;
 use crate::use_cases::complete_assessment;
 
 /// The routes of the service.
-pub fn router(app: App) -> axum::Router {
+pub fn router<B: Store>(app: App<B>) -> axum::Router {
     axum::Router::new()
-        .route("/assessments/{id}/completion", post(complete))
-        .route("/assessments/{id}", get(show))
+        .route("/assessments/{id}/completion", post(complete::<B>))
+        .route("/assessments/{id}", get(show::<B>))
         .with_state(app)
 }
 
@@ -47,7 +48,7 @@ fn status_of(error: &Error) -> StatusCode {
     }
 }
 
-async fn complete(State(app): State<App>, Path(id): Path<String>) -> Response {
+async fn complete<B: Store>(State(app): State<App<B>>, Path(id): Path<String>) -> Response {
     let id = match parse(&id) {
         Ok(id) => id,
         Err(response) => return *response,
@@ -64,24 +65,20 @@ async fn complete(State(app): State<App>, Path(id): Path<String>) -> Response {
     }
 }
 
-async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
+async fn show<B: Store>(State(app): State<App<B>>, Path(id): Path<String>) -> Response {
     let id = match parse(&id) {
         Ok(id) => id,
         Err(response) => return *response,
     };
     let found = async {
         let mut conn = app.session().acquire().await?;
-        let row: Option<(i64, String, String, i64)> =
-            sqlx::query_as("SELECT user_id, kind, state, version FROM assessments WHERE id = $1")
-                .bind(id.0)
-                .fetch_optional(&mut *conn)
-                .await?;
-        Ok::<_, Error>(row)
+        B::assessment(&mut conn, id).await
     }
     .await;
     match found {
-        Ok(Some((user_id, kind, state, version))) => Json(json!({
-            "id": id.0, "user_id": user_id, "kind": kind, "state": state, "version": version,
+        Ok(Some(a)) => Json(json!({
+            "id": id.0, "user_id": a.user_id, "kind": a.kind, "state": a.state,
+            "version": a.version.get(),
         }))
         .into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("assessment {id} not found")),
@@ -90,16 +87,16 @@ async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
 }
 
 /// Serves until `shutdown` resolves, then stops the relay (finishing running deliveries).
-pub async fn serve(
-    app: App,
+pub async fn serve<B: Store>(
+    app: App<B>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let address: SocketAddr = listener.local_addr()?;
     tracing::info!(%address, "serving");
     axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;
-    app.shutdown().await;
+    app.shutdown().await?;
     Ok(())
 }

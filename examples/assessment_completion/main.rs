@@ -10,54 +10,40 @@
 //!
 //! ```text
 //! cargo run --example assessment_completion            # the story, on SQLite, no setup
-//! DATABASE_URL=postgres://… cargo run --example assessment_completion
+//! DATABASE_URL=postgres://… cargo run --example assessment_completion   # on a fresh database
 //! cargo run --example assessment_completion -- --serve 127.0.0.1:3000   # as an HTTP service
 //! ```
 //!
-//! Layout: `domain/` aggregates, events and rules (no database); `use_cases/` the
-//! orchestration; `handlers/` the after-commit reactions; `infrastructure/` the schema, the
-//! repositories on `&mut Tx` and the partner's HTTP client; `http.rs` the HTTP adapter;
-//! this file the wiring.
+//! Layout: `domain/` aggregates, events and rules (no database); `ports.rs` what the use
+//! cases and handlers need stored, as traits on the backend type; `use_cases/` the
+//! orchestration and `handlers/` the after-commit reactions, both generic over the
+//! backend; `infrastructure/` one adapter per backend (`postgres/`, `sqlite/`) implementing
+//! the ports, and the partner's HTTP client; `migrations/` the example's tables per
+//! backend; `http.rs` the HTTP adapter; this file the wiring, where the backend is chosen.
 
 mod domain;
 mod handlers;
 mod http;
 mod infrastructure;
+mod ports;
 mod story;
 mod use_cases;
 
 #[cfg(test)]
 mod tests;
 
+use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use keel::{App, Database, DeliveryOptions, Registry};
 
-/// Opens the database (`DATABASE_URL`, or a fresh SQLite file) with its seed data.
-async fn open() -> Result<Database, Box<dyn std::error::Error>> {
-    let url = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let file = std::env::temp_dir().join("keel-assessment-completion.db");
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
-            }
-            format!("sqlite:{}", file.display())
-        }
-    };
-    let db = Database::connect(&url).await?;
-    db.migrate().await?;
-    infrastructure::schema::reset_with_seed_data(&db).await?;
-    Ok(db)
-}
+use crate::infrastructure::{Schema, partner, seed_demo_data};
 
-/// The app: every handler registered in this program, a relay polling often.
-fn start(db: Database) -> Result<App, keel::RegistryError> {
-    let options = DeliveryOptions::default().poll_interval(Duration::from_millis(50));
-    Ok(App::builder(db, Registry::global()?)
-        .delivery(options)
-        .start())
+/// What the program was asked to do.
+enum Mode {
+    Story,
+    Serve(String),
 }
 
 #[tokio::main]
@@ -69,15 +55,15 @@ async fn main() -> ExitCode {
         )
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let outcome = match args.first().map(String::as_str) {
-        Some("--serve") => {
-            let address = args.get(1).map_or("127.0.0.1:3000", String::as_str);
-            serve(address).await
+    let mode = match args.first().map(String::as_str) {
+        None => Mode::Story,
+        Some("--serve") => Mode::Serve(args.get(1).cloned().unwrap_or("127.0.0.1:3000".into())),
+        Some(other) => {
+            eprintln!("error: unknown argument `{other}`; use --serve [ADDRESS]");
+            return ExitCode::FAILURE;
         }
-        None => story::tell().await,
-        Some(other) => Err(format!("unknown argument `{other}`; use --serve [ADDRESS]").into()),
     };
-    match outcome {
+    match run(mode).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -86,19 +72,74 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(address: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let db = open().await?;
-    let (partner, _) = infrastructure::partner::start_stub(2).await?;
-    infrastructure::partner::configure(format!("http://{partner}"));
+/// Chooses the backend, once, from the URL's scheme (`DATABASE_URL`, or a fresh SQLite
+/// file); from here on the program is generic code instantiated for that backend.
+async fn run(mode: Mode) -> Result<(), Box<dyn Error + Send + Sync>> {
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => fresh_sqlite_file(),
+    };
+    match url.split_once(':').map(|(scheme, _)| scheme) {
+        Some("postgres" | "postgresql") => run_on::<sqlx::Postgres>(&url, mode).await,
+        Some("sqlite") => run_on::<sqlx::Sqlite>(&url, mode).await,
+        _ => Err("DATABASE_URL must start with `postgres://` or `sqlite:`".into()),
+    }
+}
+
+async fn run_on<B: Schema>(url: &str, mode: Mode) -> Result<(), Box<dyn Error + Send + Sync>> {
+    let db = open::<B>(url).await?;
+    match mode {
+        Mode::Story => story::tell(db).await,
+        Mode::Serve(address) => serve(db, &address).await,
+    }
+}
+
+/// A SQLite file in the temporary directory, emptied: the story starts from the seed data.
+fn fresh_sqlite_file() -> String {
+    let file = std::env::temp_dir().join("keel-assessment-completion.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+    format!("sqlite:{}", file.display())
+}
+
+/// Opens the database and brings both schemas up to date: Keel's tables (recorded in
+/// `keel_schema_migrations`), then the example's (in sqlx's `_sqlx_migrations`).
+async fn open<B: Schema>(url: &str) -> Result<Database<B>, keel::Error> {
+    let db = Database::<B>::connect(url).await?;
+    db.migrate().await?;
+    B::migrate(&db).await?;
+    Ok(db)
+}
+
+/// The app: every handler registered in this program for backend `B`, a relay polling
+/// often.
+fn start<B: Schema>(db: Database<B>) -> Result<App<B>, keel::RegistryError> {
+    let options = DeliveryOptions::default().poll_interval(Duration::from_millis(50));
+    Ok(App::builder(db, Registry::global()?)
+        .delivery(options)
+        .start())
+}
+
+async fn serve<B: Schema>(
+    db: Database<B>,
+    address: &str,
+) -> Result<(), Box<dyn Error + Send + Sync>> {
+    let seeded = seed_demo_data(&db).await?;
+    let (partner, _) = partner::start_stub(2).await?;
+    partner::configure(format!("http://{partner}"));
     let app = start(db)?;
     let listener = tokio::net::TcpListener::bind(address).await?;
     println!(
         "serving on http://{} (partner stub on {partner}); Ctrl-C stops",
         listener.local_addr()?
     );
-    println!(
-        "  POST /assessments/{{id}}/completion   GET /assessments/{{id}}   (seeded ids: 1 to 4)"
-    );
+    let data = if seeded {
+        "seeded ids: 1 to 4"
+    } else {
+        "the database's rows"
+    };
+    println!("  POST /assessments/{{id}}/completion   GET /assessments/{{id}}   ({data})");
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
-use keel::{Error, sqlx};
+use keel::{Database, Error};
 
 use crate::domain::AssessmentId;
-use crate::infrastructure::partner;
-use crate::use_cases::complete_assessment;
+use crate::infrastructure::{Schema, partner, seed_demo_data};
+use crate::ports::Report;
+use crate::use_cases::{Completion, complete_assessment};
 
-fn outcome(result: &Result<crate::use_cases::Completion, Error>) -> String {
+fn outcome(result: &Result<Completion, Error>) -> String {
     match result {
         Ok(c) => {
             let mut text = format!("committed (assessment v{})", c.version);
@@ -24,13 +25,24 @@ fn outcome(result: &Result<crate::use_cases::Completion, Error>) -> String {
     }
 }
 
-pub async fn tell() -> Result<(), Box<dyn std::error::Error>> {
-    let db = super::open().await?;
-    println!(
-        "database   {} ({:?}), seed data loaded",
-        db.url(),
-        db.backend()
-    );
+/// A handler's short name: `…::user_statistics::count_completion::<sqlx::Postgres>` is
+/// shown as `count_completion`.
+fn short(handler: &str) -> &str {
+    let path = handler.split("::<").next().unwrap_or(handler);
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+pub async fn tell<B: Schema>(
+    db: Database<B>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if !seed_demo_data(&db).await? {
+        return Err(format!(
+            "{} already holds the demo's rows: the story runs once, on a fresh database",
+            db.url()
+        )
+        .into());
+    }
+    println!("database   {} ({}), seed data loaded", db.url(), B::NAME);
     let (address, log) = partner::start_stub(2).await?;
     partner::configure(format!("http://{address}"));
     println!("partner    stub on {address}: refuses each notification twice (503), then accepts");
@@ -43,20 +55,14 @@ pub async fn tell() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "\n1. complete campaign assessment 1 (one unit of work: assessment, participation, badges)"
     );
-    println!(
-        "   {}",
-        outcome(&complete_assessment(&mut session, AssessmentId(1)).await)
-    );
+    let first = complete_assessment(&mut session, AssessmentId(1)).await;
+    println!("   {}", outcome(&first));
     println!("2. complete it again");
-    println!(
-        "   {}",
-        outcome(&complete_assessment(&mut session, AssessmentId(1)).await)
-    );
+    let again = complete_assessment(&mut session, AssessmentId(1)).await;
+    println!("   {}", outcome(&again));
     println!("3. complete aborted assessment 3");
-    println!(
-        "   {}",
-        outcome(&complete_assessment(&mut session, AssessmentId(3)).await)
-    );
+    let aborted = complete_assessment(&mut session, AssessmentId(3)).await;
+    println!("   {}", outcome(&aborted));
     println!(
         "4. two requests complete certification assessment 2 at the same moment (scoring, result, course)"
     );
@@ -75,34 +81,68 @@ pub async fn tell() -> Result<(), Box<dyn std::error::Error>> {
     if !app.wait_until_delivered(Duration::from_secs(30)).await? {
         return Err("deliveries still pending after 30 s".into());
     }
-    let mut conn = app.database().acquire().await?;
-    let deliveries: Vec<(String, String, String, String, i64)> = sqlx::query_as(
-        "SELECT e.id, e.name, d.handler, d.status, d.attempts FROM keel_deliveries d
-         JOIN keel_events e ON e.id = d.event_id ORDER BY e.id, d.handler",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    for (event_id, event, handler, status, attempts) in &deliveries {
-        let handler = handler.rsplit("::").next().unwrap_or(handler);
+    let report = B::report(&mut *app.database().acquire().await?).await?;
+    println!(
+        "   {} events recorded, delivered to their handlers:",
+        report.events
+    );
+    for delivery in &report.deliveries {
+        let handler = short(&delivery.handler);
+        let (event, status, attempts) = (&delivery.event, &delivery.status, delivery.attempts);
         let mut line =
             format!("   {event:<38} -> {handler:<28} {status} after {attempts} attempt(s)");
-        let answers = log.answers(event_id);
+        let answers = log.answers(&delivery.event_id.to_string());
         if handler == "notify_partner" && !answers.is_empty() {
             line += &format!(" (partner answered {answers:?})");
         }
         println!("{line}");
     }
-    drop(conn);
 
     println!("\nfinal state");
-    print!(
-        "{}",
-        crate::infrastructure::schema::summary(app.database()).await?
-    );
+    print!("{}", summary(&report));
     let dead = app.dead_letters().count().await?;
-    app.shutdown().await;
+    app.shutdown().await?;
     if dead > 0 {
         return Err(format!("{dead} deliveries ended in the dead letter").into());
     }
     Ok(())
+}
+
+/// A few lines describing the stored state.
+fn summary(report: &Report) -> String {
+    let mut out = String::new();
+    for a in &report.assessments {
+        let (id, kind, state, version) = (a.id, a.kind, a.state, a.version.get());
+        out += &format!("   assessment {id} ({kind:?}): {state:?}, v{version}\n");
+    }
+    for p in &report.participations {
+        out += &format!("   campaign participation {}: {:?}\n", p.id, p.status);
+    }
+    for (badge, user) in &report.acquired_badges {
+        out += &format!("   badge {badge} acquired by user {user}\n");
+    }
+    for r in &report.results {
+        out += &format!(
+            "   result of assessment {}: pix score {}, {:?}, {} competence marks\n",
+            r.assessment_id, r.pix_score, r.status, r.competence_marks
+        );
+    }
+    for (id, completed_at) in &report.courses {
+        let at = completed_at.map_or("not completed".to_owned(), |at| {
+            format!("completed at {at}")
+        });
+        out += &format!("   certification course {id}: {at}\n");
+    }
+    for (user, completed) in &report.statistics {
+        out += &format!("   user {user}: {completed} completed assessment(s)\n");
+    }
+    for s in &report.sendings {
+        let (participation, code) = (s.notification.campaign_participation_id, s.response_code);
+        out +=
+            &format!("   partner notified of participation {participation} (HTTP {code}), once\n");
+    }
+    for (user, partner) in &report.partner_certifications {
+        out += &format!("   partner certification {partner} granted to user {user}\n");
+    }
+    out
 }

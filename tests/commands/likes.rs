@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use keel::{Database, Handler, RowLock, UnitOfWork, sqlx};
+use keel::{RowLock, UnitOfWork, sqlx};
 use tokio::sync::Barrier;
 
-use crate::support::*;
+use super::support::*;
+use super::{B, Database, Handler};
 
 const LIKES: i64 = 1000;
 
@@ -51,7 +52,7 @@ async fn a_thousand_likes_through_the_bus(db: Database) {
     )
     .await;
     assert!(handled_groups < LIKES, "no batching happened");
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }
 
 /// Version A: each request is its own unit of work, with a row lock. Correct, contended.

@@ -4,9 +4,10 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use keel::{Database, Error, Handler, HandlerContext, sqlx};
+use keel::{Error, sqlx};
 
-use crate::support::*;
+use super::support::*;
+use super::{B, Database, Handler, HandlerContext};
 
 struct Span {
     post_id: i64,
@@ -73,7 +74,7 @@ async fn same_key_commands_never_overlap_and_keep_their_order(db: Database) {
             .await
             .unwrap();
     drop(conn);
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
     let spans: Vec<Span> = rows
         .into_iter()
         .map(|(post_id, user_id, start, end)| Span {

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use keel::{Database, Error, Handler, HandlerContext, RetryPolicy, WorkerLimits, sqlx};
+use keel::{Error, RetryPolicy, WorkerLimits, sqlx};
 
-use crate::support::*;
+use super::support::*;
+use super::{App, B, Database, Handler, HandlerContext, Registry};
 
 fn quick_retry() -> RetryPolicy {
     RetryPolicy::default()
@@ -46,7 +47,7 @@ async fn a_handler_failing_twice_counts_once(db: Database) {
     );
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM votes").await, 120);
     assert_eq!(app.dead_letters().count().await.unwrap(), 0);
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }
 
 /// Crashes in the middle of its batch's unit of work (after `likes = likes + n`, before
@@ -91,7 +92,7 @@ async fn a_batch_retried_after_a_crash_counts_once(db: Database) {
         100
     );
     assert_eq!(app.dead_letters().count().await.unwrap(), 0);
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }
 
 async fn slow_votes(votes: &[VoteForPost], ctx: &mut HandlerContext) -> Result<(), Error> {
@@ -116,7 +117,7 @@ async fn a_worker_stopped_while_busy_loses_and_doubles_nothing(db: Database) {
     // Each worker process on a pool of its own (shutting an app down closes its pool).
     let first = app_with(&db.connect_again().await.unwrap(), handler());
     tokio::time::sleep(Duration::from_millis(150)).await;
-    first.clone().shutdown().await; // busy: stops claiming, finishes what it took
+    first.clone().shutdown().await.unwrap(); // busy: stops claiming, finishes what it took
     let after_first = scalar(&db, "SELECT COUNT(*) FROM votes").await;
     assert!(
         after_first > 0 && after_first < 300,
@@ -139,7 +140,7 @@ async fn a_worker_stopped_while_busy_loses_and_doubles_nothing(db: Database) {
         scalar(&db, "SELECT CAST(SUM(likes) AS BIGINT) FROM posts").await,
         300
     );
-    second.shutdown().await;
+    second.shutdown().await.unwrap();
 }
 
 async fn one_by_one(vote: &VoteForPost, ctx: &mut HandlerContext) -> Result<(), Error> {
@@ -158,11 +159,11 @@ async fn a_worker_stops_at_its_limits(db: Database) {
             .await
             .unwrap();
     }
-    let mut registry = keel::Registry::new();
+    let mut registry = Registry::new();
     registry
         .register(Handler::command::<VoteForPost, _>("one_by_one", one_by_one))
         .unwrap();
-    let app = keel::App::builder(db.clone(), registry)
+    let app = App::builder(db.clone(), registry)
         .delivery(quick())
         .relay(false)
         .start();
@@ -172,7 +173,8 @@ async fn a_worker_stops_at_its_limits(db: Database) {
             messages: Some(20),
             duration: None,
         })
-        .await;
+        .await
+        .unwrap();
     assert_eq!(report.messages, 20);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM votes").await, 20);
     let report = app
@@ -181,11 +183,12 @@ async fn a_worker_stops_at_its_limits(db: Database) {
             messages: None,
             duration: Some(Duration::from_secs(2)),
         })
-        .await;
+        .await
+        .unwrap();
     assert_eq!(report.messages, 30);
     assert!(report.elapsed >= Duration::from_secs(2));
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM votes").await, 50);
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }
 
 keel_testing::backend_tests!(

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use keel::{Command, Database, Error, Handler, NO_HANDLER, Registry, RegistryError, sqlx};
+use keel::{Command, Error, NO_HANDLER, RegistryError, sqlx};
 use serde::{Deserialize, Serialize};
 
-use crate::support::*;
+use super::support::*;
+use super::{B, Database, Handler, Registry};
 
 #[derive(Serialize, Deserialize)]
 struct Unhandled;
@@ -81,7 +82,7 @@ async fn commands_commit_with_their_unit_of_work(db: Database) {
     let dead = app.dead_letters().list(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].handler, NO_HANDLER);
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }
 
 keel_testing::backend_tests!(commands_commit_with_their_unit_of_work);

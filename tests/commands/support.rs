@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use keel::{
-    App, Command, Database, DeliveryOptions, Error, Handler, HandlerContext, Registry, sqlx,
-};
+use keel::{Command, DeliveryOptions, Error, sqlx};
 use serde::{Deserialize, Serialize};
+
+use super::{App, Database, Handler, HandlerContext, Registry};
 
 /// A user likes a post. Keyed by post: likes of one post are applied one batch at a time.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,9 +5,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keel::{App, Database, DeliveryOptions};
+use keel::DeliveryOptions;
 
-use crate::support::*;
+use super::support::*;
+use super::{App, B, Database};
 
 const EVENTS: i64 = 10_000;
 const KILLS: usize = 20;
@@ -33,12 +34,27 @@ async fn child() {
         .await
         .unwrap()
     {}
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
+}
+
+/// The exact path of [`child`] in this test binary, for this backend's copy:
+/// `postgres::crash::child` or `sqlite::crash::child`.
+fn child_test_path() -> String {
+    let module = module_path!();
+    let (_crate_name, path) = module
+        .split_once("::")
+        .expect("a module inside the test crate");
+    format!("{path}::child")
 }
 
 fn spawn_child(url: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "crash::child", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            &child_test_path(),
+            "--test-threads=1",
+        ])
         .env(CHILD_URL, url)
         .env("RUST_LOG", "off")
         .stdout(Stdio::null())

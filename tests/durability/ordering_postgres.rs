@@ -8,11 +8,12 @@ use keel::sqlx;
 use keel_testing::TestDatabase;
 use tokio::sync::Barrier;
 
-use crate::support::*;
+use super::B;
+use super::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_commit_with_a_lower_id_is_delivered_postgres() {
-    let Some(test_db) = TestDatabase::postgres().await else {
+async fn a_late_commit_with_a_lower_id_is_delivered() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
         return;
     };
     let db = test_db.database().clone();
@@ -81,5 +82,5 @@ async fn a_late_commit_with_a_lower_id_is_delivered_postgres() {
         scalar(&db, "SELECT COUNT(*) FROM effects WHERE seq = 2").await,
         2
     );
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }

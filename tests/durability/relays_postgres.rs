@@ -7,10 +7,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use keel::{Error, Handler, HandlerContext};
+use keel::Error;
 use keel_testing::TestDatabase;
 
-use crate::support::*;
+use super::support::*;
+use super::{B, Handler, HandlerContext};
 
 const EVENTS: i64 = 20_000;
 
@@ -36,8 +37,8 @@ async fn tracked(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn four_relays_share_the_work_without_overlap_postgres() {
-    let Some(test_db) = TestDatabase::postgres().await else {
+async fn four_relays_share_the_work_without_overlap() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
         return;
     };
     let db = test_db.database().clone();
@@ -65,7 +66,7 @@ async fn four_relays_share_the_work_without_overlap_postgres() {
             .unwrap()
     );
     for app in apps {
-        app.shutdown().await;
+        app.shutdown().await.unwrap();
     }
     assert_eq!(
         OVERLAPS.load(Ordering::SeqCst),

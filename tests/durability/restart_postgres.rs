@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use keel::{Database, DeliveryOptions};
+use keel::DeliveryOptions;
 use keel_testing::TestDatabase;
 
-use crate::support::*;
+use super::support::*;
+use super::{App, B, Database};
 
 const EVENTS: i64 = 3_000;
 
@@ -18,14 +19,14 @@ const EVENTS: i64 = 3_000;
 async fn the_relay_survives_a_postgres_restart() {
     let restart = std::env::var("KEEL_TEST_PG_RESTART")
         .expect("KEEL_TEST_PG_RESTART names the command that restarts the test server");
-    let test_db = TestDatabase::postgres().await.expect("PostgreSQL");
+    let test_db = TestDatabase::<B>::new().await.expect("PostgreSQL");
     let db = test_db.database().clone();
     schema(&db).await;
     let options = DeliveryOptions::default()
         .poll_interval(Duration::from_millis(20))
         .handler_timeout(Duration::from_secs(2))
         .lease(Duration::from_secs(4));
-    let app = keel::App::builder(db.clone(), both_effects())
+    let app = App::builder(db.clone(), both_effects())
         .delivery(options)
         .start();
 
@@ -59,5 +60,5 @@ async fn the_relay_survives_a_postgres_restart() {
     );
     assert_eq!(app.dead_letters().count().await.unwrap(), 0);
     exactly_once(&db, EVENTS, 2).await;
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }

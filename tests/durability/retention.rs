@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use keel::{Database, sqlx};
-
-use crate::support::*;
+use super::support::*;
+use super::{App, B, Database, POSTGRES};
 
 async fn old_finished_deliveries_are_purged_in_batches(db: Database) {
     schema(&db).await;
-    let app = keel::App::builder(db.clone(), both_effects())
+    let app = App::builder(db.clone(), both_effects())
         .delivery(
             quick()
                 .retention(None)
@@ -29,36 +28,31 @@ async fn old_finished_deliveries_are_purged_in_batches(db: Database) {
         2_400
     );
 
-    // Age the first 1,000 events and their deliveries by two days.
-    let two_days = 2 * 24 * 3600 * 1000_i64;
-    {
-        let mut conn = db.acquire().await.unwrap();
-        sqlx::query(
-            "UPDATE keel_deliveries SET updated_at = updated_at - $1 WHERE event_id IN
-             (SELECT id FROM keel_events ORDER BY id LIMIT 1000)",
-        )
-        .bind(two_days)
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-        sqlx::query(
-            "UPDATE keel_events SET created_at = created_at - $1 WHERE id IN
-             (SELECT id FROM keel_events ORDER BY id LIMIT 1000)",
-        )
-        .bind(two_days)
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-        // One old delivery is still pending: it must survive, and so must its event.
-        sqlx::query(
-            "UPDATE keel_deliveries SET status = 'pending', leased_until = NULL,
-             next_attempt_at = 9000000000000
-             WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1) AND handler = 'effect_a'",
-        )
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    }
+    // Age the first 1,000 events and their deliveries by two days, on the database's
+    // clock. One old delivery is still pending (due in a century): it must survive, and
+    // so must its event.
+    db.execute_script(if POSTGRES {
+        "UPDATE keel_deliveries SET updated_at = updated_at - interval '2 days'
+         WHERE event_id IN (SELECT id FROM keel_events ORDER BY id LIMIT 1000);
+         UPDATE keel_events SET created_at = created_at - interval '2 days'
+         WHERE id IN (SELECT id FROM keel_events ORDER BY id LIMIT 1000);
+         UPDATE keel_deliveries SET status = 'pending', leased_until = NULL,
+             next_attempt_at = now() + interval '100 years'
+         WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1)
+           AND handler = 'effect_a';"
+    } else {
+        "UPDATE keel_deliveries SET updated_at = updated_at - 2 * 86400000
+         WHERE event_id IN (SELECT id FROM keel_events ORDER BY id LIMIT 1000);
+         UPDATE keel_events SET created_at = created_at - 2 * 86400000
+         WHERE id IN (SELECT id FROM keel_events ORDER BY id LIMIT 1000);
+         UPDATE keel_deliveries SET status = 'pending', leased_until = NULL,
+             next_attempt_at = CAST((julianday('now', '+100 years') - 2440587.5) * 86400000
+                                    AS INTEGER)
+         WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1)
+           AND handler = 'effect_a';"
+    })
+    .await
+    .unwrap();
     let removed = app
         .dispatcher()
         .purge_delivered(Duration::from_secs(24 * 3600))
@@ -82,7 +76,7 @@ async fn old_finished_deliveries_are_purged_in_batches(db: Database) {
         .await,
         1
     );
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }
 
 keel_testing::backend_tests!(old_finished_deliveries_are_purged_in_batches);

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use keel::{Database, Error, Handler, HandlerContext, RetryPolicy, Session, sqlx};
+use keel::{Error, RetryPolicy, sqlx};
 
-use crate::support::*;
+use super::support::*;
+use super::{B, Database, Handler, HandlerContext, POSTGRES, Session};
 
 /// Fails its first 3 attempts.
 async fn flaky(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
@@ -70,11 +71,16 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
             .unwrap()
     );
 
-    // flaky: done on its 4th attempt, each retry after at least the configured delay.
+    // flaky: done on its 4th attempt, each retry after at least the configured delay, as
+    // the database's clock (which stamps `failed_at`) measures it, in milliseconds.
     let mut conn = db.acquire().await.unwrap();
-    let failed: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT attempt, failed_at FROM keel_delivery_errors WHERE handler = 'flaky' ORDER BY attempt",
-    )
+    let failed: Vec<(i64, i64)> = sqlx::query_as(if POSTGRES {
+        "SELECT CAST(attempt AS BIGINT),
+                CAST(floor(EXTRACT(EPOCH FROM failed_at) * 1000) AS BIGINT)
+         FROM keel_delivery_errors WHERE handler = 'flaky' ORDER BY attempt"
+    } else {
+        "SELECT attempt, failed_at FROM keel_delivery_errors WHERE handler = 'flaky' ORDER BY attempt"
+    })
     .fetch_all(&mut *conn)
     .await
     .unwrap();
@@ -102,7 +108,7 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     assert_eq!(listed[0].handler, "broken");
     let dead = app
         .dead_letters()
-        .show(&listed[0].event_id, "broken")
+        .show(listed[0].event_id, "broken")
         .await
         .unwrap()
         .unwrap();
@@ -115,7 +121,7 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     );
     assert!(
         !app.dead_letters()
-            .retry(&dead.event_id, "flaky")
+            .retry(dead.event_id, "flaky")
             .await
             .unwrap(),
         "flaky is not dead"
@@ -127,7 +133,7 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
         .unwrap();
     assert!(
         app.dead_letters()
-            .retry(&dead.event_id, "broken")
+            .retry(dead.event_id, "broken")
             .await
             .unwrap()
     );
@@ -156,12 +162,12 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     assert_eq!(dead.len(), 1);
     assert!(
         app.dead_letters()
-            .discard(&dead[0].event_id, "broken")
+            .discard(dead[0].event_id, "broken")
             .await
             .unwrap()
     );
     assert_eq!(app.dead_letters().count().await.unwrap(), 0);
-    app.shutdown().await;
+    app.shutdown().await.unwrap();
 }
 
 keel_testing::backend_tests!(retried_with_backoff_then_dead_then_retried_from_the_api);

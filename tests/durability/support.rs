@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use keel::{
-    App, Database, DeliveryOptions, DomainEvent, Error, Handler, HandlerContext, Registry,
-    RetryPolicy, sqlx,
-};
+use keel::{DeliveryOptions, DomainEvent, Error, RetryPolicy, sqlx};
 use serde::{Deserialize, Serialize};
+
+use super::{App, Database, Handler, HandlerContext, Registry, Tx};
 
 /// The event of the durability tests: number `seq` of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,7 +33,7 @@ pub async fn schema(db: &Database) {
 
 /// Inserts one effect row.
 pub async fn insert_effect(
-    tx: &mut keel::Tx<'_>,
+    tx: &mut Tx<'_>,
     seq: i64,
     handler: &str,
     attempt: i64,

@@ -4,9 +4,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use keel::{Database, Error, Handler, HandlerContext, Session, UnitOfWork, sqlx};
+use keel::{Error, UnitOfWork, sqlx};
 
-use crate::support::*;
+use super::support::*;
+use super::{App, B, Database, Handler, HandlerContext, Registry, Session};
 
 async fn place_order(session: &mut Session<'_>, order_id: i64) -> Result<(), Error> {
     session
@@ -253,13 +254,11 @@ async fn a_handler_chains_through_its_own_unit_of_work(db: Database) {
 async fn a_smuggled_receipt_cannot_be_dispatched_inside_a_unit_of_work(mut db: Database) {
     schema(&db).await;
     // No relay: the event stays in the outbox, so only the smuggled dispatch could run it.
-    let mut registry = keel::Registry::new();
+    let mut registry = Registry::new();
     registry
         .register(Handler::new::<OrderPlaced, _>("record_order", record_order))
         .unwrap();
-    let app = keel::App::builder(db.clone(), registry)
-        .relay(false)
-        .start();
+    let app = App::builder(db.clone(), registry).relay(false).start();
     let receipt = db
         .unit_of_work(async |tx| {
             sqlx::query("INSERT INTO orders (id) VALUES (9)")
@@ -288,7 +287,87 @@ async fn a_smuggled_receipt_cannot_be_dispatched_inside_a_unit_of_work(mut db: D
     assert_eq!(count(&db, "SELECT COUNT(*) FROM handled").await, 0);
 }
 
+/// A delivery the committing process reserved for its fast path counts as an attempt: a
+/// relay that takes it over after that process stopped counts on from there, so a handler
+/// that keeps killing its process is eventually dead-lettered.
+async fn a_relay_taking_over_the_fast_path_counts_on(db: Database) {
+    schema(&db).await;
+    let handlers = || vec![Handler::new::<OrderPlaced, _>("record_order", record_order)];
+    let short = keel::DeliveryOptions::default()
+        .lease(Duration::from_millis(300))
+        .handler_timeout(Duration::from_millis(100))
+        .poll_interval(Duration::from_millis(20));
+    let mut registry = Registry::new();
+    for handler in handlers() {
+        registry.register(handler).unwrap();
+    }
+    // The producer reserves the delivery, then "stops" before running it: the receipt is
+    // never dispatched, and it has no relay.
+    let producer = App::builder(db.clone(), registry)
+        .delivery(short.clone())
+        .relay(false)
+        .start();
+    let mut producing = producer.database().clone();
+    let receipt = producing
+        .unit_of_work(async |tx| {
+            tx.record(OrderPlaced { order_id: 7 })?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(receipt.events().len() == 1);
+    let () = receipt.into_value();
+    let reserved = count(
+        &db,
+        "SELECT CAST(attempts AS BIGINT) FROM keel_deliveries WHERE handler = 'record_order'",
+    )
+    .await;
+    assert_eq!(reserved, 1, "the reserved delivery counts as the first attempt");
+
+    let relay = app_with(db.clone(), handlers());
+    delivered(&relay).await;
+    assert_eq!(
+        count(&db, "SELECT attempt FROM handled WHERE handler = 'record_order'").await,
+        2
+    );
+    relay.shutdown().await.unwrap();
+    producer.shutdown().await.unwrap();
+}
+
+/// From inside a unit of work, through a captured app: shutting it down, closing its pool
+/// or running a worker would wait for the connection the unit of work holds. Each fails at
+/// once instead.
+async fn inside_a_unit_of_work_the_app_cannot_be_stopped(db: Database) {
+    schema(&db).await;
+    let app = app_with(db.clone(), vec![]);
+    let escaped = app.clone();
+    let escaped = &escaped;
+    let started = std::time::Instant::now();
+    let (shutdown, close, worker) = app
+        .session()
+        .unit_of_work(async |_tx| {
+            let shutdown = escaped.clone().shutdown().await;
+            let close = escaped.database().close().await;
+            let worker = escaped
+                .dispatcher()
+                .run_worker(keel::WorkerLimits::default())
+                .await
+                .map(|_| ());
+            Ok((shutdown, close, worker))
+        })
+        .await
+        .unwrap();
+    for refused in [shutdown, close, worker] {
+        let err = refused.unwrap_err();
+        assert!(matches!(err, Error::InsideUnitOfWork { .. }), "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    app.shutdown().await.unwrap();
+}
+
 keel_testing::backend_tests!(
+    inside_a_unit_of_work_the_app_cannot_be_stopped,
+    a_relay_taking_over_the_fast_path_counts_on,
     handlers_run_after_commit_and_see_its_effects,
     a_rolled_back_unit_of_work_delivers_nothing,
     events_of_failed_attempts_are_never_delivered,

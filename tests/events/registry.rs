@@ -1,13 +1,19 @@
 //! Handlers registered where they are defined are found; duplicates are refused.
+//!
+//! This file is compiled once per backend: each copy registers its own backend's handlers,
+//! named by their path (`events::postgres::registry::…`, `events::sqlite::registry::…`),
+//! and `Registry::<B>::global()` finds those of backend `B` only.
 
-use keel::{Error, Handler, HandlerContext, Registry, RegistryError};
+use keel::{Error, RegistryError};
 
-use crate::support::{InvoiceIssued, OrderPlaced};
+use super::support::{InvoiceIssued, OrderPlaced};
+use super::{B, Handler, HandlerContext, POSTGRES, Registry};
 
 mod defined_in_a_module_nothing_references {
-    use keel::{Error, HandlerContext};
+    use keel::Error;
 
-    use crate::support::InvoiceIssued;
+    use super::super::HandlerContext;
+    use super::super::support::InvoiceIssued;
 
     async fn archive_invoice(_: &InvoiceIssued, _: &mut HandlerContext) -> Result<(), Error> {
         Ok(())
@@ -22,23 +28,40 @@ async fn audit_order(_: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Erro
 
 keel::register_handler!(OrderPlaced => audit_order, retry = keel::RetryPolicy::never());
 
+/// The module of this copy of the file, and of the other backend's copy.
+const fn modules() -> (&'static str, &'static str) {
+    if POSTGRES {
+        ("events::postgres::registry", "events::sqlite::registry")
+    } else {
+        ("events::sqlite::registry", "events::postgres::registry")
+    }
+}
+
 #[test]
 fn the_global_registry_finds_handlers_defined_in_test_modules() {
-    let registry = Registry::global().unwrap();
+    let (here, other_backend) = modules();
+    let registry = keel::Registry::<B>::global().unwrap();
     let names: Vec<(&str, &str)> = registry.handlers().map(|h| (h.event(), h.name())).collect();
+    let archive_invoice =
+        format!("{here}::defined_in_a_module_nothing_references::archive_invoice");
     assert!(
-        names.contains(&(
-            "test.invoice_issued.v1",
-            "events::registry::defined_in_a_module_nothing_references::archive_invoice"
-        )),
+        names.contains(&("test.invoice_issued.v1", archive_invoice.as_str())),
         "{names:?}"
     );
+    let audit_order = format!("{here}::audit_order");
     let audit = registry
         .handlers_for("test.order_placed.v1")
         .iter()
-        .find(|h| h.name() == "events::registry::audit_order")
+        .find(|h| h.name() == audit_order)
         .expect("audit_order registered");
     assert_eq!(audit.retry_policy().attempts(), 1);
+    // The other backend's copies of these handlers are registered too, but not for `B`.
+    assert!(
+        names
+            .iter()
+            .all(|(_, name)| !name.starts_with(&format!("{other_backend}::"))),
+        "{names:?}"
+    );
 }
 
 #[test]

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use keel::{
-    App, Database, DeliveryOptions, DomainEvent, Error, Handler, HandlerContext, Registry,
-    RetryPolicy, sqlx,
-};
+use keel::{DeliveryOptions, DomainEvent, Error, RetryPolicy, sqlx};
 use serde::{Deserialize, Serialize};
+
+use super::{App, Database, Handler, HandlerContext, Registry};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OrderPlaced {

@@ -240,10 +240,14 @@ impl<B: Backend> Dispatcher<B> {
     /// Runs a worker in the foreground until `limits` are reached or
     /// [`Dispatcher::shutdown`] is called, then waits for what it took to finish. Like a
     /// relay, it delivers events and handles commands.
-    pub async fn run_worker(&self, limits: WorkerLimits) -> WorkerReport {
+    ///
+    /// Fails at once with [`Error::InsideUnitOfWork`] inside a unit of work: its deliveries
+    /// would wait for connections the unit of work holds.
+    pub async fn run_worker(&self, limits: WorkerLimits) -> Result<WorkerReport, Error> {
+        ensure_outside_unit_of_work("run a worker")?;
         let report = relay::run(self.clone(), self.inner.stop.subscribe(), limits).await;
         self.wait_idle().await;
-        report
+        Ok(report)
     }
 
     /// Wakes the relay now (e.g. a retry was scheduled, a dead delivery was retried).

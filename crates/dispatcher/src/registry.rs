@@ -185,15 +185,18 @@ impl<B: Backend> Registry<B> {
 ///
 /// The handler's name is its path (`my_service::handlers::notify_partner`). The backend
 /// is the one of the function's `HandlerContext<B>`; [`Registry::global`] for that backend
-/// finds it.
+/// finds it. A handler generic over the backend is registered once per backend, under one
+/// name: `register_handler!(AssessmentCompleted => notify_partner::<sqlx::Postgres>)` and
+/// `…::<sqlx::Sqlite>` both register `my_service::handlers::notify_partner`.
 #[macro_export]
 macro_rules! register_handler {
-    ($event:ty => $handler:path $(, retry = $retry:expr)? $(,)?) => {
+    ($event:ty => $first:ident $(:: $rest:ident)* $(::<$($backend:ty),+ $(,)?>)?
+        $(, retry = $retry:expr)? $(,)?) => {
         const _: () = {
             fn build() -> ::std::boxed::Box<dyn ::core::any::Any + Send + Sync> {
                 let handler = $crate::Handler::new::<$event, _>(
-                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!($handler)),
-                    $handler,
+                    $crate::register_handler!(@name $first $(:: $rest)*),
+                    $first $(:: $rest)* $(::<$($backend),+>)?,
                 );
                 $( let handler = handler.retry($retry); )?
                 ::std::boxed::Box::new(handler)
@@ -202,6 +205,14 @@ macro_rules! register_handler {
                 $crate::HandlerRegistration::new(build)
             }
         };
+    };
+    // The handler's name: the module and the function's path, without type arguments, so
+    // that the instances of a generic handler for each backend share one name.
+    (@name $first:ident $(:: $rest:ident)*) => {
+        ::core::concat!(
+            ::core::module_path!(), "::", ::core::stringify!($first)
+            $(, "::", ::core::stringify!($rest))*
+        )
     };
 }
 
@@ -218,21 +229,23 @@ macro_rules! register_handler {
 /// ```
 #[macro_export]
 macro_rules! register_command_handler {
-    ($command:ty => $handler:path $(, retry = $retry:expr)? $(,)?) => {
-        $crate::register_command_handler!(@build $command, $handler,
-            |name| $crate::Handler::command::<$command, _>(name, $handler) $(, $retry)?);
+    ($command:ty => $first:ident $(:: $rest:ident)* $(::<$($backend:ty),+ $(,)?>)?
+        $(, retry = $retry:expr)? $(,)?) => {
+        $crate::register_command_handler!(@build $command, ($first $(:: $rest)*),
+            |name| $crate::Handler::command::<$command, _>(
+                name, $first $(:: $rest)* $(::<$($backend),+>)?) $(, $retry)?);
     };
-    ($command:ty => $handler:path, batch = $max:expr $(, retry = $retry:expr)? $(,)?) => {
-        $crate::register_command_handler!(@build $command, $handler,
-            |name| $crate::Handler::command_batch::<$command, _>(name, $max, $handler) $(, $retry)?);
+    ($command:ty => $first:ident $(:: $rest:ident)* $(::<$($backend:ty),+ $(,)?>)?,
+        batch = $max:expr $(, retry = $retry:expr)? $(,)?) => {
+        $crate::register_command_handler!(@build $command, ($first $(:: $rest)*),
+            |name| $crate::Handler::command_batch::<$command, _>(
+                name, $max, $first $(:: $rest)* $(::<$($backend),+>)?) $(, $retry)?);
     };
-    (@build $command:ty, $handler:path, $make:expr $(, $retry:expr)?) => {
+    (@build $command:ty, ($($path:tt)*), $make:expr $(, $retry:expr)?) => {
         const _: () = {
             fn build() -> ::std::boxed::Box<dyn ::core::any::Any + Send + Sync> {
                 let make: fn(&'static str) -> $crate::Handler<_> = $make;
-                let handler = make(::core::concat!(
-                    ::core::module_path!(), "::", ::core::stringify!($handler)
-                ));
+                let handler = make($crate::register_handler!(@name $($path)*));
                 $( let handler = handler.retry($retry); )?
                 ::std::boxed::Box::new(handler)
             }

@@ -347,25 +347,49 @@ impl<B: Backend> Database<B> {
         }
     }
 
-    /// Runs SQL statements (e.g. an application's schema) outside any unit of work.
+    /// Runs SQL statements (e.g. a test's schema) outside any unit of work.
     ///
-    /// The SQL must be written by the program, never derived from user input.
-    pub async fn execute_script(&self, sql: &'static str) -> Result<(), Error>
-    where
-        for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
-    {
+    /// The SQL must be written by the program, never derived from user input. A service's
+    /// schema belongs in migrations: [`Database::run_migrations`].
+    pub async fn execute_script(&self, sql: &'static str) -> Result<(), Error> {
         let mut conn = self.acquire().await?;
-        sqlx::raw_sql(sql).execute(&mut *conn).await?;
-        Ok(())
+        B::run_script(&mut conn, sql).await
     }
 
-    /// Closes the pool, waiting for connections in use to be returned.
+    /// Applies a service's own migrations, embedded with sqlx's `migrate!`, recorded in
+    /// sqlx's `_sqlx_migrations` table (Keel's own are in `keel_schema_migrations`, applied
+    /// by [`Database::migrate`]). Safe to call from several processes at once on
+    /// PostgreSQL.
+    ///
+    /// ```ignore
+    /// db.migrate().await?;                                         // Keel's tables
+    /// db.run_migrations(&sqlx::migrate!("./migrations")).await?;   // the service's
+    /// ```
+    pub async fn run_migrations(&self, migrator: &Migrator) -> Result<(), Error> {
+        guard::ensure_outside("run migrations")?;
+        Ok(B::run_migrations(migrator, &self.inner.pool).await?)
+    }
+
+    /// Closes the pool: no new connection is handed out, idle ones are closed at once, and
+    /// connections in use are closed when returned. Waits for them up to the acquire
+    /// timeout, then returns (with a warning) rather than hang on a connection its holder
+    /// keeps.
     ///
     /// Fails at once with [`Error::InsideUnitOfWork`] inside a unit of work, whose own
     /// connection would never be returned.
     pub async fn close(&self) -> Result<(), Error> {
         guard::ensure_outside("close the database")?;
-        self.inner.pool.close().await;
+        let wait = self.inner.options.acquire_timeout;
+        if tokio::time::timeout(wait, self.inner.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_use = self.inner.pool.size(),
+                waited_ms = wait.as_millis() as u64,
+                "closing the pool: connections still in use are closed when returned"
+            );
+        }
         Ok(())
     }
 

@@ -63,6 +63,12 @@ pub trait Store: sqlx::Database {
         pool: &sqlx::Pool<Self>,
     ) -> impl Future<Output = Result<(), sqlx::migrate::MigrateError>> + Send;
 
+    /// Runs SQL statements written by the program (several, separated by `;`).
+    fn run_script(
+        conn: &mut Connection<Self>,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Classifies a driver error of this backend (deadlock, serialization failure, lock
     /// timeout, busy); gives the error back when it is none of those.
     fn classify(error: sqlx::Error) -> Result<Error, sqlx::Error>;

@@ -1,6 +1,7 @@
 use std::fmt;
 
 use keel::{Aggregate, Version};
+use serde::Serialize;
 
 /// An assessment's id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +20,7 @@ impl From<AssessmentId> for keel::Key {
 }
 
 /// What an assessment is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum AssessmentKind {
     Certification,
     CompetenceEvaluation,
@@ -29,7 +30,7 @@ pub enum AssessmentKind {
 }
 
 /// Where an assessment is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum AssessmentState {
     Started,
     Completed,
@@ -60,6 +61,13 @@ impl Aggregate for Assessment {
         self.version
     }
 }
+
+/// The assessment does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("assessment {0} not found")]
+pub struct AssessmentNotFound(pub AssessmentId);
+
+impl keel::Rejection for AssessmentNotFound {}
 
 /// The assessment was completed before: completing twice is refused.
 #[derive(Debug, thiserror::Error)]

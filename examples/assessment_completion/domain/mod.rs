@@ -6,11 +6,14 @@ mod badge;
 mod campaign_participation;
 mod certification;
 mod events;
+mod partner;
 
 pub use assessment::{
-    AlreadyCompleted, Assessment, AssessmentId, AssessmentKind, AssessmentState, NotCompletable,
+    AlreadyCompleted, Assessment, AssessmentId, AssessmentKind, AssessmentNotFound,
+    AssessmentState, NotCompletable,
 };
 pub use badge::{Badge, BadgeAcquisition, earned, mastery_rate};
 pub use campaign_participation::{CampaignParticipation, ParticipationStatus};
 pub use certification::{Answer, AssessmentResult, ResultStatus, score};
 pub use events::{AssessmentCompleted, CertificationScoringCompleted};
+pub use partner::{PartnerNotification, PartnerSending};

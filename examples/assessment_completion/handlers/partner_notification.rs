@@ -1,39 +1,40 @@
-use keel::{Error, HandlerContext, sqlx};
+use keel::{Error, HandlerContext, RetryPolicy};
 
-use crate::domain::AssessmentCompleted;
+use crate::domain::{AssessmentCompleted, PartnerNotification, PartnerSending};
 use crate::infrastructure::partner;
+use crate::ports::Reactions;
 
 /// Tells the campaign's partner that a participation's results are ready, then records the
 /// sending. The event id is the idempotency key: a repeated call changes nothing there, and
 /// the recording (with the delivery's processed mark) happens once here.
-async fn notify_partner(
+async fn notify_partner<B: Reactions>(
     event: &AssessmentCompleted,
-    ctx: &mut HandlerContext,
+    ctx: &mut HandlerContext<B>,
 ) -> Result<(), Error> {
-    let Some(participation_id) = event.campaign_participation_id else {
+    let Some(campaign_participation_id) = event.campaign_participation_id else {
         return Ok(());
     };
-    let key = ctx.event_id().to_string();
-    let status = partner::notify(&key, participation_id, event.user_id).await?;
-    let key = &key;
-    ctx.unit_of_work(async |tx| {
-        sqlx::query(
-            "INSERT INTO partner_sendings (event_id, campaign_participation_id, response_code)
-             VALUES ($1, $2, $3)",
-        )
-        .bind(key.as_str())
-        .bind(participation_id)
-        .bind(i64::from(status))
-        .execute(tx.conn())
-        .await?;
-        Ok(())
-    })
-    .await
+    let notification = PartnerNotification {
+        campaign_participation_id,
+        user_id: event.user_id,
+    };
+    let event_id = ctx.event_id();
+    let response_code = partner::notify(&event_id.to_string(), &notification).await?;
+    let sending = PartnerSending {
+        event_id,
+        notification,
+        response_code,
+    };
+    ctx.unit_of_work(async |tx| B::record_sending(tx.conn(), &sending).await)
+        .await
 }
 
-keel::register_handler!(
-    AssessmentCompleted => notify_partner,
-    retry = keel::RetryPolicy::default()
+/// The partner is often briefly unavailable: retry soon, a few times.
+fn retry() -> RetryPolicy {
+    RetryPolicy::default()
         .max_attempts(6)
         .base_delay(std::time::Duration::from_millis(50))
-);
+}
+
+keel::register_handler!(AssessmentCompleted => notify_partner::<sqlx::Postgres>, retry = retry());
+keel::register_handler!(AssessmentCompleted => notify_partner::<sqlx::Sqlite>, retry = retry());

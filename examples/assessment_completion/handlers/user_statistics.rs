@@ -1,28 +1,22 @@
-use keel::{Error, HandlerContext, sqlx};
+use keel::{Error, HandlerContext};
 
 use crate::domain::AssessmentCompleted;
+use crate::ports::Reactions;
 
 /// Counts a user's completed assessments.
 ///
 /// Its unit of work marks the delivery processed in the same transaction as the increment,
 /// so a repeated delivery of the same event changes nothing.
-async fn count_completion(
+async fn count_completion<B: Reactions>(
     event: &AssessmentCompleted,
-    ctx: &mut HandlerContext,
+    ctx: &mut HandlerContext<B>,
 ) -> Result<(), Error> {
     let user_id = event.user_id;
-    ctx.unit_of_work(async |tx| {
-        sqlx::query(
-            "INSERT INTO user_statistics (user_id, completed_assessments) VALUES ($1, 1)
-             ON CONFLICT (user_id) DO UPDATE
-             SET completed_assessments = user_statistics.completed_assessments + 1",
-        )
-        .bind(user_id)
-        .execute(tx.conn())
-        .await?;
-        Ok(())
-    })
-    .await
+    ctx.unit_of_work(async |tx| B::count_completion(tx.conn(), user_id).await)
+        .await
 }
 
-keel::register_handler!(AssessmentCompleted => count_completion);
+// A generic handler is registered once per backend; `Registry::<B>::global()` keeps the
+// registrations of its own backend.
+keel::register_handler!(AssessmentCompleted => count_completion::<sqlx::Postgres>);
+keel::register_handler!(AssessmentCompleted => count_completion::<sqlx::Sqlite>);

@@ -11,7 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use keel::Error;
-use serde::{Deserialize, Serialize};
+
+use crate::domain::PartnerNotification;
 
 static ENDPOINT: OnceLock<String> = OnceLock::new();
 
@@ -20,25 +21,16 @@ pub fn configure(base_url: String) {
     let _ = ENDPOINT.set(base_url);
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Notification {
-    campaign_participation_id: i64,
-    user_id: i64,
-}
-
 /// Notifies the partner, with `key` as the idempotency key; the partner's status code on
 /// success, [`Error::External`] (retried) otherwise.
-pub async fn notify(key: &str, campaign_participation_id: i64, user_id: i64) -> Result<u16, Error> {
+pub async fn notify(key: &str, notification: &PartnerNotification) -> Result<u16, Error> {
     let base = ENDPOINT
         .get()
         .ok_or_else(|| Error::external("the partner endpoint is not configured"))?;
     let response = reqwest::Client::new()
         .post(format!("{base}/notifications"))
         .header("Idempotency-Key", key)
-        .json(&Notification {
-            campaign_participation_id,
-            user_id,
-        })
+        .json(notification)
         .send()
         .await
         .map_err(Error::external)?;
@@ -75,7 +67,7 @@ struct Stub {
 async fn receive(
     State(stub): State<Arc<Stub>>,
     headers: HeaderMap,
-    Json(_notification): Json<Notification>,
+    Json(_notification): Json<PartnerNotification>,
 ) -> StatusCode {
     let Some(key) = headers.get("Idempotency-Key").and_then(|k| k.to_str().ok()) else {
         return StatusCode::BAD_REQUEST;

@@ -1,5 +1,6 @@
 //! Rule G1: only a commit makes a receipt.
-use keel::{Committed, Dispatcher};
+use keel::Committed;
+use keel::sqlite::Dispatcher;
 
 fn forge(dispatcher: &Dispatcher) {
     let receipt = Committed {

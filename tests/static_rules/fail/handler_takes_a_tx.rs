@@ -1,5 +1,6 @@
 //! Rule G3: handlers never receive the caller's transaction.
-use keel::{Error, Tx};
+use keel::Error;
+use keel::sqlite::Tx;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PostLiked {

@@ -1,5 +1,6 @@
 //! Rule G1: the events of an open transaction cannot be released; only its commit can.
-use keel::{App, Error};
+use keel::Error;
+use keel::sqlite::App;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PostLiked {

@@ -1,5 +1,6 @@
 //! Rules G2/G3: a spawned task outlives the unit of work, so it cannot get the `Tx`.
-use keel::{App, Error};
+use keel::Error;
+use keel::sqlite::App;
 
 async fn background(app: &App) -> Result<(), Error> {
     app.session()

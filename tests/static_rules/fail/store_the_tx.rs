@@ -1,5 +1,6 @@
 //! Rule G3: the transaction handle cannot be stored outside its unit of work.
-use keel::{App, Error, Tx};
+use keel::Error;
+use keel::sqlite::{App, Tx};
 
 async fn escape(app: &App) -> Result<(), Error> {
     let mut kept: Vec<&mut Tx<'_>> = Vec::new();

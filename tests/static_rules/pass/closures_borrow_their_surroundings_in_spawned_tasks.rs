@@ -1,6 +1,7 @@
 //! A unit of work whose closure borrows from its surroundings runs inside `tokio::spawn`
 //! (the future is `Send`), and a handler chains through its own unit of work.
-use keel::{App, Error, HandlerContext};
+use keel::Error;
+use keel::sqlite::{App, HandlerContext};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PostLiked {

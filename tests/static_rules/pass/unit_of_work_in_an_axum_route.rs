@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
-use keel::App;
+use keel::sqlite::App;
 
 async fn like(State(app): State<App>, Path(post_id): Path<i64>) -> StatusCode {
     let post_id = &post_id;

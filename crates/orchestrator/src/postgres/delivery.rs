@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sqlx::Postgres;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -159,7 +159,9 @@ pub(super) async fn purge(
     Ok(removed.max(0) as u64)
 }
 
-/// Listens on [`NOTIFY_CHANNEL`] through the pool's own connect options.
+/// Listens on [`NOTIFY_CHANNEL`] through the pool's own connect options, on a connection
+/// of its own: a listener holds its connection for as long as the relay runs, so it must
+/// not take one of the pool's (a pool of one would starve).
 pub(super) async fn listen(
     db: &Database<Postgres>,
     wake: &(dyn Fn() + Sync),
@@ -167,7 +169,11 @@ pub(super) async fn listen(
 ) {
     loop {
         let connected = async {
-            let mut listener = PgListener::connect_with(db.pool()).await?;
+            let own = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with((*db.pool().connect_options()).clone())
+                .await?;
+            let mut listener = PgListener::connect_with(&own).await?;
             listener.listen(NOTIFY_CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };

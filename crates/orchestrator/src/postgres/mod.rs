@@ -83,6 +83,11 @@ impl Store for Postgres {
         migrator.run(pool).await
     }
 
+    async fn run_script(conn: &mut PgConnection, sql: &'static str) -> Result<(), Error> {
+        sqlx::raw_sql(sql).execute(conn).await?;
+        Ok(())
+    }
+
     fn classify(error: sqlx::Error) -> Result<Error, sqlx::Error> {
         let Some(pg) = error
             .as_database_error()

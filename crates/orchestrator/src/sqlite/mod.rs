@@ -108,6 +108,11 @@ impl Store for Sqlite {
         migrator.run(pool).await
     }
 
+    async fn run_script(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), Error> {
+        sqlx::raw_sql(sql).execute(conn).await?;
+        Ok(())
+    }
+
     fn classify(error: sqlx::Error) -> Result<Error, sqlx::Error> {
         let Some(lite) = error
             .as_database_error()

@@ -65,11 +65,15 @@ pub(super) async fn write(
     }
     for chunk in deliveries.chunks(CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO keel_deliveries (event_id, handler, leased_until, leased_by, ordering_key) ",
+            "INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by, \
+             ordering_key) ",
         );
         query.push_values(chunk, |mut row, (id, handler, leased, key)| {
+            // A delivery reserved for the fast path counts as its first attempt, so that a
+            // relay taking it over after a crash counts on from there.
             row.push_bind(id.as_str())
                 .push_bind(*handler)
+                .push_bind(if leased_until.is_some() && *leased { 1 } else { 0 })
                 .push_bind(leased_until.filter(|_| *leased))
                 .push_bind(token.as_deref().filter(|_| *leased))
                 .push_bind(*key);

@@ -6,16 +6,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keel::{App, DatabaseOptions, Error, Registry, sqlx};
+use keel::{DatabaseOptions, Error, sqlx};
 use keel_testing::TestDatabase;
 use tokio::sync::Barrier;
+
+use super::{App, B, Registry};
 
 const POOL: u32 = 4;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_sqlx_deadlocks_its_own_pool_postgres() {
-    let Some(test_db) = TestDatabase::postgres().await else {
+async fn plain_sqlx_deadlocks_its_own_pool() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
         return;
     };
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -55,8 +57,8 @@ async fn plain_sqlx_deadlocks_its_own_pool_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_flow_in_keel_fails_at_once_postgres() {
-    let Some(test_db) = TestDatabase::postgres_with(|options: DatabaseOptions| {
+async fn the_same_flow_in_keel_fails_at_once() {
+    let Some(test_db) = TestDatabase::<B>::with(|options: DatabaseOptions| {
         options
             .max_connections(POOL)
             .acquire_timeout(ACQUIRE_TIMEOUT)
