@@ -108,7 +108,7 @@ fn fresh_sqlite_file() -> String {
 async fn open<B: Schema>(url: &str) -> Result<Database<B>, keel::Error> {
     let db = Database::<B>::connect(url).await?;
     db.migrate().await?;
-    B::migrate(&db).await?;
+    db.run_migrations(B::migrations()).await?;
     Ok(db)
 }
 

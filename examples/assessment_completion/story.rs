@@ -25,11 +25,10 @@ fn outcome(result: &Result<Completion, Error>) -> String {
     }
 }
 
-/// A handler's short name: `…::user_statistics::count_completion::<sqlx::Postgres>` is
-/// shown as `count_completion`.
+/// A handler's short name: `…::user_statistics::count_completion` is shown as
+/// `count_completion`.
 fn short(handler: &str) -> &str {
-    let path = handler.split("::<").next().unwrap_or(handler);
-    path.rsplit("::").next().unwrap_or(path)
+    handler.rsplit("::").next().unwrap_or(handler)
 }
 
 pub async fn tell<B: Schema>(

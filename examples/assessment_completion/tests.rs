@@ -16,7 +16,7 @@ use crate::domain::{
 };
 use crate::infrastructure::partner::{self, StubLog};
 use crate::infrastructure::{Schema, seed_demo_data};
-use crate::ports::{Conn, Report};
+use crate::ports::Report;
 use crate::use_cases::complete_assessment;
 
 /// One partner stub for the whole test binary, on a runtime of its own (each test has its
@@ -42,8 +42,8 @@ fn stub() -> &'static (SocketAddr, Arc<StubLog>) {
 /// The test database (Keel's tables migrated) with the example's tables and seed data.
 async fn app<B: Schema>(db: &Database<B>) -> App<B> {
     stub();
-    B::migrate(db).await.unwrap();
-    B::migrate(db).await.unwrap(); // idempotent
+    db.run_migrations(B::migrations()).await.unwrap();
+    db.run_migrations(B::migrations()).await.unwrap(); // idempotent
     assert!(seed_demo_data(db).await.unwrap());
     assert!(!seed_demo_data(db).await.unwrap()); // never twice
     crate::start(db.clone()).unwrap()
@@ -110,22 +110,18 @@ async fn a_failed_step_leaves_no_trace<B: Schema>(db: Database<B>) {
 }
 
 /// A code the program does not know cannot even be stored: PostgreSQL's enum types and
-/// SQLite's `CHECK`s refuse it. (Its one statement runs on both backends, so the function
-/// needs the bound generic sqlx code needs; the adapters do not.)
-async fn the_schema_refuses_an_unknown_code<B: Schema>(db: Database<B>)
-where
-    for<'c> &'c mut Conn<B>: sqlx::Executor<'c, Database = B>,
-{
+/// SQLite's `CHECK`s refuse it.
+async fn the_schema_refuses_an_unknown_code<B: Schema>(db: Database<B>) {
     let app = app(&db).await;
-    let mut conn = db.acquire().await.unwrap();
     for statement in [
         "UPDATE campaign_participations SET status = 'Archived' WHERE id = 11",
         "UPDATE assessments SET state = 'Paused' WHERE id = 4",
         "UPDATE assessments SET kind = 'campaign' WHERE id = 4",
     ] {
-        let refused = sqlx::raw_sql(statement).execute(&mut *conn).await;
+        let refused = db.execute_script(statement).await;
         assert!(refused.is_err(), "{statement}");
     }
+    let mut conn = db.acquire().await.unwrap();
     let row = B::participation(&mut conn, 11).await.unwrap();
     assert_eq!(row.status, ParticipationStatus::Started);
     drop(conn);

@@ -18,11 +18,10 @@ use crate::ports::{Conn, Store};
 
 /// A backend the program runs on: the ports, plus the example's own tables on it.
 pub trait Schema: Store {
-    /// Applies the example's migrations (`migrations/<backend>/`, embedded with
-    /// `sqlx::migrate!`), recorded in sqlx's `_sqlx_migrations` table. Idempotent. Run at
-    /// start-up, before serving (its future is not `Send`: sqlx's `Migrator::run` on a
-    /// connection cannot be proven `Send` in an `async fn`).
-    fn migrate(db: &Database<Self>) -> impl Future<Output = Result<(), Error>>;
+    /// The example's migrations (`migrations/<backend>/`, embedded with `sqlx::migrate!`),
+    /// applied at start with `Database::run_migrations` next to Keel's own and recorded in
+    /// sqlx's `_sqlx_migrations` table.
+    fn migrations() -> &'static sqlx::migrate::Migrator;
 
     /// Inserts the demo's rows (`demo_data.sql` of the adapter).
     fn insert_demo_data(conn: &mut Conn<Self>) -> impl Future<Output = Result<(), Error>> + Send;

@@ -10,7 +10,7 @@ mod certifications;
 mod reactions;
 mod reports;
 
-use keel::{Database, Error};
+use keel::Error;
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, Postgres};
 
@@ -20,10 +20,8 @@ use crate::infrastructure::Schema;
 static MIGRATIONS: Migrator = sqlx::migrate!("examples/assessment_completion/migrations/postgres");
 
 impl Schema for Postgres {
-    async fn migrate(db: &Database<Postgres>) -> Result<(), Error> {
-        let mut conn = db.acquire().await?;
-        MIGRATIONS.run(&mut *conn).await?;
-        Ok(())
+    fn migrations() -> &'static Migrator {
+        &MIGRATIONS
     }
 
     async fn insert_demo_data(conn: &mut PgConnection) -> Result<(), Error> {

@@ -9,7 +9,7 @@ mod certifications;
 mod reactions;
 mod reports;
 
-use keel::{Database, Error};
+use keel::Error;
 use sqlx::migrate::Migrator;
 use sqlx::{Sqlite, SqliteConnection};
 
@@ -19,10 +19,8 @@ use crate::infrastructure::Schema;
 static MIGRATIONS: Migrator = sqlx::migrate!("examples/assessment_completion/migrations/sqlite");
 
 impl Schema for Sqlite {
-    async fn migrate(db: &Database<Sqlite>) -> Result<(), Error> {
-        let mut conn = db.acquire().await?;
-        MIGRATIONS.run(&mut *conn).await?;
-        Ok(())
+    fn migrations() -> &'static Migrator {
+        &MIGRATIONS
     }
 
     async fn insert_demo_data(conn: &mut SqliteConnection) -> Result<(), Error> {
