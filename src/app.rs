@@ -56,6 +56,7 @@ pub struct AppBuilder<B: Backend> {
 
 impl<B: Backend> AppBuilder<B> {
     /// Sets how events are delivered (leases, timeouts, relay pace, retention).
+    #[must_use]
     pub fn delivery(mut self, options: DeliveryOptions) -> Self {
         self.options = options;
         self
@@ -63,6 +64,7 @@ impl<B: Backend> AppBuilder<B> {
 
     /// Whether this process runs a relay (default `true`). A process without one still
     /// delivers its own commits on the fast path; other processes' relays do the rest.
+    #[must_use]
     pub fn relay(mut self, enabled: bool) -> Self {
         self.relay = enabled;
         self

@@ -21,6 +21,9 @@
 //! the ports, and the partner's HTTP client; `migrations/` the example's tables per
 //! backend; `http.rs` the HTTP adapter; this file the wiring, where the backend is chosen.
 
+// A test or example crate has no public API: `pub` only shares items between its modules.
+#![allow(unreachable_pub)]
+
 mod domain;
 mod handlers;
 mod http;

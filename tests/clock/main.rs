@@ -7,6 +7,9 @@
 //! true clock. PostgreSQL only: SQLite's clock is the machine's, shared by every process
 //! that opens the file.
 
+// A test or example crate has no public API: `pub` only shares items between its modules.
+#![allow(unreachable_pub)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 

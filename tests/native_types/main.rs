@@ -3,5 +3,8 @@
 //! executor, and (on PostgreSQL) the checked `query!` macros built from the offline query
 //! data in `.sqlx/`.
 
+// A test or example crate has no public API: `pub` only shares items between its modules.
+#![allow(unreachable_pub)]
+
 mod postgres;
 mod sqlite;

@@ -5,6 +5,9 @@
 //! The `.stderr` snapshots depend on the compiler version; after a toolchain upgrade,
 //! review the differences and refresh them with `TRYBUILD=overwrite cargo test --test static_rules`.
 
+// A test or example crate has no public API: `pub` only shares items between its modules.
+#![allow(unreachable_pub)]
+
 #[test]
 fn static_rules() {
     let cases = trybuild::TestCases::new();
