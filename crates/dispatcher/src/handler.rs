@@ -12,36 +12,70 @@ use crate::HandlerContext;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+mod sealed {
+    pub trait Sealed {}
+    impl<B: keel_orchestrator::Backend> Sealed for crate::HandlerContext<B> {}
+}
+
+/// What a handler receives besides its message: a [`HandlerContext`], and nothing else.
+///
+/// Sealed; it exists so that a handler written to take anything else (a `Tx`, above all)
+/// is refused with the rule it breaks rather than a bare signature mismatch.
+#[diagnostic::on_unimplemented(
+    message = "a handler cannot take `{Self}`: handlers never receive a `Tx`",
+    label = "expected `&mut HandlerContext<_>` here",
+    note = "handlers run after the caller's transaction has committed; a handler that writes \
+            opens its own with `ctx.unit_of_work(async |tx| {{ … }})`",
+    note = "a handler is `async fn(&Event, &mut HandlerContext<Backend>) -> Result<(), keel::Error>`"
+)]
+pub trait HandlerArg: sealed::Sealed + Send + 'static {
+    /// The backend of the context.
+    type Backend: Backend;
+
+    /// The context itself.
+    #[doc(hidden)]
+    fn from_context(ctx: &mut HandlerContext<Self::Backend>) -> &mut Self;
+}
+
+impl<B: Backend> HandlerArg for HandlerContext<B> {
+    type Backend = B;
+
+    fn from_context(ctx: &mut HandlerContext<B>) -> &mut Self {
+        ctx
+    }
+}
+
 /// The call of a handler for one pair of borrows; names the future so it can be required
 /// `Send`. Implemented for every suitable function; never implement it yourself.
-pub trait HandlerCall<'a, E: ?Sized + 'a, B: Backend>:
-    Fn(&'a E, &'a mut HandlerContext<B>) -> <Self as HandlerCall<'a, E, B>>::Fut
+pub trait HandlerCall<'a, E: ?Sized + 'a, C: 'a>:
+    Fn(&'a E, &'a mut C) -> <Self as HandlerCall<'a, E, C>>::Fut
 {
     /// The future one call returns.
     type Fut: Future<Output = Result<(), Error>> + Send + 'a;
 }
 
-impl<'a, E: ?Sized + 'a, B: Backend, F, Fut> HandlerCall<'a, E, B> for F
+impl<'a, E: ?Sized + 'a, C: 'a, F, Fut> HandlerCall<'a, E, C> for F
 where
-    F: Fn(&'a E, &'a mut HandlerContext<B>) -> Fut,
+    F: Fn(&'a E, &'a mut C) -> Fut,
     Fut: Future<Output = Result<(), Error>> + Send + 'a,
 {
     type Fut = Fut;
 }
 
-/// A function that handles events of type `E`:
+/// A function that handles messages of type `E` on backend `B`:
 /// `async fn(&E, &mut HandlerContext<B>) -> Result<(), keel::Error>`.
 ///
 /// A handler never receives a transaction: the unit of work that recorded the event has
 /// committed before the handler runs. A handler that writes opens its own unit of work
-/// with [`HandlerContext::unit_of_work`].
+/// with [`HandlerContext::unit_of_work`]. (`C` is the handler's second parameter, always
+/// `HandlerContext<B>`; it is a parameter only so that a wrong one is reported clearly.)
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a handler for `{E}`",
     label = "expected `async fn(&{E}, &mut HandlerContext) -> Result<(), keel::Error>`",
     note = "handlers never receive a `Tx`: they run after the caller's transaction has committed; \
             open your own with `ctx.unit_of_work(async |tx| {{ … }})`"
 )]
-pub trait HandlerFn<E: ?Sized, B: Backend>: Send + Sync + 'static {
+pub trait HandlerFn<E: ?Sized, B: Backend, C = HandlerContext<B>>: Send + Sync + 'static {
     /// Runs the handler.
     fn call<'a>(
         &'a self,
@@ -50,16 +84,17 @@ pub trait HandlerFn<E: ?Sized, B: Backend>: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
-impl<E: ?Sized, B: Backend, F> HandlerFn<E, B> for F
+impl<E: ?Sized, B: Backend, C, F> HandlerFn<E, B, C> for F
 where
-    F: for<'a> HandlerCall<'a, E, B> + Send + Sync + 'static,
+    C: HandlerArg<Backend = B>,
+    F: for<'a> HandlerCall<'a, E, C> + Send + Sync + 'static,
 {
     fn call<'a>(
         &'a self,
         event: &'a E,
         ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(self(event, ctx))
+        Box::pin(self(event, C::from_context(ctx)))
     }
 }
 
@@ -75,13 +110,14 @@ pub(crate) trait ErasedHandler<B: Backend>: Send + Sync {
 
 /// A handler of one message at a time (an event, or an unbatched command), with the
 /// function that turns its envelope back into the message.
-struct OneAtATime<M, F> {
+struct OneAtATime<M, F, C> {
     handler: F,
     decode: fn(&Envelope) -> Result<M, keel_domain::DecodeError>,
+    context: PhantomData<fn() -> C>,
 }
 
-impl<M: Send + Sync + 'static, B: Backend, F: HandlerFn<M, B>> ErasedHandler<B>
-    for OneAtATime<M, F>
+impl<M: Send + Sync + 'static, B: Backend, C: 'static, F: HandlerFn<M, B, C>> ErasedHandler<B>
+    for OneAtATime<M, F, C>
 {
     fn call<'a>(
         &'a self,
@@ -101,12 +137,14 @@ impl<M: Send + Sync + 'static, B: Backend, F: HandlerFn<M, B>> ErasedHandler<B>
     }
 }
 
-struct BatchHandler<C, F> {
+struct BatchHandler<C, F, X> {
     handler: F,
-    command: PhantomData<fn(C)>,
+    command: PhantomData<fn(C) -> X>,
 }
 
-impl<C: Command, B: Backend, F: HandlerFn<[C], B>> ErasedHandler<B> for BatchHandler<C, F> {
+impl<C: Command, B: Backend, X: 'static, F: HandlerFn<[C], B, X>> ErasedHandler<B>
+    for BatchHandler<C, F, X>
+{
     fn call<'a>(
         &'a self,
         envelopes: &'a [Arc<Envelope>],
@@ -201,7 +239,10 @@ impl<B: Backend> Handler<B> {
     }
 
     /// A handler named `name` reacting to events of type `E`.
-    pub fn new<E: DomainEvent, F: HandlerFn<E, B>>(name: &'static str, handler: F) -> Self {
+    pub fn new<E: DomainEvent, C: 'static>(
+        name: &'static str,
+        handler: impl HandlerFn<E, B, C>,
+    ) -> Self {
         Self::from_erased(
             name,
             E::NAME,
@@ -209,13 +250,17 @@ impl<B: Backend> Handler<B> {
             OneAtATime {
                 handler,
                 decode: |e: &Envelope| e.decode::<E>(),
+                context: PhantomData,
             },
         )
     }
 
     /// The handler named `name` of commands of type `C`, one command at a time:
     /// `async fn(&C, &mut HandlerContext) -> Result<(), keel::Error>`.
-    pub fn command<C: Command, F: HandlerFn<C, B>>(name: &'static str, handler: F) -> Self {
+    pub fn command<C: Command, X: 'static>(
+        name: &'static str,
+        handler: impl HandlerFn<C, B, X>,
+    ) -> Self {
         Self::from_erased(
             name,
             C::NAME,
@@ -223,6 +268,7 @@ impl<B: Backend> Handler<B> {
             OneAtATime {
                 handler,
                 decode: |e: &Envelope| e.decode_command::<C>(),
+                context: PhantomData,
             },
         )
     }
@@ -230,10 +276,10 @@ impl<B: Backend> Handler<B> {
     /// The handler named `name` of commands of type `C`, taking up to `max` (at most 1,000)
     /// commands of one ordering key at a time, to apply them in one unit of work:
     /// `async fn(&[C], &mut HandlerContext) -> Result<(), keel::Error>`.
-    pub fn command_batch<C: Command, F: HandlerFn<[C], B>>(
+    pub fn command_batch<C: Command, X: 'static>(
         name: &'static str,
         max: usize,
-        handler: F,
+        handler: impl HandlerFn<[C], B, X>,
     ) -> Self {
         // Capped so that a batch's keys always fit one statement's parameters.
         let kind = HandlerKind::Batch(max.clamp(1, 1_000));
@@ -241,9 +287,9 @@ impl<B: Backend> Handler<B> {
             name,
             C::NAME,
             kind,
-            BatchHandler::<C, F> {
+            BatchHandler {
                 handler,
-                command: PhantomData,
+                command: PhantomData::<fn(C) -> X>,
             },
         )
     }

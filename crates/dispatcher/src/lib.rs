@@ -54,7 +54,7 @@ mod session;
 pub use context::HandlerContext;
 pub use dead_letter::DeadLetters;
 pub use dispatcher::Dispatcher;
-pub use handler::{Handler, HandlerCall, HandlerFn, HandlerKind};
+pub use handler::{Handler, HandlerArg, HandlerCall, HandlerFn, HandlerKind};
 pub use keel_orchestrator::outbox::{DeadLetter, FailedAttempt, NO_HANDLER};
 pub use options::DeliveryOptions;
 pub use registry::{HandlerRegistration, Registry, RegistryError};

@@ -86,4 +86,4 @@ pub use lock::{Key, LockMode, LockWait, Locked, RowLock};
 pub use options::{Isolation, UnitOfWork};
 pub use retry::RetryPolicy;
 pub use tx::Tx;
-pub use unit_of_work::TxFn;
+pub use unit_of_work::{TxFn, TxStep};

@@ -17,22 +17,51 @@ use crate::{Backend, Committed, Database, Error, Tx, UnitOfWork, committed, guar
 /// (an `Rc`, a `std::sync::MutexGuard`) across an `.await`.
 ///
 /// Closures must *borrow* what they capture (`let x = &x;` before `async move`), because
-/// they are re-run on retries.
+/// they are re-run on retries. A closure that uses its surroundings mutably (the session it
+/// runs in, a vector it pushes the `Tx` into, a counter) is refused with the rules it
+/// breaks.
 #[diagnostic::on_unimplemented(
     message = "this closure cannot be run as a unit of work",
-    label = "expected `async |tx| {{ … }}` returning `Result<_, keel::Error>` whose future is `Send`",
-    note = "a unit of work closure receives `&mut Tx` and must not hold non-`Send` values (Rc, \
-            std MutexGuard) across `.await`"
+    label = "this closure uses its surroundings mutably; a unit of work closure may only borrow \
+             them immutably",
+    note = "a unit of work cannot be opened inside another one: its steps cannot use the session",
+    note = "the transaction cannot leave its unit of work: the steps cannot store the `&mut Tx` \
+            outside",
+    note = "the steps are re-run on retries: keep counters in an `&AtomicU32`, or return them"
 )]
-pub trait TxFn<A, T>: FnMut(A) -> <Self as TxFn<A, T>>::Fut {
-    /// The future one call returns.
-    type Fut: Future<Output = Result<T, Error>> + Send;
+pub trait TxFn<A, T>: TxStep<A, Fut: Future<Output = Result<T, Error>> + Send> {}
+
+impl<A, T, F> TxFn<A, T> for F
+where
+    F: TxStep<A>,
+    <F as TxStep<A>>::Fut: Future<Output = Result<T, Error>> + Send,
+{
 }
 
-impl<A, T, F, Fut> TxFn<A, T> for F
+/// One call of a unit of work's closure, naming its future ([`TxFn`] requires it `Send`).
+/// Its own message is [`TxFn`]'s: rustc reports either, depending on the mistake.
+#[diagnostic::on_unimplemented(
+    message = "this closure cannot be run as a unit of work",
+    label = "this closure uses its surroundings mutably; a unit of work closure may only borrow \
+             them immutably",
+    note = "a unit of work cannot be opened inside another one: its steps cannot use the session",
+    note = "the transaction cannot leave its unit of work: the steps cannot store the `&mut Tx` \
+            outside",
+    note = "the steps are re-run on retries: keep counters in an `&AtomicU32`, or return them"
+)]
+#[doc(hidden)]
+pub trait TxStep<A>: FnMut(A) -> <Self as TxStep<A>>::Fut {
+    /// The future one call returns.
+    type Fut: Future;
+}
+
+// Not recommended: rustc then reports the rule above instead of "async closure does not
+// implement `FnMut`".
+#[diagnostic::do_not_recommend]
+impl<A, F, Fut> TxStep<A> for F
 where
     F: FnMut(A) -> Fut,
-    Fut: Future<Output = Result<T, Error>> + Send,
+    Fut: Future,
 {
     type Fut = Fut;
 }
