@@ -10,8 +10,9 @@
 //! - PostgreSQL: a fresh database created on the server named by `KEEL_TEST_POSTGRES_URL`
 //!   (any database on that server that the user may connect to; the user needs
 //!   `CREATEDB`), dropped when the [`TestDatabase`] is dropped. When the variable is unset
-//!   PostgreSQL tests are skipped with a notice, unless `KEEL_REQUIRE_POSTGRES=1`, in
-//!   which case they fail: the project's test command sets both.
+//!   PostgreSQL tests are skipped with a notice (shown with `--nocapture`), unless
+//!   `KEEL_REQUIRE_POSTGRES=1` or `CI=true`, in which case they fail: a test that silently
+//!   did not run must never pass on CI.
 //!
 //! `KEEL_TEST_POOL_SIZE` sets the pool size of every test database.
 //!
@@ -62,6 +63,14 @@ pub const REQUIRE_POSTGRES_VAR: &str = "KEEL_REQUIRE_POSTGRES";
 /// When set, the pool size of every test database (e.g. `1`, to prove that nothing inside a
 /// unit of work ever needs a second connection).
 pub const POOL_SIZE_VAR: &str = "KEEL_TEST_POOL_SIZE";
+
+/// Whether a PostgreSQL test must fail rather than be skipped when no server is
+/// configured: when [`REQUIRE_POSTGRES_VAR`] is `1`, or on CI (`CI=true`), where a test that
+/// silently did not run would pass for one that did.
+fn postgres_required() -> bool {
+    std::env::var(REQUIRE_POSTGRES_VAR).as_deref() == Ok("1")
+        || std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1")
+}
 
 /// Applies [`POOL_SIZE_VAR`], then the test's own adjustments.
 fn options_for(
@@ -154,10 +163,11 @@ impl TestBackend for sqlx::Postgres {
         use sqlx::{AssertSqlSafe, Connection};
 
         let Ok(admin_url) = std::env::var(POSTGRES_URL_VAR) else {
-            if std::env::var(REQUIRE_POSTGRES_VAR).as_deref() == Ok("1") {
+            if postgres_required() {
                 panic!(
-                    "{REQUIRE_POSTGRES_VAR}=1 but {POSTGRES_URL_VAR} is not set; run the \
-                     suite with `bash scripts/test.sh`, which starts a PostgreSQL server"
+                    "{POSTGRES_URL_VAR} is not set, and PostgreSQL tests may not be skipped \
+                     here ({REQUIRE_POSTGRES_VAR}=1, or CI=true): set it to a server where the \
+                     user may create databases, e.g. postgres://postgres@localhost:5432/postgres"
                 );
             }
             eprintln!("note: {POSTGRES_URL_VAR} is not set; skipping a PostgreSQL test");
