@@ -12,14 +12,21 @@
 //! DATABASE_URL=postgres://… cargo run --example likes
 //! cargo run --example likes -- 5000         # another number of likes
 //! ```
+//!
+//! The backend is a type (`sqlx::Postgres` or `sqlx::Sqlite`). A service on one backend
+//! names it once, through `keel::postgres::{App, Database, …}`; this example runs on either,
+//! so `main` picks the type from the URL's scheme and the rest is written once, generic
+//! over `B: Posts` (the example's SQL, implemented for both drivers).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use keel::sqlx::{self, Postgres, Sqlite};
 use keel::{
-    App, Command, Database, DeliveryOptions, Error, HandlerContext, Registry, RowLock, UnitOfWork,
-    sqlx,
+    App, Backend, Command, Database, DatabaseOptions, DeliveryOptions, Error, HandlerContext,
+    Registry, RowLock, UnitOfWork,
 };
 use serde::{Deserialize, Serialize};
 
@@ -37,21 +44,102 @@ impl Command for VoteForPost {
     }
 }
 
-/// Applies up to 100 votes of one post in one unit of work.
-async fn count_votes(votes: &[VoteForPost], ctx: &mut HandlerContext) -> Result<(), Error> {
-    let (post_id, n) = (votes[0].post_id, votes.len() as i64);
-    ctx.unit_of_work(async |tx| {
-        sqlx::query("UPDATE posts SET likes = likes + $1 WHERE id = $2")
-            .bind(n)
-            .bind(post_id)
-            .execute(tx.conn())
-            .await?;
-        Ok(())
-    })
-    .await
+/// The example's SQL, on the driver's own connection. The statements read the same on
+/// both backends, but each sqlx driver is a type of its own: `posts!` below implements
+/// them for each, so that the code generic over `B` needs no sqlx bounds (executor,
+/// `i64` encoding) on every function.
+trait Posts: Backend {
+    /// Recreates `posts` with post 1 at 0 likes, and empties Keel's outbox.
+    fn reset(db: &Database<Self>) -> impl Future<Output = Result<(), Error>> + Send;
+    /// `likes = likes + n` for one post.
+    fn add_likes(
+        conn: &mut Self::Connection,
+        post_id: i64,
+        n: i64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The likes of post 1.
+    fn likes(conn: &mut Self::Connection) -> impl Future<Output = Result<i64, Error>> + Send;
+    /// Sets the likes of post 1.
+    fn set_likes(
+        conn: &mut Self::Connection,
+        likes: i64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Failed delivery attempts recorded by Keel.
+    fn failed_attempts(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<i64, Error>> + Send;
 }
 
-keel::register_command_handler!(VoteForPost => count_votes, batch = 100);
+macro_rules! posts {
+    ($backend:ty) => {
+        impl Posts for $backend {
+            async fn reset(db: &Database<Self>) -> Result<(), Error> {
+                db.execute_script(
+                    "DROP TABLE IF EXISTS posts;
+                     CREATE TABLE posts (id BIGINT PRIMARY KEY, likes BIGINT NOT NULL);
+                     INSERT INTO posts VALUES (1, 0);
+                     DELETE FROM keel_delivery_errors;
+                     DELETE FROM keel_deliveries;
+                     DELETE FROM keel_events;
+                     DELETE FROM keel_keys;",
+                )
+                .await
+            }
+
+            async fn add_likes(
+                conn: &mut Self::Connection,
+                post_id: i64,
+                n: i64,
+            ) -> Result<(), Error> {
+                sqlx::query("UPDATE posts SET likes = likes + $1 WHERE id = $2")
+                    .bind(n)
+                    .bind(post_id)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn likes(conn: &mut Self::Connection) -> Result<i64, Error> {
+                let (likes,): (i64,) = sqlx::query_as("SELECT likes FROM posts WHERE id = 1")
+                    .fetch_one(conn)
+                    .await?;
+                Ok(likes)
+            }
+
+            async fn set_likes(conn: &mut Self::Connection, likes: i64) -> Result<(), Error> {
+                sqlx::query("UPDATE posts SET likes = $1 WHERE id = 1")
+                    .bind(likes)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            }
+
+            async fn failed_attempts(conn: &mut Self::Connection) -> Result<i64, Error> {
+                let (failed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM keel_delivery_errors")
+                    .fetch_one(conn)
+                    .await?;
+                Ok(failed)
+            }
+        }
+    };
+}
+
+posts!(Postgres);
+posts!(Sqlite);
+
+/// Applies up to 100 votes of one post in one unit of work.
+async fn count_votes<B: Posts>(
+    votes: &[VoteForPost],
+    ctx: &mut HandlerContext<B>,
+) -> Result<(), Error> {
+    let (post_id, n) = (votes[0].post_id, votes.len() as i64);
+    ctx.unit_of_work(async |tx| B::add_likes(tx.conn(), post_id, n).await)
+        .await
+}
+
+// One registration per backend; `Registry::<B>::global()` keeps backend B's.
+keel::register_command_handler!(VoteForPost => count_votes::<Postgres>, batch = 100);
+keel::register_command_handler!(VoteForPost => count_votes::<Sqlite>, batch = 100);
 
 struct Outcome {
     likes: i64,
@@ -60,30 +148,14 @@ struct Outcome {
     conflicts: u32,
 }
 
-async fn reset(db: &Database) -> Result<(), Error> {
-    db.execute_script(
-        "DROP TABLE IF EXISTS posts;
-         CREATE TABLE posts (id BIGINT PRIMARY KEY, likes BIGINT NOT NULL);
-         INSERT INTO posts VALUES (1, 0);
-         DELETE FROM keel_delivery_errors;
-         DELETE FROM keel_deliveries;
-         DELETE FROM keel_events;
-         DELETE FROM keel_keys;",
-    )
-    .await
-}
-
-async fn likes(db: &Database) -> Result<i64, Error> {
+async fn likes<B: Posts>(db: &Database<B>) -> Result<i64, Error> {
     let mut conn = db.acquire().await?;
-    let (likes,): (i64,) = sqlx::query_as("SELECT likes FROM posts WHERE id = 1")
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(likes)
+    B::likes(&mut conn).await
 }
 
 /// A: one unit of work per like, with a row lock.
-async fn direct(db: &Database, users: i64) -> Result<Outcome, Error> {
-    reset(db).await?;
+async fn direct<B: Posts>(db: &Database<B>, users: i64) -> Result<Outcome, Error> {
+    B::reset(db).await?;
     let retries = Arc::new(AtomicU32::new(0));
     let conflicts = Arc::new(AtomicU32::new(0));
     let started = Instant::now();
@@ -101,14 +173,8 @@ async fn direct(db: &Database, users: i64) -> Result<Outcome, Error> {
                     retries.fetch_add(1, Ordering::Relaxed);
                 }
                 let _ = tx.lock(RowLock::for_update("posts", 1)).await?;
-                let (likes,): (i64,) = sqlx::query_as("SELECT likes FROM posts WHERE id = 1")
-                    .fetch_one(tx.conn())
-                    .await?;
-                sqlx::query("UPDATE posts SET likes = $1 WHERE id = 1")
-                    .bind(likes + 1)
-                    .execute(tx.conn())
-                    .await?;
-                Ok(())
+                let likes = B::likes(tx.conn()).await?;
+                B::set_likes(tx.conn(), likes + 1).await
             })
             .await
             .map(|receipt| receipt.into_value())
@@ -126,8 +192,12 @@ async fn direct(db: &Database, users: i64) -> Result<Outcome, Error> {
 }
 
 /// B: send a command per like; workers apply them in batches.
-async fn bus(db: &Database, registry: Registry, users: i64) -> Result<(Outcome, Duration), Error> {
-    reset(db).await?;
+async fn bus<B: Posts>(
+    db: &Database<B>,
+    registry: Registry<B>,
+    users: i64,
+) -> Result<(Outcome, Duration), Error> {
+    B::reset(db).await?;
     let options = DeliveryOptions::default().poll_interval(Duration::from_millis(50));
     let app = App::builder(db.clone(), registry).delivery(options).start();
     let started = Instant::now();
@@ -149,11 +219,8 @@ async fn bus(db: &Database, registry: Registry, users: i64) -> Result<(Outcome, 
     let sent = started.elapsed();
     while !app.wait_until_delivered(Duration::from_secs(60)).await? {}
     let elapsed = started.elapsed();
-    let mut conn = db.acquire().await?;
-    let (failed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM keel_delivery_errors")
-        .fetch_one(&mut *conn)
-        .await?;
-    drop(conn);
+    let failed = B::failed_attempts(&mut *db.acquire().await?).await?;
+    // Not `app.shutdown()`, which would also close the pool `db` shares.
     app.dispatcher().shutdown().await;
     let outcome = Outcome {
         likes: likes(db).await?,
@@ -168,32 +235,16 @@ fn rate(outcome: &Outcome) -> f64 {
     outcome.likes as f64 / outcome.elapsed.as_secs_f64()
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let users: i64 = match std::env::args().nth(1) {
-        Some(n) => n
-            .parse()
-            .map_err(|_| format!("`{n}` is not a number of likes"))?,
-        None => 1000,
-    };
-    let url = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let file = std::env::temp_dir().join("keel-likes.db");
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
-            }
-            format!("sqlite:{}", file.display())
-        }
-    };
-    let db = keel::DatabaseOptions::new(url)
+/// Both ways on backend `B`, and the comparison.
+async fn run<B: Posts>(url: String, users: i64) -> Result<(), Box<dyn std::error::Error>> {
+    let db = DatabaseOptions::new(url)
         .max_connections(16)
-        .connect()
+        .connect::<B>()
         .await?;
     db.migrate().await?;
     println!(
-        "{users} users like post 1 at the same moment ({:?}, {})\n",
-        db.backend(),
+        "{users} users like post 1 at the same moment ({}, {})\n",
+        B::NAME,
         db.url()
     );
 
@@ -227,6 +278,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if a.likes != users || b.likes != users {
         return Err(format!("expected {users} likes, got A={} B={}", a.likes, b.likes).into());
     }
-    db.close().await;
+    db.close().await?;
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let users: i64 = match std::env::args().nth(1) {
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("`{n}` is not a number of likes"))?,
+        None => 1000,
+    };
+    let url = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) => {
+            let file = std::env::temp_dir().join("keel-likes.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+            format!("sqlite:{}", file.display())
+        }
+    };
+    // The one place the backend is chosen.
+    if url.starts_with("sqlite:") {
+        run::<Sqlite>(url, users).await
+    } else {
+        run::<Postgres>(url, users).await
+    }
 }

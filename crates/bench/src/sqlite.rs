@@ -124,11 +124,12 @@ async fn raw_uow(pool: &sqlx::SqlitePool, ops: u64) -> Result<f64, String> {
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
-                    "INSERT INTO keel_deliveries (event_id, handler, leased_until, leased_by, \
-                     ordering_key) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, \
+                     leased_by, ordering_key) VALUES (?, ?, ?, ?, ?, ?)",
                 )
                 .bind(event.id.to_string())
                 .bind("write_effect")
+                .bind(0_i32)
                 .bind(None::<i64>)
                 .bind(None::<&str>)
                 .bind(None::<&str>)

@@ -31,8 +31,10 @@ const RAW_OUTBOX: &str = "WITH e AS (
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
                  $5::timestamptz[], $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])),
          d AS (
-             INSERT INTO keel_deliveries (event_id, handler, leased_until, leased_by, ordering_key)
-             SELECT i, h, CASE WHEN l THEN now() + $13 * interval '1 millisecond' END,
+             INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
+                 ordering_key)
+             SELECT i, h, CASE WHEN l THEN 1 ELSE 0 END,
+                    CASE WHEN l THEN now() + $13 * interval '1 millisecond' END,
                     CASE WHEN l THEN $14::uuid END, k
              FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)),
          k AS (
