@@ -78,9 +78,9 @@ pub struct Outgoing<'a> {
     pub routing: Option<&'a dyn Routing>,
     /// The fast path's lease on the event deliveries: its token and duration.
     pub lease: Option<(uuid::Uuid, Duration)>,
-    /// The marker of the unit of work's transaction, when the write is part of one: the
-    /// write only happens inside that transaction.
-    pub marker: Option<uuid::Uuid>,
+    /// The marker and isolation level of the unit of work's transaction, when the write is
+    /// part of one: the write happens only inside that very transaction.
+    pub marker: Option<(uuid::Uuid, crate::Isolation)>,
 }
 
 impl Outgoing<'_> {

@@ -109,11 +109,13 @@ pub trait Store: sqlx::Database {
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Commits the transaction if it still is the one begun with `marker` at `isolation`
-    /// (checked in the same round trip); `Ok(false)`, without committing, when it is not.
+    /// (checked in the same round trip, unless `verified` by the outbox write just before);
+    /// `Ok(false)`, without committing, when it is not.
     fn commit(
         conn: &mut Connection<Self>,
         marker: uuid::Uuid,
         isolation: Isolation,
+        verified: bool,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Rolls the transaction back.
@@ -146,11 +148,14 @@ pub trait Store: sqlx::Database {
         expected: i64,
     ) -> impl Future<Output = Result<Saved, Error>> + Send;
 
-    /// Writes a unit of work's events and commands, their deliveries and ordering keys.
+    /// Writes a unit of work's events and commands, their deliveries and ordering keys;
+    /// `Ok(false)`, writing nothing, when the transaction is not the one `outgoing.marker`
+    /// names. When it returns `Ok(true)` for a marker, the transaction is verified: the
+    /// commit that follows need not check it again.
     fn write_outbox(
         conn: &mut Connection<Self>,
         outgoing: &Outgoing<'_>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Marks the pending deliveries of `event_ids` to `handler` done; returns how many
     /// were pending.

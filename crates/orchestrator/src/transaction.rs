@@ -123,13 +123,19 @@ impl<B: Backend> Database<B> {
             commands: &commands,
             routing: self.routing(),
             lease,
-            marker: Some(marker),
+            marker: Some((marker, options.isolation)),
         };
         let writes = !events.is_empty() || !commands.is_empty();
+        let mut verified = false;
         let outcome = match outcome {
-            Ok(value) if writes => B::write_outbox(&mut open.conn, &outgoing)
-                .await
-                .map(|()| value),
+            Ok(value) if writes => match B::write_outbox(&mut open.conn, &outgoing).await {
+                Ok(true) => {
+                    verified = true;
+                    Ok(value)
+                }
+                Ok(false) => return Err(self.abandon(open, replaced()).await),
+                Err(error) => Err(error),
+            },
             other => other,
         };
         let value = match outcome {
@@ -144,7 +150,7 @@ impl<B: Backend> Database<B> {
                 return Err(error);
             }
         };
-        match B::commit(&mut open.conn, marker, options.isolation).await {
+        match B::commit(&mut open.conn, marker, options.isolation, verified).await {
             Ok(true) => open.ended = true,
             Ok(false) => return Err(self.abandon(open, replaced()).await),
             // A database's refusal ends the transaction; a lost connection leaves its

@@ -189,6 +189,7 @@ impl<B: Backend> Database<B> {
                 lease: None,
                 marker: None,
             };
+            // Outside any transaction: there is nothing to verify, it always writes.
             B::write_outbox(&mut *conn, &outgoing).await?;
             self.after_commit(&mut conn, true).await;
             return Ok(());

@@ -136,8 +136,9 @@ impl Store for Postgres {
         conn: &mut PgConnection,
         marker: uuid::Uuid,
         isolation: Isolation,
+        verified: bool,
     ) -> Result<bool, Error> {
-        transaction::commit(conn, marker, isolation).await
+        transaction::commit(conn, marker, isolation, verified).await
     }
 
     async fn rollback(conn: &mut PgConnection) -> Result<(), Error> {
@@ -165,7 +166,7 @@ impl Store for Postgres {
         transaction::save_version(conn, table, key, expected).await
     }
 
-    async fn write_outbox(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<(), Error> {
+    async fn write_outbox(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<bool, Error> {
         outbox::write(conn, outgoing).await
     }
 

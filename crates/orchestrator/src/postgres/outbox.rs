@@ -2,15 +2,17 @@
 
 use sqlx::postgres::PgConnection;
 
+use super::transaction::{is_replaced, isolation_level};
 use crate::Error;
 use crate::outbox::Outgoing;
 
 /// The outbox write: events, deliveries and ordering keys in one statement, whatever the
 /// number of rows. Every column travels as one array (`UNNEST`), so the statement's text
-/// never changes and stays prepared. Inside a unit of work it writes only if the
-/// transaction still carries the unit of work's marker: after a `COMMIT` run by hand, it
-/// would otherwise commit on its own.
-pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<(), Error> {
+/// never changes and stays prepared. Inside a unit of work its last part checks that the
+/// transaction still carries the unit of work's marker and isolation level, and fails the
+/// whole statement otherwise (after a `COMMIT` run by hand, it would commit on its own):
+/// when it succeeds, the `COMMIT` that follows needs no check of its own.
+pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<bool, Error> {
     let mut ids = Vec::new();
     let mut names = Vec::new();
     let mut aggregate_types = Vec::new();
@@ -49,28 +51,27 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
         Some((token, lease)) => (Some(token), lease.as_millis() as i64),
         None => (None, 0),
     };
-    sqlx::query(
+    let written = sqlx::query(
         "WITH e AS (
              INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
                  payload, correlation_id, causation_id, routed, ordering_key)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
-                 $5::timestamptz[], $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
-             WHERE $17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17),
+                 $5::timestamptz[], $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])),
          d AS (
              INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
                  ordering_key)
              SELECT i, h, CASE WHEN l THEN 1 ELSE 0 END,
                     CASE WHEN l THEN now() + $13 * interval '1 millisecond' END,
                     CASE WHEN l THEN $14::uuid END, k
-             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
-             WHERE $17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17),
+             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)),
          k AS (
              INSERT INTO keel_keys (key)
-             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k)
-             WHERE k IS NOT NULL
-               AND ($17::text IS NULL OR current_setting('keel.unit_of_work', true) = $17)
+             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k) WHERE k IS NOT NULL
              ON CONFLICT DO NOTHING)
-         SELECT 1",
+         SELECT CASE WHEN $17::text IS NULL
+                       OR (current_setting('keel.unit_of_work', true) = $17
+                           AND current_setting('transaction_isolation') = $18)
+                THEN 1 ELSE current_setting('keel.transaction_replaced')::int END",
     )
     .bind(ids)
     .bind(names)
@@ -88,8 +89,17 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
     .bind(token)
     .bind(d_leased)
     .bind(d_keys)
-    .bind(outgoing.marker.map(|m| m.to_string()))
+    .bind(outgoing.marker.map(|(marker, _)| marker.to_string()))
+    .bind(
+        outgoing
+            .marker
+            .map(|(_, isolation)| isolation_level(isolation)),
+    )
     .execute(conn)
-    .await?;
-    Ok(())
+    .await;
+    match written {
+        Ok(_) => Ok(true),
+        Err(error) if is_replaced(&error) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }

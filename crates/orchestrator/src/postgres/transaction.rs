@@ -13,12 +13,29 @@ use crate::store::Saved;
 use crate::{Error, Isolation, Key, LockWait, Locked, RowLock};
 
 /// The setting that marks a unit of work's transaction (`SET LOCAL`, so it ends with it).
-const MARKER: &str = "keel.unit_of_work";
+pub(super) const MARKER: &str = "keel.unit_of_work";
+
+/// What the steps may have changed in the session (`SET` without `LOCAL`, `LISTEN`), undone
+/// after each commit; settings given at connection time are kept.
+macro_rules! reset {
+    () => {
+        "RESET ALL; UNLISTEN *"
+    };
+}
+
+/// `transaction_isolation`'s value for `isolation`.
+pub(super) fn isolation_level(isolation: Isolation) -> &'static str {
+    match isolation {
+        Isolation::ReadCommitted => "read committed",
+        Isolation::RepeatableRead => "repeatable read",
+        Isolation::Serializable => "serializable",
+    }
+}
 
 /// The setting whose lookup fails when a unit of work's transaction is not the one begun.
-const REPLACED: &str = "keel.transaction_replaced";
+pub(super) const REPLACED: &str = "keel.transaction_replaced";
 
-fn is_replaced(error: &sqlx::Error) -> bool {
+pub(super) fn is_replaced(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .and_then(|db| db.try_downcast_ref::<PgDatabaseError>())
@@ -84,18 +101,22 @@ pub(super) async fn commit(
     conn: &mut PgConnection,
     marker: uuid::Uuid,
     isolation: Isolation,
+    verified: bool,
 ) -> Result<bool, Error> {
-    let level = match isolation {
-        Isolation::ReadCommitted => "read committed",
-        Isolation::RepeatableRead => "repeatable read",
-        Isolation::Serializable => "serializable",
-    };
+    if verified {
+        sqlx::raw_sql(concat!("COMMIT; ", reset!()))
+            .execute(conn)
+            .await?;
+        return Ok(true);
+    }
+    let level = isolation_level(isolation);
     // `current_setting` of an unknown name raises: a check that fails at execution,
     // never at planning (constant folding would evaluate a failing cast too early).
     let sql = format!(
         "SELECT CASE WHEN current_setting('{MARKER}', true) = '{marker}'
                       AND current_setting('transaction_isolation') = '{level}'
-                 THEN '' ELSE current_setting('{REPLACED}') END; COMMIT; RESET ALL; UNLISTEN *"
+                 THEN '' ELSE current_setting('{REPLACED}') END; COMMIT; {}",
+        reset!()
     );
     match sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await {
         Ok(_) => Ok(true),

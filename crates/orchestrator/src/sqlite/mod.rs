@@ -159,6 +159,7 @@ impl Store for Sqlite {
         conn: &mut SqliteConnection,
         _: uuid::Uuid,
         _: Isolation,
+        _: bool,
     ) -> Result<bool, Error> {
         transaction::commit(conn).await
     }
@@ -194,8 +195,9 @@ impl Store for Sqlite {
     async fn write_outbox(
         conn: &mut SqliteConnection,
         outgoing: &Outgoing<'_>,
-    ) -> Result<(), Error> {
-        outbox::write(conn, outgoing).await
+    ) -> Result<bool, Error> {
+        // `verify` released the unit of work's savepoint just before: nothing to check.
+        outbox::write(conn, outgoing).await.map(|()| true)
     }
 
     async fn mark_done(

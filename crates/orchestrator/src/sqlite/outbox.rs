@@ -73,7 +73,11 @@ pub(super) async fn write(
             // relay taking it over after a crash counts on from there.
             row.push_bind(id.as_str())
                 .push_bind(*handler)
-                .push_bind(if leased_until.is_some() && *leased { 1 } else { 0 })
+                .push_bind(if leased_until.is_some() && *leased {
+                    1
+                } else {
+                    0
+                })
                 .push_bind(leased_until.filter(|_| *leased))
                 .push_bind(token.as_deref().filter(|_| *leased))
                 .push_bind(*key);
