@@ -31,30 +31,26 @@ as_postgres() {
 }
 
 # 1. PostgreSQL binaries (Debian keeps them off the PATH; pg_config says where), and
-#    libfaketime, which the clock-skew test starts relays under.
-faketime_lib() { dpkg -L libfaketime 2>/dev/null | grep -m1 'libfaketime\.so\.1$'; }
+#    libfaketime, which the clock-skew test starts relays under; apt-get installs what is
+#    missing.
+install() {  # install PACKAGE WHAT
+  if [ "$(id -u)" != 0 ]; then
+    echo "$2 not found and not root: install the $1 package" >&2
+    exit 1
+  fi
+  say "$2 not found: installing $1 with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q "$1" >/dev/null
+}
 pg_bindir() { command -v pg_config >/dev/null 2>&1 && pg_config --bindir; }
 if ! bindir=$(pg_bindir) || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "PostgreSQL server binaries not found and not root: install the postgresql package" >&2
-    exit 1
-  fi
-  say "PostgreSQL not found: installing it with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q postgresql >/dev/null
+  install postgresql "PostgreSQL server binaries"
   bindir=$(pg_bindir)
 fi
-
+faketime_lib() { dpkg -L libfaketime 2>/dev/null | grep -m1 'libfaketime\.so\.1$'; }
 if ! faketime=$(faketime_lib) || [ -z "$faketime" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "libfaketime not found and not root: install the faketime package" >&2
-    exit 1
-  fi
-  say "libfaketime not found: installing faketime with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q faketime >/dev/null
+  install faketime libfaketime
   faketime=$(faketime_lib)
 fi
 export KEEL_TEST_FAKETIME="$faketime"
