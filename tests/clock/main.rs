@@ -13,7 +13,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use keel::postgres::{App, Database, HandlerContext, Handler, Registry};
+use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
 use keel::{DeliveryOptions, DomainEvent, Error, RetryPolicy, sqlx};
 use keel_testing::TestDatabase;
 use serde::{Deserialize, Serialize};
@@ -172,7 +172,10 @@ async fn a_skewed_relay_follows_the_database_clock() {
             .fetch_one(&mut *conn)
             .await
             .unwrap();
-    assert_eq!(slow_attempts, 1, "a relay claimed the delivery while its lease held");
+    assert_eq!(
+        slow_attempts, 1,
+        "a relay claimed the delivery while its lease held"
+    );
     let (who, delay_ms): (String, f64) = sqlx::query_as(
         "SELECT c.who, (EXTRACT(EPOCH FROM c.at - r.failed_at) * 1000)::float8
          FROM calls c, keel_delivery_errors r

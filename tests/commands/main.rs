@@ -5,7 +5,6 @@
 
 // A test or example crate has no public API: `pub` only shares items between its modules.
 #![allow(unreachable_pub)]
-
 // The same files, compiled once per backend.
 #![allow(clippy::duplicate_mod)]
 

@@ -322,12 +322,19 @@ async fn a_relay_taking_over_the_fast_path_counts_on(db: Database) {
         "SELECT CAST(attempts AS BIGINT) FROM keel_deliveries WHERE handler = 'record_order'",
     )
     .await;
-    assert_eq!(reserved, 1, "the reserved delivery counts as the first attempt");
+    assert_eq!(
+        reserved, 1,
+        "the reserved delivery counts as the first attempt"
+    );
 
     let relay = app_with(db.clone(), handlers());
     delivered(&relay).await;
     assert_eq!(
-        count(&db, "SELECT attempt FROM handled WHERE handler = 'record_order'").await,
+        count(
+            &db,
+            "SELECT attempt FROM handled WHERE handler = 'record_order'"
+        )
+        .await,
         2
     );
     relay.shutdown().await.unwrap();

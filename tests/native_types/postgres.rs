@@ -152,7 +152,9 @@ async fn select_star_on_a_table_with_a_uuid_column() {
     let points: i32 = db
         .unit_of_work(async |tx| {
             save(tx.conn(), &written).await?;
-            let row = sqlx::query("SELECT * FROM badges").fetch_one(tx.conn()).await?;
+            let row = sqlx::query("SELECT * FROM badges")
+                .fetch_one(tx.conn())
+                .await?;
             Ok(row.try_get("points")?)
         })
         .await
@@ -205,7 +207,12 @@ async fn checked_query_macros_from_the_offline_data() {
         .into_value();
     assert_eq!((name.as_str(), gold), ("checked", 1));
     assert_eq!(tags, written.tags);
-    assert_eq!(from_file, vec![Named { name: "checked".to_owned() }]);
+    assert_eq!(
+        from_file,
+        vec![Named {
+            name: "checked".to_owned()
+        }]
+    );
 
     let typed = db
         .unit_of_work(async |tx| {

@@ -142,7 +142,9 @@ async fn select_star_on_a_table_with_a_uuid_column() {
     let points: i32 = db
         .unit_of_work(async |tx| {
             save(tx.conn(), &written).await?;
-            let row = sqlx::query("SELECT * FROM badges").fetch_one(tx.conn()).await?;
+            let row = sqlx::query("SELECT * FROM badges")
+                .fetch_one(tx.conn())
+                .await?;
             Ok(row.try_get("points")?)
         })
         .await

@@ -16,9 +16,6 @@ pub(crate) fn quick_retries(attempts: u32) -> RetryPolicy {
         .base_delay(Duration::from_millis(5))
 }
 
-
-
-
 /// 20 units of work lock a name that has no row yet, all at once: none sees a
 /// duplicate-key error, and they never overlap.
 async fn named_lock_race_on_a_new_name(db: Database) {
@@ -66,7 +63,11 @@ async fn named_lock_race_on_a_new_name(db: Database) {
 
 /// Holds row 1 of `accounts` (on SQLite: the write lock) until `release` fires.
 /// The holder runs on a pool of its own, as another instance of the service would.
-pub(crate) async fn hold_row(db: Database, release: oneshot::Receiver<()>, held: oneshot::Sender<()>) {
+pub(crate) async fn hold_row(
+    db: Database,
+    release: oneshot::Receiver<()>,
+    held: oneshot::Sender<()>,
+) {
     let mut db = db.connect_again().await.unwrap();
     let cell = std::sync::Mutex::new((Some(release), Some(held)));
     let cell = &cell;
@@ -244,4 +245,3 @@ keel_testing::backend_tests!(
     lock_timeout_then_success_when_the_holder_finishes,
     nowait_and_skip_locked,
 );
-

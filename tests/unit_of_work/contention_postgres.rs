@@ -203,10 +203,18 @@ async fn an_isolation_level_changed_by_hand_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::TransactionReplaced { unit_of_work: "audited" }),
+        matches!(
+            err,
+            Error::TransactionReplaced {
+                unit_of_work: "audited"
+            }
+        ),
         "{err}"
     );
-    assert_eq!(scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await, 100);
+    assert_eq!(
+        scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
 }
 
 /// A unit of work with no lock timeout of its own still does not wait forever for a row:
@@ -235,7 +243,10 @@ async fn row_lock_waits_are_bounded_by_default() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err.last_attempt(), Error::LockTimeout { .. }), "{err}");
+    assert!(
+        matches!(err.last_attempt(), Error::LockTimeout { .. }),
+        "{err}"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     release.send(()).unwrap();
     holder.await.unwrap();
@@ -275,5 +286,8 @@ async fn session_settings_do_not_leak_to_the_next_unit_of_work() {
         .unwrap()
         .into_value();
     assert_eq!((timeout.as_str(), listening), ("0", 0));
-    assert_eq!(lock_timeout, "5s", "the connection's own lock timeout is kept");
+    assert_eq!(
+        lock_timeout, "5s",
+        "the connection's own lock timeout is kept"
+    );
 }

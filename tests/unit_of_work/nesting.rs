@@ -53,8 +53,15 @@ async fn a_unit_of_work_waiting_for_a_nested_one_fails_naming_the_holder() {
         assert!(text.contains("deadlocked"), "{text}");
     } else {
         // SQLite's one writer: the nested unit of work waits for the write lock.
-        assert!(matches!(err.last_attempt(), Error::LockTimeout { .. }), "{text}");
+        assert!(
+            matches!(err.last_attempt(), Error::LockTimeout { .. }),
+            "{text}"
+        );
     }
     assert!(text.contains("`outer`"), "{text}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

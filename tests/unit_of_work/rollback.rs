@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use keel::{Error, RetryPolicy, UnitOfWork, sqlx};
 
-use super::{B, Database};
 use super::support::scalar;
+use super::{B, Database};
 
 async fn notes(db: &Database) {
     db.execute_script("CREATE TABLE notes (id BIGINT PRIMARY KEY, body TEXT NOT NULL)")

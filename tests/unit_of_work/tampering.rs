@@ -27,11 +27,19 @@ async fn events(db: &Database) -> i64 {
 
 fn assert_replaced(err: &Error) {
     assert!(
-        matches!(err, Error::TransactionReplaced { unit_of_work: "unit_of_work" }),
+        matches!(
+            err,
+            Error::TransactionReplaced {
+                unit_of_work: "unit_of_work"
+            }
+        ),
         "{err}"
     );
     let text = err.to_string();
-    assert!(text.contains("COMMIT") && text.contains("tx.conn()"), "{text}");
+    assert!(
+        text.contains("COMMIT") && text.contains("tx.conn()"),
+        "{text}"
+    );
 }
 
 /// A `COMMIT` run by hand: the unit of work does not commit anything after it, writes
@@ -68,7 +76,10 @@ async fn a_commit_by_hand_is_refused(mut db: Database) {
     .await
     .unwrap()
     .into_value();
-    assert_eq!(scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await, 7);
+    assert_eq!(
+        scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await,
+        7
+    );
 }
 
 /// A `ROLLBACK` run by hand, then more writes and an event: refused, nothing written.
@@ -87,7 +98,10 @@ async fn a_rollback_by_hand_is_refused(mut db: Database) {
         .unwrap_err();
     assert_replaced(&err);
     assert_eq!(events(&db).await, 0);
-    assert_eq!(scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await, 100);
+    assert_eq!(
+        scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
 }
 
 /// `std::mem::replace(tx.conn(), another)`: the unit of work refuses to commit the other
@@ -114,7 +128,10 @@ async fn a_swapped_connection_is_refused(mut db: Database) {
         .unwrap_err();
     assert_replaced(&err);
     assert_eq!(events(&db).await, 0);
-    assert_eq!(scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await, 100);
+    assert_eq!(
+        scalar(&db, "SELECT balance FROM accounts WHERE id = 1").await,
+        100
+    );
     other.close().await.unwrap();
 }
 

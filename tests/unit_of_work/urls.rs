@@ -51,5 +51,8 @@ async fn a_url_for_the_other_backend_is_refused_by_name() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("this database is SQLite") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("this database is SQLite") && !err.contains("hunter2"),
+        "{err}"
+    );
 }
