@@ -86,7 +86,7 @@ impl UnitOfWork {
 
     /// Bounds how long any lock of this unit of work may be waited for. On PostgreSQL it
     /// sets `lock_timeout` for the transaction; on SQLite it bounds the wait for the write
-    /// lock. Exceeding it is [`Error::LockTimeout`], which is retried.
+    /// lock. Exceeding it is [`Error::LockTimeout`](crate::Error::LockTimeout), which is retried.
     #[must_use]
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = Some(timeout);
@@ -114,7 +114,7 @@ impl UnitOfWork {
     /// Makes this unit of work the one that processes the delivery of event `event_id` to
     /// `handler`: its first statement marks the delivery done, in the same transaction as
     /// the handler's effects. If the delivery is already done, the steps do not run and the
-    /// result is [`Error::AlreadyProcessed`]. Handler contexts set this for you.
+    /// result is [`Error::AlreadyProcessed`](crate::Error::AlreadyProcessed). Handler contexts set this for you.
     #[must_use]
     pub fn processing(self, event_id: EventId, handler: &'static str) -> Self {
         self.processing_all(vec![event_id], handler)
@@ -122,7 +122,7 @@ impl UnitOfWork {
 
     /// [`UnitOfWork::processing`] for a batch of commands handled together: all of them
     /// are marked done with the batch's effects, or none. If only some are still pending,
-    /// the steps do not run and the result is [`Error::BatchPartlyProcessed`].
+    /// the steps do not run and the result is [`Error::BatchPartlyProcessed`](crate::Error::BatchPartlyProcessed).
     #[must_use]
     pub fn processing_all(mut self, event_ids: Vec<EventId>, handler: &'static str) -> Self {
         self.processes = Some((event_ids, handler));
