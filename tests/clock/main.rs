@@ -77,6 +77,7 @@ fn registry() -> Registry {
     let retry = RetryPolicy::default()
         .max_attempts(3)
         .base_delay(Duration::from_secs(1))
+        .max_delay(Duration::from_secs(1))
         .jitter(0.0);
     let mut registry = Registry::new();
     registry
