@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use keel::sqlx::{self, Postgres, Sqlite};
 use keel::{
     App, Backend, Command, Database, DatabaseOptions, DeliveryOptions, Error, HandlerContext,
-    Registry, RowLock, UnitOfWork,
+    Registry, RowLock, UnitOfWorkOptions,
 };
 use serde::{Deserialize, Serialize};
 
@@ -164,7 +164,7 @@ async fn direct<B: Posts>(db: &Database<B>, users: i64) -> Result<Outcome, Error
         let (mut db, retries, conflicts) = (db.clone(), retries.clone(), conflicts.clone());
         requests.push(tokio::spawn(async move {
             let (retries, conflicts) = (&retries, &conflicts);
-            let options = UnitOfWork::named("like").lock_timeout(Duration::from_secs(5));
+            let options = UnitOfWorkOptions::named("like").lock_timeout(Duration::from_secs(5));
             db.unit_of_work_with(&options, async |tx| {
                 if tx.attempt() == 2 {
                     conflicts.fetch_add(1, Ordering::Relaxed);

@@ -53,7 +53,7 @@ pub use keel_domain::{
 };
 pub use keel_orchestrator::{
     Backend, Committed, Database, DatabaseOptions, Error, Isolation, Key, LockMode, LockWait,
-    Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWork,
+    Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWorkOptions,
 };
 pub use sqlx;
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use keel::{RowLock, UnitOfWork, sqlx};
+use keel::{RowLock, UnitOfWorkOptions, sqlx};
 use tokio::sync::Barrier;
 
 use super::support::*;
@@ -64,7 +64,7 @@ async fn a_thousand_likes_with_row_locks(db: Database) {
         let (mut db, retries) = (db.clone(), retries.clone());
         requests.push(tokio::spawn(async move {
             let retries = &retries;
-            db.unit_of_work_with(&UnitOfWork::named("like"), async |tx| {
+            db.unit_of_work_with(&UnitOfWorkOptions::named("like"), async |tx| {
                 if tx.attempt() > 1 {
                     retries.fetch_add(1, Ordering::SeqCst);
                 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use keel::{Error, EventId, UnitOfWork, sqlx};
+use keel::{Error, EventId, UnitOfWorkOptions, sqlx};
 use tokio::sync::Barrier;
 
 use super::support::*;
@@ -46,7 +46,7 @@ pub(super) async fn process(
     runs: &AtomicU32,
     wait: Option<&Barrier>,
 ) -> Result<(), Error> {
-    let options = UnitOfWork::named("effect").processing(event_id, "effect");
+    let options = UnitOfWorkOptions::named("effect").processing(event_id, "effect");
     db.unit_of_work_with(&options, async |tx| {
         runs.fetch_add(1, Ordering::SeqCst);
         if let (Some(wait), 1) = (wait, tx.attempt()) {
@@ -99,7 +99,7 @@ async fn a_failed_attempt_leaves_no_mark(db: Database) {
     schema(&db).await;
     let event_id = pending_delivery(&db, "effect").await;
     let mut handle = db.clone();
-    let options = UnitOfWork::named("effect").processing(event_id, "effect");
+    let options = UnitOfWorkOptions::named("effect").processing(event_id, "effect");
     let err = handle
         .unit_of_work_with(&options, async |_tx| {
             Err::<(), _>(Error::rejected(std::io::Error::other("boom")))

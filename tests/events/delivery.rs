@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use keel::{Error, UnitOfWork, sqlx};
+use keel::{Error, UnitOfWorkOptions, sqlx};
 
 use super::support::*;
 use super::{App, B, Database, Handler, HandlerContext, Registry, Session};
@@ -74,7 +74,7 @@ async fn events_of_failed_attempts_are_never_delivered(db: Database) {
         db.clone(),
         vec![Handler::new::<OrderPlaced, _>("record_order", record_order)],
     );
-    let options = UnitOfWork::named("flaky_order").retry(quick_retry(5));
+    let options = UnitOfWorkOptions::named("flaky_order").retry(quick_retry(5));
     let delivered_id = app
         .session()
         .unit_of_work_with(&options, async |tx| {

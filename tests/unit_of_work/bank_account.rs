@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use keel::{Aggregate, Error, Locked, RetryPolicy, RowLock, UnitOfWork, Version, sqlx};
+use keel::{Aggregate, Error, Locked, RetryPolicy, RowLock, UnitOfWorkOptions, Version, sqlx};
 
 use super::support::{accounts_with, scalar};
 use super::{B, Database, POSTGRES, Tx};
@@ -77,7 +77,7 @@ const THINK: Duration = Duration::from_millis(60);
 /// Each debit runs on a pool of its own, like requests served by separate instances.
 async fn debit_with_row_lock(db: Database, amount: i64) -> Result<(), Error> {
     let mut db = db.connect_again().await?;
-    db.unit_of_work_with(&UnitOfWork::named("debit_locked"), async |tx| {
+    db.unit_of_work_with(&UnitOfWorkOptions::named("debit_locked"), async |tx| {
         assert_eq!(
             tx.lock(RowLock::for_update("accounts", 1)).await?,
             Locked::Acquired
@@ -93,7 +93,7 @@ async fn debit_with_row_lock(db: Database, amount: i64) -> Result<(), Error> {
 
 async fn debit_with_version(db: Database, amount: i64, attempts: &AtomicU32) -> Result<(), Error> {
     let mut db = db.connect_again().await?;
-    let options = UnitOfWork::named("debit_optimistic")
+    let options = UnitOfWorkOptions::named("debit_optimistic")
         .retry(RetryPolicy::default().base_delay(Duration::from_millis(5)));
     db.unit_of_work_with(&options, async |tx| {
         attempts.fetch_add(1, Ordering::SeqCst);
@@ -161,7 +161,7 @@ async fn a_stale_version_is_a_typed_conflict(mut db: Database) {
     let stale = &stale;
     let err = db
         .unit_of_work_with(
-            &UnitOfWork::named("stale").retry(RetryPolicy::never()),
+            &UnitOfWorkOptions::named("stale").retry(RetryPolicy::never()),
             async |tx| tx.save_version("accounts", stale).await,
         )
         .await

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use keel::{Error, Locked, RetryPolicy, RowLock, UnitOfWork};
+use keel::{Error, Locked, RetryPolicy, RowLock, UnitOfWorkOptions};
 use tokio::sync::{Barrier, oneshot};
 
 use super::support::{accounts_with, scalar};
@@ -32,7 +32,7 @@ async fn named_lock_race_on_a_new_name(db: Database) {
         );
         tasks.push(tokio::spawn(async move {
             start.wait().await;
-            let options = UnitOfWork::named("import").lock_timeout(Duration::from_secs(20));
+            let options = UnitOfWorkOptions::named("import").lock_timeout(Duration::from_secs(20));
             let (inside, max_inside) = (&inside, &max_inside);
             db.unit_of_work_with(&options, async |tx| {
                 tx.lock_named("import:2026-11-21").await?;
@@ -99,7 +99,7 @@ async fn lock_timeout_is_typed_retried_and_gives_up(mut db: Database) {
 
     let runs = AtomicU32::new(0);
     let runs = &runs;
-    let options = UnitOfWork::named("impatient")
+    let options = UnitOfWorkOptions::named("impatient")
         .lock_timeout(Duration::from_millis(100))
         .retry(quick_retries(3));
     let started = Instant::now();
@@ -153,7 +153,7 @@ async fn lock_timeout_then_success_when_the_holder_finishes(mut db: Database) {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let _ = release.send(());
     });
-    let options = UnitOfWork::named("patient")
+    let options = UnitOfWorkOptions::named("patient")
         .lock_timeout(Duration::from_millis(100))
         .retry(
             RetryPolicy::default()
@@ -209,7 +209,7 @@ async fn nowait_and_skip_locked(mut db: Database) {
     let started = Instant::now();
     let err = db
         .unit_of_work_with(
-            &UnitOfWork::named("nowait").retry(RetryPolicy::never()),
+            &UnitOfWorkOptions::named("nowait").retry(RetryPolicy::never()),
             async |tx| tx.lock(RowLock::for_update("accounts", 1).nowait()).await,
         )
         .await

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use keel::{Error, Isolation, RetryPolicy, RowLock, UnitOfWork, sqlx};
+use keel::{Error, Isolation, RetryPolicy, RowLock, UnitOfWorkOptions, sqlx};
 use keel_testing::TestDatabase;
 use tokio::sync::Barrier;
 
@@ -28,7 +28,7 @@ async fn deadlock_loser_is_retried_and_both_commit() {
         async move {
             // Each party on a pool of its own, like separate instances.
             let mut db = db.connect_again().await.unwrap();
-            let options = UnitOfWork::named("transfer").retry(quick_retries(5));
+            let options = UnitOfWorkOptions::named("transfer").retry(quick_retries(5));
             let (barrier, retried) = (&barrier, &retried);
             db.unit_of_work_with(&options, async |tx| {
                 if tx.attempt() > 1 {
@@ -98,7 +98,7 @@ async fn write_skew_is_retried_to_a_correct_end() {
         async move {
             // Each party on a pool of its own, like separate instances.
             let mut db = db.connect_again().await.unwrap();
-            let options = UnitOfWork::named("go_off_call")
+            let options = UnitOfWorkOptions::named("go_off_call")
                 .isolation(Isolation::Serializable)
                 .retry(quick_retries(5));
             let barrier = &barrier;
@@ -151,7 +151,7 @@ async fn serialization_failure_is_classified_transient() {
         async move {
             // Each party on a pool of its own, like separate instances.
             let mut db = db.connect_again().await.unwrap();
-            let options = UnitOfWork::named("bump")
+            let options = UnitOfWorkOptions::named("bump")
                 .isolation(Isolation::RepeatableRead)
                 .retry(RetryPolicy::never());
             let barrier = &barrier;
@@ -189,7 +189,7 @@ async fn an_isolation_level_changed_by_hand_is_refused() {
     };
     let mut db = test_db.database().clone();
     accounts_with(&db, 100).await;
-    let options = UnitOfWork::named("audited").isolation(Isolation::Serializable);
+    let options = UnitOfWorkOptions::named("audited").isolation(Isolation::Serializable);
     let err = db
         .unit_of_work_with(&options, async |tx| {
             sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -238,7 +238,7 @@ async fn row_lock_waits_are_bounded_by_default() {
     let started = std::time::Instant::now();
     let err = waiter
         .unit_of_work_with(
-            &UnitOfWork::named("waiter").retry(RetryPolicy::never()),
+            &UnitOfWorkOptions::named("waiter").retry(RetryPolicy::never()),
             async |tx| tx.lock(RowLock::for_update("accounts", 1)).await,
         )
         .await

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel::{Error, UnitOfWork, sqlx};
+use keel::{Error, UnitOfWorkOptions, sqlx};
 use keel_testing::TestDatabase;
 use tokio::sync::oneshot;
 
@@ -24,7 +24,7 @@ async fn sqlite_busy_from_another_process_is_a_lock_timeout() {
     let holder = tokio::spawn(hold_row(db.clone(), released, held));
     is_held.await.unwrap();
 
-    let options = UnitOfWork::named("other_process")
+    let options = UnitOfWorkOptions::named("other_process")
         .lock_timeout(Duration::from_millis(100))
         .retry(quick_retries(2));
     let started = Instant::now();

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use keel::{Error, RetryPolicy, UnitOfWork};
+use keel::{Error, RetryPolicy, UnitOfWorkOptions};
 use keel_testing::TestDatabase;
 
 use super::{B, POSTGRES};
@@ -26,13 +26,13 @@ async fn a_unit_of_work_waiting_for_a_nested_one_fails_naming_the_holder() {
     let nested = &nested;
     let started = Instant::now();
     let inner = db
-        .unit_of_work_with(&UnitOfWork::named("outer"), async |_tx| {
+        .unit_of_work_with(&UnitOfWorkOptions::named("outer"), async |_tx| {
             let mut nested = nested.clone();
             // A spawned task does not inherit the unit of work's marker: it asks the pool.
             let task = tokio::spawn(async move {
                 nested
                     .unit_of_work_with(
-                        &UnitOfWork::named("inner").retry(RetryPolicy::never()),
+                        &UnitOfWorkOptions::named("inner").retry(RetryPolicy::never()),
                         async |_tx| Ok(()),
                     )
                     .await

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use keel::{Error, RetryPolicy, UnitOfWork, sqlx};
+use keel::{Error, RetryPolicy, UnitOfWorkOptions, sqlx};
 
 use super::support::scalar;
 use super::{B, Database};
@@ -181,7 +181,7 @@ async fn the_same_closure_runs_again_on_retry(mut db: Database) {
     notes(&db).await;
     let runs = Arc::new(AtomicU32::new(0));
     let counter = &runs;
-    let policy = UnitOfWork::named("flaky").retry(
+    let policy = UnitOfWorkOptions::named("flaky").retry(
         RetryPolicy::default()
             .max_attempts(4)
             .base_delay(Duration::from_millis(1)),

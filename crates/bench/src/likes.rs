@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
-use keel::{Command, DatabaseOptions, DeliveryOptions, Error, RowLock, UnitOfWork, sqlx};
+use keel::{Command, DatabaseOptions, DeliveryOptions, Error, RowLock, UnitOfWorkOptions, sqlx};
 use serde::{Deserialize, Serialize};
 
 use crate::Report;
@@ -118,7 +118,7 @@ async fn direct(db: &Database, n: u32) -> Result<(f64, u64), String> {
         let mut db = db.clone();
         tasks.push(tokio::spawn(async move {
             let mut retries = 0_u64;
-            let options = UnitOfWork::named("like");
+            let options = UnitOfWorkOptions::named("like");
             for _ in 0..per_task {
                 retries += db
                     .unit_of_work_with(&options, async |tx| {

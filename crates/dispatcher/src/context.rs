@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use keel_domain::{Envelope, EventId};
-use keel_orchestrator::{Backend, Database, Error, Tx, TxFn, UnitOfWork};
+use keel_orchestrator::{Backend, Database, Error, Tx, TxFn, UnitOfWorkOptions};
 
 use crate::Dispatcher;
 
@@ -108,14 +108,14 @@ impl<B: Backend> HandlerContext<B> {
         F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
-        let options = UnitOfWork::named(self.handler);
+        let options = UnitOfWorkOptions::named(self.handler);
         self.unit_of_work_with(options, steps).await
     }
 
     /// [`HandlerContext::unit_of_work`] with explicit options (the causation is added).
     pub async fn unit_of_work_with<T, F>(
         &mut self,
-        options: UnitOfWork,
+        options: UnitOfWorkOptions,
         steps: F,
     ) -> Result<T, Error>
     where

@@ -1,6 +1,6 @@
 //! The session: how application code runs units of work.
 
-use keel_orchestrator::{Backend, Database, Error, Tx, TxFn, UnitOfWork};
+use keel_orchestrator::{Backend, Database, Error, Tx, TxFn, UnitOfWorkOptions};
 use sqlx::pool::PoolConnection;
 
 use crate::Dispatcher;
@@ -59,10 +59,10 @@ impl<'a, B: Backend> Session<'a, B> {
         self.dispatcher.dispatch(receipt)
     }
 
-    /// [`Session::unit_of_work`] with explicit [`UnitOfWork`] options.
+    /// [`Session::unit_of_work`] with explicit [`UnitOfWorkOptions`] options.
     pub async fn unit_of_work_with<T, F>(
         &mut self,
-        options: &UnitOfWork,
+        options: &UnitOfWorkOptions,
         steps: F,
     ) -> Result<T, Error>
     where

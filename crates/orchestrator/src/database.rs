@@ -84,7 +84,7 @@ impl DatabaseOptions {
     /// on every connection, SQLite's busy timeout and its write-lock queue. Nothing Keel
     /// runs then waits forever for a lock; exceeding it is [`Error::LockTimeout`], which a
     /// unit of work retries. A unit of work's own
-    /// [`UnitOfWork::lock_timeout`](crate::UnitOfWork::lock_timeout) overrides it.
+    /// [`UnitOfWorkOptions::lock_timeout`](crate::UnitOfWorkOptions::lock_timeout) overrides it.
     #[must_use]
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.lock_timeout = timeout.max(Duration::from_millis(1));

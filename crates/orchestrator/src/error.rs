@@ -81,7 +81,7 @@ pub enum Error {
     /// `lock_timeout`, SQLite busy timeout or write-lock wait). Transient.
     #[error(
         "lock not granted within the lock timeout: {detail}; another transaction holds it — \
-         the unit of work is retried, or raise `UnitOfWork::lock_timeout`"
+         the unit of work is retried, or raise `UnitOfWorkOptions::lock_timeout`"
     )]
     LockTimeout {
         /// What the database or Keel reported.

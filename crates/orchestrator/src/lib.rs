@@ -83,7 +83,7 @@ pub use error::{Error, Rejection};
 #[doc(hidden)]
 pub use guard::ensure_outside_unit_of_work;
 pub use lock::{Key, LockMode, LockWait, Locked, RowLock};
-pub use options::{Isolation, UnitOfWork};
+pub use options::{Isolation, UnitOfWorkOptions};
 pub use retry::RetryPolicy;
 pub use tx::Tx;
 pub use unit_of_work::{TxFn, TxStep};

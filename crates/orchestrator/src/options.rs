@@ -9,8 +9,8 @@ use crate::RetryPolicy;
 
 /// The options of Keel's own short units of work (claims, outcomes): retried more than a
 /// user's, since they only ever meet other workers.
-pub(crate) fn internal(name: &'static str) -> UnitOfWork {
-    UnitOfWork::named(name).retry(RetryPolicy::default().max_attempts(8))
+pub(crate) fn internal(name: &'static str) -> UnitOfWorkOptions {
+    UnitOfWorkOptions::named(name).retry(RetryPolicy::default().max_attempts(8))
 }
 
 /// Transaction isolation level (PostgreSQL; SQLite transactions are always serializable).
@@ -32,16 +32,16 @@ pub enum Isolation {
 ///
 /// ```
 /// use std::time::Duration;
-/// use keel_orchestrator::{Isolation, RetryPolicy, UnitOfWork};
+/// use keel_orchestrator::{Isolation, RetryPolicy, UnitOfWorkOptions};
 ///
-/// let transfer = UnitOfWork::named("transfer")
+/// let transfer = UnitOfWorkOptions::named("transfer")
 ///     .isolation(Isolation::Serializable)
 ///     .lock_timeout(Duration::from_millis(200))
 ///     .retry(RetryPolicy::default().max_attempts(8));
 /// assert_eq!(transfer.name(), "transfer");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct UnitOfWork {
+pub struct UnitOfWorkOptions {
     pub(crate) name: &'static str,
     pub(crate) isolation: Isolation,
     pub(crate) lock_timeout: Option<Duration>,
@@ -58,16 +58,16 @@ pub(crate) struct Cause {
     pub(crate) causation_id: EventId,
 }
 
-impl Default for UnitOfWork {
+impl Default for UnitOfWorkOptions {
     fn default() -> Self {
-        UnitOfWork::named("unit_of_work")
+        UnitOfWorkOptions::named("unit_of_work")
     }
 }
 
-impl UnitOfWork {
+impl UnitOfWorkOptions {
     /// Default options under a name that appears in spans and errors.
     pub fn named(name: &'static str) -> Self {
-        UnitOfWork {
+        UnitOfWorkOptions {
             name,
             isolation: Isolation::default(),
             lock_timeout: None,
@@ -120,7 +120,7 @@ impl UnitOfWork {
         self.processing_all(vec![event_id], handler)
     }
 
-    /// [`UnitOfWork::processing`] for a batch of commands handled together: all of them
+    /// [`UnitOfWorkOptions::processing`] for a batch of commands handled together: all of them
     /// are marked done with the batch's effects, or none. If only some are still pending,
     /// the steps do not run and the result is [`Error::BatchPartlyProcessed`](crate::Error::BatchPartlyProcessed).
     #[must_use]

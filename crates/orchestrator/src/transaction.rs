@@ -6,13 +6,13 @@ use sqlx::pool::PoolConnection;
 use keel_domain::Envelope;
 
 use crate::outbox::Outgoing;
-use crate::{Backend, Database, Error, Tx, TxFn, UnitOfWork, guard};
+use crate::{Backend, Database, Error, Tx, TxFn, UnitOfWorkOptions, guard};
 
 impl<B: Backend> Database<B> {
     /// One attempt: a fresh connection and transaction, the steps, then commit or rollback.
     pub(crate) async fn attempt<T, F>(
         &self,
-        options: &UnitOfWork,
+        options: &UnitOfWorkOptions,
         attempt: u32,
         steps: &mut F,
     ) -> Result<(T, Vec<Envelope>, Option<uuid::Uuid>), Error>
@@ -61,7 +61,7 @@ impl<B: Backend> Database<B> {
     async fn transaction<T, F>(
         &self,
         open: &mut Open<B>,
-        options: &UnitOfWork,
+        options: &UnitOfWorkOptions,
         attempt: u32,
         steps: &mut F,
     ) -> Result<(T, Vec<Envelope>, Option<uuid::Uuid>), Error>

@@ -6,7 +6,7 @@ use sqlx::pool::PoolConnection;
 use tracing::Instrument;
 
 use crate::outbox::Outgoing;
-use crate::{Backend, Committed, Database, Error, Tx, UnitOfWork, committed, guard};
+use crate::{Backend, Committed, Database, Error, Tx, UnitOfWorkOptions, committed, guard};
 
 /// The closure of a unit of work: called with `&mut Tx`, its future must be `Send`.
 ///
@@ -67,7 +67,7 @@ where
 }
 
 impl<B: Backend> Database<B> {
-    /// Runs `steps` as one unit of work with default [`UnitOfWork`] options.
+    /// Runs `steps` as one unit of work with default [`UnitOfWorkOptions`] options.
     ///
     /// See [`Database::unit_of_work_with`].
     pub async fn unit_of_work<T, F>(&mut self, steps: F) -> Result<Committed<T>, Error>
@@ -75,7 +75,8 @@ impl<B: Backend> Database<B> {
         F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
-        self.unit_of_work_with(&UnitOfWork::default(), steps).await
+        self.unit_of_work_with(&UnitOfWorkOptions::default(), steps)
+            .await
     }
 
     /// Runs `steps` in one transaction on one connection: commit if they return `Ok`,
@@ -97,9 +98,9 @@ impl<B: Backend> Database<B> {
     ///
     /// ```no_run
     /// # use std::time::Duration;
-    /// # use keel_orchestrator::{Database, Error, RowLock, UnitOfWork};
+    /// # use keel_orchestrator::{Database, Error, RowLock, UnitOfWorkOptions};
     /// # async fn run(mut db: Database<sqlx::Postgres>) -> Result<(), Error> {
-    /// let debit = UnitOfWork::named("debit").lock_timeout(Duration::from_millis(100));
+    /// let debit = UnitOfWorkOptions::named("debit").lock_timeout(Duration::from_millis(100));
     /// let amount = 50_i64;
     /// db.unit_of_work_with(&debit, async |tx| {
     ///     let _ = tx.lock(RowLock::for_update("accounts", 1)).await?;
@@ -115,7 +116,7 @@ impl<B: Backend> Database<B> {
     /// ```
     pub async fn unit_of_work_with<T, F>(
         &mut self,
-        options: &UnitOfWork,
+        options: &UnitOfWorkOptions,
         mut steps: F,
     ) -> Result<Committed<T>, Error>
     where
@@ -195,7 +196,7 @@ impl<B: Backend> Database<B> {
             return Ok(());
         }
         let sent = &command;
-        self.unit_of_work_with(&UnitOfWork::named("send"), async |tx| {
+        self.unit_of_work_with(&UnitOfWorkOptions::named("send"), async |tx| {
             let prepared = tx.prepare(sent)?;
             tx.push_sent(prepared);
             Ok(())

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use keel::{Error, Locked, RowLock, Session, Tx, UnitOfWork};
+use keel::{Error, Locked, RowLock, Session, Tx, UnitOfWorkOptions};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -35,7 +35,8 @@ pub async fn complete_assessment<B>(
 where
     B: Assessments + Campaigns + Certifications,
 {
-    let options = UnitOfWork::named("complete_assessment").lock_timeout(Duration::from_secs(2));
+    let options =
+        UnitOfWorkOptions::named("complete_assessment").lock_timeout(Duration::from_secs(2));
     session
         .unit_of_work_with(&options, async |tx| {
             // 1. Load and lock the assessment; refuse if it cannot be completed.
