@@ -22,8 +22,12 @@ if [ $# -eq 0 ]; then
   cargo clippy -q --workspace --all-targets -- -D warnings
   say "cargo doc (missing docs and broken links denied)"
   RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps
-  say "PostgreSQL-only build (no bundled SQLite)"
-  cargo check -q -p keel --lib --no-default-features --features postgres
+  say "a PostgreSQL-only service builds no SQLite"
+  if cargo tree -q -p keel -e normal --no-default-features --features postgres \
+      | grep -q -e sqlx-sqlite -e libsqlite3; then
+    echo "keel with only the postgres feature still depends on SQLite" >&2
+    exit 1
+  fi
 fi
 
 as_postgres() {
@@ -104,7 +108,8 @@ cargo test --workspace "$@"
 #     unit of work may ever need a second one.
 if [ $# -eq 0 ]; then
   say "integration tests with a pool of one connection"
-  KEEL_TEST_POOL_SIZE=1 cargo test -p keel --tests
+  # `--workspace`, as above: the same features, so nothing is rebuilt.
+  KEEL_TEST_POOL_SIZE=1 cargo test --workspace --test '*'
 fi
 
 # 3c. PostgreSQL restarting under a running relay. It restarts the shared cluster, so it
@@ -113,7 +118,7 @@ if [ $# -eq 0 ]; then
   say "relay across a PostgreSQL restart"
   if [ "$(id -u)" = 0 ]; then restart_as="runuser -u postgres --"; else restart_as=""; fi
   KEEL_TEST_PG_RESTART="$restart_as $bindir/pg_ctl -D $workdir/data -l $workdir/server.log -m fast -w -t 30 restart" \
-    cargo test -p keel --test durability -- --ignored --exact postgres::restart_postgres::the_relay_survives_a_postgres_restart
+    cargo test --workspace --test durability -- --ignored --exact postgres::restart_postgres::the_relay_survives_a_postgres_restart
 fi
 
 # 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL.
