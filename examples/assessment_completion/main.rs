@@ -75,6 +75,14 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The URL schemes of the backends this build has (Cargo features `postgres`, `sqlite`).
+const BACKENDS: &[&str] = &[
+    #[cfg(feature = "postgres")]
+    "`postgres://`",
+    #[cfg(feature = "sqlite")]
+    "`sqlite:`",
+];
+
 /// Chooses the backend, once, from the URL's scheme (`DATABASE_URL`, or a fresh SQLite
 /// file); from here on the program is generic code instantiated for that backend.
 async fn run(mode: Mode) -> Result<(), Box<dyn Error + Send + Sync>> {
@@ -83,9 +91,16 @@ async fn run(mode: Mode) -> Result<(), Box<dyn Error + Send + Sync>> {
         Err(_) => fresh_sqlite_file(),
     };
     match url.split_once(':').map(|(scheme, _)| scheme) {
+        #[cfg(feature = "postgres")]
         Some("postgres" | "postgresql") => run_on::<sqlx::Postgres>(&url, mode).await,
+        #[cfg(feature = "sqlite")]
         Some("sqlite") => run_on::<sqlx::Sqlite>(&url, mode).await,
-        _ => Err("DATABASE_URL must start with `postgres://` or `sqlite:`".into()),
+        _ => Err(format!(
+            "set DATABASE_URL to a URL starting with one of {} (the backends this program was \
+             built with)",
+            BACKENDS.join(", ")
+        )
+        .into()),
     }
 }
 

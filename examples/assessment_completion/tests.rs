@@ -232,6 +232,7 @@ async fn the_http_service_maps_every_outcome<B: Schema>(db: Database<B>) {
     server.await.unwrap().unwrap();
 }
 
+#[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
     type B = sqlx::Postgres;
@@ -244,6 +245,7 @@ mod postgres {
     );
 }
 
+#[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
     type B = sqlx::Sqlite;

@@ -26,9 +26,11 @@ async fn grant_partner_certification<B: Campaigns + Reactions>(
     .await
 }
 
+#[cfg(feature = "postgres")]
 keel::register_handler!(
     CertificationScoringCompleted => grant_partner_certification::<sqlx::Postgres>
 );
+#[cfg(feature = "sqlite")]
 keel::register_handler!(
     CertificationScoringCompleted => grant_partner_certification::<sqlx::Sqlite>
 );

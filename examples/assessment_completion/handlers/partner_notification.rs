@@ -36,5 +36,7 @@ fn retry() -> RetryPolicy {
         .base_delay(std::time::Duration::from_millis(50))
 }
 
+#[cfg(feature = "postgres")]
 keel::register_handler!(AssessmentCompleted => notify_partner::<sqlx::Postgres>, retry = retry());
+#[cfg(feature = "sqlite")]
 keel::register_handler!(AssessmentCompleted => notify_partner::<sqlx::Sqlite>, retry = retry());

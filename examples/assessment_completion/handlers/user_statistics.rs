@@ -18,5 +18,7 @@ async fn count_completion<B: Reactions>(
 
 // A generic handler is registered once per backend; `Registry::<B>::global()` keeps the
 // registrations of its own backend.
+#[cfg(feature = "postgres")]
 keel::register_handler!(AssessmentCompleted => count_completion::<sqlx::Postgres>);
+#[cfg(feature = "sqlite")]
 keel::register_handler!(AssessmentCompleted => count_completion::<sqlx::Sqlite>);

@@ -5,8 +5,10 @@
 
 mod codes;
 pub mod partner;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod rows;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use std::future::Future;
