@@ -287,8 +287,7 @@ impl<B: Backend> Database<B> {
     }
 
     /// The options this database was opened with.
-    #[doc(hidden)]
-    pub fn options(&self) -> &DatabaseOptions {
+    pub(crate) fn options(&self) -> &DatabaseOptions {
         &self.inner.options
     }
 
@@ -394,8 +393,7 @@ impl<B: Backend> Database<B> {
     }
 
     /// The pool, for Keel's own statements.
-    #[doc(hidden)]
-    pub fn pool(&self) -> &sqlx::Pool<B> {
+    pub(crate) fn pool(&self) -> &sqlx::Pool<B> {
         &self.inner.pool
     }
 

@@ -24,6 +24,11 @@ use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 /// The driver connection of backend `B`: `PgConnection` or `SqliteConnection`.
 pub type Connection<B> = <B as sqlx::Database>::Connection;
 
+/// A duration in whole milliseconds, as Keel's statements bind durations.
+pub(crate) fn millis(duration: Duration) -> i64 {
+    duration.as_millis().min(i64::MAX as u128) as i64
+}
+
 /// What an optimistic version save found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Saved {

@@ -9,9 +9,9 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Postgres, Row};
 use uuid::Uuid;
 
-use super::millis;
 use crate::options::internal;
 use crate::outbox::{Claim, Group};
+use crate::store::millis;
 use crate::{Database, Error};
 
 /// The event columns every claim returns, prefixed by the events table's alias `e`.

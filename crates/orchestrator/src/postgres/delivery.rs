@@ -9,9 +9,9 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::millis;
 use crate::options::internal;
 use crate::outbox::{Claim, DEAD, NO_HANDLER, NOTIFY_CHANNEL, Next, PENDING, no_handler_error};
+use crate::store::millis;
 use crate::{Database, Error};
 
 /// The new state of the delivery and its error history in one statement: the error is

@@ -30,10 +30,6 @@ use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-fn millis(duration: Duration) -> i64 {
-    duration.as_millis().min(i64::MAX as u128) as i64
-}
-
 impl Store for Postgres {
     const ONE_WRITER: bool = false;
     const NOTIFIES: bool = true;

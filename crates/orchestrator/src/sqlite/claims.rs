@@ -8,9 +8,10 @@ use keel_domain::{Envelope, EventId};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{CHUNK, millis, now};
+use super::{CHUNK, now};
 use crate::options::internal;
 use crate::outbox::{Claim, Group};
+use crate::store::millis;
 use crate::{Database, Error};
 
 pub(super) const EVENT_COLUMNS: &str = "id, name, aggregate_type, aggregate_id, occurred_at, \
@@ -68,9 +69,13 @@ async fn load_events(conn: &mut SqliteConnection, claims: &mut [Claim]) -> Resul
         }
         query.push(")");
         for row in query.build().fetch_all(&mut *conn).await? {
-            let id: String = row.try_get("id")?;
             let event = envelope_from(&row).map(Arc::new);
-            for claim in claims.iter_mut().filter(|c| c.event_id.to_string() == id) {
+            // A row whose id does not parse cannot be matched to its claims: they keep
+            // "event row not found" and go to the dead letter.
+            let Ok(id) = parse_id(&row.try_get::<String, _>("id")?) else {
+                continue;
+            };
+            for claim in claims.iter_mut().filter(|c| c.event_id == id) {
                 claim.event = event.clone();
             }
         }

@@ -9,10 +9,11 @@ use keel_domain::EventId;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{CHUNK, millis, now, now_ms};
+use super::{CHUNK, now, now_ms};
 use crate::options::internal;
 use crate::outbox::{Claim, DEAD, NO_HANDLER, Next, PENDING, no_handler_error};
 use crate::store::Store;
+use crate::store::millis;
 use crate::{Database, Error};
 
 pub(super) async fn mark_done_many(

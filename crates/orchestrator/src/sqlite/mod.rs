@@ -58,10 +58,6 @@ pub(crate) async fn now(conn: &mut SqliteConnection) -> Result<i64, Error> {
         .await?)
 }
 
-fn millis(duration: Duration) -> i64 {
-    duration.as_millis().min(i64::MAX as u128) as i64
-}
-
 impl Store for Sqlite {
     const ONE_WRITER: bool = true;
     const NOTIFIES: bool = false;

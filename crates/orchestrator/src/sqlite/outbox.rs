@@ -4,9 +4,10 @@ use keel_domain::Envelope;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{CHUNK, millis, now};
+use super::{CHUNK, now};
 use crate::Error;
 use crate::outbox::Outgoing;
+use crate::store::millis;
 
 fn occurred_at(e: &Envelope) -> Result<String, Error> {
     e.occurred_at
