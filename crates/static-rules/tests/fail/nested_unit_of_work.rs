@@ -1,6 +1,6 @@
 //! Rule G2: a unit of work cannot open another one.
 use keel::Error;
-use keel::sqlite::App;
+use keel::postgres::App;
 
 async fn nested(app: &App) -> Result<(), Error> {
     let mut session = app.session();

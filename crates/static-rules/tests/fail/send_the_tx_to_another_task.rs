@@ -1,6 +1,6 @@
 //! Rules G2/G3: a spawned task outlives the unit of work, so it cannot get the `Tx`.
 use keel::Error;
-use keel::sqlite::App;
+use keel::postgres::App;
 
 async fn background(app: &App) -> Result<(), Error> {
     app.session()

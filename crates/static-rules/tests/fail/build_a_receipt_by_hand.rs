@@ -1,6 +1,6 @@
 //! Rule G1: only a commit makes a receipt.
 use keel::Committed;
-use keel::sqlite::Dispatcher;
+use keel::postgres::Dispatcher;
 
 fn forge(dispatcher: &Dispatcher) {
     let receipt = Committed {

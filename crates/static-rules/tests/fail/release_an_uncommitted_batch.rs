@@ -1,6 +1,6 @@
 //! Rule G1: the events of an open transaction cannot be released; only its commit can.
 use keel::Error;
-use keel::sqlite::App;
+use keel::postgres::App;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PostLiked {

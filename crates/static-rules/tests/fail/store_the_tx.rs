@@ -1,6 +1,6 @@
 //! Rule G3: the transaction handle cannot be stored outside its unit of work.
 use keel::Error;
-use keel::sqlite::{App, Tx};
+use keel::postgres::{App, Tx};
 
 async fn escape(app: &App) -> Result<(), Error> {
     let mut kept: Vec<&mut Tx<'_>> = Vec::new();

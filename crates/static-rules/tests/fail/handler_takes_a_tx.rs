@@ -1,6 +1,6 @@
 //! Rule G3: handlers never receive the caller's transaction.
 use keel::Error;
-use keel::sqlite::Tx;
+use keel::postgres::Tx;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PostLiked {

@@ -1,6 +1,6 @@
 //! Rule G3: the transaction handle cannot leave its unit of work.
 use keel::Error;
-use keel::sqlite::App;
+use keel::postgres::App;
 
 async fn escape(app: &App) -> Result<(), Error> {
     let mut session = app.session();

@@ -1,7 +1,7 @@
 //! A receipt dropped without releasing its events is flagged (denied here to show it).
 #![deny(unused_must_use)]
 use keel::Error;
-use keel::sqlite::Database;
+use keel::postgres::Database;
 
 async fn forget(db: &mut Database) -> Result<(), Error> {
     db.unit_of_work(async |_tx| Ok(())).await?;

@@ -1,7 +1,7 @@
-//! A unit of work whose closure borrows from its surroundings runs inside `tokio::spawn`
+//! The right way, which must compile: a unit of work whose closure borrows from its surroundings runs inside `tokio::spawn`
 //! (the future is `Send`), and a handler chains through its own unit of work.
 use keel::Error;
-use keel::sqlite::{App, HandlerContext};
+use keel::postgres::{App, HandlerContext};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PostLiked {
@@ -54,6 +54,7 @@ async fn thank_author(event: &PostLiked, ctx: &mut HandlerContext) -> Result<(),
 
 keel::register_handler!(PostLiked => thank_author);
 
-fn main() {
+#[test]
+fn compiles() {
     let _ = like_all;
 }

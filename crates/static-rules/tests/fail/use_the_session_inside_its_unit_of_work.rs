@@ -1,6 +1,6 @@
 //! Rule G2: the steps of a unit of work cannot reach the pool through the session.
 use keel::Error;
-use keel::sqlite::App;
+use keel::postgres::App;
 
 async fn count(app: &App) -> Result<(), Error> {
     let mut session = app.session();

@@ -1,6 +1,6 @@
 //! Rule G1: an event is recorded in the unit of work, never dispatched from it.
 use keel::Error;
-use keel::sqlite::App;
+use keel::postgres::App;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct PostLiked {
