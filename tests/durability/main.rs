@@ -31,6 +31,7 @@ mod postgres {
     mod retention;
     mod retries;
     mod support;
+    mod wakeups_postgres;
 }
 
 #[path = "."]

@@ -172,7 +172,7 @@ pub async fn run(url: &str, events: u64) -> Result<Report, String> {
     common::row("Keel unit of work", keel_us, "µs/op", Some((ratio, "raw")));
     common::row("raw sqlx", ops / raw_s, "ops/s", None);
     common::row("Keel", ops / keel_s, "ops/s", None);
-    println!("  goal: ratio ≤ 1.05 → {}", verdict(ratio <= 1.05));
+    println!("  goal: ratio ≤ 1.02 → {}", verdict(ratio <= 1.02));
 
     let mut report = Report::new("uow");
     report.set("ratio", ratio);

@@ -2,12 +2,13 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
 
+use crate::notify::Notifier;
 use crate::outbox::Routing;
 use crate::url::redact;
 use crate::{Backend, Error, guard};
@@ -128,11 +129,8 @@ struct Inner<B: sqlx::Database> {
     /// Kept to open an independent pool (`connect_again`); holds the unredacted URL, so
     /// it is never printed.
     options: DatabaseOptions,
-    /// When this pool last sent a notification to relays (ms since `opened`).
-    last_notify: AtomicU64,
-    /// Whether a coalesced notification is scheduled for the end of the current window.
-    notify_scheduled: AtomicBool,
-    opened: Instant,
+    /// When and whether to wake other processes' relays.
+    notifier: Notifier,
     /// The units of work holding a connection of the pool (or waiting for SQLite's write
     /// lock): named in the error when the pool or the lock runs out.
     holders: std::sync::Mutex<Vec<(u64, &'static str)>>,
@@ -148,9 +146,6 @@ impl<B: Backend> std::fmt::Debug for Database<B> {
             .finish()
     }
 }
-
-/// Commits of one pool within this many milliseconds share one notification.
-const NOTIFY_WINDOW_MS: u64 = 5;
 
 /// The table keel records its own migrations in, apart from the application's.
 const MIGRATIONS_TABLE: &str = "keel_schema_migrations";
@@ -181,9 +176,7 @@ impl<B: Backend> Database<B> {
                 url: shown,
                 writer: tokio::sync::Mutex::new(()),
                 options,
-                last_notify: AtomicU64::new(0),
-                notify_scheduled: AtomicBool::new(false),
-                opened: Instant::now(),
+                notifier: Notifier::new(),
                 holders: std::sync::Mutex::new(Vec::new()),
                 next_holder: AtomicU64::new(0),
                 backend: PhantomData,
@@ -229,52 +222,8 @@ impl<B: Backend> Database<B> {
         }
     }
 
-    fn millis(&self) -> u64 {
-        self.inner.opened.elapsed().as_millis() as u64
-    }
-
-    /// Wakes other processes' relays after a commit that left them work: at most one
-    /// notification per [`NOTIFY_WINDOW_MS`] per pool, and the commits of a window are
-    /// announced by its trailing notification, so a remote relay never waits for its poll
-    /// interval to see them.
-    pub(crate) async fn notify_relays(&self, conn: &mut PoolConnection<B>) {
-        if !B::NOTIFIES {
-            return;
-        }
-        let now = self.millis();
-        let last = self.inner.last_notify.load(Ordering::Relaxed);
-        let may = now.saturating_sub(last) >= NOTIFY_WINDOW_MS
-            && self
-                .inner
-                .last_notify
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-        if may {
-            B::notify_relays(conn).await;
-        } else {
-            self.notify_later();
-        }
-    }
-
-    fn notify_later(&self) {
-        if self.inner.notify_scheduled.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let db = self.clone();
-        // At the end of the window of the last notification, not a whole window later.
-        let last = self.inner.last_notify.load(Ordering::Relaxed);
-        let wait = (last + NOTIFY_WINDOW_MS).saturating_sub(self.millis());
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(wait.min(NOTIFY_WINDOW_MS))).await;
-            db.inner.notify_scheduled.store(false, Ordering::Release);
-            db.inner.last_notify.store(db.millis(), Ordering::Relaxed);
-            match db.inner.pool.acquire().await {
-                Ok(mut conn) => B::notify_relays(&mut conn).await,
-                Err(error) => {
-                    tracing::debug!(%error, "could not notify relays; they will find the rows when they poll")
-                }
-            }
-        });
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.inner.notifier
     }
 
     pub(crate) fn routing(&self) -> Option<&dyn Routing> {

@@ -61,6 +61,7 @@ mod database;
 mod error;
 mod guard;
 mod lock;
+mod notify;
 mod options;
 #[doc(hidden)]
 pub mod outbox;

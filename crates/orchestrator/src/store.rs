@@ -174,6 +174,13 @@ pub trait Store: sqlx::Database {
     /// (PostgreSQL `NOTIFY`); best effort.
     fn notify_relays(conn: &mut PoolConnection<Self>) -> impl Future<Output = ()> + Send;
 
+    /// Whether a relay listens on another connection than `own` (the server's ids of this
+    /// pool's own relays' listening connections); `true` when that cannot be told.
+    fn others_listen(
+        conn: &mut PoolConnection<Self>,
+        own: &[i32],
+    ) -> impl Future<Output = bool> + Send;
+
     /// Whether this backend can wake other processes' relays ([`Store::notify_relays`]).
     const NOTIFIES: bool;
 

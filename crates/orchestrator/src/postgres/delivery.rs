@@ -9,6 +9,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::notify::RELAY_APPLICATION_NAME;
 use crate::options::internal;
 use crate::outbox::{Claim, DEAD, NO_HANDLER, NOTIFY_CHANNEL, Next, PENDING, no_handler_error};
 use crate::store::millis;
@@ -169,15 +170,23 @@ pub(super) async fn listen(
 ) {
     loop {
         let connected = async {
+            let options = (*db.pool().connect_options()).clone();
+            let name = match options.get_application_name() {
+                Some(name) => format!("{RELAY_APPLICATION_NAME} {name}"),
+                None => RELAY_APPLICATION_NAME.to_owned(),
+            };
             let own = PgPoolOptions::new()
                 .max_connections(1)
-                .connect_with((*db.pool().connect_options()).clone())
+                .connect_with(options.application_name(&name))
                 .await?;
             let mut listener = PgListener::connect_with(&own).await?;
             listener.listen(NOTIFY_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
+            let id: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut listener)
+                .await?;
+            Ok::<_, sqlx::Error>((listener, id))
         };
-        let mut listener = tokio::select! {
+        let (mut listener, id) = tokio::select! {
             _ = stop.changed() => return,
             listener = connected => match listener {
                 Ok(listener) => listener,
@@ -190,11 +199,13 @@ pub(super) async fn listen(
                 }
             },
         };
+        let _own = db.own_listener(id);
         // Anything committed while the listener was down is found by the next poll.
         wake();
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
+                () = db.notifier().local() => wake(),
                 notification = listener.recv() => match notification {
                     Ok(_) => wake(),
                     Err(error) => {
@@ -205,4 +216,24 @@ pub(super) async fn listen(
             }
         }
     }
+}
+
+/// Whether a relay listens on a connection of this database other than `own`: relays'
+/// listening connections are named [`RELAY_APPLICATION_NAME`]`…` (a name every role may
+/// read in `pg_stat_activity`).
+pub(super) async fn others_listen(conn: &mut sqlx::PgConnection, own: &[i32]) -> bool {
+    let others = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                         WHERE datname = current_database()
+                           AND starts_with(application_name, $1)
+                           AND pid <> ALL($2))",
+    )
+    .bind(RELAY_APPLICATION_NAME)
+    .bind(own)
+    .fetch_one(conn)
+    .await;
+    others.unwrap_or_else(|error| {
+        tracing::debug!(%error, "cannot tell whether other relays listen; notifying them");
+        true
+    })
 }

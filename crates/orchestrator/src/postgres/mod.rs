@@ -184,6 +184,10 @@ impl Store for Postgres {
         }
     }
 
+    async fn others_listen(conn: &mut PoolConnection<Postgres>, own: &[i32]) -> bool {
+        delivery::others_listen(conn, own).await
+    }
+
     async fn claim(
         db: &Database<Postgres>,
         limit: u32,

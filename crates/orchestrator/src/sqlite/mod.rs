@@ -206,6 +206,10 @@ impl Store for Sqlite {
 
     async fn notify_relays(_: &mut PoolConnection<Sqlite>) {}
 
+    async fn others_listen(_: &mut PoolConnection<Sqlite>, _: &[i32]) -> bool {
+        false
+    }
+
     async fn claim(
         db: &Database<Sqlite>,
         limit: u32,

@@ -1,0 +1,84 @@
+//! A commit wakes other processes' relays with a notification only when one listens: the
+//! relays on its own pool are woken in memory, and with no relay anywhere a notification
+//! would cost a round trip and a server transaction for nothing.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use keel::sqlx::postgres::{PgConnectOptions, PgListener};
+use keel::sqlx::{self, ConnectOptions};
+use keel_testing::TestDatabase;
+
+use super::support::*;
+use super::{B, Handler};
+
+/// Past the time a pool trusts its last look at who listens.
+const RECHECK: Duration = Duration::from_millis(700);
+
+async fn notified(observer: &mut PgListener, within: Duration) -> bool {
+    tokio::time::timeout(within, observer.recv()).await.is_ok()
+}
+
+async fn relays_listening(db: &super::Database) -> i64 {
+    scalar(
+        db,
+        "SELECT COUNT(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name LIKE 'keel-relay%'",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_notify_only_when_another_process_relay_listens() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    schema(&db).await;
+    let mut observer = PgListener::connect(db.url()).await.unwrap();
+    observer.listen("keel_outbox").await.unwrap();
+    // `produce(…, n, 1)` records event number n - 1 in a unit of work of its own.
+    let mut producer = db.clone();
+
+    // No relay anywhere: no notification.
+    produce(&mut producer, 1, 1).await.unwrap();
+    assert!(!notified(&mut observer, Duration::from_millis(500)).await);
+
+    // Another process's relay (its listening connection, as the server sees it).
+    let other = PgConnectOptions::from_str(db.url())
+        .unwrap()
+        .application_name("keel-relay other-service")
+        .connect()
+        .await
+        .unwrap();
+    tokio::time::sleep(RECHECK).await;
+    produce(&mut producer, 2, 1).await.unwrap();
+    assert!(
+        notified(&mut observer, Duration::from_secs(5)).await,
+        "a relay of another process listens: the commit must wake it"
+    );
+    sqlx::Connection::close(other).await.unwrap();
+
+    // Only this process's own relay: woken in memory, no notification.
+    let app = app(
+        &db,
+        registry(vec![Handler::new::<Ticked, _>("effect_a", effect_a)]),
+    );
+    for _ in 0..100 {
+        if relays_listening(&db).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(relays_listening(&db).await, 1, "the relay listens");
+    tokio::time::sleep(RECHECK).await;
+    while notified(&mut observer, Duration::from_millis(100)).await {}
+    produce(&mut producer, 3, 1).await.unwrap();
+    assert!(!notified(&mut observer, Duration::from_millis(500)).await);
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    app.shutdown().await.unwrap();
+}
