@@ -89,6 +89,54 @@ async fn poison_goes_to_the_dead_letter_and_the_rest_flows(db: Database) {
         assert!(old.payload.contains("tick"));
     }
     app.shutdown().await.unwrap();
+
+    // A handler for the unknown event is deployed, and its entry retried: it is routed
+    // again, delivered, and leaves no error row behind (a new process: the old one's
+    // shutdown closed its pool).
+    let db = db.connect_again().await.unwrap();
+    let app = super::support::app(
+        &db,
+        registry(vec![
+            Handler::new::<Ticked, _>("effect_a", effect_a),
+            Handler::new::<Ticked, _>("effect_b", effect_b),
+            Handler::new::<Unknown, _>("now_known", now_known),
+        ]),
+    );
+    assert!(
+        app.dead_letters()
+            .retry(unknown.event_id, NO_HANDLER)
+            .await
+            .unwrap()
+    );
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM keel_deliveries WHERE handler = 'now_known' AND status = 'done'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM keel_delivery_errors e WHERE NOT EXISTS (
+                 SELECT 1 FROM keel_deliveries d
+                 WHERE d.event_id = e.event_id AND d.handler = e.handler)"
+        )
+        .await,
+        0,
+        "an error row outlived its delivery"
+    );
+    app.shutdown().await.unwrap();
+}
+
+async fn now_known(_: &Unknown, _: &mut super::HandlerContext) -> Result<(), keel::Error> {
+    Ok(())
 }
 
 /// A delivery whose every attempt stopped the process (it was claimed as often as its

@@ -18,19 +18,22 @@ async fn flaky(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
     write_effect(event.seq, ctx).await
 }
 
-/// Fails until `switches.fixed` is set.
+/// Fails until `switches.fixed` is 1 ("partner down" at 0, "partner refuses" above).
 async fn broken_until_fixed(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
     let (seq, handler, attempt) = (event.seq, ctx.handler(), i64::from(ctx.attempt()));
     ctx.unit_of_work(async |tx| {
         let (fixed,): (i64,) = sqlx::query_as("SELECT fixed FROM switches")
             .fetch_one(tx.conn())
             .await?;
-        if fixed == 0 {
-            return Err(Error::Database(sqlx::Error::Protocol(
+        match fixed {
+            0 => Err(Error::Database(sqlx::Error::Protocol(
                 "partner down".into(),
-            )));
+            ))),
+            1 => insert_effect(tx, seq, handler, attempt).await,
+            _ => Err(Error::Database(sqlx::Error::Protocol(
+                "partner refuses the request".into(),
+            ))),
         }
-        insert_effect(tx, seq, handler, attempt).await
     })
     .await
 }
@@ -127,7 +130,48 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
         "flaky is not dead"
     );
 
-    // Fixed, then retried from the dead letter: done.
+    // Retried from the dead letter while still failing, for another reason: a fresh run of
+    // its policy whose attempts count on from the first run's, and whose errors join the
+    // history, none dropped.
+    db.execute_script("UPDATE switches SET fixed = 2")
+        .await
+        .unwrap();
+    assert!(
+        app.dead_letters()
+            .retry(dead.event_id, "broken")
+            .await
+            .unwrap()
+    );
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let again = app
+        .dead_letters()
+        .show(dead.event_id, "broken")
+        .await
+        .unwrap()
+        .expect("dead again");
+    assert_eq!(again.attempts, 6);
+    assert_eq!(
+        again.failures.iter().map(|f| f.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    assert!(
+        again.failures[..3]
+            .iter()
+            .all(|f| f.error.contains("partner down"))
+    );
+    assert!(
+        again.failures[3..]
+            .iter()
+            .all(|f| f.error.contains("partner refuses")),
+        "the second run's errors are kept: {:?}",
+        again.failures
+    );
+
+    // Fixed, then retried from the dead letter: done, on attempt 7.
     db.execute_script("UPDATE switches SET fixed = 1")
         .await
         .unwrap();
@@ -146,6 +190,10 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     assert_eq!(
         scalar(&db, "SELECT COUNT(*) FROM effects WHERE handler = 'broken'").await,
         1
+    );
+    assert_eq!(
+        scalar(&db, "SELECT attempt FROM effects WHERE handler = 'broken'").await,
+        7
     );
 
     // Discarding removes a dead delivery and its history.

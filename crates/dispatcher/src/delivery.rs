@@ -87,7 +87,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
     // Claimed more times than its policy allows: its last attempts never recorded an
     // outcome, because the process running them stopped (abort, out of memory, kill).
     // Running it again would likely stop this one too.
-    let unfinished = first.attempt.saturating_sub(1);
+    let unfinished = first.run_attempt().saturating_sub(1);
     if unfinished > 0 && !handler.retry_policy().allows_another_after(unfinished) {
         let error = format!(
             "abandoned after {unfinished} attempts that never finished: the process running each \
@@ -181,14 +181,14 @@ async fn finish_failed<B: Backend>(
             .find(|h| h.name() == claim.handler)
             .map(|h| h.retry_policy().clone())
             .unwrap_or_else(crate::handler::default_retry);
-        let next = if permanent || !policy.allows_another_after(claim.attempt) {
+        let next = if permanent || !policy.allows_another_after(claim.run_attempt()) {
             tracing::error!(
                 handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                 %error, "delivery failed; moved to the dead letter"
             );
             Next::Dead
         } else {
-            let delay = policy.jittered_delay_before(claim.attempt + 1);
+            let delay = policy.jittered_delay_before(claim.run_attempt() + 1);
             tracing::warn!(
                 handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                 %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"

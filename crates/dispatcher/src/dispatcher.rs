@@ -155,6 +155,7 @@ impl<B: Backend> Dispatcher<B> {
                     event: Ok(envelope.clone()),
                     handler: handler.name().to_owned(),
                     attempt: 1,
+                    retried_from: 0,
                     token,
                     claimed_at: std::time::Instant::now(),
                 };

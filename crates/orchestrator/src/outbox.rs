@@ -143,12 +143,24 @@ pub struct Claim {
     pub event_id: EventId,
     /// The handler.
     pub handler: String,
-    /// This attempt's number (1 for the first).
+    /// This attempt's number (1 for the first); numbers count on across retries from the
+    /// dead letter.
     pub attempt: u32,
+    /// The attempts made before the delivery was last retried from the dead letter (0 if
+    /// never): the retry policy counts its attempts from there.
+    pub retried_from: u32,
     /// The lease token.
     pub token: uuid::Uuid,
     /// When the lease was taken (process time, only to tell how long the claim waited).
     pub claimed_at: std::time::Instant,
+}
+
+impl Claim {
+    /// This attempt's number in the current run of the retry policy (the run restarts
+    /// when the delivery is retried from the dead letter).
+    pub fn run_attempt(&self) -> u32 {
+        self.attempt.saturating_sub(self.retried_from)
+    }
 }
 
 /// Deliveries claimed together: one delivery, or a batch of commands of one ordering

@@ -58,6 +58,7 @@ fn claim_from(row: &PgRow, token: Uuid) -> Result<Claim, Error> {
         event_id: EventId::from_uuid(row.try_get("claimed_id")?),
         handler: row.try_get("claimed_handler")?,
         attempt: row.try_get::<i32, _>("claimed_attempts")?.max(1) as u32,
+        retried_from: row.try_get::<i32, _>("claimed_retried_from")?.max(0) as u32,
         token,
         claimed_at: std::time::Instant::now(),
     })
@@ -85,8 +86,9 @@ pub(super) async fn claim(
                  attempts = d.attempts + 1
              WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM c))
              RETURNING d.event_id AS claimed_id, d.handler AS claimed_handler,
-                       d.attempts AS claimed_attempts)
-         SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, {EVENT_COLUMNS}
+                       d.attempts AS claimed_attempts, d.retried_from AS claimed_retried_from)
+         SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, u.claimed_retried_from,
+                {EVENT_COLUMNS}
          FROM u LEFT JOIN keel_events e ON e.id = u.claimed_id"
     );
     let mut conn = db.acquire().await?;
@@ -116,8 +118,9 @@ pub(super) async fn claim_keyed(
                  attempts = attempts + 1
              WHERE handler = $3 AND status = 'pending' AND event_id = ANY ($4)
              RETURNING event_id AS claimed_id, handler AS claimed_handler,
-                       attempts AS claimed_attempts)
-         SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, {EVENT_COLUMNS}
+                       attempts AS claimed_attempts, retried_from AS claimed_retried_from)
+         SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, u.claimed_retried_from,
+                {EVENT_COLUMNS}
          FROM u LEFT JOIN keel_events e ON e.id = u.claimed_id ORDER BY u.claimed_id"
     );
     let claim_sql = &claim_sql;

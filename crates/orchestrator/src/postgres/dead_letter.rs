@@ -99,7 +99,7 @@ pub(super) async fn show(
     Ok(letters(db, &rows).await?.pop())
 }
 
-/// Due now with its attempt count reset; an unrouted entry is routed again instead, with
+/// Due now, for a fresh run of its retry policy whose attempt numbers count on; an unrouted entry is routed again instead, with
 /// the handlers registered by then.
 pub(super) async fn retry(
     db: &Database<Postgres>,
@@ -111,11 +111,13 @@ pub(super) async fn retry(
         "WITH d AS (
              DELETE FROM keel_deliveries
              WHERE event_id = $1 AND handler = $2 AND status = 'dead' RETURNING event_id),
+         x AS (DELETE FROM keel_delivery_errors
+               WHERE event_id IN (SELECT event_id FROM d) AND handler = $2),
          e AS (UPDATE keel_events SET routed = FALSE WHERE id IN (SELECT event_id FROM d))
          SELECT count(*) FROM d"
     } else {
         "WITH u AS (
-             UPDATE keel_deliveries SET status = 'pending', attempts = 0,
+             UPDATE keel_deliveries SET status = 'pending', retried_from = attempts,
                  next_attempt_at = now(), leased_until = NULL, leased_by = NULL,
                  updated_at = now()
              WHERE event_id = $1 AND handler = $2 AND status = 'dead' RETURNING 1)

@@ -16,7 +16,8 @@ use crate::store::millis;
 use crate::{Database, Error};
 
 /// The new state of the delivery and its error history in one statement: the error is
-/// recorded only if the delivery was still this claim's.
+/// recorded only if the delivery was still this claim's, and never dropped (an attempt
+/// number met twice keeps both errors).
 pub(super) async fn record_failure(
     db: &Database<Postgres>,
     claim: &Claim,
@@ -36,7 +37,9 @@ pub(super) async fn record_failure(
              WHERE event_id = $4 AND handler = $5 AND status = 'pending' AND leased_by = $6
              RETURNING event_id, handler)
          INSERT INTO keel_delivery_errors (event_id, handler, attempt, error)
-         SELECT event_id, handler, $7, $3 FROM u ON CONFLICT DO NOTHING",
+         SELECT event_id, handler, $7, $3 FROM u
+         ON CONFLICT (event_id, handler, attempt)
+         DO UPDATE SET error = keel_delivery_errors.error || E'\n' || EXCLUDED.error",
     )
     .bind(status)
     .bind(millis(delay))

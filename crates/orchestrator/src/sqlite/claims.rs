@@ -91,6 +91,7 @@ fn claim_from(row: &SqliteRow, token: uuid::Uuid) -> Result<Claim, Error> {
         event_id,
         handler: row.try_get("handler")?,
         attempt: row.try_get::<i64, _>("attempts")?.max(1) as u32,
+        retried_from: row.try_get::<i64, _>("retried_from")?.max(0) as u32,
         token,
         claimed_at: std::time::Instant::now(),
     })
@@ -113,7 +114,7 @@ pub(super) async fn claim(
                      WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
                        AND (leased_until IS NULL OR leased_until < $3)
                      ORDER BY next_attempt_at LIMIT $4)
-                 RETURNING event_id, handler, attempts",
+                 RETURNING event_id, handler, attempts, retried_from",
             )
             .bind(now + millis(lease))
             .bind(token.to_string())
@@ -203,7 +204,7 @@ pub(super) async fn claim_keyed(
                 {
                     ids.push_bind(id.as_str());
                 }
-                query.push(") RETURNING event_id, handler, attempts");
+                query.push(") RETURNING event_id, handler, attempts, retried_from");
                 let rows = query.build().fetch_all(tx.conn()).await?;
                 let mut claims = rows
                     .iter()

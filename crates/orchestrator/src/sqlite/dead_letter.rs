@@ -114,11 +114,18 @@ pub(super) async fn retry(
                         .bind(event_id)
                         .execute(tx.conn())
                         .await?;
+                    sqlx::query(
+                        "DELETE FROM keel_delivery_errors WHERE event_id = $1 AND handler = $2",
+                    )
+                    .bind(event_id)
+                    .bind(handler)
+                    .execute(tx.conn())
+                    .await?;
                 }
                 return Ok(removed);
             }
             let updated = sqlx::query(concat!(
-                "UPDATE keel_deliveries SET status = 'pending', attempts = 0, leased_until = NULL,
+                "UPDATE keel_deliveries SET status = 'pending', retried_from = attempts, leased_until = NULL,
                  leased_by = NULL, next_attempt_at = ",
                 now_ms!(),
                 ", updated_at = ",

@@ -84,7 +84,8 @@ async fn insert_error(
 ) -> Result<(), Error> {
     sqlx::query(
         "INSERT INTO keel_delivery_errors (event_id, handler, attempt, error)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, $4) ON CONFLICT (event_id, handler, attempt)
+         DO UPDATE SET error = keel_delivery_errors.error || char(10) || excluded.error",
     )
     .bind(event_id)
     .bind(handler)
