@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use keel::{Error, RetryPolicy, sqlx};
+use keel::{DeliveryOptions, Error, RetryPolicy, sqlx};
 
 use super::support::*;
-use super::{B, Database, Handler, HandlerContext, POSTGRES, Session};
+use super::{B, Database, Dispatcher, Handler, HandlerContext, POSTGRES, Session};
 
 /// Fails its first 3 attempts.
 async fn flaky(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
@@ -218,4 +218,79 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     app.shutdown().await.unwrap();
 }
 
-keel_testing::backend_tests!(retried_with_backoff_then_dead_then_retried_from_the_api);
+keel_testing::backend_tests!(
+    retried_with_backoff_then_dead_then_retried_from_the_api,
+    a_delay_beyond_any_clock_is_recorded_not_a_panic
+);
+
+async fn always_fails(_: &Ticked, _: &mut HandlerContext) -> Result<(), Error> {
+    Err(Error::Database(sqlx::Error::Protocol(
+        "partner down".into(),
+    )))
+}
+
+/// A policy with no cap, far into its attempts, asks for a delay past any clock: the
+/// failure is recorded with the longest delay, instead of overflowing.
+async fn a_delay_beyond_any_clock_is_recorded_not_a_panic(db: Database) {
+    schema(&db).await;
+    let handlers = || {
+        registry(vec![
+            Handler::new::<Ticked, _>("always_fails", always_fails).retry(
+                RetryPolicy::default()
+                    .max_attempts(u32::MAX)
+                    .base_delay(Duration::from_secs(1))
+                    .multiplier(10.0)
+                    .max_delay(Duration::MAX),
+            ),
+        ])
+    };
+    // Routed for relays only, then given 80 earlier attempts.
+    let producer = Dispatcher::with_options(
+        db.clone(),
+        handlers(),
+        DeliveryOptions::default().fast_path(false),
+    );
+    producer
+        .database()
+        .clone()
+        .unit_of_work(async |tx| {
+            tx.record(Ticked { seq: 1 })?;
+            Ok(())
+        })
+        .await
+        .unwrap()
+        .into_value();
+    db.execute_script("UPDATE keel_deliveries SET attempts = 80")
+        .await
+        .unwrap();
+    let app = app(&db, handlers());
+    for _ in 0..100 {
+        if scalar(
+            &db,
+            "SELECT COUNT(*) FROM keel_delivery_errors WHERE attempt = 81",
+        )
+        .await
+            == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        scalar(
+            &db,
+            if POSTGRES {
+                "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'pending'
+                   AND leased_by IS NULL AND next_attempt_at > now() + interval '50 years'"
+            } else {
+                "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'pending'
+                   AND leased_by IS NULL AND next_attempt_at >
+                       CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) + 1576800000000"
+            }
+        )
+        .await,
+        1,
+        "the 81st failure is recorded, due in about a hundred years"
+    );
+    app.shutdown().await.unwrap();
+}

@@ -5,13 +5,26 @@ use std::time::Duration;
 /// Exponential backoff with jitter, applied when an attempt fails with a transient error
 /// ([`Error::is_transient`](crate::Error::is_transient)).
 ///
-/// The delay before attempt `n + 1` is `base_delay × multiplier^(n-1)`, capped at
-/// `max_delay`, then reduced by a random fraction of up to `jitter` so that units of work
-/// that collided once do not collide again in lockstep.
+/// The delay before attempt `n + 1` is `base_delay × multiplier^(n-1)`, moved by a random
+/// fraction of up to `jitter` either way (so that units of work that collided once do not
+/// collide again in lockstep), then capped at `max_delay`. No delay is ever longer than
+/// [`RetryPolicy::LONGEST_DELAY`], whatever the settings.
 ///
 /// The default (5 attempts, 10 ms, ×2, at most 500 ms, jitter 0.5) suits row contention
 /// inside one service: it rides out a burst of conflicts in well under a second and gives
 /// up before a request times out.
+///
+/// Symfony Messenger's retry settings map one to one:
+///
+/// | Messenger (`retry_strategy`) | `RetryPolicy` |
+/// |---|---|
+/// | `max_retries: 3` (retries after the first attempt) | `.max_attempts(4)` |
+/// | `delay: 1000` (ms, before the first retry) | `.base_delay(Duration::from_secs(1))` |
+/// | `multiplier: 2` | `.multiplier(2.0)` |
+/// | `max_delay: 0` (no cap) | `.max_delay(Duration::ZERO)` (no cap) |
+/// | `jitter: 0.1` (±10 %) | `.jitter(0.1)` |
+///
+/// Messenger's default is therefore [`RetryPolicy::messenger_default`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -29,7 +42,8 @@ pub struct RetryPolicy {
     max_attempts: u32,
     base_delay: Duration,
     multiplier: f64,
-    max_delay: Duration,
+    /// `None`: no cap.
+    max_delay: Option<Duration>,
     jitter: f64,
 }
 
@@ -39,13 +53,28 @@ impl Default for RetryPolicy {
             max_attempts: 5,
             base_delay: Duration::from_millis(10),
             multiplier: 2.0,
-            max_delay: Duration::from_millis(500),
+            max_delay: Some(Duration::from_millis(500)),
             jitter: 0.5,
         }
     }
 }
 
 impl RetryPolicy {
+    /// The longest delay any policy waits (about 100 years): "no cap" in practice, and
+    /// within what every clock and database time type can add.
+    pub const LONGEST_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+    /// Symfony Messenger's default: 4 attempts (3 retries), 1 s, ×2, no cap, ±10 %.
+    pub fn messenger_default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_secs(1),
+            multiplier: 2.0,
+            max_delay: None,
+            jitter: 0.1,
+        }
+    }
+
     /// A policy that runs the unit of work once and never retries.
     pub fn never() -> Self {
         RetryPolicy::default().max_attempts(1)
@@ -76,14 +105,16 @@ impl RetryPolicy {
         self
     }
 
-    /// Upper bound of any delay.
+    /// Upper bound of any delay; `Duration::ZERO` means no cap (as Messenger's
+    /// `max_delay: 0`). To retry without waiting, set `base_delay(Duration::ZERO)`.
     #[must_use]
     pub fn max_delay(mut self, delay: Duration) -> Self {
-        self.max_delay = delay;
+        self.max_delay = (!delay.is_zero()).then_some(delay);
         self
     }
 
-    /// Fraction (0.0 to 1.0) of each delay that is randomly taken off.
+    /// Fraction (0.0 to 1.0) by which each delay is randomly lengthened or shortened
+    /// (0.1: ±10 %).
     #[must_use]
     pub fn jitter(mut self, jitter: f64) -> Self {
         self.jitter = if jitter.is_finite() {
@@ -110,17 +141,35 @@ impl RetryPolicy {
         if attempt <= 1 {
             return Duration::ZERO;
         }
-        let exponent = (attempt - 2).min(64) as i32;
-        let secs = self.base_delay.as_secs_f64() * self.multiplier.powi(exponent);
-        let capped = secs.min(self.max_delay.as_secs_f64());
-        Duration::from_secs_f64(capped.max(0.0))
+        let exponent = (attempt - 2).min(1_000) as i32;
+        self.capped(self.base_delay.as_secs_f64() * self.multiplier.powi(exponent))
     }
 
-    /// The delay before attempt `attempt` with jitter applied.
+    /// The delay before attempt `attempt` with jitter applied (then capped).
     pub fn jittered_delay_before(&self, attempt: u32) -> Duration {
-        let delay = self.delay_before(attempt);
-        let cut = self.jitter * fastrand::f64();
-        delay.mul_f64(1.0 - cut)
+        if attempt <= 1 {
+            return Duration::ZERO;
+        }
+        let exponent = (attempt - 2).min(1_000) as i32;
+        let secs = self.base_delay.as_secs_f64() * self.multiplier.powi(exponent);
+        let shift = self.jitter * (2.0 * fastrand::f64() - 1.0);
+        self.capped(secs * (1.0 + shift))
+    }
+
+    /// `secs` within `max_delay` and [`RetryPolicy::LONGEST_DELAY`] (never panics: an
+    /// infinite or NaN product is the longest delay).
+    fn capped(&self, secs: f64) -> Duration {
+        let ceiling = self
+            .max_delay
+            .unwrap_or(Self::LONGEST_DELAY)
+            .min(Self::LONGEST_DELAY)
+            .as_secs_f64();
+        let secs = if secs.is_nan() {
+            ceiling
+        } else {
+            secs.clamp(0.0, ceiling)
+        };
+        Duration::from_secs_f64(secs)
     }
 }
 
@@ -140,17 +189,78 @@ mod tests {
     }
 
     #[test]
-    fn jitter_only_shortens_within_its_fraction() {
+    fn jitter_moves_delays_both_ways_within_its_fraction() {
         let p = RetryPolicy::default()
             .base_delay(Duration::from_millis(100))
+            .max_delay(Duration::ZERO)
             .jitter(0.5);
-        let mut seen_short = false;
+        let (mut seen_short, mut seen_long) = (false, false);
+        for _ in 0..500 {
+            let d = p.jittered_delay_before(2);
+            assert!(d <= Duration::from_millis(150) && d >= Duration::from_millis(50));
+            seen_short |= d < Duration::from_millis(95);
+            seen_long |= d > Duration::from_millis(105);
+        }
+        assert!(seen_short && seen_long, "jitter is one-sided");
+    }
+
+    #[test]
+    fn jitter_never_passes_the_cap() {
+        let p = RetryPolicy::default()
+            .base_delay(Duration::from_millis(100))
+            .max_delay(Duration::from_millis(100))
+            .jitter(0.5);
+        for _ in 0..200 {
+            assert!(p.jittered_delay_before(2) <= Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn a_zero_cap_is_no_cap() {
+        let p = RetryPolicy::default()
+            .base_delay(Duration::from_secs(1))
+            .multiplier(2.0)
+            .max_delay(Duration::ZERO)
+            .jitter(0.0);
+        assert_eq!(p.delay_before(12), Duration::from_secs(1024));
+    }
+
+    #[test]
+    fn huge_caps_and_attempt_numbers_never_panic() {
+        for cap in [
+            Duration::MAX,
+            Duration::ZERO,
+            Duration::from_secs(u64::MAX / 2),
+        ] {
+            let p = RetryPolicy::default()
+                .max_attempts(u32::MAX)
+                .base_delay(Duration::MAX)
+                .multiplier(10.0)
+                .max_delay(cap)
+                .jitter(1.0);
+            for attempt in [2, 66, 67, 1_000, u32::MAX] {
+                assert!(p.delay_before(attempt) <= RetryPolicy::LONGEST_DELAY);
+                assert!(p.jittered_delay_before(attempt) <= RetryPolicy::LONGEST_DELAY);
+            }
+        }
+    }
+
+    #[test]
+    fn messengers_default_is_expressible() {
+        let p = RetryPolicy::default()
+            .max_attempts(4)
+            .base_delay(Duration::from_secs(1))
+            .multiplier(2.0)
+            .max_delay(Duration::ZERO)
+            .jitter(0.1);
+        assert_eq!(p, RetryPolicy::messenger_default());
+        let secs: Vec<u64> = (2..=4).map(|n| p.delay_before(n).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4]);
+        assert!(!p.allows_another_after(4));
         for _ in 0..200 {
             let d = p.jittered_delay_before(2);
-            assert!(d <= Duration::from_millis(100) && d >= Duration::from_millis(50));
-            seen_short |= d < Duration::from_millis(95);
+            assert!(d >= Duration::from_millis(900) && d <= Duration::from_millis(1100));
         }
-        assert!(seen_short, "jitter never applied");
     }
 
     #[test]
@@ -170,6 +280,6 @@ mod tests {
             .jitter(7.0)
             .base_delay(Duration::from_millis(10));
         assert_eq!(p.delay_before(5), Duration::from_millis(10));
-        assert!(p.jittered_delay_before(2) <= Duration::from_millis(10));
+        assert!(p.jittered_delay_before(2) <= Duration::from_millis(20));
     }
 }
