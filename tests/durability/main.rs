@@ -22,6 +22,7 @@ mod postgres {
     };
 
     mod crash;
+    mod deploys;
     mod inbox;
     mod inbox_postgres;
     mod ordering_postgres;
@@ -43,6 +44,7 @@ mod sqlite {
     };
 
     mod crash;
+    mod deploys;
     mod inbox;
     mod poison;
     mod retention;

@@ -1,4 +1,5 @@
-//! Handlers registered where they are defined are found; duplicates are refused.
+//! Handlers registered where they are defined are found; duplicates and shared names are
+//! refused.
 //!
 //! This file is compiled once per backend: each copy registers its own backend's handlers,
 //! named by their path (`events::postgres::registry::…`, `events::sqlite::registry::…`),
@@ -81,12 +82,39 @@ fn registering_a_handler_twice_for_one_event_is_refused() {
         }
     ));
     assert!(err.to_string().contains("registered twice"), "{err}");
-    // The same name on another event is a different handler.
+}
+
+/// A name identifies a handler's deliveries, policy and batch size: one name, one handler
+/// of one message, or which policy applies would depend on the process.
+#[test]
+fn one_name_for_handlers_of_two_events_is_refused() {
     async fn audit_invoice(_: &InvoiceIssued, _: &mut HandlerContext) -> Result<(), Error> {
         Ok(())
     }
+    let mut registry = Registry::new();
     registry
-        .register(Handler::new::<InvoiceIssued, _>("audit", audit_invoice))
+        .register(Handler::new::<OrderPlaced, _>("audit", audit_order))
+        .unwrap();
+    let err = registry
+        .register(
+            Handler::new::<InvoiceIssued, _>("audit", audit_invoice)
+                .retry(keel::RetryPolicy::never()),
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        RegistryError::NameTaken {
+            handler: "audit",
+            existing: "test.order_placed.v1",
+            message: "test.invoice_issued.v1"
+        }
+    ));
+    assert!(err.to_string().contains("name them apart"), "{err}");
+    registry
+        .register(Handler::new::<InvoiceIssued, _>(
+            "audit_invoice",
+            audit_invoice,
+        ))
         .unwrap();
     assert_eq!(registry.len(), 2);
 }

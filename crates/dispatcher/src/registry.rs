@@ -57,6 +57,22 @@ pub enum RegistryError {
         /// The event's name.
         event: &'static str,
     },
+
+    /// A handler name is already taken by a handler of another message.
+    #[error(
+        "handler name `{handler}` is already registered for `{existing}`, so it cannot be \
+         registered for `{message}` too: a handler's name identifies its deliveries, its retry \
+         policy and its batch size, so it names one handler of one message; name them apart \
+         (e.g. `{handler}_for_…`)"
+    )]
+    NameTaken {
+        /// The name.
+        handler: &'static str,
+        /// The message whose handler holds the name.
+        existing: &'static str,
+        /// The message of the handler refused.
+        message: &'static str,
+    },
 }
 
 /// The handlers of a program, by event name.
@@ -139,6 +155,19 @@ impl<B: Backend> Registry<B> {
                 event: handler.event(),
             });
         }
+        if let Some(other) = self
+            .by_event
+            .values()
+            .flatten()
+            .find(|h| h.name() == handler.name())
+        {
+            return Err(RegistryError::NameTaken {
+                handler: handler.name(),
+                existing: other.event(),
+                message: handler.event(),
+            });
+        }
+        let handlers = self.by_event.entry(handler.event()).or_default();
         handlers.push(Arc::new(handler));
         Ok(self)
     }

@@ -44,6 +44,12 @@ pub(crate) async fn run<B: Backend>(
 ) -> WorkerReport {
     let started = Instant::now();
     let db = dispatcher.database().clone();
+    if !subscribe(&dispatcher, stop.clone()).await {
+        return WorkerReport {
+            messages: 0,
+            elapsed: started.elapsed(),
+        };
+    }
     if B::NOTIFIES {
         let (wake, stop) = (dispatcher.wake_handle(), stop.clone());
         tokio::spawn(async move { B::listen(&db, &|| wake.wake(), stop).await });
@@ -88,6 +94,43 @@ pub(crate) async fn run<B: Backend>(
     }
 }
 
+/// Records this relay's handlers as subscriptions before it claims anything, so that every
+/// outbox write from then on, whichever process makes it, creates their deliveries. Retries
+/// until the database answers; `false` if stopped first.
+async fn subscribe<B: Backend>(
+    dispatcher: &Dispatcher<B>,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    let subscriptions: Vec<(&str, &str)> = dispatcher
+        .registry()
+        .handlers()
+        .map(|h| (h.event(), h.name()))
+        .collect();
+    if subscriptions.is_empty() {
+        return true;
+    }
+    let db = dispatcher.database();
+    let mut warned = false;
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        match B::subscribe(db, &subscriptions).await {
+            Ok(()) => return true,
+            Err(error) => {
+                if !warned {
+                    tracing::warn!(%error, "relay cannot record its subscriptions; retrying");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return false,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
+}
+
 /// One claim loop of a relay; the first one purges old deliveries and, if the relay
 /// handles commands, claims ordering keys.
 async fn claim_loop<B: Backend>(
@@ -117,6 +160,7 @@ async fn claim_loop<B: Backend>(
             .map_or(u32::MAX, |n| (n - taken).min(u32::MAX as u64) as u32);
         let round = async {
             let registry = dispatcher.registry();
+            let names: Vec<&str> = registry.handlers().map(|h| h.name()).collect();
             let handlers_for = |name: &str| {
                 registry
                     .handlers_for(name)
@@ -146,7 +190,7 @@ async fn claim_loop<B: Backend>(
                     .map(|h| h.batch_size())
                     .max()
                     .unwrap_or(1);
-                B::claim_keyed(&db, limit, lease, &batch_size, max_batch).await?
+                B::claim_keyed(&db, limit, lease, &names, &batch_size, max_batch).await?
             } else {
                 Vec::new()
             };
@@ -155,7 +199,7 @@ async fn claim_loop<B: Backend>(
             let limit = free.min(options.batch_size);
             let mut full = false;
             if limit > 0 {
-                let claims = B::claim(&db, limit, lease).await?;
+                let claims = B::claim(&db, limit, lease, &names).await?;
                 full = claims.len() as u32 == limit;
                 claimed.extend(claims.into_iter().map(Group::one));
             }

@@ -191,18 +191,28 @@ pub trait Store: sqlx::Database {
         db: &Database<Self>,
         limit: u32,
         lease: Duration,
+        handlers: &[&str],
     ) -> impl Future<Output = Result<Vec<Claim>, Error>> + Send;
 
-    /// Claims the next commands of up to `max_keys` free ordering keys: per key, its
+    /// Claims the next commands of up to `max_keys` free ordering keys whose head is for
+    /// one of `handlers`: per key, its
     /// oldest pending commands in send order, as many as `batch_size(handler)` allows
     /// (at most `max_batch`), the key leased with them.
     fn claim_keyed(
         db: &Database<Self>,
         max_keys: u32,
         lease: Duration,
+        handlers: &[&str],
         batch_size: &(dyn Fn(&str) -> usize + Sync),
         max_batch: usize,
     ) -> impl Future<Output = Result<Vec<Group>, Error>> + Send;
+
+    /// Records `subscriptions` ((message name, handler name) pairs) as run by a relay, so
+    /// that every outbox write, whichever process makes it, creates their deliveries.
+    fn subscribe(
+        db: &Database<Self>,
+        subscriptions: &[(&str, &str)],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Extends the leases of `claims` (and of their key); returns, per claim, whether it
     /// is still this claim's.
@@ -285,4 +295,16 @@ pub trait Store: sqlx::Database {
         event_id: EventId,
         handler: &str,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+/// Warns about handler names subscribed to two messages: `(handler, its other message,
+/// the message subscribed now)`.
+pub(crate) fn warn_clashes(clashes: &[(String, String, String)]) {
+    for (handler, other, message) in clashes {
+        tracing::warn!(
+            handler = %handler, message = %message, other_message = %other,
+            "another process on this database subscribed a handler of the same name to another \
+             message: each would take the other's deliveries; name them apart"
+        );
+    }
 }

@@ -71,13 +71,14 @@ pub(super) async fn claim(
     db: &Database<Postgres>,
     limit: u32,
     lease: Duration,
+    handlers: &[&str],
 ) -> Result<Vec<Claim>, Error> {
     let token = Uuid::now_v7();
     let sql = format!(
         "WITH c AS (
              SELECT ctid FROM keel_deliveries
              WHERE status = 'pending' AND next_attempt_at <= now() AND ordering_key IS NULL
-               AND (leased_until IS NULL OR leased_until < now())
+               AND (leased_until IS NULL OR leased_until < now()) AND handler = ANY ($4)
              ORDER BY next_attempt_at LIMIT $1
              FOR UPDATE SKIP LOCKED),
          u AS (
@@ -96,6 +97,7 @@ pub(super) async fn claim(
         .bind(i64::from(limit))
         .bind(millis(lease))
         .bind(token)
+        .bind(handlers)
         .fetch_all(&mut *conn)
         .await?;
     rows.iter().map(|row| claim_from(row, token)).collect()
@@ -107,6 +109,7 @@ pub(super) async fn claim_keyed(
     db: &Database<Postgres>,
     max_keys: u32,
     lease: Duration,
+    handlers: &[&str],
     batch_size: &(dyn Fn(&str) -> usize + Sync),
     max_batch: usize,
 ) -> Result<Vec<Group>, Error> {
@@ -131,13 +134,14 @@ pub(super) async fn claim_keyed(
                      SELECT DISTINCT ordering_key FROM (
                          SELECT ordering_key FROM keel_deliveries
                          WHERE status = 'pending' AND ordering_key IS NOT NULL
-                           AND next_attempt_at <= now()
+                           AND next_attempt_at <= now() AND handler = ANY ($2)
                          ORDER BY next_attempt_at LIMIT 1000) d)
                  SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
                  WHERE k.leased_until IS NULL OR k.leased_until < now()
                  LIMIT $1 FOR UPDATE OF k SKIP LOCKED",
             )
             .bind(i64::from(max_keys))
+            .bind(handlers)
             .fetch_all(tx.conn())
             .await?;
             let mut groups = Vec::with_capacity(keys.len());
@@ -154,10 +158,14 @@ pub(super) async fn claim_keyed(
                 .bind(max_batch as i64)
                 .fetch_all(tx.conn())
                 .await?;
-                // Strict order: a head that waits for its retry holds its key.
+                // Strict order: a head that waits for its retry holds its key, and so does
+                // a head for a handler another process runs.
                 let Some((_, handler, true)) = heads.first() else {
                     continue;
                 };
+                if !handlers.contains(&handler.as_str()) {
+                    continue;
+                }
                 let ids: Vec<Uuid> = heads
                     .iter()
                     .take(batch_size(handler))

@@ -240,3 +240,28 @@ pub(super) async fn others_listen(conn: &mut sqlx::PgConnection, own: &[i32]) ->
         true
     })
 }
+
+/// Records the subscriptions of a relay (first seen now, or seen again now), and warns
+/// about a handler name another process has subscribed to another message: the two would
+/// take each other's deliveries.
+pub(super) async fn subscribe(
+    db: &Database<Postgres>,
+    subscriptions: &[(&str, &str)],
+) -> Result<(), Error> {
+    let (messages, handlers): (Vec<&str>, Vec<&str>) = subscriptions.iter().copied().unzip();
+    let mut conn = db.acquire().await?;
+    let clashes: Vec<(String, String, String)> = sqlx::query_as(
+        "WITH u AS (
+             INSERT INTO keel_subscriptions (message, handler)
+             SELECT * FROM UNNEST($1::text[], $2::text[])
+             ON CONFLICT (message, handler) DO UPDATE SET last_seen = now())
+         SELECT s.handler, s.message, t.m FROM keel_subscriptions s
+         JOIN UNNEST($1::text[], $2::text[]) AS t (m, h) ON s.handler = t.h AND s.message <> t.m",
+    )
+    .bind(&messages)
+    .bind(&handlers)
+    .fetch_all(&mut *conn)
+    .await?;
+    crate::store::warn_clashes(&clashes);
+    Ok(())
+}

@@ -192,18 +192,27 @@ impl Store for Postgres {
         db: &Database<Postgres>,
         limit: u32,
         lease: Duration,
+        handlers: &[&str],
     ) -> Result<Vec<Claim>, Error> {
-        claims::claim(db, limit, lease).await
+        claims::claim(db, limit, lease, handlers).await
     }
 
     async fn claim_keyed(
         db: &Database<Postgres>,
         max_keys: u32,
         lease: Duration,
+        handlers: &[&str],
         batch_size: &(dyn Fn(&str) -> usize + Sync),
         max_batch: usize,
     ) -> Result<Vec<Group>, Error> {
-        claims::claim_keyed(db, max_keys, lease, batch_size, max_batch).await
+        claims::claim_keyed(db, max_keys, lease, handlers, batch_size, max_batch).await
+    }
+
+    async fn subscribe(
+        db: &Database<Postgres>,
+        subscriptions: &[(&str, &str)],
+    ) -> Result<(), Error> {
+        delivery::subscribe(db, subscriptions).await
     }
 
     async fn renew(

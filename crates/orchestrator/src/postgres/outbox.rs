@@ -7,7 +7,8 @@ use crate::Error;
 use crate::outbox::Outgoing;
 
 /// The outbox write: events, deliveries and ordering keys in one statement, whatever the
-/// number of rows. Every column travels as one array (`UNNEST`), so the statement's text
+/// number of rows. Deliveries go to this process's handlers (reserved for its fast path when
+/// it has one) and to every other subscription recorded in `keel_subscriptions`. Every column travels as one array (`UNNEST`), so the statement's text
 /// never changes and stays prepared. Inside a unit of work its last part checks that the
 /// transaction still carries the unit of work's marker and isolation level, and fails the
 /// whole statement otherwise (after a `COMMIT` run by hand, it would commit on its own):
@@ -55,15 +56,24 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
         "WITH e AS (
              INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
                  payload, correlation_id, causation_id, routed, ordering_key)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
-                 $5::timestamptz[], $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])),
+             SELECT i, n, at, ai, oa, p, c, ca,
+                    r OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = n), k
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                 $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
+                 AS t (i, n, at, ai, oa, p, c, ca, r, k)),
          d AS (
              INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
                  ordering_key)
              SELECT i, h, CASE WHEN l THEN 1 ELSE 0 END,
                     CASE WHEN l THEN now() + $13 * interval '1 millisecond' END,
                     CASE WHEN l THEN $14::uuid END, k
-             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)),
+             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
+             UNION ALL
+             SELECT m.i, s.handler, 0, NULL, NULL, m.k
+             FROM UNNEST($1::uuid[], $2::text[], $10::text[]) AS m (i, n, k)
+             JOIN keel_subscriptions s ON s.message = m.n
+             WHERE NOT EXISTS (SELECT 1 FROM UNNEST($11::uuid[], $12::text[]) AS x (i, h)
+                               WHERE x.i = m.i AND x.h = s.handler)),
          k AS (
              INSERT INTO keel_keys (key)
              SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k) WHERE k IS NOT NULL

@@ -101,7 +101,9 @@ pub(super) async fn claim(
     db: &Database<Sqlite>,
     limit: u32,
     lease: Duration,
+    handlers: &[&str],
 ) -> Result<Vec<Claim>, Error> {
+    let handlers = &serde_json::to_string(handlers).expect("names serialize");
     db.clone()
         .unit_of_work_with(&internal("keel_claim"), async |tx| {
             let token = uuid::Uuid::now_v7();
@@ -113,6 +115,7 @@ pub(super) async fn claim(
                      SELECT event_id, handler FROM keel_deliveries
                      WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
                        AND (leased_until IS NULL OR leased_until < $3)
+                       AND handler IN (SELECT value FROM json_each($5))
                      ORDER BY next_attempt_at LIMIT $4)
                  RETURNING event_id, handler, attempts, retried_from",
             )
@@ -120,6 +123,7 @@ pub(super) async fn claim(
             .bind(token.to_string())
             .bind(now)
             .bind(i64::from(limit))
+            .bind(handlers.as_str())
             .fetch_all(tx.conn())
             .await?;
             let mut claims = rows
@@ -137,9 +141,11 @@ pub(super) async fn claim_keyed(
     db: &Database<Sqlite>,
     max_keys: u32,
     lease: Duration,
+    handlers: &[&str],
     batch_size: &(dyn Fn(&str) -> usize + Sync),
     max_batch: usize,
 ) -> Result<Vec<Group>, Error> {
+    let names = &serde_json::to_string(handlers).expect("names serialize");
     db.clone()
         .unit_of_work_with(&internal("keel_claim_keyed"), async |tx| {
             let now = now(tx.conn()).await?;
@@ -150,6 +156,7 @@ pub(super) async fn claim_keyed(
                          SELECT ordering_key FROM keel_deliveries
                          WHERE status = 'pending' AND ordering_key IS NOT NULL
                            AND next_attempt_at <= $1
+                           AND handler IN (SELECT value FROM json_each($3))
                          ORDER BY next_attempt_at LIMIT 1000) d)
                  SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
                  WHERE k.leased_until IS NULL OR k.leased_until < $1
@@ -157,6 +164,7 @@ pub(super) async fn claim_keyed(
             )
             .bind(now)
             .bind(i64::from(max_keys))
+            .bind(names.as_str())
             .fetch_all(tx.conn())
             .await?;
             let mut groups = Vec::with_capacity(keys.len());
@@ -173,10 +181,14 @@ pub(super) async fn claim_keyed(
                 .bind(max_batch as i64)
                 .fetch_all(tx.conn())
                 .await?;
-                // Strict order: a head that waits for its retry holds its key.
+                // Strict order: a head that waits for its retry holds its key, and so does
+                // a head for a handler another process runs.
                 let Some((_, handler, true)) = heads.first() else {
                     continue;
                 };
+                if !handlers.contains(&handler.as_str()) {
+                    continue;
+                }
                 let token = uuid::Uuid::now_v7();
                 sqlx::query(
                     "UPDATE keel_keys SET leased_until = $1, leased_by = $2 WHERE key = $3",

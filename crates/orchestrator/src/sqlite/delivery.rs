@@ -224,3 +224,41 @@ pub(super) async fn purge(
         .await
         .map(|receipt| receipt.into_value())
 }
+
+/// Records the subscriptions of a relay (first seen now, or seen again now), and warns
+/// about a handler name another process has subscribed to another message.
+pub(super) async fn subscribe(
+    db: &Database<Sqlite>,
+    subscriptions: &[(&str, &str)],
+) -> Result<(), Error> {
+    let pairs = serde_json::to_string(subscriptions).expect("names serialize");
+    let pairs = pairs.as_str();
+    let clashes = db
+        .clone()
+        .unit_of_work_with(&internal("keel_subscribe"), async |tx| {
+            sqlx::query(concat!(
+                "INSERT INTO keel_subscriptions (message, handler)
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+                 FROM json_each($1) WHERE true
+                 ON CONFLICT (message, handler) DO UPDATE SET last_seen = ",
+                now_ms!()
+            ))
+            .bind(pairs)
+            .execute(tx.conn())
+            .await?;
+            let clashes: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT s.handler, s.message, json_extract(t.value, '$[0]')
+                 FROM keel_subscriptions s JOIN json_each($1) t
+                   ON s.handler = json_extract(t.value, '$[1]')
+                  AND s.message <> json_extract(t.value, '$[0]')",
+            )
+            .bind(pairs)
+            .fetch_all(tx.conn())
+            .await?;
+            Ok(clashes)
+        })
+        .await?
+        .into_value();
+    crate::store::warn_clashes(&clashes);
+    Ok(())
+}

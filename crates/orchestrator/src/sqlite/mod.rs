@@ -214,18 +214,24 @@ impl Store for Sqlite {
         db: &Database<Sqlite>,
         limit: u32,
         lease: Duration,
+        handlers: &[&str],
     ) -> Result<Vec<Claim>, Error> {
-        claims::claim(db, limit, lease).await
+        claims::claim(db, limit, lease, handlers).await
     }
 
     async fn claim_keyed(
         db: &Database<Sqlite>,
         max_keys: u32,
         lease: Duration,
+        handlers: &[&str],
         batch_size: &(dyn Fn(&str) -> usize + Sync),
         max_batch: usize,
     ) -> Result<Vec<Group>, Error> {
-        claims::claim_keyed(db, max_keys, lease, batch_size, max_batch).await
+        claims::claim_keyed(db, max_keys, lease, handlers, batch_size, max_batch).await
+    }
+
+    async fn subscribe(db: &Database<Sqlite>, subscriptions: &[(&str, &str)]) -> Result<(), Error> {
+        delivery::subscribe(db, subscriptions).await
     }
 
     async fn renew(

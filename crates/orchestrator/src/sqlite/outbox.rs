@@ -15,7 +15,9 @@ fn occurred_at(e: &Envelope) -> Result<String, Error> {
         .map_err(|err| Error::rejected(std::io::Error::other(err.to_string())))
 }
 
-/// The outbox write: multi-row inserts, chunked under SQLite's parameter limit. The fast
+/// The outbox write: multi-row inserts, chunked under SQLite's parameter limit. Deliveries
+/// go to this process's handlers (reserved for its fast path when it has one) and to every
+/// other subscription recorded in `keel_subscriptions`. The fast
 /// path's lease ends at SQLite's clock plus the lease.
 pub(super) async fn write(
     conn: &mut SqliteConnection,
@@ -84,6 +86,37 @@ pub(super) async fn write(
                 .push_bind(*key);
         });
         query.build().execute(&mut *conn).await?;
+    }
+
+    // The deliveries of every other subscription, whichever process runs it.
+    for chunk in messages.chunks(CHUNK) {
+        let ids = |query: &mut QueryBuilder<Sqlite>| {
+            let mut list = query.separated(", ");
+            for (e, _) in chunk {
+                list.push_bind(e.id.to_string());
+            }
+        };
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO keel_deliveries (event_id, handler, ordering_key) \
+             SELECT e.id, s.handler, e.ordering_key FROM keel_events e \
+             JOIN keel_subscriptions s ON s.message = e.name WHERE e.id IN (",
+        );
+        ids(&mut query);
+        query.push(") ON CONFLICT DO NOTHING");
+        let added = query.build().execute(&mut *conn).await?.rows_affected();
+        if added > 0
+            && chunk
+                .iter()
+                .any(|(e, _)| outgoing.handlers_of(e).is_empty())
+        {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "UPDATE keel_events SET routed = TRUE WHERE NOT routed AND EXISTS \
+                 (SELECT 1 FROM keel_deliveries d WHERE d.event_id = keel_events.id) AND id IN (",
+            );
+            ids(&mut query);
+            query.push(")");
+            query.build().execute(&mut *conn).await?;
+        }
     }
 
     let keys = outgoing.keys();

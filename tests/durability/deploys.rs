@@ -1,0 +1,99 @@
+//! Routing does not depend on which binary wrote an event: services sharing one database
+//! each get their own deliveries, and during a rolling deploy v1 and v2 processes run side
+//! by side without losing, or dead-lettering, what only one of them handles.
+
+use std::time::Duration;
+
+use keel::Error;
+
+use super::support::*;
+use super::{App, B, Database, Handler, Session};
+
+const EVENTS: i64 = 40;
+
+async fn tick(session: &mut Session<'_>, seq: i64) -> Result<(), Error> {
+    session
+        .unit_of_work(async |tx| {
+            tx.record(Ticked { seq })?;
+            Ok(())
+        })
+        .await
+}
+
+/// Waits until `n` subscriptions are recorded (each relay records its own as it starts).
+async fn until_subscribed(db: &Database, n: i64) {
+    for _ in 0..400 {
+        if scalar(db, "SELECT COUNT(*) FROM keel_subscriptions").await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the relays did not record their subscriptions");
+}
+
+async fn settle(apps: &[&App]) {
+    for app in apps {
+        assert!(
+            app.wait_until_delivered(Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+        assert_eq!(app.dead_letters().count().await.unwrap(), 0);
+    }
+}
+
+/// Billing handles `effect_a`, shipping `effect_b`; each writes half the events. Every
+/// event reaches both handlers once; neither service takes, or dead-letters, the other's.
+async fn two_services_share_one_database(db: Database) {
+    schema(&db).await;
+    let billing = app(
+        &db.connect_again().await.unwrap(),
+        registry(vec![Handler::new::<Ticked, _>("effect_a", effect_a)]),
+    );
+    let shipping = app(
+        &db.connect_again().await.unwrap(),
+        registry(vec![Handler::new::<Ticked, _>("effect_b", effect_b)]),
+    );
+    until_subscribed(&db, 2).await;
+    for seq in 0..EVENTS {
+        let service = if seq % 2 == 0 { &billing } else { &shipping };
+        tick(&mut service.session(), seq).await.unwrap();
+    }
+    settle(&[&billing, &shipping]).await;
+    exactly_once(&db, EVENTS, 2).await;
+    billing.shutdown().await.unwrap();
+    shipping.shutdown().await.unwrap();
+}
+
+/// v2 adds handler `effect_b`. While v1 and v2 run side by side, v1 writes events too: the
+/// deliveries of `effect_b` exist for them, v2 runs them, and v1 never claims them.
+async fn a_rolling_deploy_adds_a_handler(db: Database) {
+    schema(&db).await;
+    let v1 = app(
+        &db.connect_again().await.unwrap(),
+        registry(vec![Handler::new::<Ticked, _>("effect_a", effect_a)]),
+    );
+    until_subscribed(&db, 1).await;
+    let v2 = app(
+        &db.connect_again().await.unwrap(),
+        registry(vec![
+            Handler::new::<Ticked, _>("effect_a", effect_a),
+            Handler::new::<Ticked, _>("effect_b", effect_b),
+        ]),
+    );
+    until_subscribed(&db, 2).await;
+    for seq in 0..EVENTS {
+        let process = if seq < EVENTS / 2 { &v1 } else { &v2 };
+        tick(&mut process.session(), seq).await.unwrap();
+    }
+    settle(&[&v1, &v2]).await;
+    // The deploy ends: v1 stops.
+    v1.shutdown().await.unwrap();
+    exactly_once(&db, EVENTS, 2).await;
+    v2.shutdown().await.unwrap();
+}
+
+keel_testing::backend_tests!(
+    two_services_share_one_database,
+    a_rolling_deploy_adds_a_handler
+);
