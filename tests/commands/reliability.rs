@@ -191,7 +191,65 @@ async fn a_worker_stops_at_its_limits(db: Database) {
     app.shutdown().await.unwrap();
 }
 
+/// An older shape of `VoteForPost`, under the same name: its payload lacks `user_id`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OldVoteForPost {
+    post_id: i64,
+    voter: String,
+}
+
+impl keel::Command for OldVoteForPost {
+    const NAME: &'static str = "test.vote_for_post.v1";
+    fn key(&self) -> Option<String> {
+        Some(format!("post:{}", self.post_id))
+    }
+}
+
+/// One command that no longer decodes, in the middle of a batch: it alone goes to the dead
+/// letter, with its own error; the ten others are applied.
+async fn one_undecodable_command_does_not_sink_its_batch(db: Database) {
+    schema(&db).await;
+    let app = app_with(
+        &db,
+        Handler::command_batch::<VoteForPost, _>("count_votes", 100, count_votes),
+    );
+    app.session()
+        .unit_of_work(async |tx| {
+            for user_id in 0..10 {
+                if user_id == 5 {
+                    tx.send(OldVoteForPost {
+                        post_id: 3,
+                        voter: "old client".into(),
+                    })?;
+                }
+                tx.send(VoteForPost {
+                    post_id: 3,
+                    user_id,
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    delivered(&app).await;
+    assert_eq!(
+        scalar(&db, "SELECT likes FROM posts WHERE id = 3").await,
+        10
+    );
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM votes").await, 10);
+    let dead = app.dead_letters().list(20).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert!(dead[0].payload.contains("old client"), "{dead:#?}");
+    assert!(
+        dead[0].failures.iter().all(|f| f.error.contains("user_id")),
+        "{:?}",
+        dead[0].failures
+    );
+    app.shutdown().await.unwrap();
+}
+
 keel_testing::backend_tests!(
+    one_undecodable_command_does_not_sink_its_batch,
     a_handler_failing_twice_counts_once,
     a_batch_retried_after_a_crash_counts_once,
     a_worker_stopped_while_busy_loses_and_doubles_nothing,

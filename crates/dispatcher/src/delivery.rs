@@ -84,6 +84,27 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
         return finish_failed(dispatcher, &claims, error, true).await;
     };
 
+    // A command of a batch that does not decode (an older or foreign shape) is dead on its
+    // own, with its own error; the rest of the batch runs.
+    let undecodable = handler.erased().undecodable(&envelopes);
+    let (claims, envelopes) = if undecodable.is_empty() {
+        (claims, envelopes)
+    } else {
+        let mut kept = (Vec::new(), Vec::new());
+        let mut bad = undecodable.into_iter().peekable();
+        for (at, (claim, envelope)) in claims.into_iter().zip(envelopes).enumerate() {
+            match bad.next_if(|(bad_at, _)| *bad_at == at) {
+                Some((_, error)) => finish_failed(dispatcher, &[claim], error, true).await,
+                None => {
+                    kept.0.push(claim);
+                    kept.1.push(envelope);
+                }
+            }
+        }
+        kept
+    };
+    let Some(first) = claims.first() else { return };
+
     // Claimed more times than its policy allows: its last attempts never recorded an
     // outcome, because the process running them stopped (abort, out of memory, kill).
     // Running it again would likely stop this one too.

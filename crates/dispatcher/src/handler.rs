@@ -106,6 +106,13 @@ pub(crate) trait ErasedHandler<B: Backend>: Send + Sync {
         envelopes: &'a [Arc<Envelope>],
         ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Why each envelope of a batch that does not decode cannot be (by position), so
+    /// that it alone is dead-lettered and the rest of its batch runs. A one-at-a-time
+    /// handler's single envelope fails on its own anyway.
+    fn undecodable(&self, _envelopes: &[Arc<Envelope>]) -> Vec<(usize, String)> {
+        Vec::new()
+    }
 }
 
 /// A handler of one message at a time (an event, or an unbatched command), with the
@@ -158,6 +165,18 @@ impl<C: Command, B: Backend, X: 'static, F: HandlerFn<[C], B, X>> ErasedHandler<
                 .map_err(Error::rejected)?;
             self.handler.call(&commands, ctx).await
         })
+    }
+
+    fn undecodable(&self, envelopes: &[Arc<Envelope>]) -> Vec<(usize, String)> {
+        envelopes
+            .iter()
+            .enumerate()
+            .filter_map(|(at, e)| {
+                e.decode_command::<C>()
+                    .err()
+                    .map(|error| (at, Error::rejected(error).to_string()))
+            })
+            .collect()
     }
 }
 
