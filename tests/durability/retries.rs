@@ -218,7 +218,63 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     app.shutdown().await.unwrap();
 }
 
+/// The partner answers "busy, try again in 600 ms" once.
+async fn busy_once(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
+    if ctx.attempt() == 1 {
+        return Err(Error::retry_after(
+            Duration::from_millis(600),
+            Error::external("partner: 429 Too Many Requests"),
+        ));
+    }
+    write_effect(event.seq, ctx).await
+}
+
+/// A handler's failure that says when to try again is retried then, not after its
+/// policy's delay (10 ms here).
+async fn a_failure_that_says_when_is_retried_then(db: Database) {
+    schema(&db).await;
+    let app = app(
+        &db,
+        registry(vec![
+            Handler::new::<Ticked, _>("busy_once", busy_once).retry(
+                RetryPolicy::default()
+                    .base_delay(Duration::from_millis(10))
+                    .jitter(0.0),
+            ),
+        ]),
+    );
+    tick(&mut app.session(), 1).await;
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT attempt FROM effects WHERE handler = 'busy_once'"
+        )
+        .await,
+        2
+    );
+    let waited_ms = scalar(
+        &db,
+        if POSTGRES {
+            "SELECT CAST(EXTRACT(EPOCH FROM (d.updated_at - e.failed_at)) * 1000 AS BIGINT)
+             FROM keel_deliveries d JOIN keel_delivery_errors e
+               ON e.event_id = d.event_id AND e.handler = d.handler"
+        } else {
+            "SELECT d.updated_at - e.failed_at FROM keel_deliveries d JOIN keel_delivery_errors e
+               ON e.event_id = d.event_id AND e.handler = d.handler"
+        },
+    )
+    .await;
+    assert!(waited_ms >= 600, "retried {waited_ms} ms after the failure");
+    app.shutdown().await.unwrap();
+}
+
 keel_testing::backend_tests!(
+    a_failure_that_says_when_is_retried_then,
     retried_with_backoff_then_dead_then_retried_from_the_api,
     a_delay_beyond_any_clock_is_recorded_not_a_panic
 );

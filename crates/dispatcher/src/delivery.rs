@@ -62,7 +62,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
             Ok(_) => claims.push(claim),
             Err(reason) => {
                 let error = format!("event {} cannot be read: {reason}", claim.event_id);
-                finish_failed(dispatcher, &[claim], error, true).await;
+                finish_failed(dispatcher, &[claim], error, Retry::Never).await;
             }
         }
     }
@@ -81,7 +81,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
              register it, then retry this entry from the dead letter",
             first.handler, envelopes[0].name
         );
-        return finish_failed(dispatcher, &claims, error, true).await;
+        return finish_failed(dispatcher, &claims, error, Retry::Never).await;
     };
 
     // A command of a batch that does not decode (an older or foreign shape) is dead on its
@@ -94,7 +94,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
         let mut bad = undecodable.into_iter().peekable();
         for (at, (claim, envelope)) in claims.into_iter().zip(envelopes).enumerate() {
             match bad.next_if(|(bad_at, _)| *bad_at == at) {
-                Some((_, error)) => finish_failed(dispatcher, &[claim], error, true).await,
+                Some((_, error)) => finish_failed(dispatcher, &[claim], error, Retry::Never).await,
                 None => {
                     kept.0.push(claim);
                     kept.1.push(envelope);
@@ -115,7 +115,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
              of them stopped (crash, abort, out of memory?) before recording an outcome; fix the \
              cause, then retry this entry from the dead letter"
         );
-        return finish_failed(dispatcher, &claims, error, true).await;
+        return finish_failed(dispatcher, &claims, error, Retry::Never).await;
     }
 
     let timeout = dispatcher.options().handler_timeout;
@@ -141,7 +141,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
     })
     .await;
 
-    let (error, retryable) = match joined {
+    let (error, retry) = match joined {
         Ok((Ok(Ok(())), processed)) | Ok((Ok(Err(Error::AlreadyProcessed { .. })), processed)) => {
             if !processed {
                 drop(permit);
@@ -165,26 +165,38 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
             return;
         }
         Ok((Ok(Err(error)), false)) => {
-            let permanent = matches!(
-                error,
-                Error::Rejected(_) | Error::SecondHandlerUnitOfWork { .. }
-            );
-            (error.to_string(), !permanent)
+            let retry = match &error {
+                Error::Rejected(_) | Error::SecondHandlerUnitOfWork { .. } => Retry::Never,
+                Error::RetryAfter { delay, .. } => Retry::After(*delay),
+                _ => Retry::Policy,
+            };
+            (error.to_string(), retry)
         }
         Ok((Err(_elapsed), _)) => (
             format!("handler timed out after {} ms", timeout.as_millis()),
-            true,
+            Retry::Policy,
         ),
         Err(join) if join.is_panic() => (
             format!("handler panicked: {}", panic_message(join.into_panic())),
-            true,
+            Retry::Policy,
         ),
         Err(_) => {
             tracing::warn!(handler = %first.handler, "delivery cancelled (runtime shutting down)");
             return;
         }
     };
-    finish_failed(dispatcher, &claims, error, !retryable).await
+    finish_failed(dispatcher, &claims, error, retry).await
+}
+
+/// What a failed attempt allows next.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    /// Nothing: the failure is permanent.
+    Never,
+    /// Another attempt if the policy allows, after the policy's delay.
+    Policy,
+    /// Another attempt if the policy allows, after this delay (`Error::RetryAfter`).
+    After(std::time::Duration),
 }
 
 /// Records a failed attempt of each delivery of a group: retry later, or dead.
@@ -192,7 +204,7 @@ async fn finish_failed<B: Backend>(
     dispatcher: &Dispatcher<B>,
     claims: &[Claim],
     error: String,
-    permanent: bool,
+    retry: Retry,
 ) {
     let db = dispatcher.database().clone();
     for claim in claims {
@@ -202,6 +214,7 @@ async fn finish_failed<B: Backend>(
             .find(|h| h.name() == claim.handler)
             .map(|h| h.retry_policy().clone())
             .unwrap_or_else(crate::handler::default_retry);
+        let permanent = matches!(retry, Retry::Never);
         let next = if permanent || !policy.allows_another_after(claim.run_attempt()) {
             tracing::error!(
                 handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
@@ -209,7 +222,10 @@ async fn finish_failed<B: Backend>(
             );
             Next::Dead
         } else {
-            let delay = policy.jittered_delay_before(claim.run_attempt() + 1);
+            let delay = match retry {
+                Retry::After(delay) => delay.min(keel_orchestrator::RetryPolicy::LONGEST_DELAY),
+                _ => policy.jittered_delay_before(claim.run_attempt() + 1),
+            };
             tracing::warn!(
                 handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                 %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"

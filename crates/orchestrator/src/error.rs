@@ -229,6 +229,18 @@ pub enum Error {
     #[error("external call failed: {0}")]
     External(Box<dyn StdError + Send + Sync + 'static>),
 
+    /// A failure that says when to try again (a partner's `429` with `Retry-After`): a
+    /// handler returning it is retried after `delay` instead of its policy's delay, if its
+    /// policy allows another attempt. Build it with [`Error::retry_after`].
+    #[error("{source} (retry in {} ms)", delay.as_millis())]
+    RetryAfter {
+        /// How long to wait before the next attempt.
+        delay: std::time::Duration,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// The application refused the operation (a domain rule); never retried.
     #[error(transparent)]
     Rejected(Box<dyn StdError + Send + Sync + 'static>),
@@ -272,6 +284,23 @@ impl Error {
     /// Wraps any error as a [`Rejection`](Error::Rejected) without implementing the marker trait.
     pub fn rejected(error: impl StdError + Send + Sync + 'static) -> Self {
         Error::Rejected(Box::new(error))
+    }
+
+    /// `error`, to be retried after `delay` rather than the retry policy's delay
+    /// ([`Error::RetryAfter`]): Messenger's recoverable exception with a retry delay.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keel_orchestrator::Error;
+    ///
+    /// let busy = Error::retry_after(Duration::from_secs(30), Error::external("partner: 429"));
+    /// assert_eq!(busy.to_string(), "external call failed: partner: 429 (retry in 30000 ms)");
+    /// ```
+    pub fn retry_after(delay: std::time::Duration, error: impl Into<Error>) -> Self {
+        Error::RetryAfter {
+            delay,
+            source: Box::new(error.into()),
+        }
     }
 
     /// Wraps the failure of a call to another system ([`Error::External`]).
