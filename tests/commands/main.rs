@@ -14,6 +14,7 @@ mod postgres {
     pub type B = keel::sqlx::Postgres;
     pub use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
 
+    mod keys;
     mod likes;
     mod ordering;
     mod reliability;
@@ -26,6 +27,7 @@ mod sqlite {
     pub type B = keel::sqlx::Sqlite;
     pub use keel::sqlite::{App, Database, Handler, HandlerContext, Registry};
 
+    mod keys;
     mod likes;
     mod ordering;
     mod reliability;

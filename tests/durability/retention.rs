@@ -1,10 +1,13 @@
-//! Retention: finished deliveries older than the retention are purged in bounded batches,
-//! with their events; pending and dead ones, and recent ones, stay.
+//! Retention: finished deliveries older than the retention, and dead ones older than the
+//! dead-letter retention, are purged in bounded batches with their events; pending ones, and
+//! recent ones, stay.
 
 use std::time::Duration;
 
 use super::support::*;
-use super::{App, B, Database, POSTGRES};
+use keel::Error;
+
+use super::{App, B, Database, Handler, HandlerContext, POSTGRES};
 
 async fn old_finished_deliveries_are_purged_in_batches(db: Database) {
     schema(&db).await;
@@ -79,4 +82,65 @@ async fn old_finished_deliveries_are_purged_in_batches(db: Database) {
     app.shutdown().await.unwrap();
 }
 
-keel_testing::backend_tests!(old_finished_deliveries_are_purged_in_batches);
+async fn refuses(_: &Ticked, _: &mut HandlerContext) -> Result<(), Error> {
+    Err(Error::rejected(std::io::Error::other("refused")))
+}
+
+/// Dead deliveries older than the dead-letter retention go, with their history and event;
+/// recent ones stay.
+async fn old_dead_deliveries_are_purged(db: Database) {
+    schema(&db).await;
+    let app = app(
+        &db,
+        registry(vec![Handler::new::<Ticked, _>("refuses", refuses)]),
+    );
+    let mut producer = db.clone();
+    produce(&mut producer, 2, 1).await.unwrap();
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    assert_eq!(app.dead_letters().count().await.unwrap(), 2);
+    db.execute_script(if POSTGRES {
+        "UPDATE keel_deliveries SET updated_at = updated_at - interval '31 days'
+         WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1)"
+    } else {
+        "UPDATE keel_deliveries SET updated_at = updated_at - 31 * 86400000
+         WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1)"
+    })
+    .await
+    .unwrap();
+    let removed = app
+        .dead_letters()
+        .purge(Duration::from_secs(30 * 24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(removed, 3, "the delivery, its error and its event");
+    assert_eq!(app.dead_letters().count().await.unwrap(), 1);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_events").await, 1);
+    assert_eq!(
+        scalar(&db, "SELECT COUNT(*) FROM keel_delivery_errors").await,
+        1
+    );
+
+    // An entry whose event row is gone (removed by hand) is still listed and shown, as the
+    // count says.
+    db.execute_script("DELETE FROM keel_events").await.unwrap();
+    let listed = app.dead_letters().list(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].event.is_none() && listed[0].event_name.is_empty());
+    let shown = app
+        .dead_letters()
+        .show(listed[0].event_id, "refuses")
+        .await
+        .unwrap()
+        .expect("shown");
+    assert_eq!(shown.failures.len(), 1);
+    app.shutdown().await.unwrap();
+}
+
+keel_testing::backend_tests!(
+    old_dead_deliveries_are_purged,
+    old_finished_deliveries_are_purged_in_batches
+);

@@ -58,8 +58,9 @@ impl<B: Backend> DeadLetters<B> {
         B::dead_show(&self.db, event_id, handler).await
     }
 
-    /// Puts a dead delivery back in the queue, due now with its attempt count reset.
-    /// Returns `false` if it is not dead. Its error history is kept.
+    /// Puts a dead delivery back in the queue, due now, for a fresh run of its retry policy
+    /// whose attempt numbers count on. Returns `false` if it is not dead. Its error history
+    /// is kept.
     pub async fn retry(&self, event_id: EventId, handler: &str) -> Result<bool, Error> {
         ensure_outside_unit_of_work("retry a dead delivery")?;
         let retried = B::dead_retry(&self.db, event_id, handler).await?;
@@ -75,4 +76,23 @@ impl<B: Backend> DeadLetters<B> {
         ensure_outside_unit_of_work("discard a dead delivery")?;
         B::dead_discard(&self.db, event_id, handler).await
     }
+
+    /// Removes the dead deliveries given up more than `older_than` ago, with their error
+    /// history (and their events, if no other delivery of them is left), in bounded batches;
+    /// returns the rows removed. The relay does this periodically per
+    /// [`DeliveryOptions::dead_retention`](crate::DeliveryOptions::dead_retention).
+    pub async fn purge(&self, older_than: std::time::Duration) -> Result<u64, Error> {
+        ensure_outside_unit_of_work("purge the dead letter")?;
+        let mut total = 0;
+        loop {
+            let removed = B::purge(&self.db, None, Some(older_than), PURGE_BATCH).await?;
+            total += removed;
+            if removed == 0 {
+                return Ok(total);
+            }
+        }
+    }
 }
+
+/// Rows removed per statement by [`DeadLetters::purge`].
+const PURGE_BATCH: u32 = 5_000;

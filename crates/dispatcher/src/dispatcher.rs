@@ -214,13 +214,19 @@ impl<B: Backend> Dispatcher<B> {
     }
 
     /// Removes finished deliveries older than `older_than` (and events left without
-    /// deliveries), in bounded batches; returns the rows removed. The relay does this
+    /// deliveries, and ordering keys with nothing pending), in bounded batches; returns the
+    /// rows removed. The relay does this
     /// periodically when [`DeliveryOptions::retention`] is set.
     pub async fn purge_delivered(&self, older_than: Duration) -> Result<u64, Error> {
         let mut total = 0;
         loop {
-            let removed =
-                B::purge(&self.inner.db, older_than, self.inner.options.purge_batch).await?;
+            let removed = B::purge(
+                &self.inner.db,
+                Some(older_than),
+                None,
+                self.inner.options.purge_batch,
+            )
+            .await?;
             total += removed;
             if removed == 0 {
                 return Ok(total);

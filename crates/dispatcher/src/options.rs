@@ -24,6 +24,7 @@ pub struct DeliveryOptions {
     pub(crate) claimers: usize,
     pub(crate) fast_path: bool,
     pub(crate) retention: Option<Duration>,
+    pub(crate) dead_retention: Option<Duration>,
     pub(crate) purge_batch: u32,
     pub(crate) purge_every: Duration,
 }
@@ -39,6 +40,7 @@ impl Default for DeliveryOptions {
             claimers: 2,
             fast_path: true,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            dead_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             purge_batch: 5_000,
             purge_every: Duration::from_secs(60),
         }
@@ -106,6 +108,15 @@ impl DeliveryOptions {
     #[must_use]
     pub fn retention(mut self, retention: Option<Duration>) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// How long dead deliveries stay in the dead letter before the relay purges them, with
+    /// their history (`None`: until retried or discarded). Default 30 days: an event nobody
+    /// handles, or a delivery nobody retried, does not stay forever.
+    #[must_use]
+    pub fn dead_retention(mut self, retention: Option<Duration>) -> Self {
+        self.dead_retention = retention;
         self
     }
 

@@ -235,15 +235,22 @@ async fn claim_loop<B: Backend>(
                 false
             }
         };
-        if let Some(retention) = options.retention
+        if (options.retention.is_some() || options.dead_retention.is_some())
             && purges
             && last_purge.elapsed() >= options.purge_every
             && failing_since.is_none()
         {
             last_purge = Instant::now();
-            match B::purge(&db, retention, options.purge_batch).await {
+            match B::purge(
+                &db,
+                options.retention,
+                options.dead_retention,
+                options.purge_batch,
+            )
+            .await
+            {
                 Ok(0) => {}
-                Ok(rows) => tracing::debug!(rows, "purged finished deliveries"),
+                Ok(rows) => tracing::debug!(rows, "purged finished and expired dead deliveries"),
                 Err(error) => tracing::warn!(%error, "purge failed"),
             }
         }

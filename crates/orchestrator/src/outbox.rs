@@ -208,13 +208,13 @@ pub struct FailedAttempt {
 pub struct DeadLetter {
     /// The event's id.
     pub event_id: EventId,
-    /// The event's name.
+    /// The event's name (empty when the event row is missing: see `event`).
     pub event_name: String,
     /// The handler that gave up ([`NO_HANDLER`] if none is registered).
     pub handler: String,
-    /// The stored payload, as JSON text.
+    /// The stored payload, as JSON text (empty when the event row is missing).
     pub payload: String,
-    /// The event, if its row still reads.
+    /// The event, if its row exists and still reads.
     pub event: Option<Envelope>,
     /// Attempts made.
     pub attempts: u32,

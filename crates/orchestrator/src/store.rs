@@ -256,11 +256,15 @@ pub trait Store: sqlx::Database {
     /// Whether any delivery is pending or any event unrouted.
     fn any_unfinished(db: &Database<Self>) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Removes up to `limit` done deliveries finished more than `older_than` ago, their
-    /// error history, and events left without deliveries; returns the rows removed.
+    /// Removes up to `limit` done deliveries finished more than `done_older_than` ago and
+    /// dead ones given up more than `dead_older_than` ago (`None`: none), their error
+    /// history, events left without deliveries, and up to `limit` ordering keys with nothing
+    /// pending; then recreates the key rows of pending commands that lack one. Returns the
+    /// rows removed.
     fn purge(
         db: &Database<Self>,
-        older_than: Duration,
+        done_older_than: Option<Duration>,
+        dead_older_than: Option<Duration>,
         limit: u32,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
 

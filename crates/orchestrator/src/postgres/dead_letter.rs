@@ -12,8 +12,9 @@ use crate::{Database, Error};
 
 fn select(tail: &str) -> String {
     format!(
-        "SELECT d.event_id, d.handler, d.attempts, e.payload::text AS payload_text, {EVENT_COLUMNS}
-         FROM keel_deliveries d JOIN keel_events e ON e.id = d.event_id {tail}"
+        "SELECT d.event_id, d.handler, d.attempts, COALESCE(e.name, '') AS event_name,
+                COALESCE(e.payload::text, '') AS payload_text, {EVENT_COLUMNS}
+         FROM keel_deliveries d LEFT JOIN keel_events e ON e.id = d.event_id {tail}"
     )
 }
 
@@ -23,7 +24,7 @@ async fn letters(db: &Database<Postgres>, rows: &[PgRow]) -> Result<Vec<DeadLett
     for row in rows {
         letters.push(DeadLetter {
             event_id: EventId::from_uuid(row.try_get("event_id")?),
-            event_name: row.try_get("name")?,
+            event_name: row.try_get("event_name")?,
             handler: row.try_get("handler")?,
             payload: row.try_get("payload_text")?,
             event: envelope_from(row).ok(),

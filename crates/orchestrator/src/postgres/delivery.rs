@@ -135,7 +135,8 @@ pub(super) async fn any_unfinished(db: &Database<Postgres>) -> Result<bool, Erro
 /// one snapshot, so the events' check ignores the deliveries deleted alongside.
 pub(super) async fn purge(
     db: &Database<Postgres>,
-    older_than: Duration,
+    done_older_than: Option<Duration>,
+    dead_older_than: Option<Duration>,
     limit: u32,
 ) -> Result<u64, Error> {
     let mut conn = db.acquire().await?;
@@ -143,7 +144,10 @@ pub(super) async fn purge(
         "WITH d AS (
              DELETE FROM keel_deliveries WHERE (event_id, handler) IN
                  (SELECT event_id, handler FROM keel_deliveries
-                  WHERE status = 'done' AND updated_at < now() - $1 * interval '1 millisecond'
+                  WHERE ($1::bigint IS NOT NULL AND status = 'done'
+                         AND updated_at < now() - $1 * interval '1 millisecond')
+                     OR ($3::bigint IS NOT NULL AND status = 'dead'
+                         AND updated_at < now() - $3 * interval '1 millisecond')
                   LIMIT $2)
              RETURNING event_id, handler),
          x AS (
@@ -153,12 +157,33 @@ pub(super) async fn purge(
              DELETE FROM keel_events e WHERE e.id IN (SELECT event_id FROM d)
                AND NOT EXISTS (SELECT 1 FROM keel_deliveries k WHERE k.event_id = e.id
                    AND (k.event_id, k.handler) NOT IN (SELECT event_id, handler FROM d))
+             RETURNING 1),
+         k AS (
+             DELETE FROM keel_keys k WHERE k.key IN
+                 (SELECT key FROM keel_keys i
+                  WHERE (i.leased_until IS NULL OR i.leased_until < now())
+                    AND NOT EXISTS (SELECT 1 FROM keel_deliveries p
+                                    WHERE p.ordering_key = i.key AND p.status = 'pending')
+                  LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING 1)
-         SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM x) + (SELECT count(*) FROM v)",
+         SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM x) + (SELECT count(*) FROM v)
+              + (SELECT count(*) FROM k)",
     )
-    .bind(millis(older_than))
+    .bind(done_older_than.map(millis))
     .bind(i64::from(limit))
+    .bind(dead_older_than.map(millis))
     .fetch_one(&mut *conn)
+    .await?;
+    // A command committed while its idle key row was being removed has no key row, and
+    // keyed claims start from key rows: give it one back.
+    sqlx::query(
+        "INSERT INTO keel_keys (key)
+         SELECT DISTINCT d.ordering_key FROM keel_deliveries d
+         WHERE d.status = 'pending' AND d.ordering_key IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM keel_keys k WHERE k.key = d.ordering_key)
+         ON CONFLICT DO NOTHING",
+    )
+    .execute(&mut *conn)
     .await?;
     Ok(removed.max(0) as u64)
 }

@@ -266,10 +266,11 @@ impl Store for Postgres {
 
     async fn purge(
         db: &Database<Postgres>,
-        older_than: Duration,
+        done_older_than: Option<Duration>,
+        dead_older_than: Option<Duration>,
         limit: u32,
     ) -> Result<u64, Error> {
-        delivery::purge(db, older_than, limit).await
+        delivery::purge(db, done_older_than, dead_older_than, limit).await
     }
 
     async fn dead_list(db: &Database<Postgres>, limit: u32) -> Result<Vec<DeadLetter>, Error> {

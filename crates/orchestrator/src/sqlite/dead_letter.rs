@@ -13,9 +13,10 @@ use crate::{Database, Error};
 
 fn select(tail: &str) -> String {
     format!(
-        "SELECT d.event_id, d.handler, d.attempts, e.id, e.name, e.aggregate_type,
+        "SELECT d.event_id, d.handler, d.attempts, COALESCE(e.name, '') AS event_name,
+                COALESCE(e.payload, '') AS payload_text, e.id, e.name, e.aggregate_type,
                 e.aggregate_id, e.occurred_at, e.payload, e.correlation_id, e.causation_id
-         FROM keel_deliveries d JOIN keel_events e ON e.id = d.event_id {tail}"
+         FROM keel_deliveries d LEFT JOIN keel_events e ON e.id = d.event_id {tail}"
     )
 }
 
@@ -44,8 +45,8 @@ async fn letter(db: &Database<Sqlite>, row: &SqliteRow) -> Result<DeadLetter, Er
         event_id: event_id
             .parse()
             .map_err(|e| Error::rejected(std::io::Error::other(format!("event id: {e}"))))?,
-        event_name: row.try_get("name")?,
-        payload: row.try_get("payload")?,
+        event_name: row.try_get("event_name")?,
+        payload: row.try_get("payload_text")?,
         event: envelope_from(row).ok(),
         attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
         handler,

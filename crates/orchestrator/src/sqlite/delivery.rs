@@ -170,7 +170,8 @@ pub(super) async fn any_unfinished(db: &Database<Sqlite>) -> Result<bool, Error>
 
 pub(super) async fn purge(
     db: &Database<Sqlite>,
-    older_than: Duration,
+    done_older_than: Option<Duration>,
+    dead_older_than: Option<Duration>,
     limit: u32,
 ) -> Result<u64, Error> {
     db.clone()
@@ -178,13 +179,18 @@ pub(super) async fn purge(
             let pairs: Vec<(String, String)> = sqlx::query_as(concat!(
                 "DELETE FROM keel_deliveries WHERE (event_id, handler) IN
                  (SELECT event_id, handler FROM keel_deliveries
-                  WHERE status = 'done' AND updated_at < ",
+                  WHERE ($1 IS NOT NULL AND status = 'done' AND updated_at < ",
                 now_ms!(),
-                " - $1 LIMIT $2)
+                " - $1)
+                     OR ($3 IS NOT NULL AND status = 'dead' AND updated_at < ",
+                now_ms!(),
+                " - $3)
+                  LIMIT $2)
                  RETURNING event_id, handler"
             ))
-            .bind(millis(older_than))
+            .bind(done_older_than.map(millis))
             .bind(i64::from(limit))
+            .bind(dead_older_than.map(millis))
             .fetch_all(tx.conn())
             .await?;
             let mut removed = pairs.len() as u64;
@@ -219,6 +225,30 @@ pub(super) async fn purge(
                 );
                 removed += query.build().execute(tx.conn()).await?.rows_affected();
             }
+            // Ordering keys with nothing pending; then key rows back for pending commands
+            // that lack one (keyed claims start from key rows).
+            removed += sqlx::query(concat!(
+                "DELETE FROM keel_keys WHERE key IN
+                 (SELECT key FROM keel_keys
+                  WHERE (leased_until IS NULL OR leased_until < ",
+                now_ms!(),
+                ") AND NOT EXISTS (SELECT 1 FROM keel_deliveries p
+                                    WHERE p.ordering_key = keel_keys.key AND p.status = 'pending')
+                  LIMIT $1)"
+            ))
+            .bind(i64::from(limit))
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "INSERT INTO keel_keys (key)
+                 SELECT DISTINCT d.ordering_key FROM keel_deliveries d
+                 WHERE d.status = 'pending' AND d.ordering_key IS NOT NULL
+                   AND NOT EXISTS (SELECT 1 FROM keel_keys k WHERE k.key = d.ordering_key)
+                 ON CONFLICT DO NOTHING",
+            )
+            .execute(tx.conn())
+            .await?;
             Ok(removed)
         })
         .await

@@ -275,8 +275,13 @@ impl Store for Sqlite {
         delivery::any_unfinished(db).await
     }
 
-    async fn purge(db: &Database<Sqlite>, older_than: Duration, limit: u32) -> Result<u64, Error> {
-        delivery::purge(db, older_than, limit).await
+    async fn purge(
+        db: &Database<Sqlite>,
+        done_older_than: Option<Duration>,
+        dead_older_than: Option<Duration>,
+        limit: u32,
+    ) -> Result<u64, Error> {
+        delivery::purge(db, done_older_than, dead_older_than, limit).await
     }
 
     async fn dead_list(db: &Database<Sqlite>, limit: u32) -> Result<Vec<DeadLetter>, Error> {
