@@ -42,6 +42,9 @@ impl Command for VoteForPost {
     fn key(&self) -> Option<String> {
         Some(format!("post:{}", self.post_id))
     }
+    // Likes commute: one at a time per post is enough, in any order, so a burst of likes
+    // on one post is sent without queueing behind each other's commits.
+    const ORDERED: bool = false;
 }
 
 /// The example's SQL, on the driver's own connection. The statements read the same on

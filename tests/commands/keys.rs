@@ -1,11 +1,11 @@
-//! Ordering keys do not pile up: a key with nothing pending is purged, and a pending command
-//! whose key row went missing (committed while its idle key was being purged) gets it back
-//! and is handled.
+//! Ordering keys: a key idle for an hour with nothing pending is purged, a pending command
+//! whose key row went missing gets it back and is handled, and unordered commands take no
+//! number (nor the key row's lock).
 
 use std::time::Duration;
 
 use super::support::*;
-use super::{B, Database, Handler};
+use super::{B, Database, Handler, POSTGRES};
 
 async fn idle_keys_are_purged_and_missing_ones_restored(db: Database) {
     schema(&db).await;
@@ -37,7 +37,19 @@ async fn idle_keys_are_purged_and_missing_ones_restored(db: Database) {
     delivered(&app).await;
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM votes").await, 6);
 
-    // Nothing pending any more: the keys go.
+    // Nothing pending any more: the keys go once idle for an hour.
+    app.dispatcher()
+        .purge_delivered(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_keys").await, 3);
+    db.execute_script(if POSTGRES {
+        "UPDATE keel_keys SET last_used = last_used - interval '2 hours'"
+    } else {
+        "UPDATE keel_keys SET last_used = last_used - 7200000"
+    })
+    .await
+    .unwrap();
     app.dispatcher()
         .purge_delivered(Duration::from_secs(3600))
         .await
@@ -46,4 +58,80 @@ async fn idle_keys_are_purged_and_missing_ones_restored(db: Database) {
     app.shutdown().await.unwrap();
 }
 
-keel_testing::backend_tests!(idle_keys_are_purged_and_missing_ones_restored);
+/// A like that commutes: one at a time per post, in any order.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Like {
+    post_id: i64,
+    user_id: i64,
+}
+
+impl keel::Command for Like {
+    const NAME: &'static str = "test.like.v1";
+    fn key(&self) -> Option<String> {
+        Some(format!("post:{}", self.post_id))
+    }
+    const ORDERED: bool = false;
+}
+
+async fn count_likes(likes: &[Like], ctx: &mut super::HandlerContext) -> Result<(), keel::Error> {
+    let votes: Vec<VoteForPost> = likes
+        .iter()
+        .map(|l| VoteForPost {
+            post_id: l.post_id,
+            user_id: l.user_id,
+        })
+        .collect();
+    apply(&votes, ctx).await
+}
+
+/// Unordered commands on one key, sent at once from eight tasks: none numbered (no key row
+/// lock taken), each handled once.
+async fn unordered_commands_are_sent_without_numbering(db: Database) {
+    schema(&db).await;
+    let mut tasks = Vec::new();
+    for task in 0..8 {
+        let mut producer = db.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..25 {
+                producer
+                    .send(Like {
+                        post_id: 2,
+                        user_id: task * 25 + n,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM keel_events WHERE key_seq IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&db, "SELECT CAST(MAX(next_seq) AS BIGINT) FROM keel_keys").await,
+        0
+    );
+    let app = app_with(
+        &db,
+        Handler::command_batch::<Like, _>("count_likes", 50, count_likes),
+    );
+    delivered(&app).await;
+    assert_eq!(
+        scalar(&db, "SELECT likes FROM posts WHERE id = 2").await,
+        200
+    );
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM votes").await, 200);
+    app.shutdown().await.unwrap();
+}
+
+keel_testing::backend_tests!(
+    idle_keys_are_purged_and_missing_ones_restored,
+    unordered_commands_are_sent_without_numbering
+);

@@ -12,8 +12,11 @@
 #[path = "."]
 mod postgres {
     pub type B = keel::sqlx::Postgres;
+    pub const POSTGRES: bool = true;
     pub use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
 
+    mod commit_order_postgres;
+    mod fairness;
     mod keys;
     mod likes;
     mod ordering;
@@ -25,8 +28,10 @@ mod postgres {
 #[path = "."]
 mod sqlite {
     pub type B = keel::sqlx::Sqlite;
+    pub const POSTGRES: bool = false;
     pub use keel::sqlite::{App, Database, Handler, HandlerContext, Registry};
 
+    mod fairness;
     mod keys;
     mod likes;
     mod ordering;

@@ -29,6 +29,8 @@ impl Command for VoteForPost {
     fn key(&self) -> Option<String> {
         Some(format!("post:{}", self.post_id))
     }
+    // Likes commute: serialized per post, in any order (no per-key commit order to pay).
+    const ORDERED: bool = false;
 }
 
 async fn count_votes(votes: &[VoteForPost], ctx: &mut HandlerContext) -> Result<(), Error> {

@@ -82,7 +82,8 @@ impl<B: Backend> HandlerContext<B> {
         &self.envelopes[0]
     }
 
-    /// Every envelope of this delivery: one, or the commands of a batch in send order.
+    /// Every envelope of this delivery: one, or the commands of a batch in their key's
+    /// order (commit order, for ordered keys).
     pub fn envelopes(&self) -> impl Iterator<Item = &Envelope> {
         self.envelopes.iter().map(|e| e.as_ref())
     }

@@ -9,10 +9,11 @@ use serde::de::DeserializeOwned;
 /// controlled concurrency.
 ///
 /// A command may carry a [`key`](Command::key): two commands with the same key are never
-/// handled at the same time, and are handled in the order they were sent; commands with
-/// different keys proceed in parallel. Use the id of the thing the command changes (a
-/// post, an account), so that changes to one thing queue up instead of fighting over its
-/// row.
+/// handled at the same time, and are handled in the order their transactions committed;
+/// commands with different keys proceed in parallel. Use the id of the thing the command
+/// changes (a post, an account), so that changes to one thing queue up instead of fighting
+/// over its row. Commands that commute (a like, a counter increment) can give up the order
+/// and keep only the one-at-a-time: see [`ORDERED`](Command::ORDERED).
 ///
 /// ```
 /// use keel_domain::Command;
@@ -35,4 +36,13 @@ pub trait Command: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn key(&self) -> Option<String> {
         None
     }
+
+    /// Whether the commands of one key run in commit order (the default), or only one at a
+    /// time, in any order.
+    ///
+    /// Commit order has a price on a busy key: the outbox write locks the key's row until
+    /// the transaction ends, so the commits of one key's commands follow each other (about
+    /// one disk flush each). Commands that commute set `false`: their sends never wait for
+    /// each other, so a burst on one key is sent at full speed.
+    const ORDERED: bool = true;
 }

@@ -65,6 +65,10 @@ pub struct Sent {
     pub envelope: Envelope,
     /// Its ordering key.
     pub key: Option<String>,
+    /// Whether its key's commands run in commit order ([`Command::ORDERED`]).
+    ///
+    /// [`Command::ORDERED`]: keel_domain::Command::ORDERED
+    pub ordered: bool,
 }
 
 /// What one unit of work writes to the outbox.
@@ -100,16 +104,14 @@ impl Outgoing<'_> {
         )
     }
 
-    /// The distinct ordering keys of the commands, sorted.
-    pub fn keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self
-            .commands
-            .iter()
-            .filter_map(|c| c.key.as_deref())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys
+    /// For each of [`Outgoing::messages`], its key if the key's commands run in commit
+    /// order ([`Sent::ordered`]), else `None`.
+    pub fn ordered_keys(&self) -> impl Iterator<Item = Option<&str>> {
+        self.events.iter().map(|_| None).chain(
+            self.commands
+                .iter()
+                .map(|c| c.key.as_deref().filter(|_| c.ordered)),
+        )
     }
 
     /// Whether the event deliveries written reserve anything for the fast path.

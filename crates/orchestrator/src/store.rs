@@ -194,10 +194,11 @@ pub trait Store: sqlx::Database {
         handlers: &[&str],
     ) -> impl Future<Output = Result<Vec<Claim>, Error>> + Send;
 
-    /// Claims the next commands of up to `max_keys` free ordering keys whose head is for
-    /// one of `handlers`: per key, its
-    /// oldest pending commands in send order, as many as `batch_size(handler)` allows
-    /// (at most `max_batch`), the key leased with them.
+    /// Claims the next commands of up to `max_keys` free ordering keys whose head (first
+    /// pending command) is due and for one of `handlers`, each key once whatever its
+    /// backlog: per key, its first pending commands in the key's order (commit order for
+    /// ordered keys), as many as `batch_size(handler)` allows (at most `max_batch`), the key
+    /// leased with them.
     fn claim_keyed(
         db: &Database<Self>,
         max_keys: u32,

@@ -53,6 +53,7 @@ pub(crate) fn prepare_command<C: Command>(
     Ok(Sent {
         envelope,
         key: command.key(),
+        ordered: C::ORDERED,
     })
 }
 
@@ -117,6 +118,7 @@ impl<'c, B: Backend> Tx<'c, B> {
         Ok(Sent {
             envelope: self.caused(envelope),
             key: command.key(),
+            ordered: C::ORDERED,
         })
     }
 

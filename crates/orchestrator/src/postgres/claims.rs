@@ -103,8 +103,9 @@ pub(super) async fn claim(
     rows.iter().map(|row| claim_from(row, token)).collect()
 }
 
-/// Keys with due commands and no live lease, skipping keys another worker is claiming
-/// right now; then, per key, its head commands in send order.
+/// Keys whose head (first pending command) is due, free and for one of `handlers`, each
+/// key once whatever its backlog, skipping keys another worker is claiming right now; then,
+/// per key, its head commands in commit order (`key_seq`).
 pub(super) async fn claim_keyed(
     db: &Database<Postgres>,
     max_keys: u32,
@@ -129,16 +130,21 @@ pub(super) async fn claim_keyed(
     let claim_sql = &claim_sql;
     db.clone()
         .unit_of_work_with(&internal("keel_claim_keyed"), async |tx| {
+            // Each key once, by its head (its first pending command): a key's backlog,
+            // a head waiting for its retry or a key leased by a dead worker holds that
+            // key alone, never the others.
             let keys: Vec<String> = sqlx::query_scalar(
-                "WITH due AS (
-                     SELECT DISTINCT ordering_key FROM (
-                         SELECT ordering_key FROM keel_deliveries
-                         WHERE status = 'pending' AND ordering_key IS NOT NULL
-                           AND next_attempt_at <= now() AND handler = ANY ($2)
-                         ORDER BY next_attempt_at LIMIT 1000) d)
-                 SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
-                 WHERE k.leased_until IS NULL OR k.leased_until < now()
-                 LIMIT $1 FOR UPDATE OF k SKIP LOCKED",
+                "SELECT k.key FROM keel_keys k
+                 CROSS JOIN LATERAL (
+                     SELECT d.next_attempt_at, d.handler, d.leased_until FROM keel_deliveries d
+                     WHERE d.ordering_key = k.key AND d.status = 'pending'
+                     ORDER BY d.key_seq NULLS FIRST, d.event_id LIMIT 1) h
+                 WHERE (k.leased_until IS NULL OR k.leased_until < now())
+                   AND h.next_attempt_at <= now()
+                   AND (h.leased_until IS NULL OR h.leased_until < now())
+                   AND h.handler = ANY ($2)
+                 ORDER BY h.next_attempt_at LIMIT $1
+                 FOR UPDATE OF k SKIP LOCKED",
             )
             .bind(i64::from(max_keys))
             .bind(handlers)
@@ -152,7 +158,7 @@ pub(super) async fn claim_keyed(
                             AND (leased_until IS NULL OR leased_until < now()) AS free
                      FROM keel_deliveries
                      WHERE ordering_key = $1 AND status = 'pending'
-                     ORDER BY event_id LIMIT $2",
+                     ORDER BY key_seq NULLS FIRST, event_id LIMIT $2",
                 )
                 .bind(key.as_str())
                 .bind(max_batch as i64)

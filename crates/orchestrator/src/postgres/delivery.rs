@@ -62,11 +62,11 @@ pub(super) async fn route_unrouted(
 ) -> Result<usize, Error> {
     db.clone()
         .unit_of_work_with(&internal("keel_route"), async |tx| {
-            let events: Vec<(Uuid, String, Option<String>)> = sqlx::query_as(
+            let events: Vec<(Uuid, String, Option<String>, Option<i64>)> = sqlx::query_as(
                 "WITH c AS (SELECT id FROM keel_events WHERE NOT routed
                             ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
                  UPDATE keel_events e SET routed = TRUE FROM c WHERE e.id = c.id
-                 RETURNING e.id, e.name, e.ordering_key",
+                 RETURNING e.id, e.name, e.ordering_key, e.key_seq",
             )
             .bind(i64::from(limit))
             .fetch_all(tx.conn())
@@ -74,9 +74,15 @@ pub(super) async fn route_unrouted(
             if events.is_empty() {
                 return Ok(0);
             }
-            let (mut ids, mut handlers, mut statuses, mut errors, mut keys) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (id, name, key) in &events {
+            let (mut ids, mut handlers, mut statuses, mut errors, mut keys, mut seqs) = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
+            for (id, name, key, seq) in &events {
                 let found = handlers_for(name);
                 if found.is_empty() {
                     ids.push(*id);
@@ -84,6 +90,7 @@ pub(super) async fn route_unrouted(
                     statuses.push(DEAD);
                     errors.push(Some(no_handler_error(name)));
                     keys.push(key.as_deref());
+                    seqs.push(*seq);
                 }
                 for handler in found {
                     ids.push(*id);
@@ -91,19 +98,26 @@ pub(super) async fn route_unrouted(
                     statuses.push(PENDING);
                     errors.push(None);
                     keys.push(key.as_deref());
+                    seqs.push(*seq);
                 }
             }
+            // The outbox write made the key rows; one removed meanwhile comes back, numbering
+            // on from its commands.
             sqlx::query(
                 "WITH d AS (
-                     INSERT INTO keel_deliveries (event_id, handler, status, last_error, ordering_key)
-                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+                     INSERT INTO keel_deliveries (event_id, handler, status, last_error,
+                         ordering_key, key_seq)
+                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[],
+                         $5::text[], $6::bigint[])
                      ON CONFLICT DO NOTHING),
                  x AS (
                      INSERT INTO keel_delivery_errors (event_id, handler, attempt, error)
-                     SELECT i, h, 0, m FROM UNNEST($1::uuid[], $2::text[], $4::text[]) AS t (i, h, m)
+                     SELECT i, h, 0, m FROM UNNEST($1::uuid[], $2::text[], $4::text[])
+                         AS t (i, h, m)
                      WHERE m IS NOT NULL ON CONFLICT DO NOTHING)
-                 INSERT INTO keel_keys (key)
-                 SELECT DISTINCT k FROM UNNEST($5::text[]) AS t (k) WHERE k IS NOT NULL
+                 INSERT INTO keel_keys (key, next_seq)
+                 SELECT k, max(COALESCE(s, 0)) FROM UNNEST($5::text[], $6::bigint[]) AS t (k, s)
+                 WHERE k IS NOT NULL GROUP BY k
                  ON CONFLICT DO NOTHING",
             )
             .bind(&ids)
@@ -111,6 +125,7 @@ pub(super) async fn route_unrouted(
             .bind(&statuses)
             .bind(&errors)
             .bind(&keys)
+            .bind(&seqs)
             .execute(tx.conn())
             .await?;
             Ok(events.len())
@@ -162,8 +177,11 @@ pub(super) async fn purge(
              DELETE FROM keel_keys k WHERE k.key IN
                  (SELECT key FROM keel_keys i
                   WHERE (i.leased_until IS NULL OR i.leased_until < now())
+                    AND i.last_used < now() - interval '1 hour'
                     AND NOT EXISTS (SELECT 1 FROM keel_deliveries p
                                     WHERE p.ordering_key = i.key AND p.status = 'pending')
+                    AND NOT EXISTS (SELECT 1 FROM keel_events u
+                                    WHERE NOT u.routed AND u.ordering_key = i.key)
                   LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING 1)
          SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM x) + (SELECT count(*) FROM v)
@@ -174,13 +192,15 @@ pub(super) async fn purge(
     .bind(dead_older_than.map(millis))
     .fetch_one(&mut *conn)
     .await?;
-    // A command committed while its idle key row was being removed has no key row, and
-    // keyed claims start from key rows: give it one back.
+    // A pending command without its key row (left by an older build, or removed by hand)
+    // would never be claimed, since keyed claims start from key rows: give it one back,
+    // numbering on from its commands.
     sqlx::query(
-        "INSERT INTO keel_keys (key)
-         SELECT DISTINCT d.ordering_key FROM keel_deliveries d
+        "INSERT INTO keel_keys (key, next_seq)
+         SELECT d.ordering_key, max(COALESCE(d.key_seq, 0)) FROM keel_deliveries d
          WHERE d.status = 'pending' AND d.ordering_key IS NOT NULL
            AND NOT EXISTS (SELECT 1 FROM keel_keys k WHERE k.key = d.ordering_key)
+         GROUP BY d.ordering_key
          ON CONFLICT DO NOTHING",
     )
     .execute(&mut *conn)

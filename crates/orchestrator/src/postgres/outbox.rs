@@ -7,7 +7,11 @@ use crate::Error;
 use crate::outbox::Outgoing;
 
 /// The outbox write: events, deliveries and ordering keys in one statement, whatever the
-/// number of rows. Deliveries go to this process's handlers (reserved for its fast path when
+/// number of rows. The row of each ordered key ([`Sent::ordered`]) is upserted, which locks
+/// it until the transaction ends, and numbers the key's commands from its counter: per-key
+/// order is commit order. Unordered keys get their row without a lock.
+///
+/// [`Sent::ordered`]: crate::outbox::Sent::ordered Deliveries go to this process's handlers (reserved for its fast path when
 /// it has one) and to every other subscription recorded in `keel_subscriptions`. Every column travels as one array (`UNNEST`), so the statement's text
 /// never changes and stays prepared. Inside a unit of work its last part checks that the
 /// transaction still carries the unit of work's marker and isolation level, and fails the
@@ -53,31 +57,45 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
         None => (None, 0),
     };
     let written = sqlx::query(
-        "WITH e AS (
+        "WITH ku AS (
+             INSERT INTO keel_keys (key, next_seq)
+             SELECT k, count(*) FROM UNNEST($19::text[]) AS t (k) WHERE k IS NOT NULL GROUP BY k
+             ON CONFLICT (key) DO UPDATE
+             SET next_seq = keel_keys.next_seq + EXCLUDED.next_seq, last_used = now()
+             RETURNING key, next_seq),
+         kn AS (
+             INSERT INTO keel_keys (key)
+             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k)
+             WHERE k IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM UNNEST($19::text[]) AS o (k) WHERE o.k = t.k)
+             ON CONFLICT DO NOTHING),
+         q AS (
+             SELECT t.i, ku.next_seq - count(*) OVER (PARTITION BY t.k)
+                         + row_number() OVER (PARTITION BY t.k ORDER BY t.o) AS seq
+             FROM UNNEST($1::uuid[], $19::text[]) WITH ORDINALITY AS t (i, k, o)
+             JOIN ku ON ku.key = t.k),
+         e AS (
              INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
-                 payload, correlation_id, causation_id, routed, ordering_key)
+                 payload, correlation_id, causation_id, routed, ordering_key, key_seq)
              SELECT i, n, at, ai, oa, p, c, ca,
-                    r OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = n), k
+                    r OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = n), k,
+                    (SELECT q.seq FROM q WHERE q.i = t.i)
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                  $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
                  AS t (i, n, at, ai, oa, p, c, ca, r, k)),
          d AS (
              INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
-                 ordering_key)
+                 ordering_key, key_seq)
              SELECT i, h, CASE WHEN l THEN 1 ELSE 0 END,
                     CASE WHEN l THEN now() + $13 * interval '1 millisecond' END,
-                    CASE WHEN l THEN $14::uuid END, k
+                    CASE WHEN l THEN $14::uuid END, k, (SELECT q.seq FROM q WHERE q.i = t.i)
              FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
              UNION ALL
-             SELECT m.i, s.handler, 0, NULL, NULL, m.k
+             SELECT m.i, s.handler, 0, NULL, NULL, m.k, (SELECT q.seq FROM q WHERE q.i = m.i)
              FROM UNNEST($1::uuid[], $2::text[], $10::text[]) AS m (i, n, k)
              JOIN keel_subscriptions s ON s.message = m.n
              WHERE NOT EXISTS (SELECT 1 FROM UNNEST($11::uuid[], $12::text[]) AS x (i, h)
-                               WHERE x.i = m.i AND x.h = s.handler)),
-         k AS (
-             INSERT INTO keel_keys (key)
-             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k) WHERE k IS NOT NULL
-             ON CONFLICT DO NOTHING)
+                               WHERE x.i = m.i AND x.h = s.handler))
          SELECT CASE WHEN $17::text IS NULL
                        OR (current_setting('keel.unit_of_work', true) = $17
                            AND current_setting('transaction_isolation') = $18)
@@ -105,6 +123,7 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
             .marker
             .map(|(_, isolation)| isolation_level(isolation)),
     )
+    .bind(outgoing.ordered_keys().collect::<Vec<_>>())
     .execute(conn)
     .await;
     match written {

@@ -150,17 +150,22 @@ pub(super) async fn claim_keyed(
         .unit_of_work_with(&internal("keel_claim_keyed"), async |tx| {
             let now = now(tx.conn()).await?;
             let until = now + millis(lease);
+            // Each key once, by its head (its first pending command): a key's backlog,
+            // a head waiting for its retry or a key leased by a dead worker holds that
+            // key alone, never the others.
             let keys: Vec<String> = sqlx::query_scalar(
-                "WITH due AS (
-                     SELECT DISTINCT ordering_key FROM (
-                         SELECT ordering_key FROM keel_deliveries
-                         WHERE status = 'pending' AND ordering_key IS NOT NULL
-                           AND next_attempt_at <= $1
-                           AND handler IN (SELECT value FROM json_each($3))
-                         ORDER BY next_attempt_at LIMIT 1000) d)
-                 SELECT k.key FROM keel_keys k JOIN due ON due.ordering_key = k.key
-                 WHERE k.leased_until IS NULL OR k.leased_until < $1
-                 LIMIT $2",
+                "SELECT key FROM (
+                     SELECT k.key, k.leased_until AS key_lease,
+                            (SELECT d.rowid FROM keel_deliveries d
+                             WHERE d.ordering_key = k.key AND d.status = 'pending'
+                             ORDER BY d.key_seq, d.event_id LIMIT 1) AS head
+                     FROM keel_keys k) c
+                 JOIN keel_deliveries h ON h.rowid = c.head
+                 WHERE (c.key_lease IS NULL OR c.key_lease < $1)
+                   AND h.next_attempt_at <= $1
+                   AND (h.leased_until IS NULL OR h.leased_until < $1)
+                   AND h.handler IN (SELECT value FROM json_each($3))
+                 ORDER BY h.next_attempt_at LIMIT $2",
             )
             .bind(now)
             .bind(i64::from(max_keys))
@@ -174,7 +179,7 @@ pub(super) async fn claim_keyed(
                             next_attempt_at <= $2 AND (leased_until IS NULL OR leased_until < $2)
                      FROM keel_deliveries
                      WHERE ordering_key = $1 AND status = 'pending'
-                     ORDER BY event_id LIMIT $3",
+                     ORDER BY key_seq, event_id LIMIT $3",
                 )
                 .bind(key.as_str())
                 .bind(now)

@@ -103,16 +103,18 @@ async fn insert_delivery(
     status: &str,
     error: Option<&str>,
     key: Option<&str>,
+    seq: Option<i64>,
 ) -> Result<(), Error> {
     sqlx::query(
-        "INSERT INTO keel_deliveries (event_id, handler, status, last_error, ordering_key)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        "INSERT INTO keel_deliveries (event_id, handler, status, last_error, ordering_key, key_seq)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
     )
     .bind(event_id)
     .bind(handler)
     .bind(status)
     .bind(error)
     .bind(key)
+    .bind(seq)
     .execute(conn)
     .await?;
     Ok(())
@@ -125,30 +127,38 @@ pub(super) async fn route_unrouted(
 ) -> Result<usize, Error> {
     db.clone()
         .unit_of_work_with(&internal("keel_route"), async |tx| {
-            let events: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            let events: Vec<(String, String, Option<String>, Option<i64>)> = sqlx::query_as(
                 "UPDATE keel_events SET routed = TRUE WHERE id IN
                      (SELECT id FROM keel_events WHERE NOT routed ORDER BY created_at LIMIT $1)
-                 RETURNING id, name, ordering_key",
+                 RETURNING id, name, ordering_key, key_seq",
             )
             .bind(i64::from(limit))
             .fetch_all(tx.conn())
             .await?;
-            for (id, name, key) in &events {
+            // The outbox write made the key rows; one removed meanwhile comes back,
+            // numbering on from its commands.
+            for (id, name, key, seq) in &events {
+                if let Some(key) = key {
+                    sqlx::query(concat!(
+                        "INSERT INTO keel_keys (key, next_seq, last_used) VALUES ($1, $2, ",
+                        now_ms!(),
+                        ") ON CONFLICT DO NOTHING"
+                    ))
+                    .bind(key.as_str())
+                    .bind(seq.unwrap_or(0))
+                    .execute(tx.conn())
+                    .await?;
+                }
                 let key = key.as_deref();
                 let handlers = handlers_for(name);
                 if handlers.is_empty() {
                     let error = no_handler_error(name);
-                    insert_delivery(tx.conn(), id, NO_HANDLER, DEAD, Some(&error), None).await?;
+                    insert_delivery(tx.conn(), id, NO_HANDLER, DEAD, Some(&error), None, None)
+                        .await?;
                     insert_error(tx.conn(), id, NO_HANDLER, 0, &error).await?;
                 }
                 for handler in handlers {
-                    insert_delivery(tx.conn(), id, handler, PENDING, None, key).await?;
-                }
-                if let Some(key) = key {
-                    sqlx::query("INSERT INTO keel_keys (key) VALUES ($1) ON CONFLICT DO NOTHING")
-                        .bind(key)
-                        .execute(tx.conn())
-                        .await?;
+                    insert_delivery(tx.conn(), id, handler, PENDING, None, key, *seq).await?;
                 }
             }
             Ok(events.len())
@@ -225,28 +235,36 @@ pub(super) async fn purge(
                 );
                 removed += query.build().execute(tx.conn()).await?.rows_affected();
             }
-            // Ordering keys with nothing pending; then key rows back for pending commands
-            // that lack one (keyed claims start from key rows).
+            // Ordering keys idle for an hour with nothing pending; then key rows back for
+            // pending commands that lack one (keyed claims start from key rows).
             removed += sqlx::query(concat!(
                 "DELETE FROM keel_keys WHERE key IN
                  (SELECT key FROM keel_keys
                   WHERE (leased_until IS NULL OR leased_until < ",
                 now_ms!(),
-                ") AND NOT EXISTS (SELECT 1 FROM keel_deliveries p
+                ") AND last_used < ",
+                now_ms!(),
+                " - 3600000
+                    AND NOT EXISTS (SELECT 1 FROM keel_deliveries p
                                     WHERE p.ordering_key = keel_keys.key AND p.status = 'pending')
+                    AND NOT EXISTS (SELECT 1 FROM keel_events u
+                                    WHERE NOT u.routed AND u.ordering_key = keel_keys.key)
                   LIMIT $1)"
             ))
             .bind(i64::from(limit))
             .execute(tx.conn())
             .await?
             .rows_affected();
-            sqlx::query(
-                "INSERT INTO keel_keys (key)
-                 SELECT DISTINCT d.ordering_key FROM keel_deliveries d
+            sqlx::query(concat!(
+                "INSERT INTO keel_keys (key, next_seq, last_used)
+                 SELECT d.ordering_key, max(COALESCE(d.key_seq, 0)), ",
+                now_ms!(),
+                " FROM keel_deliveries d
                  WHERE d.status = 'pending' AND d.ordering_key IS NOT NULL
                    AND NOT EXISTS (SELECT 1 FROM keel_keys k WHERE k.key = d.ordering_key)
-                 ON CONFLICT DO NOTHING",
-            )
+                 GROUP BY d.ordering_key
+                 ON CONFLICT DO NOTHING"
+            ))
             .execute(tx.conn())
             .await?;
             Ok(removed)

@@ -1,10 +1,12 @@
 //! The outbox write on SQLite.
 
-use keel_domain::Envelope;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use keel_domain::{Envelope, EventId};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{CHUNK, now};
+use super::{CHUNK, now, now_ms};
 use crate::Error;
 use crate::outbox::Outgoing;
 use crate::store::millis;
@@ -24,10 +26,32 @@ pub(super) async fn write(
     outgoing: &Outgoing<'_>,
 ) -> Result<(), Error> {
     let messages: Vec<(&Envelope, Option<&str>)> = outgoing.messages().collect();
+    let ordered: Vec<(&Envelope, Option<&str>)> = messages
+        .iter()
+        .map(|(e, _)| *e)
+        .zip(outgoing.ordered_keys())
+        .collect();
+    let seqs = number(conn, &ordered).await?;
+    let unordered: BTreeSet<&str> = messages
+        .iter()
+        .zip(&ordered)
+        .filter_map(|((_, key), (_, ordered))| key.filter(|_| ordered.is_none()))
+        .collect();
+    for key in unordered {
+        sqlx::query(concat!(
+            "INSERT INTO keel_keys (key, last_used) VALUES ($1, ",
+            now_ms!(),
+            ") ON CONFLICT DO NOTHING"
+        ))
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let seq_of = |e: &Envelope| seqs.get(&e.id).copied();
     for chunk in messages.chunks(CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, \
-             payload, correlation_id, causation_id, routed, ordering_key) ",
+             payload, correlation_id, causation_id, routed, ordering_key, key_seq) ",
         );
         let mut failed = None;
         query.push_values(chunk, |mut row, (e, key)| {
@@ -44,7 +68,8 @@ pub(super) async fn write(
                 .push_bind(e.correlation_id.to_string())
                 .push_bind(e.causation_id.map(|c| c.to_string()))
                 .push_bind(!outgoing.handlers_of(e).is_empty())
-                .push_bind(*key);
+                .push_bind(*key)
+                .push_bind(seq_of(e));
         });
         if let Some(err) = failed {
             return Err(err);
@@ -63,15 +88,15 @@ pub(super) async fn write(
         // command deliveries always go to workers, which honour their ordering keys.
         let leased = n < outgoing.events.len();
         for handler in outgoing.handlers_of(e) {
-            deliveries.push((e.id.to_string(), *handler, leased, *key));
+            deliveries.push((e.id.to_string(), *handler, leased, *key, seq_of(e)));
         }
     }
     for chunk in deliveries.chunks(CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by, \
-             ordering_key) ",
+             ordering_key, key_seq) ",
         );
-        query.push_values(chunk, |mut row, (id, handler, leased, key)| {
+        query.push_values(chunk, |mut row, (id, handler, leased, key, seq)| {
             // A delivery reserved for the fast path counts as its first attempt, so that a
             // relay taking it over after a crash counts on from there.
             row.push_bind(id.as_str())
@@ -83,7 +108,8 @@ pub(super) async fn write(
                 })
                 .push_bind(leased_until.filter(|_| *leased))
                 .push_bind(token.as_deref().filter(|_| *leased))
-                .push_bind(*key);
+                .push_bind(*key)
+                .push_bind(*seq);
         });
         query.build().execute(&mut *conn).await?;
     }
@@ -97,8 +123,8 @@ pub(super) async fn write(
             }
         };
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO keel_deliveries (event_id, handler, ordering_key) \
-             SELECT e.id, s.handler, e.ordering_key FROM keel_events e \
+            "INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq) \
+             SELECT e.id, s.handler, e.ordering_key, e.key_seq FROM keel_events e \
              JOIN keel_subscriptions s ON s.message = e.name WHERE e.id IN (",
         );
         ids(&mut query);
@@ -118,15 +144,42 @@ pub(super) async fn write(
             query.build().execute(&mut *conn).await?;
         }
     }
-
-    let keys = outgoing.keys();
-    for chunk in keys.chunks(CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO keel_keys (key) ");
-        query.push_values(chunk, |mut row, key| {
-            row.push_bind(*key);
-        });
-        query.push(" ON CONFLICT DO NOTHING");
-        query.build().execute(&mut *conn).await?;
-    }
     Ok(())
+}
+
+/// Numbers the messages with an ordered key, per key, on from each key's counter (creating
+/// the key's row if need be). SQLite has one writer, so this order is commit order.
+async fn number(
+    conn: &mut SqliteConnection,
+    messages: &[(&Envelope, Option<&str>)],
+) -> Result<HashMap<EventId, i64>, Error> {
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, key) in messages {
+        if let Some(key) = key {
+            *counts.entry(key).or_default() += 1;
+        }
+    }
+    let mut next: BTreeMap<&str, i64> = BTreeMap::new();
+    for (key, count) in counts {
+        let last: i64 = sqlx::query_scalar(concat!(
+            "INSERT INTO keel_keys (key, next_seq, last_used) VALUES ($1, $2, ",
+            now_ms!(),
+            ") ON CONFLICT (key) DO UPDATE
+             SET next_seq = next_seq + excluded.next_seq, last_used = excluded.last_used
+             RETURNING next_seq"
+        ))
+        .bind(key)
+        .bind(count)
+        .fetch_one(&mut *conn)
+        .await?;
+        next.insert(key, last - count + 1);
+    }
+    let mut seqs = HashMap::new();
+    for (e, key) in messages {
+        if let Some(seq) = key.and_then(|key| next.get_mut(key)) {
+            seqs.insert(e.id, *seq);
+            *seq += 1;
+        }
+    }
+    Ok(seqs)
 }
