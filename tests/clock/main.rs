@@ -1,5 +1,7 @@
 //! Leases, due times and retry times are the database's: a relay whose process clock is
-//! wrong by minutes neither steals a live lease nor runs a retry early or late.
+//! wrong by minutes neither steals a live lease nor runs a retry early or late; a process
+//! ten minutes ahead that dies holds its lease only its term; a fast-path lease counts from
+//! the commit, not from `BEGIN`.
 //!
 //! The skew is real: relays run in child processes started under libfaketime
 //! (`KEEL_TEST_FAKETIME` names the library; `scripts/test.sh` installs and sets it), one
@@ -191,5 +193,170 @@ async fn a_skewed_relay_follows_the_database_clock() {
         "the retry ran {delay_ms} ms after the failure; it was due after 1,000 ms"
     );
     drop(conn);
+    app.shutdown().await.unwrap();
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Parked;
+
+impl DomainEvent for Parked {
+    const NAME: &'static str = "test.parked.v1";
+    const AGGREGATE_TYPE: &'static str = "Clock";
+    fn aggregate_id(&self) -> String {
+        "parked".to_owned()
+    }
+}
+
+/// Holds its delivery (and so its lease) for a while.
+async fn parked(_: &Parked, _: &mut HandlerContext) -> Result<(), Error> {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// A fast-path lease counts from the commit, not from `BEGIN`: a unit of work that took
+/// three seconds leaves its delivery the whole lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_path_lease_counts_from_the_commit() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<Parked, _>("parked", parked))
+        .unwrap();
+    let app = App::builder(db.clone(), registry)
+        .delivery(options())
+        .relay(false)
+        .start();
+    app.session()
+        .unit_of_work(async |tx| {
+            tx.record(Parked)?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut conn = db.acquire().await.unwrap();
+    let left: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM leased_until - clock_timestamp())::float8
+         FROM keel_deliveries WHERE handler = 'parked'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    assert!(
+        left > 9.0,
+        "{left:.1} s of a 10 s lease left right after the commit"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Orphaned;
+
+impl DomainEvent for Orphaned {
+    const NAME: &'static str = "test.orphaned.v1";
+    const AGGREGATE_TYPE: &'static str = "Clock";
+    fn aggregate_id(&self) -> String {
+        "orphaned".to_owned()
+    }
+}
+
+/// In the child, the process dies while delivering; in this process, it records.
+async fn orphaned(_: &Orphaned, ctx: &mut HandlerContext) -> Result<(), Error> {
+    if std::env::var(CHILD_URL).is_ok() {
+        std::process::abort();
+    }
+    record(ctx, "orphaned").await
+}
+
+fn orphan_app(db: Database, relay: bool) -> App {
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<Orphaned, _>("orphaned", orphaned))
+        .unwrap();
+    let options = DeliveryOptions::default()
+        .lease(Duration::from_secs(2))
+        .handler_timeout(Duration::from_secs(1))
+        .poll_interval(Duration::from_millis(50));
+    App::builder(db, registry)
+        .delivery(options)
+        .relay(relay)
+        .start()
+}
+
+/// The child: a producer ten minutes ahead that dies delivering on its fast path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a_skewed_process_that_dies_holds_its_lease_only_its_term"]
+async fn skewed_producer_that_dies() {
+    let Ok(url) = std::env::var(CHILD_URL) else {
+        return;
+    };
+    let db = Database::connect(&url).await.unwrap();
+    let app = orphan_app(db, false);
+    app.session()
+        .unit_of_work(async |tx| {
+            tx.record(Orphaned)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    unreachable!("the handler aborts the process");
+}
+
+/// A process ten minutes ahead dies holding a fast-path lease of 2 s: a relay with the
+/// true clock delivers after about 2 s, not ten minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_process_that_dies_holds_its_lease_only_its_term() {
+    let Ok(faketime) = std::env::var(FAKETIME) else {
+        eprintln!("note: {FAKETIME} is not set; skipping the clock-skew test");
+        return;
+    };
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    db.execute_script("CREATE TABLE calls (handler TEXT, who TEXT, at TIMESTAMPTZ)")
+        .await
+        .unwrap();
+    let url = db.url().to_owned();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "skewed_producer_that_dies",
+            "--test-threads=1",
+        ])
+        .env(CHILD_URL, &url)
+        .env("LD_PRELOAD", &faketime)
+        .env("FAKETIME", "+600s")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(!child.wait().unwrap().success(), "the child was to die");
+    let started = std::time::Instant::now();
+    let app = orphan_app(db.clone(), true);
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "delivered {:?} after the death; the lease was 2 s",
+        started.elapsed()
+    );
+    let mut conn = db.acquire().await.unwrap();
+    let who: String = sqlx::query_scalar("SELECT who FROM calls WHERE handler = 'orphaned'")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(who, "parent");
     app.shutdown().await.unwrap();
 }

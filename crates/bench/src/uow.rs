@@ -37,7 +37,7 @@ const RAW_OUTBOX: &str = "WITH e AS (
              INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
                  ordering_key)
              SELECT i, h, CASE WHEN l THEN 1 ELSE 0 END,
-                    CASE WHEN l THEN now() + $13 * interval '1 millisecond' END,
+                    CASE WHEN l THEN clock_timestamp() + $13 * interval '1 millisecond' END,
                     CASE WHEN l THEN $14::uuid END, k
              FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
              UNION ALL

@@ -83,7 +83,7 @@ pub(super) async fn claim(
              FOR UPDATE SKIP LOCKED),
          u AS (
              UPDATE keel_deliveries d
-             SET leased_until = now() + $2 * interval '1 millisecond', leased_by = $3,
+             SET leased_until = clock_timestamp() + $2 * interval '1 millisecond', leased_by = $3,
                  attempts = d.attempts + 1
              WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM c))
              RETURNING d.event_id AS claimed_id, d.handler AS claimed_handler,
@@ -118,7 +118,7 @@ pub(super) async fn claim_keyed(
     let claim_sql = format!(
         "WITH u AS (
              UPDATE keel_deliveries
-             SET leased_until = now() + $1 * interval '1 millisecond', leased_by = $2,
+             SET leased_until = clock_timestamp() + $1 * interval '1 millisecond', leased_by = $2,
                  attempts = attempts + 1
              WHERE handler = $3 AND status = 'pending' AND event_id = ANY ($4)
              RETURNING event_id AS claimed_id, handler AS claimed_handler,
@@ -180,7 +180,7 @@ pub(super) async fn claim_keyed(
                     .collect();
                 let token = Uuid::now_v7();
                 sqlx::query(
-                    "UPDATE keel_keys SET leased_until = now() + $1 * interval '1 millisecond',
+                    "UPDATE keel_keys SET leased_until = clock_timestamp() + $1 * interval '1 millisecond',
                      leased_by = $2 WHERE key = $3",
                 )
                 .bind(lease_ms)
@@ -225,9 +225,9 @@ pub(super) async fn renew(
     let mut conn = db.acquire().await?;
     let renewed: Vec<(Uuid, String)> = sqlx::query_as(
         "WITH k AS (
-             UPDATE keel_keys SET leased_until = now() + $1 * interval '1 millisecond'
+             UPDATE keel_keys SET leased_until = clock_timestamp() + $1 * interval '1 millisecond'
              WHERE key = $5 AND leased_by = $2)
-         UPDATE keel_deliveries d SET leased_until = now() + $1 * interval '1 millisecond'
+         UPDATE keel_deliveries d SET leased_until = clock_timestamp() + $1 * interval '1 millisecond'
          FROM UNNEST($3::uuid[], $4::text[]) AS t (i, h)
          WHERE d.event_id = t.i AND d.handler = t.h AND d.leased_by = $2
            AND d.status = 'pending'

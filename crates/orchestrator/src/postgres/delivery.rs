@@ -32,7 +32,7 @@ pub(super) async fn record_failure(
     sqlx::query(
         "WITH u AS (
              UPDATE keel_deliveries
-             SET status = $1, next_attempt_at = now() + $2 * interval '1 millisecond',
+             SET status = $1, next_attempt_at = clock_timestamp() + $2 * interval '1 millisecond',
                  leased_until = NULL, leased_by = NULL, last_error = $3, updated_at = now()
              WHERE event_id = $4 AND handler = $5 AND status = 'pending' AND leased_by = $6
              RETURNING event_id, handler)

@@ -2,9 +2,11 @@
 //! and the outbox write. The delivery side is in `delivery`, the dead letter in
 //! `dead_letter`.
 //!
-//! Times are `timestamptz` written from `now()`; durations travel as milliseconds and
-//! become intervals in SQL (`$n * interval '1 millisecond'`), so every lease and due time is
-//! the server's.
+//! Times are `timestamptz` written from the server's clock; durations travel as milliseconds
+//! and become intervals in SQL (`$n * interval '1 millisecond'`), so every lease and due
+//! time is the server's. A lease or a due time starts at `clock_timestamp()`, the moment
+//! the statement runs, never at `now()`, which is when the transaction began: a fast-path
+//! lease written by a unit of work that took seconds still lasts its whole term.
 
 mod claims;
 mod dead_letter;
