@@ -1,6 +1,7 @@
 //! Routing does not depend on which binary wrote an event: services sharing one database
-//! each get their own deliveries, and during a rolling deploy v1 and v2 processes run side
-//! by side without losing, or dead-lettering, what only one of them handles.
+//! each get their own deliveries, during a rolling deploy v1 and v2 processes run side by
+//! side without losing, or dead-lettering, what only one of them handles, and a new handler
+//! gets earlier events when backfilled.
 
 use std::time::Duration;
 
@@ -93,7 +94,55 @@ async fn a_rolling_deploy_adds_a_handler(db: Database) {
     v2.shutdown().await.unwrap();
 }
 
+/// A handler deployed after events were written receives the later ones; the earlier ones
+/// only when backfilled, once.
+async fn a_new_handler_is_backfilled_on_demand(db: Database) {
+    schema(&db).await;
+    let since = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    let v1 = app(
+        &db.connect_again().await.unwrap(),
+        registry(vec![Handler::new::<Ticked, _>("effect_a", effect_a)]),
+    );
+    for seq in 0..10 {
+        tick(&mut v1.session(), seq).await.unwrap();
+    }
+    settle(&[&v1]).await;
+    v1.shutdown().await.unwrap();
+
+    let v2 = app(
+        &db.connect_again().await.unwrap(),
+        registry(vec![
+            Handler::new::<Ticked, _>("effect_a", effect_a),
+            Handler::new::<Ticked, _>("effect_b", effect_b),
+        ]),
+    );
+    for seq in 10..20 {
+        tick(&mut v2.session(), seq).await.unwrap();
+    }
+    settle(&[&v2]).await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM effects WHERE handler = 'effect_b'"
+        )
+        .await,
+        10,
+        "only the events written since effect_b exists"
+    );
+    let backfilled = v2.dispatcher().backfill("effect_b", since).await.unwrap();
+    assert_eq!(backfilled, 10);
+    settle(&[&v2]).await;
+    assert_eq!(
+        v2.dispatcher().backfill("effect_b", since).await.unwrap(),
+        0
+    );
+    exactly_once(&db, 20, 2).await;
+    assert!(v2.dispatcher().backfill("nobody", since).await.is_err());
+    v2.shutdown().await.unwrap();
+}
+
 keel_testing::backend_tests!(
     two_services_share_one_database,
-    a_rolling_deploy_adds_a_handler
+    a_rolling_deploy_adds_a_handler,
+    a_new_handler_is_backfilled_on_demand
 );

@@ -39,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+mod backfill;
 mod context;
 mod dead_letter;
 mod delivery;

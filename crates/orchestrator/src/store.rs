@@ -287,6 +287,15 @@ pub trait Store: sqlx::Database {
         handler: &str,
     ) -> impl Future<Output = Result<Option<DeadLetter>, Error>> + Send;
 
+    /// Creates, for `handler` of the message named `message`, the deliveries its events
+    /// written since `since` lack (the events still kept); returns how many.
+    fn backfill(
+        db: &Database<Self>,
+        message: &str,
+        handler: &str,
+        since: time::OffsetDateTime,
+    ) -> impl Future<Output = Result<u64, Error>> + Send;
+
     /// Puts a dead delivery back in the queue; `false` if it is not dead.
     fn dead_retry(
         db: &Database<Self>,

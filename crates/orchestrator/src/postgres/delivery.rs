@@ -310,3 +310,26 @@ pub(super) async fn subscribe(
     crate::store::warn_clashes(&clashes);
     Ok(())
 }
+
+pub(super) async fn backfill(
+    db: &Database<Postgres>,
+    message: &str,
+    handler: &str,
+    since: time::OffsetDateTime,
+) -> Result<u64, Error> {
+    let mut conn = db.acquire().await?;
+    let created: i64 = sqlx::query_scalar(
+        "WITH b AS (
+             INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)
+             SELECT id, $2, ordering_key, key_seq FROM keel_events
+             WHERE name = $1 AND routed AND created_at >= $3
+             ON CONFLICT DO NOTHING RETURNING 1)
+         SELECT count(*) FROM b",
+    )
+    .bind(message)
+    .bind(handler)
+    .bind(since)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(created.max(0) as u64)
+}

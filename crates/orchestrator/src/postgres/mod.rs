@@ -210,6 +210,15 @@ impl Store for Postgres {
         claims::claim_keyed(db, max_keys, lease, handlers, batch_size, max_batch).await
     }
 
+    async fn backfill(
+        db: &Database<Postgres>,
+        message: &str,
+        handler: &str,
+        since: time::OffsetDateTime,
+    ) -> Result<u64, Error> {
+        delivery::backfill(db, message, handler, since).await
+    }
+
     async fn subscribe(
         db: &Database<Postgres>,
         subscriptions: &[(&str, &str)],

@@ -310,3 +310,26 @@ pub(super) async fn subscribe(
     crate::store::warn_clashes(&clashes);
     Ok(())
 }
+
+pub(super) async fn backfill(
+    db: &Database<Sqlite>,
+    message: &str,
+    handler: &str,
+    since: time::OffsetDateTime,
+) -> Result<u64, Error> {
+    let since_ms = (since.unix_timestamp_nanos() / 1_000_000) as i64;
+    let mut conn = db.acquire().await?;
+    let created = sqlx::query(
+        "INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)
+         SELECT id, $2, ordering_key, key_seq FROM keel_events
+         WHERE name = $1 AND routed AND created_at >= $3
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(message)
+    .bind(handler)
+    .bind(since_ms)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(created)
+}

@@ -230,6 +230,15 @@ impl Store for Sqlite {
         claims::claim_keyed(db, max_keys, lease, handlers, batch_size, max_batch).await
     }
 
+    async fn backfill(
+        db: &Database<Sqlite>,
+        message: &str,
+        handler: &str,
+        since: time::OffsetDateTime,
+    ) -> Result<u64, Error> {
+        delivery::backfill(db, message, handler, since).await
+    }
+
     async fn subscribe(db: &Database<Sqlite>, subscriptions: &[(&str, &str)]) -> Result<(), Error> {
         delivery::subscribe(db, subscriptions).await
     }
