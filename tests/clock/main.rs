@@ -110,9 +110,10 @@ async fn skewed_relay() {
     app.shutdown().await.unwrap();
 }
 
-fn spawn_child(url: &str, faketime: &str, offset: &str) -> Child {
+/// Runs the ignored test `child` of this binary in a process whose clock is off by `offset`.
+fn spawn_child(child: &str, url: &str, faketime: &str, offset: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "skewed_relay", "--test-threads=1"])
+        .args(["--ignored", "--exact", child, "--test-threads=1"])
         .env(CHILD_URL, url)
         .env("LD_PRELOAD", faketime)
         .env("FAKETIME", offset)
@@ -157,9 +158,9 @@ async fn a_skewed_relay_follows_the_database_clock() {
         .unwrap();
     // Ten minutes ahead: with its own clock, it would find the live lease expired.
     let url = db.url().to_owned();
-    let mut ahead = spawn_child(&url, &faketime, "+600s");
+    let mut ahead = spawn_child("skewed_relay", &url, &faketime, "+600s");
     // Ten minutes behind: with its own clock, it would wait ten minutes for the retry.
-    let mut behind = spawn_child(&url, &faketime, "-600s");
+    let mut behind = spawn_child("skewed_relay", &url, &faketime, "-600s");
     assert!(ahead.wait().unwrap().success(), "the child ahead failed");
     assert!(behind.wait().unwrap().success(), "the child behind failed");
     app.dispatcher().wait_idle().await;
@@ -323,21 +324,7 @@ async fn a_skewed_process_that_dies_holds_its_lease_only_its_term() {
         .await
         .unwrap();
     let url = db.url().to_owned();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "skewed_producer_that_dies",
-            "--test-threads=1",
-        ])
-        .env(CHILD_URL, &url)
-        .env("LD_PRELOAD", &faketime)
-        .env("FAKETIME", "+600s")
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child("skewed_producer_that_dies", &url, &faketime, "+600s");
     assert!(!child.wait().unwrap().success(), "the child was to die");
     let started = std::time::Instant::now();
     let app = orphan_app(db.clone(), true);

@@ -48,6 +48,22 @@ async fn tick(session: &mut Session<'_>, seq: i64) {
         .unwrap();
 }
 
+/// Sets the partner's switch, retries `broken`'s dead delivery, and waits for the outcome.
+async fn switch_and_retry(db: &Database, app: &super::App, fixed: i64, event_id: keel::EventId) {
+    let sql = if fixed == 1 {
+        "UPDATE switches SET fixed = 1"
+    } else {
+        "UPDATE switches SET fixed = 2"
+    };
+    db.execute_script(sql).await.unwrap();
+    assert!(app.dead_letters().retry(event_id, "broken").await.unwrap());
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+}
+
 async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) {
     schema(&db).await;
     db.execute_script(
@@ -133,20 +149,7 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     // Retried from the dead letter while still failing, for another reason: a fresh run of
     // its policy whose attempts count on from the first run's, and whose errors join the
     // history, none dropped.
-    db.execute_script("UPDATE switches SET fixed = 2")
-        .await
-        .unwrap();
-    assert!(
-        app.dead_letters()
-            .retry(dead.event_id, "broken")
-            .await
-            .unwrap()
-    );
-    assert!(
-        app.wait_until_delivered(Duration::from_secs(20))
-            .await
-            .unwrap()
-    );
+    switch_and_retry(&db, &app, 2, dead.event_id).await;
     let again = app
         .dead_letters()
         .show(dead.event_id, "broken")
@@ -172,20 +175,7 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     );
 
     // Fixed, then retried from the dead letter: done, on attempt 7.
-    db.execute_script("UPDATE switches SET fixed = 1")
-        .await
-        .unwrap();
-    assert!(
-        app.dead_letters()
-            .retry(dead.event_id, "broken")
-            .await
-            .unwrap()
-    );
-    assert!(
-        app.wait_until_delivered(Duration::from_secs(20))
-            .await
-            .unwrap()
-    );
+    switch_and_retry(&db, &app, 1, dead.event_id).await;
     assert_eq!(app.dead_letters().count().await.unwrap(), 0);
     assert_eq!(
         scalar(&db, "SELECT COUNT(*) FROM effects WHERE handler = 'broken'").await,
