@@ -20,36 +20,34 @@ const TASKS: u64 = 8;
 /// Rounds of each contender.
 const ROUNDS: u64 = 3;
 
-/// The outbox statement Keel runs on PostgreSQL (`crates/orchestrator/src/postgres/`, the
-/// outbox write): events, deliveries and ordering keys in one statement, every column as
-/// one array. Verbatim but for Keel's own guard (each insert's `WHERE` on the unit of
-/// work's marker, a setting made at `BEGIN` and checked again with `COMMIT`), which a
-/// hand-written outbox has no use for: the marker is part of what the ratio measures.
+/// The outbox statement Keel runs on PostgreSQL for messages without ordering keys
+/// (`UNKEYED` in `crates/orchestrator/src/postgres/outbox.rs`): events and deliveries (to
+/// this process's handlers and to every recorded subscription) in one statement, every
+/// column as one array. Verbatim but for Keel's own guard (the final check of the unit of
+/// work's marker, a setting made at `BEGIN`), which a hand-written outbox has no use for:
+/// the marker is part of what the ratio measures.
 const RAW_OUTBOX: &str = "WITH e AS (
              INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
-                 payload, correlation_id, causation_id, routed, ordering_key)
-             SELECT i, n, at, ai, oa, p, c, ca,
-                    r OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = n), k
+                 payload, correlation_id, causation_id, routed, ordering_key, key_seq)
+             SELECT t.i, n, at, ai, oa, p, c, ca,
+                    r OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = n), k,
+                    NULL::bigint
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                  $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
                  AS t (i, n, at, ai, oa, p, c, ca, r, k)),
          d AS (
              INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
-                 ordering_key)
-             SELECT i, h, CASE WHEN l THEN 1 ELSE 0 END,
+                 ordering_key, key_seq)
+             SELECT t.i, h, CASE WHEN l THEN 1 ELSE 0 END,
                     CASE WHEN l THEN clock_timestamp() + $13 * interval '1 millisecond' END,
-                    CASE WHEN l THEN $14::uuid END, k
+                    CASE WHEN l THEN $14::uuid END, k, NULL::bigint
              FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
              UNION ALL
-             SELECT m.i, s.handler, 0, NULL, NULL, m.k
-             FROM UNNEST($1::uuid[], $2::text[], $10::text[]) AS m (i, n, k)
-             JOIN keel_subscriptions s ON s.message = m.n
+             SELECT t.i, s.handler, 0, NULL, NULL, t.k, NULL::bigint
+             FROM UNNEST($1::uuid[], $2::text[], $10::text[]) AS t (i, n, k)
+             JOIN keel_subscriptions s ON s.message = t.n
              WHERE NOT EXISTS (SELECT 1 FROM UNNEST($11::uuid[], $12::text[]) AS x (i, h)
-                               WHERE x.i = m.i AND x.h = s.handler)),
-         k AS (
-             INSERT INTO keel_keys (key)
-             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k) WHERE k IS NOT NULL
-             ON CONFLICT DO NOTHING)
+                               WHERE x.i = t.i AND x.h = s.handler))
          SELECT 1";
 
 /// The handler of `Touched` (on either backend: `sqlite` uses it too).

@@ -6,6 +6,74 @@ use super::transaction::{is_replaced, isolation_level};
 use crate::Error;
 use crate::outbox::Outgoing;
 
+/// The events and deliveries of an outbox write, each row's key number given by `$seq`
+/// (an SQL expression of the message id `i`), then the unit of work's check.
+macro_rules! outbox_rows {
+    ($seq:literal) => {
+        concat!(
+            "e AS (
+             INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
+                 payload, correlation_id, causation_id, routed, ordering_key, key_seq)
+             SELECT t.i, n, at, ai, oa, p, c, ca,
+                    r OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = n), k, ",
+            $seq,
+            "
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                 $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
+                 AS t (i, n, at, ai, oa, p, c, ca, r, k)),
+         d AS (
+             INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
+                 ordering_key, key_seq)
+             SELECT t.i, h, CASE WHEN l THEN 1 ELSE 0 END,
+                    CASE WHEN l THEN clock_timestamp() + $13 * interval '1 millisecond' END,
+                    CASE WHEN l THEN $14::uuid END, k, ",
+            $seq,
+            "
+             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
+             UNION ALL
+             SELECT t.i, s.handler, 0, NULL, NULL, t.k, ",
+            $seq,
+            "
+             FROM UNNEST($1::uuid[], $2::text[], $10::text[]) AS t (i, n, k)
+             JOIN keel_subscriptions s ON s.message = t.n
+             WHERE NOT EXISTS (SELECT 1 FROM UNNEST($11::uuid[], $12::text[]) AS x (i, h)
+                               WHERE x.i = t.i AND x.h = s.handler))
+         SELECT CASE WHEN $17::text IS NULL
+                       OR (current_setting('keel.unit_of_work', true) = $17
+                           AND current_setting('transaction_isolation') = $18)
+                THEN 1 ELSE current_setting('keel.transaction_replaced')::int END"
+        )
+    };
+}
+
+/// The outbox write of messages without ordering keys (events, unkeyed commands).
+const UNKEYED: &str = concat!("WITH ", outbox_rows!("NULL::bigint"));
+
+/// The outbox write with ordering keys: each ordered key's row is upserted (and so locked
+/// until the transaction ends) and numbers the key's commands (`$19`: each message's key
+/// when ordered); unordered keys get their row without a lock.
+const KEYED: &str = concat!(
+    "WITH ku AS (
+         INSERT INTO keel_keys (key, next_seq)
+         SELECT k, count(*) FROM UNNEST($19::text[]) AS t (k) WHERE k IS NOT NULL GROUP BY k
+         ON CONFLICT (key) DO UPDATE
+         SET next_seq = keel_keys.next_seq + EXCLUDED.next_seq, last_used = now()
+         RETURNING key, next_seq),
+     kn AS (
+         INSERT INTO keel_keys (key)
+         SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k)
+         WHERE k IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM UNNEST($19::text[]) AS o (k) WHERE o.k = t.k)
+         ON CONFLICT DO NOTHING),
+     q AS (
+         SELECT t.i, ku.next_seq - count(*) OVER (PARTITION BY t.k)
+                     + row_number() OVER (PARTITION BY t.k ORDER BY t.o) AS seq
+         FROM UNNEST($1::uuid[], $19::text[]) WITH ORDINALITY AS t (i, k, o)
+         JOIN ku ON ku.key = t.k),
+     ",
+    outbox_rows!("(SELECT q.seq FROM q WHERE q.i = t.i)")
+);
+
 /// The outbox write: events, deliveries and ordering keys in one statement, whatever the
 /// number of rows. The row of each ordered key ([`Sent::ordered`]) is upserted, which locks
 /// it until the transaction ends, and numbers the key's commands from its counter: per-key
@@ -56,76 +124,37 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
         Some((token, lease)) => (Some(token), lease.as_millis() as i64),
         None => (None, 0),
     };
-    let written = sqlx::query(
-        "WITH ku AS (
-             INSERT INTO keel_keys (key, next_seq)
-             SELECT k, count(*) FROM UNNEST($19::text[]) AS t (k) WHERE k IS NOT NULL GROUP BY k
-             ON CONFLICT (key) DO UPDATE
-             SET next_seq = keel_keys.next_seq + EXCLUDED.next_seq, last_used = now()
-             RETURNING key, next_seq),
-         kn AS (
-             INSERT INTO keel_keys (key)
-             SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k)
-             WHERE k IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM UNNEST($19::text[]) AS o (k) WHERE o.k = t.k)
-             ON CONFLICT DO NOTHING),
-         q AS (
-             SELECT t.i, ku.next_seq - count(*) OVER (PARTITION BY t.k)
-                         + row_number() OVER (PARTITION BY t.k ORDER BY t.o) AS seq
-             FROM UNNEST($1::uuid[], $19::text[]) WITH ORDINALITY AS t (i, k, o)
-             JOIN ku ON ku.key = t.k),
-         e AS (
-             INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
-                 payload, correlation_id, causation_id, routed, ordering_key, key_seq)
-             SELECT i, n, at, ai, oa, p, c, ca,
-                    r OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = n), k,
-                    (SELECT q.seq FROM q WHERE q.i = t.i)
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                 $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
-                 AS t (i, n, at, ai, oa, p, c, ca, r, k)),
-         d AS (
-             INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
-                 ordering_key, key_seq)
-             SELECT i, h, CASE WHEN l THEN 1 ELSE 0 END,
-                    CASE WHEN l THEN clock_timestamp() + $13 * interval '1 millisecond' END,
-                    CASE WHEN l THEN $14::uuid END, k, (SELECT q.seq FROM q WHERE q.i = t.i)
-             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
-             UNION ALL
-             SELECT m.i, s.handler, 0, NULL, NULL, m.k, (SELECT q.seq FROM q WHERE q.i = m.i)
-             FROM UNNEST($1::uuid[], $2::text[], $10::text[]) AS m (i, n, k)
-             JOIN keel_subscriptions s ON s.message = m.n
-             WHERE NOT EXISTS (SELECT 1 FROM UNNEST($11::uuid[], $12::text[]) AS x (i, h)
-                               WHERE x.i = m.i AND x.h = s.handler))
-         SELECT CASE WHEN $17::text IS NULL
-                       OR (current_setting('keel.unit_of_work', true) = $17
-                           AND current_setting('transaction_isolation') = $18)
-                THEN 1 ELSE current_setting('keel.transaction_replaced')::int END",
-    )
-    .bind(ids)
-    .bind(names)
-    .bind(aggregate_types)
-    .bind(aggregate_ids)
-    .bind(occurred)
-    .bind(payloads)
-    .bind(correlations)
-    .bind(causations)
-    .bind(routed)
-    .bind(keys)
-    .bind(d_ids)
-    .bind(d_handlers)
-    .bind(lease_ms)
-    .bind(token)
-    .bind(d_leased)
-    .bind(d_keys)
-    .bind(outgoing.marker.map(|(marker, _)| marker.to_string()))
-    .bind(
-        outgoing
-            .marker
-            .map(|(_, isolation)| isolation_level(isolation)),
-    )
-    .bind(outgoing.ordered_keys().collect::<Vec<_>>())
-    .execute(conn)
-    .await;
+    let keyed = keys.iter().any(Option::is_some);
+    let sql = if keyed { KEYED } else { UNKEYED };
+    let query = sqlx::query(sql)
+        .bind(ids)
+        .bind(names)
+        .bind(aggregate_types)
+        .bind(aggregate_ids)
+        .bind(occurred)
+        .bind(payloads)
+        .bind(correlations)
+        .bind(causations)
+        .bind(routed)
+        .bind(keys)
+        .bind(d_ids)
+        .bind(d_handlers)
+        .bind(lease_ms)
+        .bind(token)
+        .bind(d_leased)
+        .bind(d_keys)
+        .bind(outgoing.marker.map(|(marker, _)| marker.to_string()))
+        .bind(
+            outgoing
+                .marker
+                .map(|(_, isolation)| isolation_level(isolation)),
+        );
+    let query = if keyed {
+        query.bind(outgoing.ordered_keys().collect::<Vec<_>>())
+    } else {
+        query
+    };
+    let written = query.execute(conn).await;
     match written {
         Ok(_) => Ok(true),
         Err(error) if is_replaced(&error) => Ok(false),
