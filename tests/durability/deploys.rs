@@ -141,7 +141,43 @@ async fn a_new_handler_is_backfilled_on_demand(db: Database) {
     v2.shutdown().await.unwrap();
 }
 
+/// While the shipping service is down, billing's events wait for it; billing's own
+/// deliveries are done, and billing's wait says so.
+async fn a_service_waits_only_for_its_own_deliveries(db: Database) {
+    schema(&db).await;
+    let shipping = app(
+        &db.connect_again().await.unwrap(),
+        registry(vec![Handler::new::<Ticked, _>("effect_b", effect_b)]),
+    );
+    until_subscribed(&db, 1).await;
+    shipping.shutdown().await.unwrap();
+    let billing = app(
+        &db.connect_again().await.unwrap(),
+        registry(vec![Handler::new::<Ticked, _>("effect_a", effect_a)]),
+    );
+    for seq in 0..5 {
+        tick(&mut billing.session(), seq).await.unwrap();
+    }
+    assert!(
+        billing
+            .wait_until_delivered(Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM keel_deliveries WHERE handler = 'effect_b' AND status = 'pending'"
+        )
+        .await,
+        5,
+        "shipping's deliveries wait for it"
+    );
+    billing.shutdown().await.unwrap();
+}
+
 keel_testing::backend_tests!(
+    a_service_waits_only_for_its_own_deliveries,
     two_services_share_one_database,
     a_rolling_deploy_adds_a_handler,
     a_new_handler_is_backfilled_on_demand

@@ -279,14 +279,16 @@ impl<B: Backend> Dispatcher<B> {
         let _ = watch.wait_for(|n| *n == 0).await;
     }
 
-    /// Waits until every delivery in the outbox is done or dead and none runs here, or
-    /// until `timeout`. Returns whether everything was delivered. Needs a running relay for
-    /// retries and for deliveries this process did not commit.
+    /// Waits until every delivery to this process's handlers is done or dead (and every
+    /// event routed) and none runs here, or until `timeout`. Returns whether everything was
+    /// delivered. Deliveries to other services' handlers are theirs to wait for. Needs a
+    /// running relay for retries and for deliveries this process did not commit.
     pub async fn wait_until_delivered(&self, timeout: Duration) -> Result<bool, Error> {
         let deadline = Instant::now() + timeout;
         loop {
             self.wait_idle().await;
-            if !B::any_unfinished(&self.inner.db).await? && self.in_flight() == 0 {
+            let handlers: Vec<&str> = self.registry().handlers().map(|h| h.name()).collect();
+            if !B::any_unfinished(&self.inner.db, &handlers).await? && self.in_flight() == 0 {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

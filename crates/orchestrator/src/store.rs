@@ -254,8 +254,11 @@ pub trait Store: sqlx::Database {
         handlers_for: &(dyn Fn(&str) -> Vec<&'static str> + Sync),
     ) -> impl Future<Output = Result<usize, Error>> + Send;
 
-    /// Whether any delivery is pending or any event unrouted.
-    fn any_unfinished(db: &Database<Self>) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Whether any delivery to one of `handlers` is pending, or any event unrouted.
+    fn any_unfinished(
+        db: &Database<Self>,
+        handlers: &[&str],
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Removes up to `limit` done deliveries finished more than `done_older_than` ago and
     /// dead ones given up more than `dead_older_than` ago (`None`: none), their error

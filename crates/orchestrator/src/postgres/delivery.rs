@@ -135,12 +135,17 @@ pub(super) async fn route_unrouted(
 }
 
 /// Checked in one statement, so that routing between two checks cannot hide work.
-pub(super) async fn any_unfinished(db: &Database<Postgres>) -> Result<bool, Error> {
+pub(super) async fn any_unfinished(
+    db: &Database<Postgres>,
+    handlers: &[&str],
+) -> Result<bool, Error> {
     let mut conn = db.acquire().await?;
     let unfinished: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM keel_deliveries WHERE status = 'pending')
+        "SELECT EXISTS (SELECT 1 FROM keel_deliveries
+                        WHERE status = 'pending' AND handler = ANY ($1))
              OR EXISTS (SELECT 1 FROM keel_events WHERE NOT routed)",
     )
+    .bind(handlers)
     .fetch_one(&mut *conn)
     .await?;
     Ok(unfinished)

@@ -271,8 +271,8 @@ impl Store for Postgres {
         delivery::route_unrouted(db, limit, handlers_for).await
     }
 
-    async fn any_unfinished(db: &Database<Postgres>) -> Result<bool, Error> {
-        delivery::any_unfinished(db).await
+    async fn any_unfinished(db: &Database<Postgres>, handlers: &[&str]) -> Result<bool, Error> {
+        delivery::any_unfinished(db, handlers).await
     }
 
     async fn purge(

@@ -167,12 +167,18 @@ pub(super) async fn route_unrouted(
         .map(|receipt| receipt.into_value())
 }
 
-pub(super) async fn any_unfinished(db: &Database<Sqlite>) -> Result<bool, Error> {
+pub(super) async fn any_unfinished(
+    db: &Database<Sqlite>,
+    handlers: &[&str],
+) -> Result<bool, Error> {
+    let handlers = serde_json::to_string(handlers).expect("names serialize");
     let mut conn = db.acquire().await?;
     let unfinished: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM keel_deliveries WHERE status = 'pending')
+        "SELECT EXISTS (SELECT 1 FROM keel_deliveries
+                        WHERE status = 'pending' AND handler IN (SELECT value FROM json_each($1)))
              OR EXISTS (SELECT 1 FROM keel_events WHERE NOT routed)",
     )
+    .bind(handlers)
     .fetch_one(&mut *conn)
     .await?;
     Ok(unfinished)

@@ -280,8 +280,8 @@ impl Store for Sqlite {
         delivery::route_unrouted(db, limit, handlers_for).await
     }
 
-    async fn any_unfinished(db: &Database<Sqlite>) -> Result<bool, Error> {
-        delivery::any_unfinished(db).await
+    async fn any_unfinished(db: &Database<Sqlite>, handlers: &[&str]) -> Result<bool, Error> {
+        delivery::any_unfinished(db, handlers).await
     }
 
     async fn purge(
