@@ -1,14 +1,11 @@
-use keel::{Error, EventId};
+use keel::Error;
 use sqlx::types::{Json, Uuid};
 use sqlx::{PgConnection, Postgres};
 use time::OffsetDateTime;
 
-use crate::domain::{
-    Assessment, CampaignParticipation, PartnerNotification, PartnerSending, ResultStatus,
-};
-use crate::infrastructure::codes::Code;
-use crate::infrastructure::rows::{AssessmentRow, ParticipationRow};
-use crate::ports::{Delivery, Report, Reports, ResultLine};
+use crate::domain::PartnerNotification;
+use crate::infrastructure::rows::{AssessmentRow, ParticipationRow, ReportRows};
+use crate::ports::{Report, Reports};
 
 impl Reports for Postgres {
     async fn report(conn: &mut PgConnection) -> Result<Report, Error> {
@@ -66,52 +63,18 @@ impl Reports for Postgres {
         )
         .fetch_all(&mut *conn)
         .await?;
-        Ok(Report {
-            assessments: assessments
-                .into_iter()
-                .map(Assessment::try_from)
-                .collect::<Result<_, _>>()?,
-            participations: participations
-                .into_iter()
-                .map(CampaignParticipation::try_from)
-                .collect::<Result<_, _>>()?,
+        ReportRows {
+            assessments,
+            participations,
             acquired_badges,
-            results: results
-                .into_iter()
-                .map(|(assessment_id, pix_score, status, competence_marks)| {
-                    Ok(ResultLine {
-                        assessment_id,
-                        pix_score,
-                        status: ResultStatus::parse(&status)?,
-                        competence_marks,
-                    })
-                })
-                .collect::<Result<_, Error>>()?,
+            results,
             courses,
             statistics,
-            sendings: sendings
-                .into_iter()
-                .map(|(event_id, Json(notification), code)| {
-                    Ok(PartnerSending {
-                        event_id: EventId::from_uuid(event_id),
-                        notification,
-                        response_code: u16::try_from(code)
-                            .map_err(|e| Error::Database(sqlx::Error::Decode(e.into())))?,
-                    })
-                })
-                .collect::<Result<_, Error>>()?,
+            sendings,
             partner_certifications,
             events,
-            deliveries: deliveries
-                .into_iter()
-                .map(|(id, event, handler, status, attempts)| Delivery {
-                    event_id: EventId::from_uuid(id),
-                    event,
-                    handler,
-                    status,
-                    attempts: attempts.into(),
-                })
-                .collect(),
-        })
+            deliveries,
+        }
+        .try_into()
     }
 }
