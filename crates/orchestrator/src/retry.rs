@@ -138,22 +138,23 @@ impl RetryPolicy {
     /// The delay, before jitter, to wait before attempt number `attempt` (1-based; the
     /// first attempt has no delay).
     pub fn delay_before(&self, attempt: u32) -> Duration {
-        if attempt <= 1 {
-            return Duration::ZERO;
-        }
-        let exponent = (attempt - 2).min(1_000) as i32;
-        self.capped(self.base_delay.as_secs_f64() * self.multiplier.powi(exponent))
+        self.capped(self.uncapped_secs(attempt))
     }
 
     /// The delay before attempt `attempt` with jitter applied (then capped).
     pub fn jittered_delay_before(&self, attempt: u32) -> Duration {
+        let shift = self.jitter * (2.0 * fastrand::f64() - 1.0);
+        self.capped(self.uncapped_secs(attempt) * (1.0 + shift))
+    }
+
+    /// `base_delay × multiplier^(attempt - 2)` in seconds, before jitter and cap (0 for the
+    /// first attempt).
+    fn uncapped_secs(&self, attempt: u32) -> f64 {
         if attempt <= 1 {
-            return Duration::ZERO;
+            return 0.0;
         }
         let exponent = (attempt - 2).min(1_000) as i32;
-        let secs = self.base_delay.as_secs_f64() * self.multiplier.powi(exponent);
-        let shift = self.jitter * (2.0 * fastrand::f64() - 1.0);
-        self.capped(secs * (1.0 + shift))
+        self.base_delay.as_secs_f64() * self.multiplier.powi(exponent)
     }
 
     /// `secs` within `max_delay` and [`RetryPolicy::LONGEST_DELAY`] (never panics: an
