@@ -25,27 +25,25 @@ type B = sqlx::Postgres;
 const CHILD_URL: &str = "KEEL_SKEW_CHILD_URL";
 const FAKETIME: &str = "KEEL_TEST_FAKETIME";
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Slow;
+/// A unit event of these tests, on the `Clock` aggregate.
+macro_rules! clock_event {
+    ($name:ident, $event:literal) => {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct $name;
 
-impl DomainEvent for Slow {
-    const NAME: &'static str = "test.slow.v1";
-    const AGGREGATE_TYPE: &'static str = "Clock";
-    fn aggregate_id(&self) -> String {
-        "slow".to_owned()
-    }
+        impl DomainEvent for $name {
+            const NAME: &'static str = $event;
+            const AGGREGATE_TYPE: &'static str = "Clock";
+            fn aggregate_id(&self) -> String {
+                stringify!($name).to_lowercase()
+            }
+        }
+    };
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Flaky;
+clock_event!(Slow, "test.slow.v1");
 
-impl DomainEvent for Flaky {
-    const NAME: &'static str = "test.flaky.v1";
-    const AGGREGATE_TYPE: &'static str = "Clock";
-    fn aggregate_id(&self) -> String {
-        "flaky".to_owned()
-    }
-}
+clock_event!(Flaky, "test.flaky.v1");
 
 /// Records which process ran which handler, at the database's time.
 async fn record(ctx: &mut HandlerContext, handler: &str) -> Result<(), Error> {
@@ -197,16 +195,7 @@ async fn a_skewed_relay_follows_the_database_clock() {
     app.shutdown().await.unwrap();
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Parked;
-
-impl DomainEvent for Parked {
-    const NAME: &'static str = "test.parked.v1";
-    const AGGREGATE_TYPE: &'static str = "Clock";
-    fn aggregate_id(&self) -> String {
-        "parked".to_owned()
-    }
-}
+clock_event!(Parked, "test.parked.v1");
 
 /// Holds its delivery (and so its lease) for a while.
 async fn parked(_: &Parked, _: &mut HandlerContext) -> Result<(), Error> {
@@ -254,16 +243,7 @@ async fn a_fast_path_lease_counts_from_the_commit() {
     app.shutdown().await.unwrap();
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Orphaned;
-
-impl DomainEvent for Orphaned {
-    const NAME: &'static str = "test.orphaned.v1";
-    const AGGREGATE_TYPE: &'static str = "Clock";
-    fn aggregate_id(&self) -> String {
-        "orphaned".to_owned()
-    }
-}
+clock_event!(Orphaned, "test.orphaned.v1");
 
 /// In the child, the process dies while delivering; in this process, it records.
 async fn orphaned(_: &Orphaned, ctx: &mut HandlerContext) -> Result<(), Error> {
