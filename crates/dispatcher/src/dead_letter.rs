@@ -20,6 +20,7 @@ use keel_orchestrator::{Backend, Database, Error, ensure_outside_unit_of_work};
 pub struct DeadLetters<B: Backend> {
     db: Database<B>,
     wake: std::sync::Arc<crate::relay::Wake>,
+    purge_batch: u32,
 }
 
 impl<B: Backend> Clone for DeadLetters<B> {
@@ -27,13 +28,22 @@ impl<B: Backend> Clone for DeadLetters<B> {
         DeadLetters {
             db: self.db.clone(),
             wake: self.wake.clone(),
+            purge_batch: self.purge_batch,
         }
     }
 }
 
 impl<B: Backend> DeadLetters<B> {
-    pub(crate) fn new(db: Database<B>, wake: std::sync::Arc<crate::relay::Wake>) -> Self {
-        DeadLetters { db, wake }
+    pub(crate) fn new(
+        db: Database<B>,
+        wake: std::sync::Arc<crate::relay::Wake>,
+        purge_batch: u32,
+    ) -> Self {
+        DeadLetters {
+            db,
+            wake,
+            purge_batch,
+        }
     }
 
     /// The oldest `limit` dead deliveries.
@@ -83,16 +93,6 @@ impl<B: Backend> DeadLetters<B> {
     /// [`DeliveryOptions::dead_retention`](crate::DeliveryOptions::dead_retention).
     pub async fn purge(&self, older_than: std::time::Duration) -> Result<u64, Error> {
         ensure_outside_unit_of_work("purge the dead letter")?;
-        let mut total = 0;
-        loop {
-            let removed = B::purge(&self.db, None, Some(older_than), PURGE_BATCH).await?;
-            total += removed;
-            if removed == 0 {
-                return Ok(total);
-            }
-        }
+        crate::dispatcher::purge_all(&self.db, None, Some(older_than), self.purge_batch).await
     }
 }
-
-/// Rows removed per statement by [`DeadLetters::purge`].
-const PURGE_BATCH: u32 = 5_000;

@@ -127,7 +127,11 @@ impl<B: Backend> Dispatcher<B> {
 
     /// The dead letter of this dispatcher's database.
     pub fn dead_letters(&self) -> DeadLetters<B> {
-        DeadLetters::new(self.inner.db.clone(), self.inner.wake.clone())
+        DeadLetters::new(
+            self.inner.db.clone(),
+            self.inner.wake.clone(),
+            self.inner.options.purge_batch,
+        )
     }
 
     /// Releases the events of a committed unit of work to their handlers and returns the
@@ -218,20 +222,13 @@ impl<B: Backend> Dispatcher<B> {
     /// rows removed. The relay does this
     /// periodically when [`DeliveryOptions::retention`] is set.
     pub async fn purge_delivered(&self, older_than: Duration) -> Result<u64, Error> {
-        let mut total = 0;
-        loop {
-            let removed = B::purge(
-                &self.inner.db,
-                Some(older_than),
-                None,
-                self.inner.options.purge_batch,
-            )
-            .await?;
-            total += removed;
-            if removed == 0 {
-                return Ok(total);
-            }
-        }
+        purge_all(
+            &self.inner.db,
+            Some(older_than),
+            None,
+            self.inner.options.purge_batch,
+        )
+        .await
     }
 
     /// Starts the relay in the background, once. Must be called within a Tokio runtime.
@@ -285,9 +282,9 @@ impl<B: Backend> Dispatcher<B> {
     /// running relay for retries and for deliveries this process did not commit.
     pub async fn wait_until_delivered(&self, timeout: Duration) -> Result<bool, Error> {
         let deadline = Instant::now() + timeout;
+        let handlers = self.registry().names();
         loop {
             self.wait_idle().await;
-            let handlers: Vec<&str> = self.registry().handlers().map(|h| h.name()).collect();
             if !B::any_unfinished(&self.inner.db, &handlers).await? && self.in_flight() == 0 {
                 return Ok(true);
             }
@@ -312,5 +309,23 @@ impl<B: Backend> Dispatcher<B> {
             let _ = relay.await;
         }
         self.wait_idle().await;
+    }
+}
+
+/// Purges in batches of `batch` rows until a batch removes nothing; returns the rows
+/// removed (see [`Store::purge`](keel_orchestrator::store::Store::purge)).
+pub(crate) async fn purge_all<B: Backend>(
+    db: &Database<B>,
+    done_older_than: Option<Duration>,
+    dead_older_than: Option<Duration>,
+    batch: u32,
+) -> Result<u64, Error> {
+    let mut total = 0;
+    loop {
+        let removed = B::purge(db, done_older_than, dead_older_than, batch).await?;
+        total += removed;
+        if removed == 0 {
+            return Ok(total);
+        }
     }
 }

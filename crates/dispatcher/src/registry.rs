@@ -184,6 +184,11 @@ impl<B: Backend> Registry<B> {
         self.by_event.get(event).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// The names of every registered handler: the deliveries this process's relay claims.
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        self.handlers().map(|h| h.name()).collect()
+    }
+
     /// Every registered handler.
     pub fn handlers(&self) -> impl Iterator<Item = &Handler<B>> {
         self.by_event.values().flatten().map(|h| h.as_ref())

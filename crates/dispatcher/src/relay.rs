@@ -145,6 +145,7 @@ async fn claim_loop<B: Backend>(
     let options = dispatcher.options().clone();
     let db = dispatcher.database().clone();
     let wake = dispatcher.wake_handle();
+    let names = dispatcher.registry().names();
     let mut last_purge = Instant::now();
     let mut failing_since: Option<Instant> = None;
     loop {
@@ -160,7 +161,6 @@ async fn claim_loop<B: Backend>(
             .map_or(u32::MAX, |n| (n - taken).min(u32::MAX as u64) as u32);
         let round = async {
             let registry = dispatcher.registry();
-            let names: Vec<&str> = registry.handlers().map(|h| h.name()).collect();
             let handlers_for = |name: &str| {
                 registry
                     .handlers_for(name)
