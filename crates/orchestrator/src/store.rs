@@ -262,9 +262,9 @@ pub trait Store: sqlx::Database {
 
     /// Removes up to `limit` done deliveries finished more than `done_older_than` ago and
     /// dead ones given up more than `dead_older_than` ago (`None`: none), their error
-    /// history, events left without deliveries, and up to `limit` ordering keys with nothing
-    /// pending; then recreates the key rows of pending commands that lack one. Returns the
-    /// rows removed.
+    /// history, events left without deliveries, and up to `limit` ordering keys unused for an
+    /// hour with nothing pending; then recreates the key rows of pending commands that lack
+    /// one. Returns the rows removed.
     fn purge(
         db: &Database<Self>,
         done_older_than: Option<Duration>,
