@@ -83,6 +83,7 @@ macro_rules! posts {
                      INSERT INTO posts VALUES (1, 0);
                      DELETE FROM keel_delivery_errors;
                      DELETE FROM keel_deliveries;
+                     DELETE FROM keel_done;
                      DELETE FROM keel_events;
                      DELETE FROM keel_keys;",
                 )

@@ -170,7 +170,7 @@ async fn a_skewed_relay_follows_the_database_clock() {
         .unwrap();
     assert_eq!(slow_runs, ["parent"], "the live lease was taken over");
     let slow_attempts: i32 =
-        sqlx::query_scalar("SELECT attempts FROM keel_deliveries WHERE handler = 'slow'")
+        sqlx::query_scalar("SELECT attempts FROM keel_done WHERE handler = 'slow'")
             .fetch_one(&mut *conn)
             .await
             .unwrap();

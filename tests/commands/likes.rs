@@ -48,7 +48,7 @@ async fn a_thousand_likes_through_the_bus(db: Database) {
     // Fewer units of work than likes: they were applied in batches.
     let handled_groups = scalar(
         &db,
-        "SELECT COUNT(DISTINCT updated_at) FROM keel_deliveries WHERE handler = 'count_votes'",
+        "SELECT COUNT(DISTINCT done_at) FROM keel_done WHERE handler = 'count_votes'",
     )
     .await;
     assert!(handled_groups < LIKES, "no batching happened");

@@ -85,14 +85,7 @@ async fn a_repeated_delivery_changes_nothing(db: Database) {
         "the steps of the repeat never ran"
     );
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM effects").await, 1);
-    assert_eq!(
-        scalar(
-            &db,
-            "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'done'"
-        )
-        .await,
-        1
-    );
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_done").await, 1);
 }
 
 async fn a_failed_attempt_leaves_no_mark(db: Database) {

@@ -26,31 +26,36 @@ async fn old_finished_deliveries_are_purged_in_batches(db: Database) {
             .await
             .unwrap()
     );
-    assert_eq!(
-        scalar(&db, "SELECT COUNT(*) FROM keel_deliveries").await,
-        2_400
-    );
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_done").await, 2_400);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_deliveries").await, 0);
 
-    // Age the first 1,000 events and their deliveries by two days, on the database's
-    // clock. One old delivery is still pending (due in a century): it must survive, and
-    // so must its event.
+    // Age the first 1,000 events and their finished deliveries by two days, on the
+    // database's clock. One old delivery is pending again (due in a century): it must
+    // survive, and so must its event.
     db.execute_script(if POSTGRES {
-        "UPDATE keel_deliveries SET updated_at = updated_at - interval '2 days'
+        "UPDATE keel_done SET done_at = done_at - interval '2 days'
          WHERE event_id IN (SELECT id FROM keel_events ORDER BY id LIMIT 1000);
          UPDATE keel_events SET created_at = created_at - interval '2 days'
          WHERE id IN (SELECT id FROM keel_events ORDER BY id LIMIT 1000);
-         UPDATE keel_deliveries SET status = 'pending', leased_until = NULL,
-             next_attempt_at = now() + interval '100 years'
-         WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1)
-           AND handler = 'effect_a';"
+         WITH d AS (
+             DELETE FROM keel_done
+             WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1)
+               AND handler = 'effect_a'
+             RETURNING event_id, handler)
+         INSERT INTO keel_deliveries (event_id, handler, next_attempt_at)
+         SELECT event_id, handler, now() + interval '100 years' FROM d;"
     } else {
-        "UPDATE keel_deliveries SET updated_at = updated_at - 2 * 86400000
+        "UPDATE keel_done SET done_at = done_at - 2 * 86400000
          WHERE event_id IN (SELECT id FROM keel_events ORDER BY id LIMIT 1000);
          UPDATE keel_events SET created_at = created_at - 2 * 86400000
          WHERE id IN (SELECT id FROM keel_events ORDER BY id LIMIT 1000);
-         UPDATE keel_deliveries SET status = 'pending', leased_until = NULL,
-             next_attempt_at = CAST((julianday('now', '+100 years') - 2440587.5) * 86400000
-                                    AS INTEGER)
+         INSERT INTO keel_deliveries (event_id, handler, next_attempt_at)
+         SELECT event_id, handler,
+                CAST((julianday('now', '+100 years') - 2440587.5) * 86400000 AS INTEGER)
+         FROM keel_done
+         WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1)
+           AND handler = 'effect_a';
+         DELETE FROM keel_done
          WHERE event_id = (SELECT id FROM keel_events ORDER BY id LIMIT 1)
            AND handler = 'effect_a';"
     })
@@ -66,10 +71,8 @@ async fn old_finished_deliveries_are_purged_in_batches(db: Database) {
         1_999 + 999,
         "1,999 old done deliveries and 999 events"
     );
-    assert_eq!(
-        scalar(&db, "SELECT COUNT(*) FROM keel_deliveries").await,
-        401
-    );
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_done").await, 400);
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_deliveries").await, 1);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_events").await, 201);
     assert_eq!(
         scalar(

@@ -250,11 +250,11 @@ async fn a_failure_that_says_when_is_retried_then(db: Database) {
     let waited_ms = scalar(
         &db,
         if POSTGRES {
-            "SELECT CAST(EXTRACT(EPOCH FROM (d.updated_at - e.failed_at)) * 1000 AS BIGINT)
-             FROM keel_deliveries d JOIN keel_delivery_errors e
+            "SELECT CAST(EXTRACT(EPOCH FROM (d.done_at - e.failed_at)) * 1000 AS BIGINT)
+             FROM keel_done d JOIN keel_delivery_errors e
                ON e.event_id = d.event_id AND e.handler = d.handler"
         } else {
-            "SELECT d.updated_at - e.failed_at FROM keel_deliveries d JOIN keel_delivery_errors e
+            "SELECT d.done_at - e.failed_at FROM keel_done d JOIN keel_delivery_errors e
                ON e.event_id = d.event_id AND e.handler = d.handler"
         },
     )

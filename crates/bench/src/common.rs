@@ -114,7 +114,7 @@ pub const SCHEMA: &str = "
     CREATE INDEX raw_outbox_pending ON raw_outbox (id) WHERE NOT done;
     CREATE TABLE raw_queue (id BIGSERIAL PRIMARY KEY, payload JSONB NOT NULL);
     INSERT INTO bench_rows SELECT g, 0 FROM generate_series(1, 64) g;
-    TRUNCATE keel_delivery_errors, keel_deliveries, keel_events, keel_keys;";
+    TRUNCATE keel_delivery_errors, keel_deliveries, keel_done, keel_events, keel_keys;";
 
 /// Keel's database for a scenario, migrated, with the scenario tables reset.
 pub async fn keel_database(url: &str, connections: u32) -> Result<Database, String> {

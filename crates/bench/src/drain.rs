@@ -122,11 +122,7 @@ pub async fn run(url: &str, n: u64) -> Result<Report, String> {
     let limit_rate = limit(&pool, n).await?;
     let defaults = DeliveryOptions::default();
     let default_rate = keel(url, n, defaults.clone()).await?;
-    let done = common::count(
-        &pool,
-        "SELECT count(*) FROM keel_deliveries WHERE status = 'done'",
-    )
-    .await?;
+    let done = common::count(&pool, "SELECT count(*) FROM keel_done").await?;
     if done != n as i64 {
         return Err(format!("{done} deliveries done, expected {n}"));
     }

@@ -51,7 +51,7 @@ async fn reset(db: &Database) -> Result<(), String> {
         "DROP TABLE IF EXISTS posts;
          CREATE TABLE posts (id BIGINT PRIMARY KEY, likes BIGINT NOT NULL);
          INSERT INTO posts VALUES (1, 0);
-         DELETE FROM keel_delivery_errors; DELETE FROM keel_deliveries;
+         DELETE FROM keel_delivery_errors; DELETE FROM keel_deliveries; DELETE FROM keel_done;
          DELETE FROM keel_events; DELETE FROM keel_keys;",
     )
     .await

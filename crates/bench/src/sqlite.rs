@@ -32,7 +32,7 @@ const SCHEMA: &str = "
     CREATE INDEX raw_outbox_pending ON raw_outbox (id) WHERE done = 0;
     WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 64)
     INSERT INTO bench_rows SELECT i, 0 FROM g;
-    DELETE FROM keel_delivery_errors; DELETE FROM keel_deliveries;
+    DELETE FROM keel_delivery_errors; DELETE FROM keel_deliveries; DELETE FROM keel_done;
     DELETE FROM keel_events; DELETE FROM keel_keys;";
 
 /// A fresh directory for the two database files.

@@ -151,8 +151,9 @@ pub(super) async fn any_unfinished(
     Ok(unfinished)
 }
 
-/// One statement, driven by the `done` index and by the keys it deletes. Its parts see
-/// one snapshot, so the events' check ignores the deliveries deleted alongside.
+/// One statement, driven by the done log's time index, the `dead` index and the keys it
+/// deletes. Its parts see one snapshot, so the events' checks ignore the rows deleted
+/// alongside.
 pub(super) async fn purge(
     db: &Database<Postgres>,
     done_older_than: Option<Duration>,
@@ -161,22 +162,29 @@ pub(super) async fn purge(
 ) -> Result<u64, Error> {
     let mut conn = db.acquire().await?;
     let removed: i64 = sqlx::query_scalar(
-        "WITH d AS (
+        "WITH f AS (
+             DELETE FROM keel_done WHERE ctid = ANY (ARRAY(
+                 SELECT ctid FROM keel_done
+                 WHERE $1::bigint IS NOT NULL AND done_at < now() - $1 * interval '1 millisecond'
+                 LIMIT $2))
+             RETURNING event_id, handler),
+         d AS (
              DELETE FROM keel_deliveries WHERE (event_id, handler) IN
                  (SELECT event_id, handler FROM keel_deliveries
-                  WHERE ($1::bigint IS NOT NULL AND status = 'done'
-                         AND updated_at < now() - $1 * interval '1 millisecond')
-                     OR ($3::bigint IS NOT NULL AND status = 'dead'
-                         AND updated_at < now() - $3 * interval '1 millisecond')
+                  WHERE $3::bigint IS NOT NULL AND status = 'dead'
+                    AND updated_at < now() - $3 * interval '1 millisecond'
                   LIMIT $2)
              RETURNING event_id, handler),
+         g AS (SELECT event_id, handler FROM f UNION ALL SELECT event_id, handler FROM d),
          x AS (
-             DELETE FROM keel_delivery_errors r USING d
-             WHERE r.event_id = d.event_id AND r.handler = d.handler RETURNING 1),
+             DELETE FROM keel_delivery_errors r USING g
+             WHERE r.event_id = g.event_id AND r.handler = g.handler RETURNING 1),
          v AS (
-             DELETE FROM keel_events e WHERE e.id IN (SELECT event_id FROM d)
+             DELETE FROM keel_events e WHERE e.id IN (SELECT event_id FROM g)
                AND NOT EXISTS (SELECT 1 FROM keel_deliveries k WHERE k.event_id = e.id
                    AND (k.event_id, k.handler) NOT IN (SELECT event_id, handler FROM d))
+               AND NOT EXISTS (SELECT 1 FROM keel_done k WHERE k.event_id = e.id
+                   AND (k.event_id, k.handler) NOT IN (SELECT event_id, handler FROM f))
              RETURNING 1),
          k AS (
              DELETE FROM keel_keys k WHERE k.key IN
@@ -189,7 +197,7 @@ pub(super) async fn purge(
                                     WHERE NOT u.routed AND u.ordering_key = i.key)
                   LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING 1)
-         SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM x) + (SELECT count(*) FROM v)
+         SELECT (SELECT count(*) FROM g) + (SELECT count(*) FROM x) + (SELECT count(*) FROM v)
               + (SELECT count(*) FROM k)",
     )
     .bind(done_older_than.map(millis))
@@ -326,8 +334,10 @@ pub(super) async fn backfill(
     let created: i64 = sqlx::query_scalar(
         "WITH b AS (
              INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)
-             SELECT id, $2, ordering_key, key_seq FROM keel_events
+             SELECT id, $2, ordering_key, key_seq FROM keel_events e
              WHERE name = $1 AND routed AND created_at >= $3
+               AND NOT EXISTS (SELECT 1 FROM keel_done d WHERE d.event_id = e.id
+                               AND d.handler = $2)
              ON CONFLICT DO NOTHING RETURNING 1)
          SELECT count(*) FROM b",
     )

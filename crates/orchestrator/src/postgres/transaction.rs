@@ -229,9 +229,13 @@ pub(super) async fn mark_done(
 ) -> Result<usize, Error> {
     let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| *id.as_uuid()).collect();
     let done = sqlx::query(
-        "UPDATE keel_deliveries SET status = 'done', leased_until = NULL, leased_by = NULL,
-         updated_at = now()
-         WHERE handler = $1 AND status = 'pending' AND event_id = ANY ($2)",
+        "WITH d AS (
+             DELETE FROM keel_deliveries
+             WHERE handler = $1 AND status = 'pending' AND event_id = ANY ($2)
+             RETURNING event_id, handler, attempts)
+         INSERT INTO keel_done (event_id, handler, attempts) SELECT * FROM d
+         ON CONFLICT (event_id, handler)
+         DO UPDATE SET attempts = EXCLUDED.attempts, done_at = EXCLUDED.done_at",
     )
     .bind(handler)
     .bind(ids)

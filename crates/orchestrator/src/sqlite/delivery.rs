@@ -192,23 +192,31 @@ pub(super) async fn purge(
 ) -> Result<u64, Error> {
     db.clone()
         .unit_of_work_with(&internal("keel_purge"), async |tx| {
-            let pairs: Vec<(String, String)> = sqlx::query_as(concat!(
-                "DELETE FROM keel_deliveries WHERE (event_id, handler) IN
-                 (SELECT event_id, handler FROM keel_deliveries
-                  WHERE ($1 IS NOT NULL AND status = 'done' AND updated_at < ",
+            let mut pairs: Vec<(String, String)> = sqlx::query_as(concat!(
+                "DELETE FROM keel_done WHERE rowid IN
+                 (SELECT rowid FROM keel_done WHERE $1 IS NOT NULL AND done_at < ",
                 now_ms!(),
-                " - $1)
-                     OR ($3 IS NOT NULL AND status = 'dead' AND updated_at < ",
-                now_ms!(),
-                " - $3)
-                  LIMIT $2)
+                " - $1 LIMIT $2)
                  RETURNING event_id, handler"
             ))
             .bind(done_older_than.map(millis))
             .bind(i64::from(limit))
-            .bind(dead_older_than.map(millis))
             .fetch_all(tx.conn())
             .await?;
+            pairs.extend(
+                sqlx::query_as::<_, (String, String)>(concat!(
+                    "DELETE FROM keel_deliveries WHERE (event_id, handler) IN
+                     (SELECT event_id, handler FROM keel_deliveries
+                      WHERE $1 IS NOT NULL AND status = 'dead' AND updated_at < ",
+                    now_ms!(),
+                    " - $1 LIMIT $2)
+                     RETURNING event_id, handler"
+                ))
+                .bind(dead_older_than.map(millis))
+                .bind(i64::from(limit))
+                .fetch_all(tx.conn())
+                .await?,
+            );
             let mut removed = pairs.len() as u64;
             for chunk in pairs.chunks(CHUNK) {
                 let mut query = QueryBuilder::<Sqlite>::new(
@@ -237,7 +245,8 @@ pub(super) async fn purge(
                 }
                 query.push(
                     ") AND NOT EXISTS \
-                     (SELECT 1 FROM keel_deliveries d WHERE d.event_id = keel_events.id)",
+                     (SELECT 1 FROM keel_deliveries d WHERE d.event_id = keel_events.id) \
+                     AND NOT EXISTS (SELECT 1 FROM keel_done d WHERE d.event_id = keel_events.id)",
                 );
                 removed += query.build().execute(tx.conn()).await?.rows_affected();
             }
@@ -327,8 +336,10 @@ pub(super) async fn backfill(
     let mut conn = db.acquire().await?;
     let created = sqlx::query(
         "INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)
-         SELECT id, $2, ordering_key, key_seq FROM keel_events
+         SELECT id, $2, ordering_key, key_seq FROM keel_events e
          WHERE name = $1 AND routed AND created_at >= $3
+           AND NOT EXISTS (SELECT 1 FROM keel_done d WHERE d.event_id = e.id
+                           AND d.handler = $2)
          ON CONFLICT DO NOTHING",
     )
     .bind(message)

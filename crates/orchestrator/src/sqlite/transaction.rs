@@ -106,21 +106,36 @@ pub(super) async fn mark_done(
     event_ids: &[EventId],
     handler: &str,
 ) -> Result<usize, Error> {
+    // One writer: the append and the delete see the same rows.
     let mut done = 0;
     for chunk in event_ids.chunks(CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(concat!(
-            "UPDATE keel_deliveries SET status = 'done', leased_until = NULL, \
-             leased_by = NULL, updated_at = ",
-            now_ms!(),
-            " WHERE status = 'pending' AND handler = "
+        let mut append = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO keel_done (event_id, handler, attempts) \
+             SELECT event_id, handler, attempts FROM keel_deliveries",
+        );
+        pending_of(&mut append, handler, chunk);
+        append.push(concat!(
+            " ON CONFLICT (event_id, handler) DO UPDATE SET attempts = excluded.attempts, \
+             done_at = ",
+            now_ms!()
         ));
-        query.push_bind(handler).push(" AND event_id IN (");
-        let mut ids = query.separated(", ");
-        for id in chunk {
-            ids.push_bind(id.to_string());
-        }
-        query.push(")");
-        done += query.build().execute(&mut *conn).await?.rows_affected() as usize;
+        append.build().execute(&mut *conn).await?;
+        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM keel_deliveries");
+        pending_of(&mut delete, handler, chunk);
+        done += delete.build().execute(&mut *conn).await?.rows_affected() as usize;
     }
     Ok(done)
+}
+
+/// ` WHERE` the pending deliveries of `event_ids` to `handler`.
+fn pending_of(query: &mut QueryBuilder<Sqlite>, handler: &str, event_ids: &[EventId]) {
+    query
+        .push(" WHERE status = 'pending' AND handler = ")
+        .push_bind(handler)
+        .push(" AND event_id IN (");
+    let mut ids = query.separated(", ");
+    for id in event_ids {
+        ids.push_bind(id.to_string());
+    }
+    query.push(")");
 }

@@ -58,7 +58,10 @@ impl Reports for Postgres {
             .fetch_one(&mut *conn)
             .await?;
         let deliveries: Vec<(Uuid, String, String, String, i32)> = sqlx::query_as(
-            "SELECT e.id, e.name, d.handler, d.status, d.attempts FROM keel_deliveries d
+            "SELECT e.id, e.name, d.handler, d.status, d.attempts
+             FROM (SELECT event_id, handler, status, attempts FROM keel_deliveries
+                   UNION ALL
+                   SELECT event_id, handler, 'done', attempts FROM keel_done) d
              JOIN keel_events e ON e.id = d.event_id ORDER BY e.id, d.handler",
         )
         .fetch_all(&mut *conn)
