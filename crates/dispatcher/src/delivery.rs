@@ -1,6 +1,10 @@
 //! One attempt of one delivery (or of one batch of commands): run the handler, then
 //! record the outcome of every delivery in it.
 
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use keel_orchestrator::outbox::{Claim, Group, Next};
 use keel_orchestrator::{Backend, Error};
 use tokio::sync::OwnedSemaphorePermit;
@@ -22,7 +26,7 @@ pub(crate) async fn execute<B: Backend>(
     run(&dispatcher, group, permit).await;
     if let (Some(key), Some(token)) = (key, token) {
         let db = dispatcher.database().clone();
-        if let Err(error) = B::release_key(&db, &key, token).await {
+        if let Err(error) = Box::pin(B::release_key(&db, &key, token)).await {
             tracing::warn!(%key, %error, "could not release the ordering key; it frees when its lease expires");
         }
     }
@@ -39,7 +43,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
         .unwrap_or_default();
     let group_claims = if waited > lease / 4 {
         let db = dispatcher.database().clone();
-        match B::renew(&db, &group.claims, group.key.as_deref(), lease).await {
+        match Box::pin(B::renew(&db, &group.claims, group.key.as_deref(), lease)).await {
             Ok(kept) => group
                 .claims
                 .into_iter()
@@ -126,8 +130,9 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
         first.attempt,
     );
     let call = handler.erased().clone();
-    // A task of its own per attempt: a panicking handler fails this attempt only.
-    let joined = tokio::spawn(async move {
+    // A panicking handler fails this attempt only: the panic is caught at this future's
+    // boundary, and the context it held is dropped with it.
+    let joined = AssertUnwindSafe(async move {
         let outcome = tokio::time::timeout(timeout, call.call(&envelopes, &mut ctx)).await;
         // A handler that opened its unit of work, saw it fail, and still returned `Ok`
         // must not have its deliveries marked done without their effects.
@@ -139,6 +144,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
         };
         (outcome, ctx.processed())
     })
+    .catch_unwind()
     .await;
 
     let (error, retry) = match joined {
@@ -176,14 +182,10 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
             format!("handler timed out after {} ms", timeout.as_millis()),
             Retry::Policy,
         ),
-        Err(join) if join.is_panic() => (
-            format!("handler panicked: {}", panic_message(join.into_panic())),
+        Err(panic) => (
+            format!("handler panicked: {}", panic_message(panic)),
             Retry::Policy,
         ),
-        Err(_) => {
-            tracing::warn!(handler = %first.handler, "delivery cancelled (runtime shutting down)");
-            return;
-        }
     };
     finish_failed(dispatcher, &claims, error, retry).await
 }
@@ -200,46 +202,50 @@ enum Retry {
 }
 
 /// Records a failed attempt of each delivery of a group: retry later, or dead.
-async fn finish_failed<B: Backend>(
-    dispatcher: &Dispatcher<B>,
-    claims: &[Claim],
+/// Boxed: failures are the rare path, and their statements would otherwise make every
+/// delivery's task as large as the largest of them.
+fn finish_failed<'a, B: Backend>(
+    dispatcher: &'a Dispatcher<B>,
+    claims: &'a [Claim],
     error: String,
     retry: Retry,
-) {
-    let db = dispatcher.database().clone();
-    for claim in claims {
-        let policy = dispatcher
-            .registry()
-            .handlers()
-            .find(|h| h.name() == claim.handler)
-            .map(|h| h.retry_policy().clone())
-            .unwrap_or_else(crate::handler::default_retry);
-        let permanent = matches!(retry, Retry::Never);
-        let next = if permanent || !policy.allows_another_after(claim.run_attempt()) {
-            tracing::error!(
-                handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
-                %error, "delivery failed; moved to the dead letter"
-            );
-            Next::Dead
-        } else {
-            let delay = match retry {
-                Retry::After(delay) => delay.min(keel_orchestrator::RetryPolicy::LONGEST_DELAY),
-                _ => policy.jittered_delay_before(claim.run_attempt() + 1),
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        let db = dispatcher.database().clone();
+        for claim in claims {
+            let policy = dispatcher
+                .registry()
+                .handlers()
+                .find(|h| h.name() == claim.handler)
+                .map(|h| h.retry_policy().clone())
+                .unwrap_or_else(crate::handler::default_retry);
+            let permanent = matches!(retry, Retry::Never);
+            let next = if permanent || !policy.allows_another_after(claim.run_attempt()) {
+                tracing::error!(
+                    handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
+                    %error, "delivery failed; moved to the dead letter"
+                );
+                Next::Dead
+            } else {
+                let delay = match retry {
+                    Retry::After(delay) => delay.min(keel_orchestrator::RetryPolicy::LONGEST_DELAY),
+                    _ => policy.jittered_delay_before(claim.run_attempt() + 1),
+                };
+                tracing::warn!(
+                    handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
+                    %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"
+                );
+                Next::RetryIn(delay)
             };
-            tracing::warn!(
-                handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
-                %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"
-            );
-            Next::RetryIn(delay)
-        };
-        if let Err(failure) = B::record_failure(&db, claim, &error, next).await {
-            tracing::warn!(
-                handler = %claim.handler, event_id = %claim.event_id, %failure,
-                "could not record the failed attempt; the delivery is retried when its lease expires"
-            );
+            if let Err(failure) = B::record_failure(&db, claim, &error, next).await {
+                tracing::warn!(
+                    handler = %claim.handler, event_id = %claim.event_id, %failure,
+                    "could not record the failed attempt; the delivery is retried when its lease expires"
+                );
+            }
         }
-    }
-    dispatcher.wake_relay();
+        dispatcher.wake_relay();
+    })
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {

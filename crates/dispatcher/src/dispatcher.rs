@@ -14,6 +14,7 @@ use crate::marks::Marks;
 use crate::registry::Registry;
 use crate::relay::{Wake, WorkerLimits, WorkerReport};
 use crate::routing::RoutingTable;
+use crate::running::Running;
 use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
 
 /// Delivers the events of committed units of work to their handlers.
@@ -49,7 +50,7 @@ struct Inner<B: Backend> {
     db: Database<B>,
     registry: Registry<B>,
     options: DeliveryOptions,
-    in_flight: watch::Sender<usize>,
+    running: Running,
     /// Bounds the deliveries running at once in this process, fast path and relay together.
     permits: Arc<Semaphore>,
     wake: Arc<Wake>,
@@ -62,7 +63,7 @@ impl<B: Backend> std::fmt::Debug for Dispatcher<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
             .field("handlers", &self.inner.registry.len())
-            .field("in_flight", &*self.inner.in_flight.borrow())
+            .field("in_flight", &self.inner.running.count())
             .finish()
     }
 }
@@ -72,7 +73,7 @@ struct InFlight<B: Backend>(Arc<Inner<B>>);
 
 impl<B: Backend> Drop for InFlight<B> {
     fn drop(&mut self) {
-        self.0.in_flight.send_modify(|n| *n -= 1);
+        self.0.running.end();
     }
 }
 
@@ -94,7 +95,7 @@ impl<B: Backend> Dispatcher<B> {
                 db: db.with_routing(routing),
                 registry,
                 options,
-                in_flight: watch::Sender::new(0),
+                running: Running::default(),
                 permits,
                 wake,
                 stop: watch::Sender::new(false),
@@ -174,9 +175,10 @@ impl<B: Backend> Dispatcher<B> {
         let Some(first) = group.claims.first() else {
             return done();
         };
-        self.inner.in_flight.send_modify(|n| *n += 1);
+        self.inner.running.start();
         let guard = InFlight(self.inner.clone());
-        let span = tracing::info_span!(
+        // DEBUG: one span per delivery is the hot path's, not an operator's, level.
+        let span = tracing::debug_span!(
             "deliver",
             handler = %first.handler,
             event_id = %first.event_id,
@@ -210,11 +212,6 @@ impl<B: Backend> Dispatcher<B> {
             .marks
             .mark_done(&self.inner.db, event_ids, handler)
             .await
-    }
-
-    /// Free delivery slots in this process.
-    pub(crate) fn free_permits(&self) -> usize {
-        self.inner.permits.available_permits()
     }
 
     /// Removes finished deliveries older than `older_than` (and events left without
@@ -265,15 +262,13 @@ impl<B: Backend> Dispatcher<B> {
 
     /// The number of deliveries running in this process.
     pub fn in_flight(&self) -> usize {
-        *self.inner.in_flight.borrow()
+        self.inner.running.count()
     }
 
     /// Waits until no delivery runs in this process (deliveries due later, in the
     /// outbox, are not waited for: see [`Dispatcher::wait_until_delivered`]).
     pub async fn wait_idle(&self) {
-        let mut watch = self.inner.in_flight.subscribe();
-        // The sender lives in `inner`, which `self` keeps alive: this cannot fail.
-        let _ = watch.wait_for(|n| *n == 0).await;
+        self.inner.running.until_idle().await;
     }
 
     /// Waits until every delivery to this process's handlers is done or dead (and every

@@ -50,6 +50,7 @@ mod options;
 mod registry;
 mod relay;
 mod routing;
+mod running;
 mod session;
 
 pub use context::HandlerContext;

@@ -15,11 +15,12 @@ use keel_domain::EventId;
 use keel_orchestrator::{Backend, Database, Error};
 use tokio::sync::{mpsc, oneshot};
 
-/// Marks taken per write at most.
+/// Deliveries (or batches) whose marks are taken per write at most.
 const MAX_MARKS: usize = 2_000;
 
+/// The marks of one delivery, or of one batch of commands.
 struct Mark {
-    event_id: EventId,
+    event_ids: Vec<EventId>,
     handler: String,
     written: oneshot::Sender<Result<(), String>>,
 }
@@ -49,24 +50,15 @@ impl Marks {
             tokio::spawn(write_marks(db.clone(), receiver));
             sender
         });
-        let mut waits = Vec::with_capacity(event_ids.len());
-        for event_id in event_ids {
-            let (written, wait) = oneshot::channel();
-            let mark = Mark {
-                event_id: *event_id,
-                handler: handler.to_owned(),
-                written,
-            };
-            if queue.send(mark).is_err() {
-                return Err("the dispatcher's mark writer has stopped".to_owned());
-            }
-            waits.push(wait);
-        }
-        for wait in waits {
-            wait.await
-                .map_err(|_| "the dispatcher's mark writer has stopped".to_owned())??;
-        }
-        Ok(())
+        let stopped = || "the dispatcher's mark writer has stopped".to_owned();
+        let (written, wait) = oneshot::channel();
+        let mark = Mark {
+            event_ids: event_ids.to_vec(),
+            handler: handler.to_owned(),
+            written,
+        };
+        queue.send(mark).map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 }
 
@@ -80,7 +72,7 @@ async fn write_marks<B: Backend>(db: Database<B>, mut receiver: mpsc::UnboundedR
             by_handler
                 .entry(mark.handler.as_str())
                 .or_default()
-                .push(mark.event_id);
+                .extend_from_slice(&mark.event_ids);
         }
         let written = B::mark_done_many(&db, &by_handler)
             .await

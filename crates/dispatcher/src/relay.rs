@@ -147,7 +147,13 @@ async fn claim_loop<B: Backend>(
     let wake = dispatcher.wake_handle();
     let names = dispatcher.registry().names();
     let mut last_purge = Instant::now();
+    let mut last_route: Option<Instant> = None;
     let mut failing_since: Option<Instant> = None;
+    // Claimed deliveries wait in a local buffer for a free slot: up to one batch beyond the
+    // slots, so the slots never idle while the next claim runs. A claim of a handful of rows
+    // costs the server nearly what a full batch does: claim when half a batch fits.
+    let capacity = (options.max_in_flight as u32).saturating_add(options.batch_size);
+    let worth = (options.batch_size.min(options.max_in_flight as u32) / 2).max(1);
     loop {
         let seen = wake.seen();
         let taken = counter.load(Ordering::Relaxed);
@@ -161,22 +167,28 @@ async fn claim_loop<B: Backend>(
             .map_or(u32::MAX, |n| (n - taken).min(u32::MAX as u64) as u32);
         let round = async {
             let registry = dispatcher.registry();
-            let handlers_for = |name: &str| {
-                registry
-                    .handlers_for(name)
-                    .iter()
-                    .map(|h| h.name())
-                    .collect()
-            };
-            B::route_unrouted(&db, options.batch_size, &handlers_for).await?;
-            let free = (dispatcher.free_permits() as u32).min(left);
-            // Claiming a handful of rows costs the server nearly what a full batch does:
-            // while deliveries run, wait until half a batch of slots is free.
-            let worth = (options.batch_size.min(options.max_in_flight as u32) / 2).clamp(1, left);
-            if free < worth {
-                return Ok::<_, keel_orchestrator::Error>((false, 0));
+            // Events written where no handler or subscription existed are rare: the first
+            // loop routes them once per poll interval, and again at once after a full batch.
+            let mut more_to_route = false;
+            if purges && last_route.is_none_or(|at| at.elapsed() >= options.poll_interval) {
+                let handlers_for = |name: &str| {
+                    registry
+                        .handlers_for(name)
+                        .iter()
+                        .map(|h| h.name())
+                        .collect()
+                };
+                let routed = B::route_unrouted(&db, options.batch_size, &handlers_for).await?;
+                more_to_route = routed >= options.batch_size as usize;
+                last_route = (!more_to_route).then(Instant::now);
             }
-            let limit = free.min(options.batch_size);
+            let room = capacity
+                .saturating_sub(dispatcher.in_flight() as u32)
+                .min(left);
+            if room < worth.min(left) {
+                return Ok::<_, keel_orchestrator::Error>((more_to_route, 0));
+            }
+            let limit = room.min(options.batch_size);
             let lease = options.lease_duration();
             let keyed = if claims_keys {
                 let batch_size = |handler: &str| {
@@ -194,9 +206,9 @@ async fn claim_loop<B: Backend>(
             } else {
                 Vec::new()
             };
-            let free = free.saturating_sub(keyed.iter().map(|g| g.claims.len() as u32).sum());
+            let room = room.saturating_sub(keyed.iter().map(|g| g.claims.len() as u32).sum());
             let mut claimed = keyed;
-            let limit = free.min(options.batch_size);
+            let limit = room.min(options.batch_size);
             let mut full = false;
             if limit > 0 {
                 let claims = B::claim(&db, limit, lease, &names).await?;
@@ -206,10 +218,15 @@ async fn claim_loop<B: Backend>(
             let mut count = 0;
             for group in claimed {
                 count += group.claims.len() as u64;
-                let wake = wake.clone();
-                dispatcher.spawn_delivery(group, move || wake.wake());
+                let (wake, ended) = (wake.clone(), dispatcher.clone());
+                // A delivery that ends wakes the claim loops only when a claim is worth it.
+                dispatcher.spawn_delivery(group, move || {
+                    if capacity.saturating_sub(ended.in_flight() as u32) >= worth {
+                        wake.wake();
+                    }
+                });
             }
-            Ok((full, count))
+            Ok((full || more_to_route, count))
         }
         .await;
         let busy = match round {
