@@ -19,7 +19,7 @@ use keel_orchestrator::{Backend, Database, Error, ensure_outside_unit_of_work};
 #[derive(Debug)]
 pub struct DeadLetters<B: Backend> {
     db: Database<B>,
-    wake: std::sync::Arc<crate::relay::Wake>,
+    wake: std::sync::Arc<crate::wake::Wake>,
     purge_batch: u32,
 }
 
@@ -36,7 +36,7 @@ impl<B: Backend> Clone for DeadLetters<B> {
 impl<B: Backend> DeadLetters<B> {
     pub(crate) fn new(
         db: Database<B>,
-        wake: std::sync::Arc<crate::relay::Wake>,
+        wake: std::sync::Arc<crate::wake::Wake>,
         purge_batch: u32,
     ) -> Self {
         DeadLetters {

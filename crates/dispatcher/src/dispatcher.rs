@@ -12,9 +12,10 @@ use tracing::Instrument;
 
 use crate::marks::Marks;
 use crate::registry::Registry;
-use crate::relay::{Wake, WorkerLimits, WorkerReport};
+use crate::relay::{WorkerLimits, WorkerReport};
 use crate::routing::RoutingTable;
 use crate::running::Running;
+use crate::wake::Wake;
 use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
 
 /// Delivers the events of committed units of work to their handlers.

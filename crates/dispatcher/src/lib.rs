@@ -52,6 +52,7 @@ mod relay;
 mod routing;
 mod running;
 mod session;
+mod wake;
 
 pub use context::HandlerContext;
 pub use dead_letter::DeadLetters;

@@ -35,9 +35,9 @@ impl Default for DeliveryOptions {
             lease: Duration::from_secs(60),
             handler_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(250),
-            batch_size: 100,
+            batch_size: 250,
             max_in_flight: 64,
-            claimers: 2,
+            claimers: 4,
             fast_path: true,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             dead_retention: Some(Duration::from_secs(30 * 24 * 3600)),
@@ -72,7 +72,9 @@ impl DeliveryOptions {
         self
     }
 
-    /// How many deliveries a relay claims per query.
+    /// How many deliveries a relay claims per query (default 250). Claimed deliveries wait
+    /// in the relay for a free slot (see [`max_in_flight`](Self::max_in_flight)): up to one
+    /// batch beyond the slots is claimed ahead, under its lease.
     #[must_use]
     pub fn batch_size(mut self, size: u32) -> Self {
         self.batch_size = size.max(1);
@@ -86,9 +88,11 @@ impl DeliveryOptions {
         self
     }
 
-    /// How many claim loops a PostgreSQL relay runs at once (default 2). A claim costs the
+    /// How many claim loops a PostgreSQL relay runs at once (default 4). A claim costs the
     /// server per row, so a deep backlog drains faster with claims running side by side;
-    /// `SKIP LOCKED` keeps them apart. SQLite relays, relays that handle commands (claimed
+    /// `SKIP LOCKED` keeps them apart. Only the first loop wakes for commits and polls; the
+    /// others wake when a loop claimed a full batch, so an idle relay costs one claim per
+    /// wake-up whatever this number. SQLite relays, relays that handle commands (claimed
     /// key by key) and workers with a message limit run one.
     #[must_use]
     pub fn claimers(mut self, claimers: usize) -> Self {

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use keel_orchestrator::Backend;
 use keel_orchestrator::outbox::Group;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::Dispatcher;
 
@@ -155,7 +155,7 @@ async fn claim_loop<B: Backend>(
     let capacity = (options.max_in_flight as u32).saturating_add(options.batch_size);
     let worth = (options.batch_size.min(options.max_in_flight as u32) / 2).max(1);
     loop {
-        let seen = wake.seen();
+        let seen = wake.seen(purges);
         let taken = counter.load(Ordering::Relaxed);
         let out_of_time = limits.duration.is_some_and(|d| started.elapsed() >= d);
         let out_of_messages = limits.messages.is_some_and(|n| taken >= n);
@@ -234,7 +234,7 @@ async fn claim_loop<B: Backend>(
                 counter.fetch_add(count, Ordering::Relaxed);
                 if busy {
                     // More is due: wake the sibling loops to claim alongside.
-                    wake.wake();
+                    wake.backlog();
                 }
                 if let Some(since) = failing_since.take() {
                     tracing::info!(
@@ -282,42 +282,11 @@ async fn claim_loop<B: Backend>(
         };
         tokio::select! {
             _ = stop.changed() => {}
-            _ = wake.sleep(seen, nap) => {}
+            _ = wake.sleep(purges, seen, nap) => {}
         }
     }
-}
-
-/// Wakes a relay's claim loops: every loop that sleeps, and every loop in the middle of a
-/// round (it goes round again instead of napping), so no wake-up is lost.
-#[derive(Debug, Default)]
-pub(crate) struct Wake {
-    epoch: AtomicU64,
-    notify: Notify,
-}
-
-impl Wake {
-    /// Wakes every claim loop.
-    pub(crate) fn wake(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.notify.notify_waiters();
-    }
-
-    /// The wake-ups so far; a loop notes it before its round.
-    fn seen(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    /// Sleeps until a wake-up after `seen`, or `nap`.
-    async fn sleep(&self, seen: u64, nap: std::time::Duration) {
-        let notified = self.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.seen() != seen {
-            return;
-        }
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep(nap) => {}
-        }
+    // The other loops sleep until a backlog: woken, they see the time limit too.
+    if purges {
+        wake.backlog();
     }
 }

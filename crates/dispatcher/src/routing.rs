@@ -8,7 +8,7 @@ use keel_orchestrator::Backend;
 use keel_orchestrator::outbox::Routing;
 
 use crate::Registry;
-use crate::relay::Wake;
+use crate::wake::Wake;
 
 /// Handler names per event name, computed once from the registry.
 pub(crate) struct RoutingTable {
