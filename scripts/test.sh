@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite, on a real PostgreSQL and on SQLite.
+# The whole test suite, on a real PostgreSQL, on SQLite and through a real NATS JetStream.
 #
 # Checks formatting, lints, the API documentation and a PostgreSQL-only build; starts a
-# throwaway PostgreSQL cluster (installing PostgreSQL with apt-get if it is missing), runs
-# `cargo test --workspace` against it and against SQLite, runs the flagship example on both
-# backends, and stops the cluster on every exit path.
+# throwaway PostgreSQL cluster and a throwaway JetStream server (installing PostgreSQL and
+# nats-server with apt-get if they are missing), runs `cargo test --workspace` against them
+# and against SQLite, runs the flagship example on both backends, and stops both servers on
+# every exit path.
 # Extra arguments go to `cargo test` (e.g. `bash scripts/test.sh unit_of_work`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +20,9 @@ if [ $# -eq 0 ]; then
   say "cargo fmt --check"
   cargo fmt --all --check
   say "cargo clippy (warnings denied)"
-  cargo clippy -q --workspace --all-targets -- -D warnings
+  cargo clippy -q --workspace --all-targets --features nats -- -D warnings
   say "cargo doc (missing docs and broken links denied)"
-  RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps
+  RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --no-deps --features nats
   say "a PostgreSQL-only service builds no SQLite"
   if cargo tree -q -p keel -e normal --no-default-features --features postgres \
       | grep -q -e sqlx-sqlite -e libsqlite3; then
@@ -52,6 +53,9 @@ if ! bindir=$(pg_bindir) || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl"
   install postgresql "PostgreSQL server binaries"
   bindir=$(pg_bindir)
 fi
+if ! command -v nats-server >/dev/null 2>&1; then
+  install nats-server "nats-server (NATS JetStream)"
+fi
 faketime_lib() { dpkg -L libfaketime 2>/dev/null | grep -m1 'libfaketime\.so\.1$'; }
 if ! faketime=$(faketime_lib) || [ -z "$faketime" ]; then
   install faketime libfaketime
@@ -64,8 +68,13 @@ workdir=$(mktemp -d /tmp/keel-pg.XXXXXX)
 chmod 755 "$workdir"
 [ "$(id -u)" = 0 ] && chown postgres:postgres "$workdir"
 started=0
+nats_pid=""
 cleanup() {
   status=$?
+  if [ -n "$nats_pid" ]; then
+    kill "$nats_pid" 2>/dev/null || true
+    wait "$nats_pid" 2>/dev/null || true
+  fi
   if [ "$started" = 1 ]; then
     as_postgres "$bindir/pg_ctl" -D "$workdir/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
@@ -100,16 +109,41 @@ say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:
 export KEEL_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
 export KEEL_REQUIRE_POSTGRES=1
 
+# 2b. A throwaway JetStream server, its store in the same directory, on a free port.
+for try in 1 2 3 4 5 6 7 8; do
+  nats_port=$((20000 + RANDOM % 30000))
+  port_is_free "$nats_port" || continue
+  nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$workdir/nats" \
+    >"$workdir/nats.log" 2>&1 &
+  nats_pid=$!
+  for wait in $(seq 1 50); do
+    if ! port_is_free "$nats_port"; then break; fi
+    sleep 0.1
+  done
+  if ! port_is_free "$nats_port" && kill -0 "$nats_pid" 2>/dev/null; then break; fi
+  kill "$nats_pid" 2>/dev/null || true
+  nats_pid=""
+done
+if [ -z "$nats_pid" ]; then
+  echo "could not start nats-server; its log follows" >&2
+  cat "$workdir/nats.log" >&2 || true
+  exit 1
+fi
+say "nats-server $(nats-server --version | awk '{print $2}') on 127.0.0.1:$nats_port"
+export KEEL_TEST_NATS_URL="nats://127.0.0.1:$nats_port"
+export KEEL_REQUIRE_NATS=1
+
 # 3. The suite, on both backends (tests name their backend: `…::postgres`, `…::sqlite`).
-say "cargo test --workspace"
-cargo test --workspace "$@"
+# `--features nats`: the facade's NATS integration and its tests (`tests/nats`).
+say "cargo test --workspace --features nats"
+cargo test --workspace --features nats "$@"
 
 # 3b. The integration suite again with a pool of exactly one connection: nothing inside a
 #     unit of work may ever need a second one.
 if [ $# -eq 0 ]; then
   say "integration tests with a pool of one connection"
   # `--workspace`, as above: the same features, so nothing is rebuilt.
-  KEEL_TEST_POOL_SIZE=1 cargo test --workspace --test '*'
+  KEEL_TEST_POOL_SIZE=1 cargo test --workspace --features nats --test '*'
 fi
 
 # 3c. PostgreSQL restarting under a running relay. It restarts the shared cluster, so it
@@ -118,7 +152,7 @@ if [ $# -eq 0 ]; then
   say "relay across a PostgreSQL restart"
   if [ "$(id -u)" = 0 ]; then restart_as="runuser -u postgres --"; else restart_as=""; fi
   KEEL_TEST_PG_RESTART="$restart_as $bindir/pg_ctl -D $workdir/data -l $workdir/server.log -m fast -w -t 30 restart" \
-    cargo test --workspace --test durability -- --ignored --exact postgres::restart_postgres::the_relay_survives_a_postgres_restart
+    cargo test --workspace --features nats --test durability -- --ignored --exact postgres::restart_postgres::the_relay_survives_a_postgres_restart
 fi
 
 # 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL.

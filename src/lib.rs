@@ -45,7 +45,7 @@ mod app;
 pub use app::{App, AppBuilder};
 pub use keel_dispatcher::{
     DeadLetter, DeadLetters, DeliveryOptions, Dispatcher, FailedAttempt, Handler, HandlerContext,
-    HandlerFn, HandlerKind, NO_HANDLER, Registry, RegistryError, Session, WorkerLimits,
+    HandlerFn, HandlerKind, Incoming, NO_HANDLER, Registry, RegistryError, Session, WorkerLimits,
     WorkerReport, register_command_handler, register_handler,
 };
 pub use keel_domain::{
@@ -56,6 +56,10 @@ pub use keel_orchestrator::{
     Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWorkOptions,
 };
 pub use sqlx;
+
+/// Events and commands over NATS JetStream (feature `nats`): see the crate `keel-nats`.
+#[cfg(feature = "nats")]
+pub use keel_nats as nats;
 
 /// Declares the aliases of one backend.
 macro_rules! backend_aliases {

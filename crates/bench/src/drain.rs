@@ -152,8 +152,8 @@ pub async fn run(url: &str, n: u64) -> Result<Report, String> {
         Some((wide_rate / limit_rate, "limit")),
     );
     println!(
-        "  goal: ≥ 50,000/s with default options → {}",
-        verdict(default_rate >= 50_000.0)
+        "  goal: ≥ 100,000/s and ≥ 0.5× the limit with default options → {}",
+        verdict(default_rate >= 100_000.0 && default_rate >= 0.5 * limit_rate)
     );
 
     let mut report = Report::new("drain");

@@ -132,7 +132,7 @@ scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
             sqlx pipeline (the ceiling), sqlxmq and apalis (goals: vs_raw >= 0.8,
             vs_apalis >= 5, vs_sqlxmq >= 2); with --svg, throughput vs producers
   drain     a backlog of pending deliveries drained by the relay vs the server's batched
-            SKIP LOCKED dequeue rate (goal >= 50,000/s)
+            SKIP LOCKED dequeue rate (goal >= 100,000/s and >= 0.5x the limit)
   likes     N users like one post: unit of work + row lock (A) vs the command bus with
             batches (B), against the hot-row SELECT ... FOR UPDATE; UPDATE rate (goal B >= 5x)
   latency   commit -> handler start, p50/p99, in-process and cross-process (goals: p50 <= 1 ms

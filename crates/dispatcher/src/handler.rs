@@ -144,6 +144,30 @@ impl<M: Send + Sync + 'static, B: Backend, C: 'static, F: HandlerFn<M, B, C>> Er
     }
 }
 
+/// A handler of envelopes as stored, undecoded.
+struct Undecoded<F, C> {
+    handler: F,
+    context: PhantomData<fn() -> C>,
+}
+
+impl<B: Backend, C: 'static, F: HandlerFn<Envelope, B, C>> ErasedHandler<B> for Undecoded<F, C> {
+    fn call<'a>(
+        &'a self,
+        envelopes: &'a [Arc<Envelope>],
+        ctx: &'a mut HandlerContext<B>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let [envelope] = envelopes else {
+                return Err(Error::rejected(std::io::Error::other(format!(
+                    "an envelope handler received {} messages",
+                    envelopes.len()
+                ))));
+            };
+            self.handler.call(envelope, ctx).await
+        })
+    }
+}
+
 struct BatchHandler<C, F, X> {
     handler: F,
     command: PhantomData<fn(C) -> X>,
@@ -269,6 +293,26 @@ impl<B: Backend> Handler<B> {
             OneAtATime {
                 handler,
                 decode: |e: &Envelope| e.decode::<E>(),
+                context: PhantomData,
+            },
+        )
+    }
+
+    /// A handler named `name` of the message named `message`, receiving its envelope as
+    /// stored, undecoded: `async fn(&Envelope, &mut HandlerContext) -> Result<(), keel::Error>`.
+    /// For code that passes messages on (a forwarder to a broker, a bridge); business
+    /// handlers take their typed event ([`Handler::new`]).
+    pub fn envelope<X: 'static>(
+        name: &'static str,
+        message: &'static str,
+        handler: impl HandlerFn<Envelope, B, X>,
+    ) -> Self {
+        Self::from_erased(
+            name,
+            message,
+            HandlerKind::Event,
+            Undecoded {
+                handler,
                 context: PhantomData,
             },
         )

@@ -129,6 +129,18 @@ impl Outgoing<'_> {
     }
 }
 
+/// A message received from another system (a broker, a webhook) for one handler of this
+/// service: written to the outbox as if this service had recorded it, and delivered by the
+/// relay with every guarantee of a local delivery.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The message, with the id it was sent with: accepting it again changes nothing.
+    pub envelope: Envelope,
+    /// Why it cannot be delivered, when it arrived broken: it goes to the dead letter
+    /// instead, with this error.
+    pub dead: Option<String>,
+}
+
 /// Delivery status: to deliver.
 pub const PENDING: &str = "pending";
 /// Delivery status: delivered.

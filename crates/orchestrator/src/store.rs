@@ -18,7 +18,7 @@ use keel_domain::EventId;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 
-use crate::outbox::{Claim, DeadLetter, Group, Next, Outgoing};
+use crate::outbox::{Claim, DeadLetter, Group, Incoming, Next, Outgoing};
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
 /// The driver connection of backend `B`: `PgConnection` or `SqliteConnection`.
@@ -253,6 +253,15 @@ pub trait Store: sqlx::Database {
         limit: u32,
         handlers_for: &(dyn Fn(&str) -> Vec<&'static str> + Sync),
     ) -> impl Future<Output = Result<usize, Error>> + Send;
+
+    /// Writes messages received from another system for `handler`, in one transaction:
+    /// each event once (by id), and its delivery to `handler` unless it exists or is done
+    /// (those marked dead go to the dead letter). Returns the deliveries created.
+    fn accept(
+        db: &Database<Self>,
+        handler: &str,
+        incoming: &[Incoming],
+    ) -> impl Future<Output = Result<u64, Error>> + Send;
 
     /// Whether any delivery to one of `handlers` is pending, or any event unrouted.
     fn any_unfinished(

@@ -11,6 +11,7 @@
 mod claims;
 mod dead_letter;
 mod delivery;
+mod inbox;
 mod outbox;
 mod transaction;
 
@@ -25,7 +26,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPoolOpti
 use tokio::sync::watch;
 
 use crate::database::invalid;
-use crate::outbox::{Claim, DeadLetter, Group, NOTIFY_CHANNEL, Next, Outgoing};
+use crate::outbox::{Claim, DeadLetter, Group, Incoming, NOTIFY_CHANNEL, Next, Outgoing};
 use crate::store::{Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
@@ -269,6 +270,14 @@ impl Store for Postgres {
         handlers_for: &(dyn Fn(&str) -> Vec<&'static str> + Sync),
     ) -> Result<usize, Error> {
         delivery::route_unrouted(db, limit, handlers_for).await
+    }
+
+    async fn accept(
+        db: &Database<Postgres>,
+        handler: &str,
+        incoming: &[Incoming],
+    ) -> Result<u64, Error> {
+        inbox::accept(db, handler, incoming).await
     }
 
     async fn any_unfinished(db: &Database<Postgres>, handlers: &[&str]) -> Result<bool, Error> {

@@ -9,6 +9,7 @@
 mod claims;
 mod dead_letter;
 mod delivery;
+mod inbox;
 mod outbox;
 mod transaction;
 
@@ -25,7 +26,7 @@ use sqlx::{AssertSqlSafe, Executor, Sqlite};
 use tokio::sync::watch;
 
 use crate::database::invalid;
-use crate::outbox::{Claim, DeadLetter, Group, Next, Outgoing};
+use crate::outbox::{Claim, DeadLetter, Group, Incoming, Next, Outgoing};
 use crate::store::{Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
@@ -278,6 +279,14 @@ impl Store for Sqlite {
         handlers_for: &(dyn Fn(&str) -> Vec<&'static str> + Sync),
     ) -> Result<usize, Error> {
         delivery::route_unrouted(db, limit, handlers_for).await
+    }
+
+    async fn accept(
+        db: &Database<Sqlite>,
+        handler: &str,
+        incoming: &[Incoming],
+    ) -> Result<u64, Error> {
+        inbox::accept(db, handler, incoming).await
     }
 
     async fn any_unfinished(db: &Database<Sqlite>, handlers: &[&str]) -> Result<bool, Error> {

@@ -11,7 +11,7 @@ use crate::Error;
 use crate::outbox::Outgoing;
 use crate::store::millis;
 
-fn occurred_at(e: &Envelope) -> Result<String, Error> {
+pub(super) fn occurred_at(e: &Envelope) -> Result<String, Error> {
     e.occurred_at
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|err| Error::rejected(std::io::Error::other(err.to_string())))

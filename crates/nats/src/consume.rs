@@ -1,0 +1,227 @@
+//! Consuming from the broker: each handler of this service reads its message's subject
+//! through a durable consumer of its own, shared by every instance of the service.
+//!
+//! A received batch is *accepted* into this service's outbox (the inbox: one transaction
+//! writes the events, each once by id, and their deliveries to the handler) and only then
+//! acknowledged to the broker. The local relay delivers them from there, with a local
+//! delivery's guarantees: the processed marker in the handler's unit of work, leases, the
+//! handler's retry policy, the dead letter, the relay's scale-out. Running handlers straight
+//! from the broker would need all of that again on top of the broker's redeliveries
+//! (attempt counts, NAK delays, terminate); accepting costs one local commit per batch.
+//!
+//! A message that does not decode (not published by a Keel forwarder, or damaged) is
+//! accepted straight into the dead letter with its reason, and acknowledged: it does not
+//! come back. When the database cannot be reached, the batch is handed back to the broker,
+//! which delivers it again after a delay growing with its delivery count.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_dispatcher::{Dispatcher, Incoming};
+use keel_orchestrator::Backend;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::transport::{Received, Transport};
+use crate::wire;
+
+/// How a service consumes.
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    service: String,
+    prefix: String,
+    batch: usize,
+    wait: Duration,
+}
+
+impl ConsumerOptions {
+    /// Consumers of the service named `service`: each handler's durable consumer is named
+    /// `<service>_<handler>`, so the instances of one service share its messages while
+    /// another service gets its own copy.
+    pub fn new(service: &str) -> Self {
+        ConsumerOptions {
+            service: service.to_owned(),
+            prefix: "keel".to_owned(),
+            batch: 100,
+            wait: Duration::from_secs(1),
+        }
+    }
+
+    /// The first token of the subjects (default `keel`), as the forwarders publish.
+    #[must_use]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// Messages accepted per transaction at most (default 100).
+    #[must_use]
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+
+    /// The durable consumer's name for `handler`: `<service>_<handler>`, with every
+    /// character NATS does not allow in a name (`.`, `*`, `>`, whitespace) made `_`.
+    pub fn consumer_name(&self, handler: &str) -> String {
+        format!("{}_{handler}", self.service)
+            .chars()
+            .map(|c| {
+                if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+}
+
+/// The consumers of one service, running until [`Consumers::shutdown`].
+#[derive(Debug)]
+pub struct Consumers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Consumers {
+    /// Starts a consumer for each of `handlers` (registered in `dispatcher`'s registry).
+    /// The dispatcher's relay (started by `keel::App`) delivers what they accept.
+    pub fn start<B: Backend, T: Transport>(
+        dispatcher: &Dispatcher<B>,
+        transport: T,
+        options: ConsumerOptions,
+        handlers: &[&str],
+    ) -> Result<Self, String> {
+        let transport = Arc::new(transport);
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::with_capacity(handlers.len());
+        for name in handlers {
+            let Some(handler) = dispatcher.registry().handlers().find(|h| h.name() == *name) else {
+                return Err(format!(
+                    "no handler named `{name}` is registered: register it before consuming"
+                ));
+            };
+            let subject = wire::subject(&options.prefix, handler.event())?;
+            tasks.push(tokio::spawn(consume(
+                dispatcher.clone(),
+                transport.clone(),
+                options.clone(),
+                handler.name(),
+                subject,
+                stopped.clone(),
+            )));
+        }
+        Ok(Consumers { stop, tasks })
+    }
+
+    /// Stops receiving; a batch being accepted is finished (and acknowledged) first.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn consume<B: Backend, T: Transport>(
+    dispatcher: Dispatcher<B>,
+    transport: Arc<T>,
+    options: ConsumerOptions,
+    handler: &'static str,
+    subject: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let consumer = options.consumer_name(handler);
+    let mut failing = false;
+    while !*stop.borrow() {
+        let received = tokio::select! {
+            _ = stop.changed() => break,
+            received = transport.receive(&consumer, &subject, options.batch, options.wait) => received,
+        };
+        let batch = match received {
+            Ok(batch) => batch,
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%consumer, %error, "cannot receive from the broker; retrying");
+                    failing = true;
+                }
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if failing {
+            tracing::info!(%consumer, "receiving from the broker again");
+            failing = false;
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let incoming: Vec<Incoming> = batch
+            .iter()
+            .map(|received| {
+                let message = received.message();
+                match wire::decode(message) {
+                    Ok(envelope) => Incoming {
+                        envelope,
+                        dead: None,
+                    },
+                    Err(reason) => Incoming {
+                        envelope: wire::stand_in(&options.prefix, message),
+                        dead: Some(format!(
+                            "message on `{}` cannot be read: {reason}",
+                            message.subject
+                        )),
+                    },
+                }
+            })
+            .collect();
+        match dispatcher.accept(handler, &incoming).await {
+            Ok(_) => {
+                for received in &batch {
+                    if let Err(error) = received.ack().await {
+                        // Delivered again after the broker's ack wait; accepting it again
+                        // changes nothing.
+                        tracing::debug!(%consumer, %error, "acknowledgement lost");
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%consumer, %error, "cannot accept messages; the broker delivers them again");
+                for received in &batch {
+                    let delay = retry_delay(received.delivered());
+                    let _ = received.retry_later(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// Waits before a message refused by this side comes back: 1 s doubling, at most 1 min.
+fn retry_delay(delivered: u64) -> Duration {
+    let exponent = delivered.saturating_sub(1).min(6) as u32;
+    Duration::from_secs(1 << exponent).min(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consumer_names_are_per_service_and_valid() {
+        let options = ConsumerOptions::new("billing service");
+        assert_eq!(
+            options.consumer_name("on.order>placed"),
+            "billing_service_on_order_placed"
+        );
+    }
+
+    #[test]
+    fn refused_messages_come_back_later_and_later() {
+        assert_eq!(retry_delay(1), Duration::from_secs(1));
+        assert_eq!(retry_delay(3), Duration::from_secs(4));
+        assert_eq!(retry_delay(50), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,304 @@
+//! The [`Transport`] on NATS JetStream, through the official `async-nats` client.
+//!
+//! One stream captures `<prefix>.>`. Publishes carry `Nats-Msg-Id` (the event id), so a
+//! forwarder that publishes again after a crash stores nothing new within the stream's
+//! duplicate window. Consumers are durable pull consumers with explicit acks: every process
+//! that uses the same consumer name shares its messages.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use futures_util::StreamExt;
+
+use crate::transport::{Received, Transport, TransportError};
+use crate::wire::WireMessage;
+
+/// How a [`JetStream`] transport sets up its stream.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    name: String,
+    prefix: String,
+    duplicate_window: Duration,
+    max_age: Duration,
+    replicas: usize,
+    ack_wait: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            name: "KEEL".to_owned(),
+            prefix: "keel".to_owned(),
+            duplicate_window: Duration::from_secs(15 * 60),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
+            ack_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StreamOptions {
+    /// The stream's name (default `KEEL`).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The first token of every subject (default `keel`): messages go to
+    /// `<prefix>.<message name>`, and the stream captures `<prefix>.>`.
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long the stream remembers message ids to drop duplicates (default 15 minutes).
+    /// It must cover the longest time between a publish whose outcome the forwarder did not
+    /// record and the publish again: the forwarder's lease, its longest retry delay and the
+    /// outage you tolerate (see the crate documentation).
+    #[must_use]
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// How long the stream keeps messages (default 7 days).
+    #[must_use]
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// Copies of each message in a JetStream cluster (default 1; 3 in production).
+    #[must_use]
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+
+    /// How long a received message stays with its consumer before the broker delivers it
+    /// again if it was neither acknowledged nor handed back (default 60 s).
+    #[must_use]
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+
+    /// The subject prefix.
+    pub fn subject_prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+/// NATS JetStream as Keel's [`Transport`].
+#[derive(Clone)]
+pub struct JetStream {
+    context: jetstream::Context,
+    stream: stream::Stream,
+    options: StreamOptions,
+    /// The consumers already looked up or created, by name.
+    consumers: Arc<Mutex<HashMap<String, PullConsumer>>>,
+}
+
+type PullConsumer = consumer::Consumer<consumer::pull::Config>;
+
+impl std::fmt::Debug for JetStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStream")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStream {
+    /// Connects to the NATS server at `url` and creates the stream if it does not exist.
+    pub async fn connect(url: &str, options: StreamOptions) -> Result<Self, TransportError> {
+        let client = async_nats::connect(url)
+            .await
+            .map_err(|e| TransportError::new("connecting to NATS", e))?;
+        Self::with_client(client, options).await
+    }
+
+    /// Uses an existing client; creates the stream if it does not exist.
+    pub async fn with_client(
+        client: async_nats::Client,
+        options: StreamOptions,
+    ) -> Result<Self, TransportError> {
+        let context = jetstream::new(client);
+        let stream = context
+            .get_or_create_stream(stream::Config {
+                name: options.name.clone(),
+                subjects: vec![format!("{}.>", options.prefix)],
+                duplicate_window: options.duplicate_window,
+                max_age: options.max_age,
+                num_replicas: options.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| TransportError::new("creating the JetStream stream", e))?;
+        Ok(JetStream {
+            context,
+            stream,
+            options,
+            consumers: Arc::default(),
+        })
+    }
+
+    /// How many messages the stream holds now.
+    pub async fn stored_messages(&self) -> Result<u64, TransportError> {
+        let mut stream = self.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| TransportError::new("reading the stream's state", e))?;
+        Ok(info.state.messages)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, PullConsumer>> {
+        self.consumers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The options the stream was set up with.
+    pub fn options(&self) -> &StreamOptions {
+        &self.options
+    }
+}
+
+impl Transport for JetStream {
+    type Received = JetStreamMessage;
+
+    async fn publish(&self, message: WireMessage) -> Result<(), TransportError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &message.headers {
+            headers.insert(name.as_str(), value.as_str());
+        }
+        let ack = self
+            .context
+            .publish_with_headers(message.subject, headers, message.body)
+            .await
+            .map_err(|e| TransportError::new("publishing", e))?;
+        ack.await
+            .map_err(|e| TransportError::new("waiting for the publish acknowledgement", e))?;
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        consumer: &str,
+        subject: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<JetStreamMessage>, TransportError> {
+        let name = consumer;
+        let cached = self.cache().get(name).cloned();
+        let consumer = match cached {
+            Some(consumer) => consumer,
+            None => {
+                let consumer: PullConsumer = self
+                    .stream
+                    .get_or_create_consumer(
+                        name,
+                        consumer::pull::Config {
+                            durable_name: Some(name.to_owned()),
+                            filter_subject: subject.to_owned(),
+                            ack_policy: consumer::AckPolicy::Explicit,
+                            ack_wait: self.options.ack_wait,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| TransportError::new("creating the consumer", e))?;
+                self.cache().insert(name.to_owned(), consumer.clone());
+                consumer
+            }
+        };
+        let batch = consumer
+            .batch()
+            .max_messages(max)
+            .expires(wait)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                // Looked up again next time: the consumer may have been removed.
+                self.cache().remove(name);
+                return Err(TransportError::new("receiving", error));
+            }
+        };
+        let mut received = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| TransportError::new("receiving", e))?;
+            let delivered = message
+                .info()
+                .map(|i| i.delivered.max(1) as u64)
+                .unwrap_or(1);
+            let headers = message
+                .headers
+                .iter()
+                .flat_map(|h| h.iter())
+                .flat_map(|(name, values)| {
+                    values
+                        .iter()
+                        .map(move |v| (name.to_string(), v.as_str().to_owned()))
+                })
+                .collect();
+            let wire = WireMessage {
+                subject: message.subject.to_string(),
+                headers,
+                body: message.payload.clone(),
+            };
+            received.push(JetStreamMessage {
+                wire,
+                delivered,
+                message,
+            });
+        }
+        Ok(received)
+    }
+}
+
+/// A message received from JetStream.
+pub struct JetStreamMessage {
+    wire: WireMessage,
+    delivered: u64,
+    message: jetstream::Message,
+}
+
+impl std::fmt::Debug for JetStreamMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamMessage")
+            .field("subject", &self.wire.subject)
+            .field("delivered", &self.delivered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Received for JetStreamMessage {
+    fn message(&self) -> &WireMessage {
+        &self.wire
+    }
+
+    fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    async fn ack(&self) -> Result<(), TransportError> {
+        self.message
+            .ack()
+            .await
+            .map_err(|e| TransportError::new("acknowledging", e))
+    }
+
+    async fn retry_later(&self, delay: Duration) -> Result<(), TransportError> {
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| TransportError::new("handing a message back", e))
+    }
+}

@@ -1,0 +1,209 @@
+//! How an envelope travels: its payload as the message body (plain JSON, readable by any
+//! consumer) and everything else in headers, `Nats-Msg-Id` being the event id.
+//!
+//! The subject is `<prefix>.<message name>`: a consumer reads one message type by filtering
+//! on its subject, and the stream captures `<prefix>.>`.
+
+pub use bytes::Bytes;
+use keel_domain::{Envelope, EventId};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+/// The header JetStream deduplicates publishes by, within the stream's duplicate window.
+pub const MESSAGE_ID: &str = "Nats-Msg-Id";
+/// The message (event or command) name.
+pub const NAME: &str = "Keel-Name";
+/// The aggregate type.
+pub const AGGREGATE_TYPE: &str = "Keel-Aggregate-Type";
+/// The aggregate id.
+pub const AGGREGATE_ID: &str = "Keel-Aggregate-Id";
+/// When the event occurred, RFC 3339.
+pub const OCCURRED_AT: &str = "Keel-Occurred-At";
+/// The correlation id (shared by everything one request caused).
+pub const CORRELATION_ID: &str = "Keel-Correlation-Id";
+/// The causation id (the event that caused this one), when there is one.
+pub const CAUSATION_ID: &str = "Keel-Causation-Id";
+
+/// A message as a transport sends and receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMessage {
+    /// Where it is published.
+    pub subject: String,
+    /// Its headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The payload, JSON.
+    pub body: Bytes,
+}
+
+impl WireMessage {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The subject of the message named `name` under `prefix`, or why it cannot be one.
+pub fn subject(prefix: &str, name: &str) -> Result<String, String> {
+    let subject = format!("{prefix}.{name}");
+    let valid = subject
+        .split('.')
+        .all(|token| !token.is_empty() && !token.contains(['*', '>', ' ', '\t', '\r', '\n']));
+    if valid {
+        Ok(subject)
+    } else {
+        Err(format!(
+            "`{subject}` is not a valid NATS subject (empty token, wildcard or whitespace): \
+             name the message or the prefix with dot-separated words"
+        ))
+    }
+}
+
+/// The wire form of `envelope`, published under `prefix`.
+pub fn encode(prefix: &str, envelope: &Envelope) -> Result<WireMessage, String> {
+    let occurred = envelope
+        .occurred_at
+        .format(&Rfc3339)
+        .map_err(|e| format!("the event's time cannot be written: {e}"))?;
+    let mut headers = vec![
+        (MESSAGE_ID.to_owned(), envelope.id.to_string()),
+        (NAME.to_owned(), envelope.name.clone()),
+        (AGGREGATE_TYPE.to_owned(), envelope.aggregate_type.clone()),
+        (AGGREGATE_ID.to_owned(), envelope.aggregate_id.clone()),
+        (OCCURRED_AT.to_owned(), occurred),
+        (
+            CORRELATION_ID.to_owned(),
+            envelope.correlation_id.to_string(),
+        ),
+    ];
+    if let Some(causation) = envelope.causation_id {
+        headers.push((CAUSATION_ID.to_owned(), causation.to_string()));
+    }
+    Ok(WireMessage {
+        subject: subject(prefix, &envelope.name)?,
+        headers,
+        body: Bytes::from(envelope.payload.to_string()),
+    })
+}
+
+/// The envelope a wire message carries, or why it carries none (a message published by
+/// something else than a Keel forwarder, or damaged).
+pub fn decode(message: &WireMessage) -> Result<Envelope, String> {
+    let required = |name: &str| {
+        message
+            .header(name)
+            .ok_or_else(|| format!("header `{name}` is missing"))
+    };
+    let uuid = |name: &str| -> Result<Uuid, String> {
+        let text = required(name)?;
+        text.parse()
+            .map_err(|_| format!("header `{name}` is not a UUID: `{text}`"))
+    };
+    let occurred = required(OCCURRED_AT)?;
+    let payload =
+        serde_json::from_slice(&message.body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    Ok(Envelope {
+        id: EventId::from_uuid(uuid(MESSAGE_ID)?),
+        name: required(NAME)?.to_owned(),
+        aggregate_type: required(AGGREGATE_TYPE)?.to_owned(),
+        aggregate_id: required(AGGREGATE_ID)?.to_owned(),
+        occurred_at: OffsetDateTime::parse(occurred, &Rfc3339)
+            .map_err(|_| format!("header `{OCCURRED_AT}` is not an RFC 3339 time: `{occurred}`"))?,
+        payload,
+        correlation_id: uuid(CORRELATION_ID)?,
+        causation_id: match message.header(CAUSATION_ID) {
+            Some(_) => Some(EventId::from_uuid(uuid(CAUSATION_ID)?)),
+            None => None,
+        },
+    })
+}
+
+/// An envelope standing for a message that does not decode, so that it can wait in the
+/// dead letter with its reason: its id is the message id when that is a UUID (a redelivery
+/// then changes nothing), its name the subject's last tokens, its payload the body.
+pub fn stand_in(prefix: &str, message: &WireMessage) -> Envelope {
+    let id = message
+        .header(MESSAGE_ID)
+        .and_then(|id| id.parse::<Uuid>().ok())
+        .unwrap_or_else(Uuid::now_v7);
+    let name = message
+        .subject
+        .strip_prefix(prefix)
+        .and_then(|s| s.strip_prefix('.'))
+        .unwrap_or(&message.subject)
+        .to_owned();
+    let payload = serde_json::from_slice(&message.body).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&message.body).into_owned())
+    });
+    Envelope {
+        id: EventId::from_uuid(id),
+        name,
+        aggregate_type: String::new(),
+        aggregate_id: String::new(),
+        occurred_at: OffsetDateTime::now_utc(),
+        payload,
+        correlation_id: id,
+        causation_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            id: EventId::from_uuid(Uuid::now_v7()),
+            name: "order.placed.v1".to_owned(),
+            aggregate_type: "Order".to_owned(),
+            aggregate_id: "7".to_owned(),
+            occurred_at: OffsetDateTime::parse("2026-12-02T10:00:00.123456Z", &Rfc3339).unwrap(),
+            payload: serde_json::json!({"order_id": 7}),
+            correlation_id: Uuid::now_v7(),
+            causation_id: Some(EventId::from_uuid(Uuid::now_v7())),
+        }
+    }
+
+    #[test]
+    fn an_envelope_survives_the_wire() {
+        let sent = envelope();
+        let wire = encode("keel", &sent).unwrap();
+        assert_eq!(wire.subject, "keel.order.placed.v1");
+        assert_eq!(
+            wire.header("nats-msg-id"),
+            Some(sent.id.to_string().as_str())
+        );
+        let received = decode(&wire).unwrap();
+        assert_eq!(received.id, sent.id);
+        assert_eq!(received.name, sent.name);
+        assert_eq!(received.occurred_at, sent.occurred_at);
+        assert_eq!(received.payload, sent.payload);
+        assert_eq!(received.correlation_id, sent.correlation_id);
+        assert_eq!(received.causation_id, sent.causation_id);
+    }
+
+    #[test]
+    fn a_foreign_message_is_refused_with_its_reason_and_stands_in_for_the_dead_letter() {
+        let wire = WireMessage {
+            subject: "keel.order.placed.v1".to_owned(),
+            headers: vec![(MESSAGE_ID.to_owned(), "not-a-uuid".to_owned())],
+            body: Bytes::from_static(b"plain text"),
+        };
+        let error = decode(&wire).unwrap_err();
+        assert!(error.contains(NAME) || error.contains("JSON"), "{error}");
+        let stand_in = stand_in("keel", &wire);
+        assert_eq!(stand_in.name, "order.placed.v1");
+        assert_eq!(stand_in.payload, serde_json::json!("plain text"));
+    }
+
+    #[test]
+    fn subjects_refuse_wildcards_and_empty_tokens() {
+        assert!(subject("keel", "order.placed.v1").is_ok());
+        assert!(subject("keel", "order.*").is_err());
+        assert!(subject("keel", "order..placed").is_err());
+        assert!(subject("", "order").is_err());
+    }
+}

@@ -1,0 +1,75 @@
+//! Accepting messages from another system on PostgreSQL: one statement writes the events
+//! (each once, by id) and their deliveries to one handler.
+
+use sqlx::Postgres;
+
+use crate::outbox::{DEAD, Incoming, PENDING};
+use crate::{Database, Error};
+
+/// The events are written routed: their only delivery is the one accepted here (other
+/// handlers of this service receive their own copies). A delivery is not created again
+/// once done (`keel_done`), nor when it exists (`ON CONFLICT`).
+const ACCEPT: &str = "
+    WITH e AS (
+        INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, payload,
+                                 correlation_id, causation_id, routed)
+        SELECT i, n, t, a, o, p, c, k, TRUE
+        FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                    $6::jsonb[], $7::uuid[], $8::uuid[]) AS u (i, n, t, a, o, p, c, k)
+        ON CONFLICT (id) DO NOTHING),
+    d AS (
+        INSERT INTO keel_deliveries (event_id, handler, status, last_error)
+        SELECT i, $9, s, m FROM UNNEST($1::uuid[], $10::text[], $11::text[]) AS u (i, s, m)
+        WHERE NOT EXISTS (SELECT 1 FROM keel_done f WHERE f.event_id = u.i AND f.handler = $9)
+        ON CONFLICT DO NOTHING
+        RETURNING event_id, status, last_error),
+    x AS (
+        INSERT INTO keel_delivery_errors (event_id, handler, attempt, error)
+        SELECT event_id, $9, 0, last_error FROM d WHERE status = 'dead'
+        ON CONFLICT DO NOTHING)
+    SELECT count(*) FROM d";
+
+pub(super) async fn accept(
+    db: &Database<Postgres>,
+    handler: &str,
+    incoming: &[Incoming],
+) -> Result<u64, Error> {
+    let mut ids = Vec::with_capacity(incoming.len());
+    let (mut names, mut types, mut aggregates) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut occurred, mut payloads) = (Vec::new(), Vec::new());
+    let (mut correlations, mut causations) = (Vec::new(), Vec::new());
+    let (mut statuses, mut errors) = (Vec::new(), Vec::new());
+    for message in incoming {
+        let e = &message.envelope;
+        ids.push(*e.id.as_uuid());
+        names.push(e.name.as_str());
+        types.push(e.aggregate_type.as_str());
+        aggregates.push(e.aggregate_id.as_str());
+        occurred.push(e.occurred_at);
+        payloads.push(&e.payload);
+        correlations.push(e.correlation_id);
+        causations.push(e.causation_id.map(|c| *c.as_uuid()));
+        statuses.push(if message.dead.is_some() {
+            DEAD
+        } else {
+            PENDING
+        });
+        errors.push(message.dead.as_deref());
+    }
+    let mut conn = db.acquire().await?;
+    let created: i64 = sqlx::query_scalar(ACCEPT)
+        .bind(ids)
+        .bind(names)
+        .bind(types)
+        .bind(aggregates)
+        .bind(occurred)
+        .bind(payloads)
+        .bind(correlations)
+        .bind(causations)
+        .bind(handler)
+        .bind(statuses)
+        .bind(errors)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(created.max(0) as u64)
+}

@@ -1,0 +1,157 @@
+//! Events from one service's outbox reach another service's handlers through JetStream,
+//! each effect once; a message that cannot be read waits in the consumer's dead letter.
+
+use std::time::Duration;
+
+use keel::Envelope;
+use keel::nats::wire::{self, Bytes};
+use keel::nats::{Transport, WireMessage};
+
+use super::support::*;
+use super::{App, Database};
+
+const EVENTS: i64 = 300;
+
+async fn tick(app: &App, seq: i64) {
+    app.session()
+        .unit_of_work(async |tx| {
+            tx.record(Ticked { seq })?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+async fn exactly_once(db: &Database, events: i64) {
+    let effects = until(db, "SELECT COUNT(*) FROM effects", events * 2).await;
+    assert_eq!(effects, events * 2, "effects missing");
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(DISTINCT seq) FROM effects WHERE handler = 'effect_a'"
+        )
+        .await,
+        events
+    );
+    assert_eq!(
+        scalar(
+            db,
+            "SELECT COUNT(DISTINCT seq) FROM effects WHERE handler = 'effect_b'"
+        )
+        .await,
+        events
+    );
+}
+
+/// Two instances of the consuming service share its consumers; both of its handlers get
+/// every event; the producer's forwarding deliveries all end done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_another_service_once_per_handler() {
+    let Some(broker) = broker().await else { return };
+    let (orders_db, billing_db) = (database().await, database().await);
+    let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
+    effects_table(billing_db).await;
+    let orders = producer(orders_db, &broker);
+    let (one, one_consumers) = consumer(billing_db, &broker);
+    let (two, two_consumers) = consumer(&billing_db.connect_again().await.unwrap(), &broker);
+    for seq in 0..EVENTS {
+        tick(&orders, seq).await;
+    }
+    exactly_once(billing_db, EVENTS).await;
+    assert!(
+        orders
+            .wait_until_delivered(std::time::Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        scalar(orders_db, "SELECT COUNT(*) FROM keel_done").await,
+        EVENTS,
+        "every event forwarded once"
+    );
+    for app in [&orders, &one, &two] {
+        assert_eq!(app.dead_letters().count().await.unwrap(), 0);
+    }
+    one_consumers.shutdown().await;
+    two_consumers.shutdown().await;
+    for app in [orders, one, two] {
+        app.shutdown().await.unwrap();
+    }
+}
+
+/// The same event published again after the broker's duplicate window (a forwarder that
+/// died before marking it done, and came back late) is accepted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_received_twice_runs_once() {
+    let Some(broker) = broker_with(|o| o.duplicate_window(Duration::from_millis(100))).await else {
+        return;
+    };
+    let billing_db = database().await;
+    let billing_db = billing_db.database();
+    effects_table(billing_db).await;
+    let (billing, consumers) = consumer(billing_db, &broker);
+    let prefix = broker.options().subject_prefix().to_owned();
+    let message = wire::encode(&prefix, &Envelope::wrap(&Ticked { seq: 1 }).unwrap()).unwrap();
+    broker.publish(message.clone()).await.unwrap();
+    exactly_once(billing_db, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.publish(message).await.unwrap();
+    assert_eq!(
+        broker.stored_messages().await.unwrap(),
+        2,
+        "the broker kept both"
+    );
+    // The second copy was received and accepted (as nothing).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        billing
+            .wait_until_delivered(Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(scalar(billing_db, "SELECT COUNT(*) FROM effects").await, 2);
+    assert_eq!(billing.dead_letters().count().await.unwrap(), 0);
+    consumers.shutdown().await;
+    billing.shutdown().await.unwrap();
+}
+
+/// A message that is not a Keel envelope waits in the consumer's dead letter with its
+/// reason; the messages around it are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_message_waits_in_the_dead_letter() {
+    let Some(broker) = broker().await else { return };
+    let billing_db = database().await;
+    let billing_db = billing_db.database();
+    effects_table(billing_db).await;
+    let (billing, consumers) = consumer(billing_db, &broker);
+    let prefix = broker.options().subject_prefix().to_owned();
+    let good = |seq| wire::encode(&prefix, &Envelope::wrap(&Ticked { seq }).unwrap()).unwrap();
+    broker.publish(good(1)).await.unwrap();
+    broker
+        .publish(WireMessage {
+            subject: wire::subject(&prefix, "test.ticked.v1").unwrap(),
+            headers: vec![],
+            body: Bytes::from_static(b"not json"),
+        })
+        .await
+        .unwrap();
+    broker.publish(good(2)).await.unwrap();
+    exactly_once(billing_db, 2).await;
+    let dead = until(
+        billing_db,
+        "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'dead'",
+        2,
+    )
+    .await;
+    assert_eq!(dead, 2, "one dead entry per handler");
+    let listed = billing.dead_letters().list(10).await.unwrap();
+    assert!(
+        listed.iter().all(|d| d
+            .failures
+            .iter()
+            .any(|f| f.error.contains("cannot be read"))),
+        "{listed:?}"
+    );
+    consumers.shutdown().await;
+    billing.shutdown().await.unwrap();
+}

@@ -1,0 +1,141 @@
+//! The broker, the services and their checks, shared by the tests.
+
+use std::time::Duration;
+
+use keel::nats::{ConsumerOptions, Consumers, Forwarder, JetStream, StreamOptions};
+use keel::{DeliveryOptions, DomainEvent, Error, sqlx};
+use keel_testing::TestDatabase;
+use serde::{Deserialize, Serialize};
+
+use super::{App, B, Database, Handler, HandlerContext, Registry};
+
+/// The event the services exchange.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ticked {
+    pub seq: i64,
+}
+
+impl DomainEvent for Ticked {
+    const NAME: &'static str = "test.ticked.v1";
+    const AGGREGATE_TYPE: &'static str = "Clock";
+    fn aggregate_id(&self) -> String {
+        self.seq.to_string()
+    }
+}
+
+/// A stream of its own for one test (name and subject prefix), on the test server; `None`
+/// when no server is configured and none is required.
+pub async fn broker() -> Option<JetStream> {
+    broker_with(|options| options).await
+}
+
+/// [`broker`] with its stream's options adjusted by `configure`.
+pub async fn broker_with(
+    configure: impl FnOnce(StreamOptions) -> StreamOptions,
+) -> Option<JetStream> {
+    let url = match std::env::var("KEEL_TEST_NATS_URL") {
+        Ok(url) => url,
+        Err(_) if std::env::var("KEEL_REQUIRE_NATS").as_deref() == Ok("1") => {
+            panic!("KEEL_REQUIRE_NATS=1 but KEEL_TEST_NATS_URL is not set")
+        }
+        Err(_) => {
+            eprintln!("note: KEEL_TEST_NATS_URL is not set; skipping a NATS test");
+            return None;
+        }
+    };
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let options = StreamOptions::default()
+        .name(format!("T{unique}"))
+        .prefix(format!("t{unique}"))
+        .ack_wait(Duration::from_secs(5));
+    Some(JetStream::connect(&url, configure(options)).await.unwrap())
+}
+
+/// A fresh database of this backend.
+pub async fn database() -> TestDatabase<B> {
+    TestDatabase::<B>::new()
+        .await
+        .expect("the backend's test server is configured")
+}
+
+pub async fn effects_table(db: &Database) {
+    db.execute_script("CREATE TABLE effects (seq BIGINT NOT NULL, handler TEXT NOT NULL)")
+        .await
+        .unwrap();
+}
+
+async fn write_effect(seq: i64, ctx: &mut HandlerContext) -> Result<(), Error> {
+    let handler = ctx.handler();
+    ctx.unit_of_work(async |tx| {
+        sqlx::query("INSERT INTO effects (seq, handler) VALUES ($1, $2)")
+            .bind(seq)
+            .bind(handler)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+pub async fn effect_a(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
+    write_effect(event.seq, ctx).await
+}
+
+pub async fn effect_b(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
+    write_effect(event.seq, ctx).await
+}
+
+pub fn quick() -> DeliveryOptions {
+    DeliveryOptions::default().poll_interval(Duration::from_millis(20))
+}
+
+/// The producing service: its events are forwarded to the broker.
+pub fn producer(db: &Database, broker: &JetStream) -> App {
+    let forwarder = Forwarder::new(broker.clone()).prefix(broker.options().subject_prefix());
+    let mut registry = Registry::new();
+    registry.register(forwarder.handler::<B, Ticked>()).unwrap();
+    App::builder(db.clone(), registry).delivery(quick()).start()
+}
+
+/// One instance of the consuming service `billing`: handlers `effect_a` and `effect_b`,
+/// each fed by its durable consumer.
+pub fn consumer(db: &Database, broker: &JetStream) -> (App, Consumers) {
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<Ticked, _>("effect_a", effect_a))
+        .unwrap();
+    registry
+        .register(Handler::new::<Ticked, _>("effect_b", effect_b))
+        .unwrap();
+    let app = App::builder(db.clone(), registry).delivery(quick()).start();
+    let options = ConsumerOptions::new("billing")
+        .prefix(broker.options().subject_prefix())
+        .batch(50);
+    let consumers = Consumers::start(
+        app.dispatcher(),
+        broker.clone(),
+        options,
+        &["effect_a", "effect_b"],
+    )
+    .unwrap();
+    (app, consumers)
+}
+
+pub async fn scalar(db: &Database, sql: &'static str) -> i64 {
+    let mut conn = db.acquire().await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&mut *conn).await.unwrap();
+    n
+}
+
+/// Waits until `sql` counts `expected` (at most 60 s); returns the last count.
+pub async fn until(db: &Database, sql: &'static str, expected: i64) -> i64 {
+    let mut last = 0;
+    for _ in 0..600 {
+        last = scalar(db, sql).await;
+        if last == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
