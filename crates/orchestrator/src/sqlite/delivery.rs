@@ -193,8 +193,8 @@ pub(super) async fn purge(
     db.clone()
         .unit_of_work_with(&internal("keel_purge"), async |tx| {
             let mut pairs: Vec<(String, String)> = sqlx::query_as(concat!(
-                "DELETE FROM keel_done WHERE rowid IN
-                 (SELECT rowid FROM keel_done WHERE $1 IS NOT NULL AND done_at < ",
+                "DELETE FROM keel_done WHERE (event_id, handler) IN
+                 (SELECT event_id, handler FROM keel_done WHERE $1 IS NOT NULL AND done_at < ",
                 now_ms!(),
                 " - $1 LIMIT $2)
                  RETURNING event_id, handler"
