@@ -15,7 +15,9 @@ mod postgres {
     pub type B = keel::sqlx::Postgres;
     pub use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
 
+    mod crash;
     mod flows;
+    mod restart;
     mod support;
 }
 
@@ -24,6 +26,8 @@ mod sqlite {
     pub type B = keel::sqlx::Sqlite;
     pub use keel::sqlite::{App, Database, Handler, HandlerContext, Registry};
 
+    mod crash;
     mod flows;
+    mod restart;
     mod support;
 }

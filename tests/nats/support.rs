@@ -91,10 +91,15 @@ pub fn quick() -> DeliveryOptions {
 
 /// The producing service: its events are forwarded to the broker.
 pub fn producer(db: &Database, broker: &JetStream) -> App {
+    producer_with(db, broker, quick())
+}
+
+/// [`producer`] with these delivery options.
+pub fn producer_with(db: &Database, broker: &JetStream, options: DeliveryOptions) -> App {
     let forwarder = Forwarder::new(broker.clone()).prefix(broker.options().subject_prefix());
     let mut registry = Registry::new();
     registry.register(forwarder.handler::<B, Ticked>()).unwrap();
-    App::builder(db.clone(), registry).delivery(quick()).start()
+    App::builder(db.clone(), registry).delivery(options).start()
 }
 
 /// One instance of the consuming service `billing`: handlers `effect_a` and `effect_b`,

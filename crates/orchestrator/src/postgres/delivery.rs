@@ -324,27 +324,45 @@ pub(super) async fn subscribe(
     Ok(())
 }
 
+/// In one transaction: the deliveries that exist are locked first, so that a handler's unit
+/// of work marking one done commits before the done log is read (see `inbox.rs`).
 pub(super) async fn backfill(
     db: &Database<Postgres>,
     message: &str,
     handler: &str,
     since: time::OffsetDateTime,
 ) -> Result<u64, Error> {
-    let mut conn = db.acquire().await?;
-    let created: i64 = sqlx::query_scalar(
-        "WITH b AS (
-             INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)
-             SELECT id, $2, ordering_key, key_seq FROM keel_events e
-             WHERE name = $1 AND routed AND created_at >= $3
-               AND NOT EXISTS (SELECT 1 FROM keel_done d WHERE d.event_id = e.id
-                               AND d.handler = $2)
-             ON CONFLICT DO NOTHING RETURNING 1)
-         SELECT count(*) FROM b",
-    )
-    .bind(message)
-    .bind(handler)
-    .bind(since)
-    .fetch_one(&mut *conn)
-    .await?;
+    let created: i64 = db
+        .clone()
+        .unit_of_work_with(&internal("keel_backfill"), async |tx| {
+            sqlx::query(
+                "SELECT 1 FROM keel_deliveries d JOIN keel_events e ON e.id = d.event_id
+                 WHERE d.handler = $2 AND e.name = $1 AND e.created_at >= $3
+                 FOR UPDATE OF d",
+            )
+            .bind(message)
+            .bind(handler)
+            .bind(since)
+            .execute(tx.conn())
+            .await?;
+            let created: i64 = sqlx::query_scalar(
+                "WITH b AS (
+                     INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)
+                     SELECT id, $2, ordering_key, key_seq FROM keel_events e
+                     WHERE name = $1 AND routed AND created_at >= $3
+                       AND NOT EXISTS (SELECT 1 FROM keel_done d WHERE d.event_id = e.id
+                                       AND d.handler = $2)
+                     ON CONFLICT DO NOTHING RETURNING 1)
+                 SELECT count(*) FROM b",
+            )
+            .bind(message)
+            .bind(handler)
+            .bind(since)
+            .fetch_one(tx.conn())
+            .await?;
+            Ok(created)
+        })
+        .await?
+        .into_value();
     Ok(created.max(0) as u64)
 }

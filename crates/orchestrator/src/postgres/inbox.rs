@@ -1,10 +1,23 @@
-//! Accepting messages from another system on PostgreSQL: one statement writes the events
-//! (each once, by id) and their deliveries to one handler.
+//! Accepting messages from another system on PostgreSQL: the events (each once, by id) and
+//! their deliveries to one handler, in one short transaction.
+//!
+//! A message received again while its delivery runs must not get a second delivery. The
+//! running handler's unit of work deletes the delivery and appends to `keel_done` when it
+//! commits; a single statement checking `keel_done` would read a snapshot taken before that
+//! commit, then find the deleted delivery gone and insert a new one. So the transaction
+//! first locks the deliveries that exist (waiting for a handler's unit of work that is
+//! deleting one), and only then, in a new statement with a new snapshot, checks the done
+//! log and inserts.
 
 use sqlx::Postgres;
+use uuid::Uuid;
 
+use crate::options::internal;
 use crate::outbox::{DEAD, Incoming, PENDING};
 use crate::{Database, Error};
+
+const LOCK: &str = "SELECT 1 FROM keel_deliveries WHERE handler = $1 AND event_id = ANY ($2)
+                    FOR UPDATE";
 
 /// The events are written routed: their only delivery is the one accepted here (other
 /// handlers of this service receive their own copies). A delivery is not created again
@@ -56,20 +69,33 @@ pub(super) async fn accept(
         });
         errors.push(message.dead.as_deref());
     }
-    let mut conn = db.acquire().await?;
-    let created: i64 = sqlx::query_scalar(ACCEPT)
-        .bind(ids)
-        .bind(names)
-        .bind(types)
-        .bind(aggregates)
-        .bind(occurred)
-        .bind(payloads)
-        .bind(correlations)
-        .bind(causations)
-        .bind(handler)
-        .bind(statuses)
-        .bind(errors)
-        .fetch_one(&mut *conn)
-        .await?;
+    let ids: Vec<Uuid> = ids;
+    let ids = &ids;
+    let created: i64 = db
+        .clone()
+        .unit_of_work_with(&internal("keel_accept"), async |tx| {
+            sqlx::query(LOCK)
+                .bind(handler)
+                .bind(ids)
+                .execute(tx.conn())
+                .await?;
+            let created: i64 = sqlx::query_scalar(ACCEPT)
+                .bind(ids)
+                .bind(&names)
+                .bind(&types)
+                .bind(&aggregates)
+                .bind(&occurred)
+                .bind(&payloads)
+                .bind(&correlations)
+                .bind(&causations)
+                .bind(handler)
+                .bind(&statuses)
+                .bind(&errors)
+                .fetch_one(tx.conn())
+                .await?;
+            Ok(created)
+        })
+        .await?
+        .into_value();
     Ok(created.max(0) as u64)
 }

@@ -1,0 +1,229 @@
+//! kill -9 on both sides of the broker: a producing service forwarding 10,000 events and a
+//! consuming service accepting them are each killed at random moments, again and again,
+//! then run to the end. Every (event, handler) effect must exist exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keel::nats::{ConsumerOptions, Consumers, JetStream, StreamOptions};
+use keel::{DeliveryOptions, RetryPolicy, sqlx};
+
+use super::support::*;
+use super::{App, Database, Registry};
+
+const EVENTS: i64 = 10_000;
+const KILLS: usize = 10;
+const ROLE: &str = "KEEL_NATS_CHILD_ROLE";
+const DATABASE: &str = "KEEL_NATS_CHILD_DATABASE";
+const STREAM: &str = "KEEL_NATS_CHILD_STREAM";
+
+fn crash_options() -> DeliveryOptions {
+    DeliveryOptions::default()
+        .poll_interval(Duration::from_millis(20))
+        .handler_timeout(Duration::from_millis(500))
+        .lease(Duration::from_secs(1))
+}
+
+/// The child: `orders` records what is left of the events and forwards everything;
+/// `billing` accepts and handles until every effect exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of kill_9_on_both_sides_loses_nothing_and_doubles_nothing"]
+async fn child() {
+    let (Ok(role), Ok(url), Ok(stream)) = (
+        std::env::var(ROLE),
+        std::env::var(DATABASE),
+        std::env::var(STREAM),
+    ) else {
+        return;
+    };
+    let nats = std::env::var("KEEL_TEST_NATS_URL").unwrap();
+    let broker = JetStream::connect(&nats, stream_options(&stream))
+        .await
+        .unwrap();
+    let db = Database::connect(&url).await.unwrap();
+    if role == "orders" {
+        let app = producer_with(&db, &broker, crash_options());
+        produce(&app, EVENTS).await;
+        while !app
+            .wait_until_delivered(Duration::from_secs(60))
+            .await
+            .unwrap()
+        {}
+        app.shutdown().await.unwrap();
+    } else {
+        let app = App::builder(db.clone(), billing_handlers())
+            .delivery(crash_options())
+            .start();
+        let options = ConsumerOptions::new("billing")
+            .prefix(&prefix(&stream))
+            .batch(50);
+        let consumers =
+            Consumers::start(app.dispatcher(), broker, options, &["effect_a", "effect_b"]).unwrap();
+        let started = Instant::now();
+        while scalar(&db, "SELECT COUNT(*) FROM effects").await < EVENTS * 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(240),
+                "billing: effects still missing after 240 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        consumers.shutdown().await;
+        app.shutdown().await.unwrap();
+    }
+}
+
+fn prefix(stream: &str) -> String {
+    stream.to_lowercase()
+}
+
+fn stream_options(stream: &str) -> StreamOptions {
+    StreamOptions::default()
+        .name(stream)
+        .prefix(prefix(stream))
+        .ack_wait(Duration::from_secs(2))
+}
+
+fn billing_handlers() -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .register(super::Handler::new::<Ticked, _>("effect_a", effect_a).retry(patient()))
+        .unwrap();
+    registry
+        .register(super::Handler::new::<Ticked, _>("effect_b", effect_b).retry(patient()))
+        .unwrap();
+    registry
+}
+
+/// Retries that outlast ten kills: each kill during an attempt counts as one, and a
+/// delivery whose attempts all died with their process is dead-lettered (crash-loop
+/// protection).
+fn patient() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(100)
+        .base_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(500))
+}
+
+/// Records events up to `total`, resuming from the `progress` row so that a crash never
+/// produces a number twice.
+async fn produce(app: &App, total: i64) {
+    loop {
+        let done = app
+            .session()
+            .unit_of_work(async |tx| {
+                let (produced,): (i64,) =
+                    sqlx::query_as("SELECT produced FROM progress WHERE id = 1")
+                        .fetch_one(tx.conn())
+                        .await?;
+                let upto = (produced + 25).min(total);
+                for seq in produced..upto {
+                    tx.record(Ticked { seq })?;
+                }
+                sqlx::query("UPDATE progress SET produced = $1 WHERE id = 1")
+                    .bind(upto)
+                    .execute(tx.conn())
+                    .await?;
+                Ok(upto == total)
+            })
+            .await
+            .unwrap();
+        if done {
+            return;
+        }
+    }
+}
+
+/// The exact path of [`child`] in this test binary, for this backend's copy.
+fn child_test_path() -> String {
+    let (_crate_name, path) = module_path!()
+        .split_once("::")
+        .expect("a module inside the test crate");
+    format!("{path}::child")
+}
+
+fn spawn(role: &str, db: &Database, stream: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            &child_test_path(),
+            "--test-threads=1",
+        ])
+        .env(ROLE, role)
+        .env(DATABASE, db.url())
+        .env(STREAM, stream)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
+    if broker().await.is_none() {
+        return;
+    }
+    let (orders_db, billing_db) = (database().await, database().await);
+    let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
+    orders_db
+        .execute_script(
+            "CREATE TABLE progress (id BIGINT PRIMARY KEY, produced BIGINT NOT NULL);
+             INSERT INTO progress VALUES (1, 0);",
+        )
+        .await
+        .unwrap();
+    effects_table(billing_db).await;
+    let stream = format!("CRASH{}", uuid::Uuid::now_v7().simple());
+    let mut kills = 0;
+    while kills < KILLS {
+        let mut orders = spawn("orders", orders_db, &stream);
+        let mut billing = spawn("billing", billing_db, &stream);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(300..1_500))).await;
+        for child in [&mut orders, &mut billing] {
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+            child.wait().unwrap();
+        }
+    }
+    let started = Instant::now();
+    let mut orders = spawn("orders", orders_db, &stream);
+    let mut billing = spawn("billing", billing_db, &stream);
+    for child in [&mut orders, &mut billing] {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a child failed: {status}");
+    }
+    eprintln!(
+        "kill -9 on both sides: {kills} kills, recovery took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        scalar(orders_db, "SELECT produced FROM progress").await,
+        EVENTS
+    );
+    assert_eq!(
+        scalar(billing_db, "SELECT COUNT(*) FROM effects").await,
+        EVENTS * 2
+    );
+    for handler in ["effect_a", "effect_b"] {
+        let distinct = if handler == "effect_a" {
+            scalar(
+                billing_db,
+                "SELECT COUNT(DISTINCT seq) FROM effects WHERE handler = 'effect_a'",
+            )
+            .await
+        } else {
+            scalar(
+                billing_db,
+                "SELECT COUNT(DISTINCT seq) FROM effects WHERE handler = 'effect_b'",
+            )
+            .await
+        };
+        assert_eq!(
+            distinct, EVENTS,
+            "{handler}: an effect is missing or doubled"
+        );
+    }
+}
