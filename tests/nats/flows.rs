@@ -155,3 +155,56 @@ async fn an_unreadable_message_waits_in_the_dead_letter() {
     consumers.shutdown().await;
     billing.shutdown().await.unwrap();
 }
+
+/// After the broker lost data, the producing service publishes its kept events again; the
+/// consuming service, which had them already, runs nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_republished_from_the_outbox_and_run_once() {
+    let Some(broker) = broker_with(|o| o.duplicate_window(Duration::from_millis(100))).await else {
+        return;
+    };
+    let (orders_db, billing_db) = (database().await, database().await);
+    let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
+    effects_table(billing_db).await;
+    let since = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    let orders = producer(orders_db, &broker);
+    let (billing, consumers) = consumer(billing_db, &broker);
+    for seq in 0..5 {
+        tick(&orders, seq).await;
+    }
+    exactly_once(billing_db, 5).await;
+    assert!(
+        orders
+            .wait_until_delivered(Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let republished = keel::nats::republish(orders.dispatcher(), since)
+        .await
+        .unwrap();
+    assert_eq!(republished, 5);
+    assert!(
+        orders
+            .wait_until_delivered(Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        broker.stored_messages().await.unwrap(),
+        10,
+        "published again"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        billing
+            .wait_until_delivered(Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(scalar(billing_db, "SELECT COUNT(*) FROM effects").await, 10);
+    consumers.shutdown().await;
+    orders.shutdown().await.unwrap();
+    billing.shutdown().await.unwrap();
+}

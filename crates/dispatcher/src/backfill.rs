@@ -20,6 +20,23 @@ impl<B: Backend> Dispatcher<B> {
     ///
     /// Reads every kept event of the message: an operator's action, not a request path.
     pub async fn backfill(&self, handler: &str, since: OffsetDateTime) -> Result<u64, Error> {
+        self.create_deliveries(handler, since, false).await
+    }
+
+    /// Like [`backfill`](Self::backfill), but the events `handler` has already handled
+    /// get a delivery again too. Only for handlers whose effect the receiving side
+    /// deduplicates, such as a forwarder to a broker (re-publishing after the broker lost
+    /// data): a handler that writes through its unit of work would run its effects again.
+    pub async fn deliver_again(&self, handler: &str, since: OffsetDateTime) -> Result<u64, Error> {
+        self.create_deliveries(handler, since, true).await
+    }
+
+    async fn create_deliveries(
+        &self,
+        handler: &str,
+        since: OffsetDateTime,
+        again: bool,
+    ) -> Result<u64, Error> {
         ensure_outside_unit_of_work("backfill a handler")?;
         let Some(found) = self.registry().handlers().find(|h| h.name() == handler) else {
             return Err(Error::rejected(std::io::Error::other(format!(
@@ -27,7 +44,7 @@ impl<B: Backend> Dispatcher<B> {
                  process that runs it"
             ))));
         };
-        let created = B::backfill(self.database(), found.event(), handler, since).await?;
+        let created = B::backfill(self.database(), found.event(), handler, since, again).await?;
         if created > 0 {
             self.wake_relay();
         }

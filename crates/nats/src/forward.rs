@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_dispatcher::{Handler, HandlerContext};
+use keel_dispatcher::{Dispatcher, Handler, HandlerContext};
 use keel_domain::{DomainEvent, Envelope};
 use keel_orchestrator::{Backend, Error, RetryPolicy};
 
@@ -106,7 +106,7 @@ impl<T: Transport> Forwarder<T> {
     pub fn handler_of<B: Backend>(&self, message: &'static str) -> Handler<B> {
         // Handler names are `&'static str`: one string per forwarded message, made once
         // when the registry is built.
-        let name: &'static str = Box::leak(format!("forward:{message}").into_boxed_str());
+        let name: &'static str = Box::leak(format!("{HANDLER_PREFIX}{message}").into_boxed_str());
         let forwarder = self.clone();
         Handler::envelope(
             name,
@@ -127,4 +127,29 @@ impl<T: Transport> Forwarder<T> {
         )
         .retry(self.retry.clone())
     }
+}
+
+/// The prefix of every forwarder's handler name.
+pub const HANDLER_PREFIX: &str = "forward:";
+
+/// Publishes again every kept event committed since `since` that a forwarder registered in
+/// `dispatcher` forwards, already forwarded or not: after the broker lost data. Returns the
+/// deliveries created (the relay publishes them). Consumers accept an event id once, so
+/// what they had already received changes nothing; JetStream also drops the copies its
+/// duplicate window still remembers.
+pub async fn republish<B: Backend>(
+    dispatcher: &Dispatcher<B>,
+    since: time::OffsetDateTime,
+) -> Result<u64, Error> {
+    let forwarders: Vec<&'static str> = dispatcher
+        .registry()
+        .handlers()
+        .map(|h| h.name())
+        .filter(|name| name.starts_with(HANDLER_PREFIX))
+        .collect();
+    let mut created = 0;
+    for handler in forwarders {
+        created += dispatcher.deliver_again(handler, since).await?;
+    }
+    Ok(created)
 }

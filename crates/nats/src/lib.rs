@@ -41,7 +41,7 @@ pub mod transport;
 pub mod wire;
 
 pub use consume::{ConsumerOptions, Consumers};
-pub use forward::Forwarder;
+pub use forward::{Forwarder, republish};
 pub use jetstream::{JetStream, JetStreamMessage, StreamOptions};
 pub use transport::{Received, Transport, TransportError};
 pub use wire::WireMessage;

@@ -300,12 +300,14 @@ pub trait Store: sqlx::Database {
     ) -> impl Future<Output = Result<Option<DeadLetter>, Error>> + Send;
 
     /// Creates, for `handler` of the message named `message`, the deliveries its events
-    /// written since `since` lack (the events still kept); returns how many.
+    /// written since `since` lack (the events still kept), those it has done too when
+    /// `again`; returns how many.
     fn backfill(
         db: &Database<Self>,
         message: &str,
         handler: &str,
         since: time::OffsetDateTime,
+        again: bool,
     ) -> impl Future<Output = Result<u64, Error>> + Send;
 
     /// Puts a dead delivery back in the queue; `false` if it is not dead.

@@ -331,6 +331,7 @@ pub(super) async fn backfill(
     message: &str,
     handler: &str,
     since: time::OffsetDateTime,
+    again: bool,
 ) -> Result<u64, Error> {
     let created: i64 = db
         .clone()
@@ -350,14 +351,15 @@ pub(super) async fn backfill(
                      INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)
                      SELECT id, $2, ordering_key, key_seq FROM keel_events e
                      WHERE name = $1 AND routed AND created_at >= $3
-                       AND NOT EXISTS (SELECT 1 FROM keel_done d WHERE d.event_id = e.id
-                                       AND d.handler = $2)
+                       AND ($4 OR NOT EXISTS (SELECT 1 FROM keel_done d
+                                              WHERE d.event_id = e.id AND d.handler = $2))
                      ON CONFLICT DO NOTHING RETURNING 1)
                  SELECT count(*) FROM b",
             )
             .bind(message)
             .bind(handler)
             .bind(since)
+            .bind(again)
             .fetch_one(tx.conn())
             .await?;
             Ok(created)

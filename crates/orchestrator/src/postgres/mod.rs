@@ -216,8 +216,9 @@ impl Store for Postgres {
         message: &str,
         handler: &str,
         since: time::OffsetDateTime,
+        again: bool,
     ) -> Result<u64, Error> {
-        delivery::backfill(db, message, handler, since).await
+        delivery::backfill(db, message, handler, since, again).await
     }
 
     async fn subscribe(

@@ -331,6 +331,7 @@ pub(super) async fn backfill(
     message: &str,
     handler: &str,
     since: time::OffsetDateTime,
+    again: bool,
 ) -> Result<u64, Error> {
     let since_ms = (since.unix_timestamp_nanos() / 1_000_000) as i64;
     let mut conn = db.acquire().await?;
@@ -338,13 +339,14 @@ pub(super) async fn backfill(
         "INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)
          SELECT id, $2, ordering_key, key_seq FROM keel_events e
          WHERE name = $1 AND routed AND created_at >= $3
-           AND NOT EXISTS (SELECT 1 FROM keel_done d WHERE d.event_id = e.id
-                           AND d.handler = $2)
+           AND ($4 OR NOT EXISTS (SELECT 1 FROM keel_done d
+                                  WHERE d.event_id = e.id AND d.handler = $2))
          ON CONFLICT DO NOTHING",
     )
     .bind(message)
     .bind(handler)
     .bind(since_ms)
+    .bind(again)
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -236,8 +236,9 @@ impl Store for Sqlite {
         message: &str,
         handler: &str,
         since: time::OffsetDateTime,
+        again: bool,
     ) -> Result<u64, Error> {
-        delivery::backfill(db, message, handler, since).await
+        delivery::backfill(db, message, handler, since, again).await
     }
 
     async fn subscribe(db: &Database<Sqlite>, subscriptions: &[(&str, &str)]) -> Result<(), Error> {
