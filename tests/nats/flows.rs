@@ -12,14 +12,17 @@ use super::{App, Database};
 
 const EVENTS: i64 = 300;
 
-async fn tick(app: &App, seq: i64) {
-    app.session()
-        .unit_of_work(async |tx| {
-            tx.record(Ticked { seq })?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+/// Once what the broker still holds has had time to arrive: everything delivered, nothing
+/// dead, and exactly `effects` effects.
+async fn settled(app: &App, db: &Database, effects: i64) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(scalar(db, "SELECT COUNT(*) FROM effects").await, effects);
+    assert_eq!(app.dead_letters().count().await.unwrap(), 0);
 }
 
 async fn exactly_once(db: &Database, events: i64) {
@@ -101,16 +104,8 @@ async fn a_message_received_twice_runs_once() {
         2,
         "the broker kept both"
     );
-    // The second copy was received and accepted (as nothing).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        billing
-            .wait_until_delivered(Duration::from_secs(10))
-            .await
-            .unwrap()
-    );
-    assert_eq!(scalar(billing_db, "SELECT COUNT(*) FROM effects").await, 2);
-    assert_eq!(billing.dead_letters().count().await.unwrap(), 0);
+    // The second copy is received and accepted as nothing.
+    settled(&billing, billing_db, 2).await;
     consumers.shutdown().await;
     billing.shutdown().await.unwrap();
 }
@@ -196,14 +191,7 @@ async fn events_are_republished_from_the_outbox_and_run_once() {
         10,
         "published again"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(
-        billing
-            .wait_until_delivered(Duration::from_secs(10))
-            .await
-            .unwrap()
-    );
-    assert_eq!(scalar(billing_db, "SELECT COUNT(*) FROM effects").await, 10);
+    settled(&billing, billing_db, 10).await;
     consumers.shutdown().await;
     orders.shutdown().await.unwrap();
     billing.shutdown().await.unwrap();

@@ -45,13 +45,7 @@ fn free_port() -> u16 {
 
 async fn tick_all(app: App) {
     for seq in 0..EVENTS {
-        app.session()
-            .unit_of_work(async |tx| {
-                tx.record(Ticked { seq })?;
-                Ok(())
-            })
-            .await
-            .unwrap();
+        tick(&app, seq).await;
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
 }

@@ -115,6 +115,17 @@ pub(crate) trait ErasedHandler<B: Backend>: Send + Sync {
     }
 }
 
+/// The one envelope of a handler that takes one at a time.
+fn single(envelopes: &[Arc<Envelope>]) -> Result<&Envelope, Error> {
+    match envelopes {
+        [envelope] => Ok(envelope),
+        _ => Err(Error::rejected(std::io::Error::other(format!(
+            "a one-at-a-time handler received {} messages",
+            envelopes.len()
+        )))),
+    }
+}
+
 /// A handler of one message at a time (an event, or an unbatched command), with the
 /// function that turns its envelope back into the message.
 struct OneAtATime<M, F, C> {
@@ -132,13 +143,7 @@ impl<M: Send + Sync + 'static, B: Backend, C: 'static, F: HandlerFn<M, B, C>> Er
         ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let [envelope] = envelopes else {
-                return Err(Error::rejected(std::io::Error::other(format!(
-                    "a one-at-a-time handler received {} messages",
-                    envelopes.len()
-                ))));
-            };
-            let message = (self.decode)(envelope).map_err(Error::rejected)?;
+            let message = (self.decode)(single(envelopes)?).map_err(Error::rejected)?;
             self.handler.call(&message, ctx).await
         })
     }
@@ -156,15 +161,7 @@ impl<B: Backend, C: 'static, F: HandlerFn<Envelope, B, C>> ErasedHandler<B> for 
         envelopes: &'a [Arc<Envelope>],
         ctx: &'a mut HandlerContext<B>,
     ) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(async move {
-            let [envelope] = envelopes else {
-                return Err(Error::rejected(std::io::Error::other(format!(
-                    "an envelope handler received {} messages",
-                    envelopes.len()
-                ))));
-            };
-            self.handler.call(envelope, ctx).await
-        })
+        Box::pin(async move { self.handler.call(single(envelopes)?, ctx).await })
     }
 }
 
