@@ -164,6 +164,8 @@ if [ $# -eq 0 ]; then
   as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres keel_example
   DATABASE_URL="postgres://postgres@127.0.0.1:$port/keel_example" \
     cargo run -q --example assessment_completion
+  say "example nats_services: two services through JetStream"
+  NATS_URL="$KEEL_TEST_NATS_URL" cargo run -q --features nats --example nats_services
   say "example likes on SQLite, then on PostgreSQL"
   cargo run -q --example likes
   DATABASE_URL="postgres://postgres@127.0.0.1:$port/keel_example" cargo run -q --example likes
