@@ -3,7 +3,8 @@
 //! One stream captures `<prefix>.>`. Publishes carry `Nats-Msg-Id` (the event id), so a
 //! forwarder that publishes again after a crash stores nothing new within the stream's
 //! duplicate window. Consumers are durable pull consumers with explicit acks: every process
-//! that uses the same consumer name shares its messages.
+//! that uses the same consumer name shares its messages. Each keeps one message stream
+//! (pull requests outstanding), so a message is handed over as soon as it arrives.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::transport::{Received, Transport, TransportError};
 use crate::wire::WireMessage;
@@ -100,11 +101,12 @@ pub struct JetStream {
     context: jetstream::Context,
     stream: stream::Stream,
     options: StreamOptions,
-    /// The consumers already looked up or created, by name.
-    consumers: Arc<Mutex<HashMap<String, PullConsumer>>>,
+    /// The message streams of the consumers used so far, by consumer name.
+    consumers: Arc<Mutex<HashMap<String, Subscription>>>,
 }
 
-type PullConsumer = consumer::Consumer<consumer::pull::Config>;
+/// A consumer's message stream, read by one receive at a time.
+type Subscription = Arc<tokio::sync::Mutex<consumer::pull::Stream>>;
 
 impl std::fmt::Debug for JetStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,7 +161,43 @@ impl JetStream {
         Ok(info.state.messages)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, PullConsumer>> {
+    /// The message stream of the durable consumer `name`, created (with the consumer, if
+    /// missing) on first use and kept: pull requests stay outstanding between receives.
+    async fn subscription(
+        &self,
+        name: &str,
+        subject: &str,
+        batch: usize,
+    ) -> Result<Subscription, TransportError> {
+        if let Some(messages) = self.cache().get(name).cloned() {
+            return Ok(messages);
+        }
+        let consumer: consumer::Consumer<consumer::pull::Config> = self
+            .stream
+            .get_or_create_consumer(
+                name,
+                consumer::pull::Config {
+                    durable_name: Some(name.to_owned()),
+                    filter_subject: subject.to_owned(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.options.ack_wait,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| TransportError::new("creating the consumer", e))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .messages()
+            .await
+            .map_err(|e| TransportError::new("receiving", e))?;
+        let messages = Arc::new(tokio::sync::Mutex::new(messages));
+        self.cache().insert(name.to_owned(), messages.clone());
+        Ok(messages)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscription>> {
         self.consumers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -194,72 +232,59 @@ impl Transport for JetStream {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<JetStreamMessage>, TransportError> {
-        let name = consumer;
-        let cached = self.cache().get(name).cloned();
-        let consumer = match cached {
-            Some(consumer) => consumer,
-            None => {
-                let consumer: PullConsumer = self
-                    .stream
-                    .get_or_create_consumer(
-                        name,
-                        consumer::pull::Config {
-                            durable_name: Some(name.to_owned()),
-                            filter_subject: subject.to_owned(),
-                            ack_policy: consumer::AckPolicy::Explicit,
-                            ack_wait: self.options.ack_wait,
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| TransportError::new("creating the consumer", e))?;
-                self.cache().insert(name.to_owned(), consumer.clone());
-                consumer
-            }
-        };
-        let batch = consumer
-            .batch()
-            .max_messages(max)
-            .expires(wait)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(batch) => batch,
-            Err(error) => {
-                // Looked up again next time: the consumer may have been removed.
-                self.cache().remove(name);
+        let messages = self.subscription(consumer, subject, max).await?;
+        let mut messages = messages.lock().await;
+        // The first message is waited for; then whatever has already arrived, up to `max`:
+        // a batch never waits to fill up, so a lone message goes through at once.
+        let first = match tokio::time::timeout(wait, messages.next()).await {
+            Err(_waited) => return Ok(Vec::new()),
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(error))) => {
+                self.cache().remove(consumer);
                 return Err(TransportError::new("receiving", error));
             }
+            Ok(None) => {
+                self.cache().remove(consumer);
+                return Err(TransportError::new("receiving", "the message stream ended"));
+            }
         };
-        let mut received = Vec::new();
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| TransportError::new("receiving", e))?;
-            let delivered = message
-                .info()
-                .map(|i| i.delivered.max(1) as u64)
-                .unwrap_or(1);
-            let headers = message
-                .headers
-                .iter()
-                .flat_map(|h| h.iter())
-                .flat_map(|(name, values)| {
-                    values
-                        .iter()
-                        .map(move |v| (name.to_string(), v.as_str().to_owned()))
-                })
-                .collect();
-            let wire = WireMessage {
-                subject: message.subject.to_string(),
-                headers,
-                body: message.payload.clone(),
-            };
-            received.push(JetStreamMessage {
-                wire,
-                delivered,
-                message,
-            });
+        let mut received = vec![JetStreamMessage::from(first)];
+        while received.len() < max {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(message))) => received.push(JetStreamMessage::from(message)),
+                _ => break,
+            }
         }
         Ok(received)
+    }
+}
+
+impl From<jetstream::Message> for JetStreamMessage {
+    fn from(message: jetstream::Message) -> Self {
+        let delivered = message
+            .info()
+            .map(|i| i.delivered.max(1) as u64)
+            .unwrap_or(1);
+        let headers = message
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (name.to_string(), v.as_str().to_owned()))
+            })
+            .collect();
+        let wire = WireMessage {
+            subject: message.subject.to_string(),
+            headers,
+            body: message.payload.clone(),
+        };
+        JetStreamMessage {
+            wire,
+            delivered,
+            message,
+        }
     }
 }
 
