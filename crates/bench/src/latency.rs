@@ -26,7 +26,7 @@ use crate::common::{self, Touched};
 use crate::uow::verdict;
 
 /// Pause between two events.
-const PACE: Duration = Duration::from_millis(2);
+pub(crate) const PACE: Duration = Duration::from_millis(2);
 
 /// Handler start times by event sequence number.
 static STARTED: Mutex<Option<HashMap<i64, (Instant, u128)>>> = Mutex::new(None);
@@ -48,7 +48,7 @@ async fn started(event: &Touched, _ctx: &mut HandlerContext) -> Result<(), Error
     Ok(())
 }
 
-fn started_count() -> usize {
+pub(crate) fn started_count() -> usize {
     STARTED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -56,7 +56,7 @@ fn started_count() -> usize {
         .map_or(0, HashMap::len)
 }
 
-fn registry() -> Registry {
+pub(crate) fn registry() -> Registry {
     let mut registry = Registry::new();
     registry
         .register(Handler::new::<Touched, _>("latency_probe", started))
@@ -64,7 +64,7 @@ fn registry() -> Registry {
     registry
 }
 
-async fn produce_one(app: &App, seq: i64) -> Result<keel::Committed<()>, Error> {
+pub(crate) async fn produce_one(app: &App, seq: i64) -> Result<keel::Committed<()>, Error> {
     app.database()
         .clone()
         .unit_of_work(async |tx| {
@@ -75,6 +75,20 @@ async fn produce_one(app: &App, seq: i64) -> Result<keel::Committed<()>, Error> 
             Ok(())
         })
         .await
+}
+
+/// Forgets the handler start times noted so far.
+pub(crate) fn reset_started() {
+    *STARTED.lock().unwrap_or_else(|e| e.into_inner()) = Some(HashMap::new());
+}
+
+/// The handler start times noted so far, by sequence number.
+pub(crate) fn take_started() -> HashMap<i64, (Instant, u128)> {
+    STARTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default()
 }
 
 /// In-process: commit-to-start latencies in milliseconds.
@@ -207,7 +221,7 @@ pub async fn consumer(url: &str, n: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
+pub(crate) fn summary(samples: &mut [f64]) -> (f64, f64, f64) {
     samples.sort_by(f64::total_cmp);
     (
         common::percentile(samples, 50.0),

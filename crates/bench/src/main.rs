@@ -19,6 +19,7 @@ mod delivery;
 mod drain;
 mod latency;
 mod likes;
+mod nats;
 mod peers;
 mod sqlite;
 mod uow;
@@ -137,6 +138,8 @@ scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
             batches (B), against the hot-row SELECT ... FOR UPDATE; UPDATE rate (goal B >= 5x)
   latency   commit -> handler start, p50/p99, in-process and cross-process (goals: p50 <= 1 ms
             in-process, p99 <= 20 ms cross-process); with --svg, the distribution
+  nats      commit -> handler start in another service through NATS JetStream (a throwaway
+            nats-server; goal p99 <= 20 ms)
   sqlite    uow and delivery on SQLite vs raw sqlx on SQLite
   all       every scenario above, in this order
 
@@ -152,7 +155,9 @@ options:
 
 Without DATABASE_URL, a throwaway PostgreSQL cluster is started and stopped.";
 
-const SCENARIOS: &[&str] = &["uow", "delivery", "drain", "likes", "latency", "sqlite"];
+const SCENARIOS: &[&str] = &[
+    "uow", "delivery", "drain", "likes", "latency", "nats", "sqlite",
+];
 
 async fn run(scenario: &str, url: &str, args: &Args) -> Result<Report, String> {
     let svg = args.svg.as_deref();
@@ -170,6 +175,7 @@ async fn run(scenario: &str, url: &str, args: &Args) -> Result<Report, String> {
         "drain" => drain::run(url, args.drain).await,
         "likes" => likes::run(url, args.likes).await,
         "latency" => latency::run(url, args.latency, svg).await,
+        "nats" => nats::run(url, args.latency).await,
         "sqlite" => sqlite::run(args.events).await,
         other => Err(format!(
             "unknown scenario `{other}`; scenarios: {}, all",
