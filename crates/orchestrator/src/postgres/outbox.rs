@@ -79,12 +79,15 @@ const KEYED: &str = concat!(
 /// it until the transaction ends, and numbers the key's commands from its counter: per-key
 /// order is commit order. Unordered keys get their row without a lock.
 ///
-/// [`Sent::ordered`]: crate::outbox::Sent::ordered Deliveries go to this process's handlers (reserved for its fast path when
-/// it has one) and to every other subscription recorded in `keel_subscriptions`. Every column travels as one array (`UNNEST`), so the statement's text
-/// never changes and stays prepared. Inside a unit of work its last part checks that the
-/// transaction still carries the unit of work's marker and isolation level, and fails the
-/// whole statement otherwise (after a `COMMIT` run by hand, it would commit on its own):
-/// when it succeeds, the `COMMIT` that follows needs no check of its own.
+/// Deliveries go to this process's handlers (reserved for its fast path when it has one)
+/// and to every other subscription recorded in `keel_subscriptions`. Every column travels
+/// as one array (`UNNEST`), so the statement's text never changes and stays prepared.
+/// Inside a unit of work its last part checks that the transaction still carries the unit
+/// of work's marker and isolation level, and fails the whole statement otherwise (after a
+/// `COMMIT` run by hand, it would commit on its own): when it succeeds, the `COMMIT` that
+/// follows needs no check of its own.
+///
+/// [`Sent::ordered`]: crate::outbox::Sent::ordered
 pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<bool, Error> {
     let mut ids = Vec::new();
     let mut names = Vec::new();
