@@ -1,6 +1,7 @@
-//! kill -9 on both sides of the broker: a producing service forwarding 10,000 events and a
-//! consuming service accepting them are each killed at random moments, again and again,
-//! then run to the end. Every (event, handler) effect must exist exactly once.
+//! Services in processes of their own. kill -9 on both sides of the broker: a producing
+//! service forwarding 10,000 events and a consuming service accepting them are each killed
+//! at random moments, again and again, then run to the end. Four processes of one consuming
+//! service share its work. Every (event, handler) effect must exist exactly once.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ const KILLS: usize = 10;
 const ROLE: &str = "KEEL_NATS_CHILD_ROLE";
 const DATABASE: &str = "KEEL_NATS_CHILD_DATABASE";
 const STREAM: &str = "KEEL_NATS_CHILD_STREAM";
+const TOTAL: &str = "KEEL_NATS_CHILD_EVENTS";
 
 fn crash_options() -> DeliveryOptions {
     DeliveryOptions::default()
@@ -37,13 +39,14 @@ async fn child() {
         return;
     };
     let nats = std::env::var("KEEL_TEST_NATS_URL").unwrap();
+    let total: i64 = std::env::var(TOTAL).map_or(EVENTS, |n| n.parse().unwrap());
     let broker = JetStream::connect(&nats, stream_options(&stream))
         .await
         .unwrap();
     let db = Database::connect(&url).await.unwrap();
     if role == "orders" {
         let app = producer_with(&db, &broker, crash_options());
-        produce(&app, EVENTS).await;
+        produce(&app, total).await;
         while !app
             .wait_until_delivered(Duration::from_secs(60))
             .await
@@ -60,7 +63,7 @@ async fn child() {
         let consumers =
             Consumers::start(app.dispatcher(), broker, options, &["effect_a", "effect_b"]).unwrap();
         let started = Instant::now();
-        while scalar(&db, "SELECT COUNT(*) FROM effects").await < EVENTS * 2 {
+        while scalar(&db, "SELECT COUNT(*) FROM effects").await < total * 2 {
             assert!(
                 started.elapsed() < Duration::from_secs(240),
                 "billing: effects still missing after 240 s"
@@ -142,6 +145,10 @@ fn child_test_path() -> String {
 }
 
 fn spawn(role: &str, db: &Database, stream: &str) -> Child {
+    spawn_for(role, db, stream, EVENTS)
+}
+
+fn spawn_for(role: &str, db: &Database, stream: &str, total: i64) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -152,6 +159,7 @@ fn spawn(role: &str, db: &Database, stream: &str) -> Child {
         .env(ROLE, role)
         .env(DATABASE, db.url())
         .env(STREAM, stream)
+        .env(TOTAL, total.to_string())
         .env("RUST_LOG", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -226,4 +234,48 @@ async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
             "{handler}: an effect is missing or doubled"
         );
     }
+}
+
+/// Four processes of the consuming service share its durable consumers and its relay's
+/// work: each effect once, written by more than one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_consumer_processes_share_the_work() {
+    const TOTAL_EVENTS: i64 = 2_000;
+    if broker().await.is_none() {
+        return;
+    }
+    let (orders_db, billing_db) = (database().await, database().await);
+    let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
+    orders_db
+        .execute_script(
+            "CREATE TABLE progress (id BIGINT PRIMARY KEY, produced BIGINT NOT NULL);
+             INSERT INTO progress VALUES (1, 0);",
+        )
+        .await
+        .unwrap();
+    effects_table(billing_db).await;
+    let stream = format!("SHARE{}", uuid::Uuid::now_v7().simple());
+    let mut children: Vec<Child> = (0..4)
+        .map(|_| spawn_for("billing", billing_db, &stream, TOTAL_EVENTS))
+        .collect();
+    children.push(spawn_for("orders", orders_db, &stream, TOTAL_EVENTS));
+    for child in &mut children {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a child failed: {status}");
+    }
+    assert_eq!(
+        scalar(billing_db, "SELECT COUNT(*) FROM effects").await,
+        TOTAL_EVENTS * 2
+    );
+    assert_eq!(
+        scalar(
+            billing_db,
+            "SELECT COUNT(*) FROM (SELECT DISTINCT seq, handler FROM effects) e"
+        )
+        .await,
+        TOTAL_EVENTS * 2,
+        "an effect is missing or doubled"
+    );
+    let processes = scalar(billing_db, "SELECT COUNT(DISTINCT pid) FROM effects").await;
+    assert!(processes >= 2, "one process did all the work");
 }

@@ -65,17 +65,20 @@ pub async fn database() -> TestDatabase<B> {
 }
 
 pub async fn effects_table(db: &Database) {
-    db.execute_script("CREATE TABLE effects (seq BIGINT NOT NULL, handler TEXT NOT NULL)")
-        .await
-        .unwrap();
+    db.execute_script(
+        "CREATE TABLE effects (seq BIGINT NOT NULL, handler TEXT NOT NULL, pid BIGINT NOT NULL)",
+    )
+    .await
+    .unwrap();
 }
 
 async fn write_effect(seq: i64, ctx: &mut HandlerContext) -> Result<(), Error> {
     let handler = ctx.handler();
     ctx.unit_of_work(async |tx| {
-        sqlx::query("INSERT INTO effects (seq, handler) VALUES ($1, $2)")
+        sqlx::query("INSERT INTO effects (seq, handler, pid) VALUES ($1, $2, $3)")
             .bind(seq)
             .bind(handler)
+            .bind(i64::from(std::process::id()))
             .execute(tx.conn())
             .await?;
         Ok(())
