@@ -10,7 +10,8 @@ use keel::nats::{ConsumerOptions, Consumers, JetStream, StreamOptions};
 use keel::{DeliveryOptions, RetryPolicy, sqlx};
 
 use super::support::*;
-use super::{App, Database, Registry};
+use super::{App, B, Database, Registry};
+use keel_testing::TestDatabase;
 
 const EVENTS: i64 = 10_000;
 const KILLS: usize = 10;
@@ -167,21 +168,28 @@ fn spawn_for(role: &str, db: &Database, stream: &str, total: i64) -> Child {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
-    if broker().await.is_none() {
-        return;
-    }
-    let (orders_db, billing_db) = (database().await, database().await);
-    let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
-    orders_db
+/// The databases of `orders` (with its `progress` row) and `billing` (with `effects`).
+async fn services() -> (TestDatabase<B>, TestDatabase<B>) {
+    let (orders, billing) = (database().await, database().await);
+    orders
+        .database()
         .execute_script(
             "CREATE TABLE progress (id BIGINT PRIMARY KEY, produced BIGINT NOT NULL);
              INSERT INTO progress VALUES (1, 0);",
         )
         .await
         .unwrap();
-    effects_table(billing_db).await;
+    effects_table(billing.database()).await;
+    (orders, billing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
+    if broker().await.is_none() {
+        return;
+    }
+    let (orders_database, billing_database) = services().await;
+    let (orders_db, billing_db) = (orders_database.database(), billing_database.database());
     let stream = format!("CRASH{}", uuid::Uuid::now_v7().simple());
     let mut kills = 0;
     while kills < KILLS {
@@ -244,16 +252,8 @@ async fn four_consumer_processes_share_the_work() {
     if broker().await.is_none() {
         return;
     }
-    let (orders_db, billing_db) = (database().await, database().await);
-    let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
-    orders_db
-        .execute_script(
-            "CREATE TABLE progress (id BIGINT PRIMARY KEY, produced BIGINT NOT NULL);
-             INSERT INTO progress VALUES (1, 0);",
-        )
-        .await
-        .unwrap();
-    effects_table(billing_db).await;
+    let (orders_database, billing_database) = services().await;
+    let (orders_db, billing_db) = (orders_database.database(), billing_database.database());
     let stream = format!("SHARE{}", uuid::Uuid::now_v7().simple());
     let mut children: Vec<Child> = (0..4)
         .map(|_| spawn_for("billing", billing_db, &stream, TOTAL_EVENTS))
