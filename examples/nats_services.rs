@@ -76,7 +76,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let jetstream = JetStream::connect(&url, options.clone())
         .await
         .map_err(|e| format!("{e} (is a JetStream server running? `nats-server -js`)"))?;
-    let prefix = options.subject_prefix().to_owned();
 
     // orders: its events are forwarded.
     let orders_db = database(
@@ -85,7 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let mut registry = Registry::new();
-    let forwarder = Forwarder::new(jetstream.clone()).prefix(&prefix);
+    let forwarder = Forwarder::new(jetstream.clone());
     registry.register(forwarder.handler::<keel::sqlx::Sqlite, OrderPlaced>())?;
     let orders = App::new(orders_db, registry);
 
@@ -103,7 +102,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let consumers = Consumers::start(
             app.dispatcher(),
             jetstream.clone(),
-            ConsumerOptions::new("billing").prefix(&prefix),
+            ConsumerOptions::new("billing"),
             &["charge"],
         )?;
         instances.push((app, consumers));

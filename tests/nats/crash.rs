@@ -3,7 +3,7 @@
 //! at random moments, again and again, then run to the end. Four processes of one consuming
 //! service share its work. Every (event, handler) effect must exist exactly once.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use keel::nats::{ConsumerOptions, Consumers, JetStream, StreamOptions};
@@ -58,9 +58,7 @@ async fn child() {
         let app = App::builder(db.clone(), billing_handlers())
             .delivery(crash_options())
             .start();
-        let options = ConsumerOptions::new("billing")
-            .prefix(&prefix(&stream))
-            .batch(50);
+        let options = ConsumerOptions::new("billing").batch(50);
         let consumers =
             Consumers::start(app.dispatcher(), broker, options, &["effect_a", "effect_b"]).unwrap();
         let started = Instant::now();
@@ -137,35 +135,20 @@ async fn produce(app: &App, total: i64) {
     }
 }
 
-/// The exact path of [`child`] in this test binary, for this backend's copy.
-fn child_test_path() -> String {
-    let (_crate_name, path) = module_path!()
-        .split_once("::")
-        .expect("a module inside the test crate");
-    format!("{path}::child")
-}
-
 fn spawn(role: &str, db: &Database, stream: &str) -> Child {
     spawn_for(role, db, stream, EVENTS)
 }
 
 fn spawn_for(role: &str, db: &Database, stream: &str, total: i64) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            &child_test_path(),
-            "--test-threads=1",
-        ])
-        .env(ROLE, role)
-        .env(DATABASE, db.url())
-        .env(STREAM, stream)
-        .env(TOTAL, total.to_string())
-        .env("RUST_LOG", "off")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_child(
+        module_path!(),
+        &[
+            (ROLE, role.to_owned()),
+            (DATABASE, db.url().to_owned()),
+            (STREAM, stream.to_owned()),
+            (TOTAL, total.to_string()),
+        ],
+    )
 }
 
 /// The databases of `orders` (with its `progress` row) and `billing` (with `effects`).

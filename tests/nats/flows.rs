@@ -93,8 +93,9 @@ async fn a_message_received_twice_runs_once() {
     let billing_db = billing_db.database();
     effects_table(billing_db).await;
     let (billing, consumers) = consumer(billing_db, &broker);
-    let prefix = broker.options().subject_prefix().to_owned();
-    let message = wire::encode(&prefix, &Envelope::wrap(&Ticked { seq: 1 }).unwrap()).unwrap();
+    let subjects = broker.options().subjects();
+    let ticked = Envelope::wrap(&Ticked { seq: 1 }).unwrap();
+    let message = wire::encode(subjects.message(&ticked.name).unwrap(), &ticked).unwrap();
     broker.publish(message.clone()).await.unwrap();
     exactly_once(billing_db, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -119,12 +120,15 @@ async fn an_unreadable_message_waits_in_the_dead_letter() {
     let billing_db = billing_db.database();
     effects_table(billing_db).await;
     let (billing, consumers) = consumer(billing_db, &broker);
-    let prefix = broker.options().subject_prefix().to_owned();
-    let good = |seq| wire::encode(&prefix, &Envelope::wrap(&Ticked { seq }).unwrap()).unwrap();
+    let subjects = broker.options().subjects();
+    let good = |seq| {
+        let ticked = Envelope::wrap(&Ticked { seq }).unwrap();
+        wire::encode(subjects.message(&ticked.name).unwrap(), &ticked).unwrap()
+    };
     broker.publish(good(1)).await.unwrap();
     broker
         .publish(WireMessage {
-            subject: wire::subject(&prefix, "test.ticked.v1").unwrap(),
+            subject: subjects.message("test.ticked.v1").unwrap(),
             headers: vec![],
             body: Bytes::from_static(b"not json"),
         })

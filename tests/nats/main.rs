@@ -15,6 +15,7 @@ mod postgres {
     pub type B = keel::sqlx::Postgres;
     pub use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
 
+    mod commands;
     mod crash;
     mod flows;
     mod restart;
@@ -26,6 +27,7 @@ mod sqlite {
     pub type B = keel::sqlx::Sqlite;
     pub use keel::sqlite::{App, Database, Handler, HandlerContext, Registry};
 
+    mod commands;
     mod crash;
     mod flows;
     mod restart;

@@ -105,7 +105,7 @@ pub fn producer(db: &Database, broker: &JetStream) -> App {
 
 /// [`producer`] with these delivery options.
 pub fn producer_with(db: &Database, broker: &JetStream, options: DeliveryOptions) -> App {
-    let forwarder = Forwarder::new(broker.clone()).prefix(broker.options().subject_prefix());
+    let forwarder = Forwarder::new(broker.clone());
     let mut registry = Registry::new();
     registry.register(forwarder.handler::<B, Ticked>()).unwrap();
     App::builder(db.clone(), registry).delivery(options).start()
@@ -122,9 +122,7 @@ pub fn consumer(db: &Database, broker: &JetStream) -> (App, Consumers) {
         .register(Handler::new::<Ticked, _>("effect_b", effect_b))
         .unwrap();
     let app = App::builder(db.clone(), registry).delivery(quick()).start();
-    let options = ConsumerOptions::new("billing")
-        .prefix(broker.options().subject_prefix())
-        .batch(50);
+    let options = ConsumerOptions::new("billing").batch(50);
     let consumers = Consumers::start(
         app.dispatcher(),
         broker.clone(),
@@ -152,6 +150,29 @@ pub async fn until(db: &Database, sql: &'static str, expected: i64) -> i64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     last
+}
+
+/// Runs the ignored test `child` of the test module `module` (its `module_path!()`) in a
+/// process of its own, with `env` set: a service instance that can be killed.
+pub fn spawn_child(module: &str, env: &[(&str, String)]) -> std::process::Child {
+    let (_crate_name, path) = module
+        .split_once("::")
+        .expect("a module inside the test crate");
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--ignored",
+            "--exact",
+            &format!("{path}::child"),
+            "--test-threads=1",
+        ])
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.spawn().unwrap()
 }
 
 /// Records event `seq` through `app`.

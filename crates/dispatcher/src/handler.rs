@@ -315,6 +315,26 @@ impl<B: Backend> Handler<B> {
         )
     }
 
+    /// The handler named `name` of the command named `command`, receiving its envelope as
+    /// stored, undecoded; it is the command's one handler, and honours its ordering key.
+    /// For code that passes commands on (a forwarder to a broker); business handlers take
+    /// their typed command ([`Handler::command`]).
+    pub fn command_envelope<X: 'static>(
+        name: &'static str,
+        command: &'static str,
+        handler: impl HandlerFn<Envelope, B, X>,
+    ) -> Self {
+        Self::from_erased(
+            name,
+            command,
+            HandlerKind::Command,
+            Undecoded {
+                handler,
+                context: PhantomData,
+            },
+        )
+    }
+
     /// The handler named `name` of commands of type `C`, one command at a time:
     /// `async fn(&C, &mut HandlerContext) -> Result<(), keel::Error>`.
     pub fn command<C: Command, X: 'static>(

@@ -94,19 +94,30 @@ impl Envelope {
     }
 
     /// Wraps a command like an event: its name, its key as the aggregate id (empty if
-    /// none), aggregate type `"command"`.
+    /// none), aggregate type [`COMMAND`](Envelope::COMMAND).
     pub fn wrap_command<C: crate::Command>(command: &C) -> Result<Self, serde_json::Error> {
         let id = EventId::new();
         Ok(Envelope {
             id,
             name: C::NAME.to_owned(),
-            aggregate_type: "command".to_owned(),
+            aggregate_type: Self::COMMAND.to_owned(),
             aggregate_id: command.key().unwrap_or_default(),
             occurred_at: OffsetDateTime::now_utc(),
             payload: serde_json::to_value(command)?,
             correlation_id: *id.as_uuid(),
             causation_id: None,
         })
+    }
+
+    /// The aggregate type of a wrapped command.
+    pub const COMMAND: &'static str = "command";
+
+    /// The ordering key of a wrapped command ([`Command::key`](crate::Command::key)), so
+    /// that it survives the trip through another system; `None` for an event or an unkeyed
+    /// command.
+    pub fn command_key(&self) -> Option<&str> {
+        (self.aggregate_type == Self::COMMAND && !self.aggregate_id.is_empty())
+            .then_some(self.aggregate_id.as_str())
     }
 
     /// Marks this event as caused by `cause`: it joins the cause's correlation and

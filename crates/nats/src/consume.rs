@@ -9,6 +9,14 @@
 //! from the broker would need all of that again on top of the broker's redeliveries
 //! (attempt counts, NAK delays, terminate); accepting costs one local commit per batch.
 //!
+//! A command handler reads its command's subject through one such consumer, and each
+//! partition of its ordered commands through one more (`<service>_<handler>_<partition>`)
+//! that hands out one message at a time, whichever instance asks: a partition's messages
+//! are accepted one after the other, so each key's commands are numbered in the order they
+//! were published, and the relay runs them in that order. Keyed commands whose order does
+//! not matter (likes) travel on the command's subject in batches; the relay still runs
+//! each key's one at a time.
+//!
 //! A message that does not decode (not published by a Keel forwarder, or damaged) is
 //! accepted straight into the dead letter with its reason, and acknowledged: it does not
 //! come back. When the database cannot be reached, the batch is handed back to the broker,
@@ -17,19 +25,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_dispatcher::{Dispatcher, Incoming};
+use keel_dispatcher::{Dispatcher, HandlerKind, Incoming};
 use keel_orchestrator::Backend;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::transport::{Received, Transport};
+use crate::transport::{Received, Subscription, Transport};
 use crate::wire;
 
 /// How a service consumes.
 #[derive(Debug, Clone)]
 pub struct ConsumerOptions {
     service: String,
-    prefix: String,
     batch: usize,
     wait: Duration,
 }
@@ -41,17 +48,9 @@ impl ConsumerOptions {
     pub fn new(service: &str) -> Self {
         ConsumerOptions {
             service: service.to_owned(),
-            prefix: "keel".to_owned(),
             batch: 100,
             wait: Duration::from_secs(1),
         }
-    }
-
-    /// The first token of the subjects (default `keel`), as the forwarders publish.
-    #[must_use]
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.to_owned();
-        self
     }
 
     /// Messages accepted per transaction at most (default 100).
@@ -95,6 +94,7 @@ impl Consumers {
     ) -> Result<Self, String> {
         let transport = Arc::new(transport);
         let (stop, stopped) = watch::channel(false);
+        let subjects = transport.subjects().clone();
         let mut tasks = Vec::with_capacity(handlers.len());
         for name in handlers {
             let Some(handler) = dispatcher.registry().handlers().find(|h| h.name() == *name) else {
@@ -102,15 +102,30 @@ impl Consumers {
                     "no handler named `{name}` is registered: register it before consuming"
                 ));
             };
-            let subject = wire::subject(&options.prefix, handler.event())?;
-            tasks.push(tokio::spawn(consume(
-                dispatcher.clone(),
-                transport.clone(),
-                options.clone(),
-                handler.name(),
-                subject,
-                stopped.clone(),
-            )));
+            let mut subscriptions = vec![Subscription {
+                durable: options.consumer_name(handler.name()),
+                subject: subjects.message(handler.event())?,
+                in_order: false,
+            }];
+            if handler.kind() != HandlerKind::Event {
+                for partition in 0..subjects.partitions() {
+                    subscriptions.push(Subscription {
+                        durable: format!("{}_{partition}", options.consumer_name(handler.name())),
+                        subject: subjects.partition(handler.event(), partition)?,
+                        in_order: true,
+                    });
+                }
+            }
+            for subscription in subscriptions {
+                tasks.push(tokio::spawn(consume(
+                    dispatcher.clone(),
+                    transport.clone(),
+                    options.clone(),
+                    handler.name(),
+                    subscription,
+                    stopped.clone(),
+                )));
+            }
         }
         Ok(Consumers { stop, tasks })
     }
@@ -129,15 +144,15 @@ async fn consume<B: Backend, T: Transport>(
     transport: Arc<T>,
     options: ConsumerOptions,
     handler: &'static str,
-    subject: String,
+    subscription: Subscription,
     mut stop: watch::Receiver<bool>,
 ) {
-    let consumer = options.consumer_name(handler);
+    let consumer = subscription.durable.as_str();
     let mut failing = false;
     while !*stop.borrow() {
         let received = tokio::select! {
             _ = stop.changed() => break,
-            received = transport.receive(&consumer, &subject, options.batch, options.wait) => received,
+            received = transport.receive(&subscription, options.batch, options.wait) => received,
         };
         let batch = match received {
             Ok(batch) => batch,
@@ -169,7 +184,7 @@ async fn consume<B: Backend, T: Transport>(
                         dead: None,
                     },
                     Err(reason) => Incoming {
-                        envelope: wire::stand_in(&options.prefix, message),
+                        envelope: wire::stand_in(transport.subjects(), message),
                         dead: Some(format!(
                             "message on `{}` cannot be read: {reason}",
                             message.subject

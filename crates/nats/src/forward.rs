@@ -1,21 +1,25 @@
-//! Forwarding committed events to the broker.
+//! Forwarding committed events, and commands sent inside units of work, to the broker.
 //!
-//! A forwarder is a delivery target like any handler: each event it forwards gets its own
+//! A forwarder is a delivery target like any handler: each message it forwards gets its own
 //! delivery row, claimed by the relay with its lease, retried with its policy, dead-lettered
 //! when that runs out. Its handler publishes the event and returns once the broker has
 //! stored it; only then is the delivery marked done. A process that dies between the
 //! broker's acknowledgement and the mark publishes the event again when the lease expires:
 //! the broker drops it as a duplicate if its duplicate window still remembers the id.
+//!
+//! A command's forwarder is the command's one handler in this service: the relay claims a
+//! key's commands in commit order, one at a time, so its partition receives them in that
+//! order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_dispatcher::{Dispatcher, Handler, HandlerContext};
-use keel_domain::{DomainEvent, Envelope};
+use keel_domain::{Command, DomainEvent, Envelope};
 use keel_orchestrator::{Backend, Error, RetryPolicy};
 
 use crate::transport::Transport;
-use crate::wire;
+use crate::wire::{self, Subjects};
 
 /// Builds the handlers that forward events to a broker.
 ///
@@ -37,7 +41,6 @@ use crate::wire;
 /// ```
 pub struct Forwarder<T> {
     transport: Arc<T>,
-    prefix: Arc<str>,
     retry: RetryPolicy,
 }
 
@@ -45,7 +48,6 @@ impl<T> Clone for Forwarder<T> {
     fn clone(&self) -> Self {
         Forwarder {
             transport: self.transport.clone(),
-            prefix: self.prefix.clone(),
             retry: self.retry.clone(),
         }
     }
@@ -54,7 +56,6 @@ impl<T> Clone for Forwarder<T> {
 impl<T> std::fmt::Debug for Forwarder<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarder")
-            .field("prefix", &self.prefix)
             .field("retry", &self.retry)
             .finish_non_exhaustive()
     }
@@ -71,22 +72,13 @@ pub fn default_retry() -> RetryPolicy {
 }
 
 impl<T: Transport> Forwarder<T> {
-    /// Forwards to `transport`, under the subject prefix `keel` and with
+    /// Forwards to `transport`, on its [subjects](Transport::subjects), with
     /// [`default_retry`].
     pub fn new(transport: T) -> Self {
         Forwarder {
             transport: Arc::new(transport),
-            prefix: Arc::from("keel"),
             retry: default_retry(),
         }
-    }
-
-    /// The first token of the subjects (default `keel`; the stream must capture
-    /// `<prefix>.>`, as [`JetStream`](crate::JetStream) sets up).
-    #[must_use]
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = Arc::from(prefix);
-        self
     }
 
     /// How failed publishes are retried.
@@ -101,32 +93,59 @@ impl<T: Transport> Forwarder<T> {
         self.handler_of::<B>(E::NAME)
     }
 
-    /// The handler forwarding the messages named `message` (for messages this process has
-    /// no type for), named `forward:<message>`.
-    pub fn handler_of<B: Backend>(&self, message: &'static str) -> Handler<B> {
-        // Handler names are `&'static str`: one string per forwarded message, made once
-        // when the registry is built.
-        let name: &'static str = Box::leak(format!("{HANDLER_PREFIX}{message}").into_boxed_str());
-        let forwarder = self.clone();
+    /// The handler forwarding the events named `event` (for events this process has no
+    /// type for), named `forward:<event>`.
+    pub fn handler_of<B: Backend>(&self, event: &'static str) -> Handler<B> {
+        let forward = self.forward(|subjects, e| subjects.message(&e.name));
         Handler::envelope(
-            name,
-            message,
-            move |envelope: &Envelope, _ctx: &mut HandlerContext<B>| {
-                let forwarder = forwarder.clone();
-                let wire = wire::encode(&forwarder.prefix, envelope);
-                async move {
-                    // A message that cannot be put on the wire never will: dead at once.
-                    let wire = wire.map_err(|e| Error::rejected(std::io::Error::other(e)))?;
-                    forwarder
-                        .transport
-                        .publish(wire)
-                        .await
-                        .map_err(Error::external)
-                }
-            },
+            handler_name(event),
+            event,
+            move |e: &Envelope, _: &mut HandlerContext<B>| forward(e),
         )
         .retry(self.retry.clone())
     }
+
+    /// The handler forwarding commands of type `C` sent inside this service's units of
+    /// work, named `forward:<command name>`: the command's one handler here. An ordered
+    /// command goes to its key's partition; the relay forwards a key's commands one at a
+    /// time, in commit order.
+    pub fn command<B: Backend, C: Command>(&self) -> Handler<B> {
+        let forward = self.forward(|subjects, e| subjects.command(e, C::ORDERED));
+        Handler::command_envelope(
+            handler_name(C::NAME),
+            C::NAME,
+            move |e: &Envelope, _: &mut HandlerContext<B>| forward(e),
+        )
+        .retry(self.retry.clone())
+    }
+
+    /// Publishes an envelope to the subject `subject` gives it; the error is the handler's.
+    fn forward(
+        &self,
+        subject: fn(&Subjects, &Envelope) -> Result<String, String>,
+    ) -> impl Fn(&Envelope) -> std::pin::Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>
+    + Clone
+    + Send
+    + Sync
+    + 'static {
+        let transport = self.transport.clone();
+        move |envelope: &Envelope| {
+            let transport = transport.clone();
+            let wire = subject(transport.subjects(), envelope)
+                .and_then(|subject| wire::encode(subject, envelope));
+            Box::pin(async move {
+                // A message that cannot be put on the wire never will: dead at once.
+                let wire = wire.map_err(|e| Error::rejected(std::io::Error::other(e)))?;
+                transport.publish(wire).await.map_err(Error::external)
+            })
+        }
+    }
+}
+
+/// `forward:<message>`. Handler names are `&'static str`: one string per forwarded
+/// message, made once when the registry is built.
+fn handler_name(message: &str) -> &'static str {
+    Box::leak(format!("{HANDLER_PREFIX}{message}").into_boxed_str())
 }
 
 /// The prefix of every forwarder's handler name.

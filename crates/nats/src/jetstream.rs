@@ -14,14 +14,14 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::{FutureExt, StreamExt};
 
-use crate::transport::{Received, Transport, TransportError};
-use crate::wire::WireMessage;
+use crate::transport::{Received, Subscription, Transport, TransportError};
+use crate::wire::{Subjects, WireMessage};
 
 /// How a [`JetStream`] transport sets up its stream.
 #[derive(Debug, Clone)]
 pub struct StreamOptions {
     name: String,
-    prefix: String,
+    subjects: Subjects,
     duplicate_window: Duration,
     max_age: Duration,
     replicas: usize,
@@ -32,7 +32,7 @@ impl Default for StreamOptions {
     fn default() -> Self {
         StreamOptions {
             name: "KEEL".to_owned(),
-            prefix: "keel".to_owned(),
+            subjects: Subjects::new("keel", 16),
             duplicate_window: Duration::from_secs(15 * 60),
             max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: 1,
@@ -53,7 +53,17 @@ impl StreamOptions {
     /// `<prefix>.<message name>`, and the stream captures `<prefix>.>`.
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.subjects = Subjects::new(prefix, self.subjects.partitions());
+        self
+    }
+
+    /// How many partitions ordered commands are spread over by key (default 16): each is
+    /// consumed one message at a time, so this bounds how many keys progress at once.
+    /// Every process on the stream must use the same count; changing it while ordered
+    /// commands are in flight can reorder them.
+    #[must_use]
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.subjects = Subjects::new(self.subjects.prefix(), partitions);
         self
     }
 
@@ -89,9 +99,9 @@ impl StreamOptions {
         self
     }
 
-    /// The subject prefix.
-    pub fn subject_prefix(&self) -> &str {
-        &self.prefix
+    /// How messages map to subjects.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
     }
 }
 
@@ -102,11 +112,11 @@ pub struct JetStream {
     stream: stream::Stream,
     options: StreamOptions,
     /// The message streams of the consumers used so far, by consumer name.
-    consumers: Arc<Mutex<HashMap<String, Subscription>>>,
+    consumers: Arc<Mutex<HashMap<String, MessageStream>>>,
 }
 
 /// A consumer's message stream, read by one receive at a time.
-type Subscription = Arc<tokio::sync::Mutex<consumer::pull::Stream>>;
+type MessageStream = Arc<tokio::sync::Mutex<consumer::pull::Stream>>;
 
 impl std::fmt::Debug for JetStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,7 +144,7 @@ impl JetStream {
         let stream = context
             .get_or_create_stream(stream::Config {
                 name: options.name.clone(),
-                subjects: vec![format!("{}.>", options.prefix)],
+                subjects: vec![options.subjects.all()],
                 duplicate_window: options.duplicate_window,
                 max_age: options.max_age,
                 num_replicas: options.replicas,
@@ -161,14 +171,15 @@ impl JetStream {
         Ok(info.state.messages)
     }
 
-    /// The message stream of the durable consumer `name`, created (with the consumer, if
-    /// missing) on first use and kept: pull requests stay outstanding between receives.
-    async fn subscription(
+    /// The message stream of `subscription`'s durable consumer, created (with the
+    /// consumer, if missing) on first use and kept: pull requests stay outstanding between
+    /// receives. An in-order consumer has one message unacknowledged at a time.
+    async fn message_stream(
         &self,
-        name: &str,
-        subject: &str,
+        subscription: &Subscription,
         batch: usize,
-    ) -> Result<Subscription, TransportError> {
+    ) -> Result<MessageStream, TransportError> {
+        let name = subscription.durable.as_str();
         if let Some(messages) = self.cache().get(name).cloned() {
             return Ok(messages);
         }
@@ -178,9 +189,14 @@ impl JetStream {
                 name,
                 consumer::pull::Config {
                     durable_name: Some(name.to_owned()),
-                    filter_subject: subject.to_owned(),
+                    filter_subject: subscription.subject.clone(),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.options.ack_wait,
+                    max_ack_pending: if subscription.in_order {
+                        1
+                    } else {
+                        consumer::pull::Config::default().max_ack_pending
+                    },
                     ..Default::default()
                 },
             )
@@ -197,7 +213,7 @@ impl JetStream {
         Ok(messages)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Subscription>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, MessageStream>> {
         self.consumers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -209,6 +225,10 @@ impl JetStream {
 
 impl Transport for JetStream {
     type Received = JetStreamMessage;
+
+    fn subjects(&self) -> &Subjects {
+        &self.options.subjects
+    }
 
     async fn publish(&self, message: WireMessage) -> Result<(), TransportError> {
         let mut headers = HeaderMap::new();
@@ -227,12 +247,12 @@ impl Transport for JetStream {
 
     async fn receive(
         &self,
-        consumer: &str,
-        subject: &str,
+        subscription: &Subscription,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<JetStreamMessage>, TransportError> {
-        let messages = self.subscription(consumer, subject, max).await?;
+        let consumer = subscription.durable.as_str();
+        let messages = self.message_stream(subscription, max).await?;
         let mut messages = messages.lock().await;
         // The first message is waited for; then whatever has already arrived, up to `max`:
         // a batch never waits to fill up, so a lone message goes through at once.

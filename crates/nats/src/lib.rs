@@ -14,6 +14,11 @@
 //!   received batch is accepted into the service's own outbox (its inbox) in one
 //!   transaction, then acknowledged; the local relay delivers it with a local delivery's
 //!   guarantees, the processed marker in the handler's unit of work first among them.
+//! - **Commands.** A [`CommandBus`] publishes commands straight to the broker outside any
+//!   unit of work (acknowledged = durable); a forwarder passes on those sent inside one.
+//!   Ordered keyed commands are spread over partitions of their subject, each consumed one
+//!   message at a time, so each key's commands run in order across every instance of the
+//!   consuming service; the others travel in batches.
 //!
 //! ## The duplicate window
 //!
@@ -34,14 +39,16 @@
 
 #![warn(missing_docs)]
 
+pub mod bus;
 pub mod consume;
 pub mod forward;
 pub mod jetstream;
 pub mod transport;
 pub mod wire;
 
+pub use bus::CommandBus;
 pub use consume::{ConsumerOptions, Consumers};
 pub use forward::{Forwarder, republish};
 pub use jetstream::{JetStream, JetStreamMessage, StreamOptions};
-pub use transport::{Received, Transport, TransportError};
-pub use wire::WireMessage;
+pub use transport::{Received, Subscription, Transport, TransportError};
+pub use wire::{Subjects, WireMessage};

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::wire::WireMessage;
+use crate::wire::{Subjects, WireMessage};
 
 /// A broker failure, with the broker's own message.
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +26,26 @@ impl TransportError {
     }
 }
 
+/// A durable consumer to receive for: every process using the same name shares its
+/// messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The consumer's name.
+    pub durable: String,
+    /// The subject it reads.
+    pub subject: String,
+    /// One message unacknowledged at a time, whichever process holds it: messages are
+    /// then accepted in the subject's order (a partition of ordered commands).
+    pub in_order: bool,
+}
+
 /// A broker Keel forwards to and consumes from.
 pub trait Transport: Send + Sync + 'static {
     /// A received message, to acknowledge or hand back.
     type Received: Received;
+
+    /// How messages map to subjects on this broker.
+    fn subjects(&self) -> &Subjects;
 
     /// Publishes `message` and returns once the broker has stored it. Publishing the
     /// same message id again within the broker's deduplication window stores nothing new
@@ -39,13 +55,11 @@ pub trait Transport: Send + Sync + 'static {
         message: WireMessage,
     ) -> impl Future<Output = Result<(), TransportError>> + Send;
 
-    /// Up to `max` messages on `subject` for the durable consumer named `consumer`
-    /// (created if missing; every process using the same name shares its messages), waiting
+    /// Up to `max` messages for `subscription` (its consumer created if missing), waiting
     /// at most `wait` for the first.
     fn receive(
         &self,
-        consumer: &str,
-        subject: &str,
+        subscription: &Subscription,
         max: usize,
         wait: Duration,
     ) -> impl Future<Output = Result<Vec<Self::Received>, TransportError>> + Send;

@@ -1,8 +1,12 @@
 //! How an envelope travels: its payload as the message body (plain JSON, readable by any
 //! consumer) and everything else in headers, `Nats-Msg-Id` being the event id.
 //!
-//! The subject is `<prefix>.<message name>`: a consumer reads one message type by filtering
-//! on its subject, and the stream captures `<prefix>.>`.
+//! Subjects ([`Subjects`]): `<prefix>.<message name>` for events and most commands, so a
+//! consumer reads one message type by filtering on its subject; a command whose key's
+//! commands run in order ([`Command::ORDERED`](keel_domain::Command::ORDERED)) goes to
+//! `<prefix>.<command name>.<partition>`, the partition a hash of its key, so that one
+//! consumer per partition can keep each key's commands in order. The stream captures
+//! `<prefix>.>`.
 
 pub use bytes::Bytes;
 use keel_domain::{Envelope, EventId};
@@ -46,24 +50,85 @@ impl WireMessage {
     }
 }
 
-/// The subject of the message named `name` under `prefix`, or why it cannot be one.
-pub fn subject(prefix: &str, name: &str) -> Result<String, String> {
-    let subject = format!("{prefix}.{name}");
-    let valid = subject
-        .split('.')
-        .all(|token| !token.is_empty() && !token.contains(['*', '>', ' ', '\t', '\r', '\n']));
-    if valid {
-        Ok(subject)
-    } else {
-        Err(format!(
-            "`{subject}` is not a valid NATS subject (empty token, wildcard or whitespace): \
-             name the message or the prefix with dot-separated words"
-        ))
+/// How messages map to subjects, shared by everything that publishes or consumes on one
+/// stream ([`StreamOptions`](crate::StreamOptions) sets it up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+    partitions: u32,
+}
+
+impl Subjects {
+    /// Subjects under `prefix`, keyed commands spread over `partitions` (at least 1).
+    pub fn new(prefix: impl Into<String>, partitions: u32) -> Self {
+        Subjects {
+            prefix: prefix.into(),
+            partitions: partitions.max(1),
+        }
+    }
+
+    /// The first token of every subject.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// How many partitions keyed commands are spread over.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// What the stream captures: `<prefix>.>`.
+    pub fn all(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
+    /// The subject of the events named `name`, and of the commands whose order is not
+    /// kept: `<prefix>.<name>`; or why it cannot be one.
+    pub fn message(&self, name: &str) -> Result<String, String> {
+        let subject = format!("{}.{name}", self.prefix);
+        let valid = subject
+            .split('.')
+            .all(|token| !token.is_empty() && !token.contains(['*', '>', ' ', '\t', '\r', '\n']));
+        if valid {
+            Ok(subject)
+        } else {
+            Err(format!(
+                "`{subject}` is not a valid NATS subject (empty token, wildcard or whitespace): \
+                 name the message or the prefix with dot-separated words"
+            ))
+        }
+    }
+
+    /// The subject of partition `partition` of the keyed commands named `name`:
+    /// `<prefix>.<name>.<partition>`.
+    pub fn partition(&self, name: &str, partition: u32) -> Result<String, String> {
+        Ok(format!("{}.{partition}", self.message(name)?))
+    }
+
+    /// The subject of a wrapped command: its key's partition when its key's commands run
+    /// in order (`ordered`, [`Command::ORDERED`](keel_domain::Command::ORDERED)), the
+    /// command's subject otherwise.
+    pub fn command(&self, envelope: &Envelope, ordered: bool) -> Result<String, String> {
+        match envelope.command_key().filter(|_| ordered) {
+            Some(key) => self.partition(&envelope.name, partition_of(key, self.partitions)),
+            None => self.message(&envelope.name),
+        }
     }
 }
 
-/// The wire form of `envelope`, published under `prefix`.
-pub fn encode(prefix: &str, envelope: &Envelope) -> Result<WireMessage, String> {
+/// The partition of `key` among `partitions`: 64-bit FNV-1a of its UTF-8 bytes, modulo
+/// the count. Stable across processes, versions and languages.
+pub fn partition_of(key: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}
+
+/// The wire form of `envelope`, published to `subject` (from [`Subjects`]).
+pub fn encode(subject: String, envelope: &Envelope) -> Result<WireMessage, String> {
     let occurred = envelope
         .occurred_at
         .format(&Rfc3339)
@@ -83,7 +148,7 @@ pub fn encode(prefix: &str, envelope: &Envelope) -> Result<WireMessage, String> 
         headers.push((CAUSATION_ID.to_owned(), causation.to_string()));
     }
     Ok(WireMessage {
-        subject: subject(prefix, &envelope.name)?,
+        subject,
         headers,
         body: Bytes::from(envelope.payload.to_string()),
     })
@@ -123,15 +188,15 @@ pub fn decode(message: &WireMessage) -> Result<Envelope, String> {
 
 /// An envelope standing for a message that does not decode, so that it can wait in the
 /// dead letter with its reason: its id is the message id when that is a UUID (a redelivery
-/// then changes nothing), its name the subject's last tokens, its payload the body.
-pub fn stand_in(prefix: &str, message: &WireMessage) -> Envelope {
+/// then changes nothing), its name the subject without the prefix, its payload the body.
+pub fn stand_in(subjects: &Subjects, message: &WireMessage) -> Envelope {
     let id = message
         .header(MESSAGE_ID)
         .and_then(|id| id.parse::<Uuid>().ok())
         .unwrap_or_else(Uuid::now_v7);
     let name = message
         .subject
-        .strip_prefix(prefix)
+        .strip_prefix(subjects.prefix())
         .and_then(|s| s.strip_prefix('.'))
         .unwrap_or(&message.subject)
         .to_owned();
@@ -170,7 +235,11 @@ mod tests {
     #[test]
     fn an_envelope_survives_the_wire() {
         let sent = envelope();
-        let wire = encode("keel", &sent).unwrap();
+        let wire = encode(
+            Subjects::new("keel", 16).message(&sent.name).unwrap(),
+            &sent,
+        )
+        .unwrap();
         assert_eq!(wire.subject, "keel.order.placed.v1");
         assert_eq!(
             wire.header("nats-msg-id"),
@@ -194,16 +263,52 @@ mod tests {
         };
         let error = decode(&wire).unwrap_err();
         assert!(error.contains("is missing"), "{error}");
-        let stand_in = stand_in("keel", &wire);
+        let stand_in = stand_in(&Subjects::new("keel", 16), &wire);
         assert_eq!(stand_in.name, "order.placed.v1");
         assert_eq!(stand_in.payload, serde_json::json!("plain text"));
     }
 
     #[test]
     fn subjects_refuse_wildcards_and_empty_tokens() {
-        assert!(subject("keel", "order.placed.v1").is_ok());
-        assert!(subject("keel", "order.*").is_err());
-        assert!(subject("keel", "order..placed").is_err());
-        assert!(subject("", "order").is_err());
+        let subjects = Subjects::new("keel", 16);
+        assert!(subjects.message("order.placed.v1").is_ok());
+        assert!(subjects.message("order.*").is_err());
+        assert!(subjects.message("order..placed").is_err());
+        assert!(Subjects::new("", 16).message("order").is_err());
+    }
+
+    #[test]
+    fn an_ordered_command_goes_to_its_keys_partition_and_keeps_its_key() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Like {
+            post: i64,
+        }
+        impl keel_domain::Command for Like {
+            const NAME: &'static str = "post.like.v1";
+            fn key(&self) -> Option<String> {
+                Some(format!("post:{}", self.post))
+            }
+        }
+        let subjects = Subjects::new("keel", 16);
+        let sent = Envelope::wrap_command(&Like { post: 7 }).unwrap();
+        let subject = subjects.command(&sent, true).unwrap();
+        let partition = partition_of("post:7", 16);
+        assert_eq!(subject, format!("keel.post.like.v1.{partition}"));
+        assert_eq!(subjects.command(&sent, false).unwrap(), "keel.post.like.v1");
+        let wire = encode(subject, &sent).unwrap();
+        assert_eq!(decode(&wire).unwrap().command_key(), Some("post:7"));
+        // FNV-1a 64 of the empty string and of "a", as published for the algorithm.
+        assert_eq!(
+            partition_of("", 1 << 31),
+            (0xcbf2_9ce4_8422_2325_u64 % (1 << 31)) as u32
+        );
+        assert_eq!(
+            partition_of("a", 1 << 31),
+            (0xaf63_dc4c_8601_ec8c_u64 % (1 << 31)) as u32
+        );
+        let spread: std::collections::BTreeSet<u32> = (0..1_000)
+            .map(|n| partition_of(&format!("post:{n}"), 16))
+            .collect();
+        assert_eq!(spread.len(), 16, "keys spread over every partition");
     }
 }

@@ -141,6 +141,17 @@ pub struct Incoming {
     pub dead: Option<String>,
 }
 
+impl Incoming {
+    /// The ordering key it is accepted with: a command's key
+    /// ([`Envelope::command_key`]), unless it goes to the dead letter.
+    pub fn key(&self) -> Option<&str> {
+        match self.dead {
+            Some(_) => None,
+            None => self.envelope.command_key(),
+        }
+    }
+}
+
 /// Delivery status: to deliver.
 pub const PENDING: &str = "pending";
 /// Delivery status: delivered.

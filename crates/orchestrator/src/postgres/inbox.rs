@@ -8,6 +8,9 @@
 //! first locks the deliveries that exist (waiting for a handler's unit of work that is
 //! deleting one), and only then, in a new statement with a new snapshot, checks the done
 //! log and inserts.
+//!
+//! A command keeps its ordering key: each key's commands are numbered on from the key's
+//! counter, in the order received, as the outbox write numbers them in commit order.
 
 use sqlx::Postgres;
 use uuid::Uuid;
@@ -21,18 +24,34 @@ const LOCK: &str = "SELECT 1 FROM keel_deliveries WHERE handler = $1 AND event_i
 
 /// The events are written routed: their only delivery is the one accepted here (other
 /// handlers of this service receive their own copies). A delivery is not created again
-/// once done (`keel_done`), nor when it exists (`ON CONFLICT`).
+/// once done (`keel_done`), nor when it exists (`ON CONFLICT`). Keyed commands (`$12`) are
+/// numbered per key, in the order received, on from the key's counter (its row stays
+/// locked until the transaction ends).
 const ACCEPT: &str = "
-    WITH e AS (
+    WITH ku AS (
+        INSERT INTO keel_keys (key, next_seq)
+        SELECT k, count(*) FROM UNNEST($12::text[]) AS t (k) WHERE k IS NOT NULL GROUP BY k
+        ON CONFLICT (key) DO UPDATE
+        SET next_seq = keel_keys.next_seq + EXCLUDED.next_seq, last_used = now()
+        RETURNING key, next_seq),
+    q AS (
+        SELECT t.i AS q_id, t.k AS q_key, ku.next_seq - count(*) OVER (PARTITION BY t.k)
+                    + row_number() OVER (PARTITION BY t.k ORDER BY t.o) AS q_seq
+        FROM UNNEST($1::uuid[], $12::text[]) WITH ORDINALITY AS t (i, k, o)
+        JOIN ku ON ku.key = t.k),
+    e AS (
         INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, payload,
-                                 correlation_id, causation_id, routed)
-        SELECT i, n, t, a, o, p, c, k, TRUE
+                                 correlation_id, causation_id, routed, ordering_key, key_seq)
+        SELECT i, n, t, a, o, p, c, k, TRUE, q_key, q_seq
         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
                     $6::jsonb[], $7::uuid[], $8::uuid[]) AS u (i, n, t, a, o, p, c, k)
+        LEFT JOIN q ON q_id = i
         ON CONFLICT (id) DO NOTHING),
     d AS (
-        INSERT INTO keel_deliveries (event_id, handler, status, last_error)
-        SELECT i, $9, s, m FROM UNNEST($1::uuid[], $10::text[], $11::text[]) AS u (i, s, m)
+        INSERT INTO keel_deliveries (event_id, handler, status, last_error, ordering_key, key_seq)
+        SELECT i, $9, s, m, q_key, q_seq
+        FROM UNNEST($1::uuid[], $10::text[], $11::text[]) AS u (i, s, m)
+        LEFT JOIN q ON q_id = i
         WHERE NOT EXISTS (SELECT 1 FROM keel_done f WHERE f.event_id = u.i AND f.handler = $9)
         ON CONFLICT DO NOTHING
         RETURNING event_id, status, last_error),
@@ -51,7 +70,7 @@ pub(super) async fn accept(
     let (mut names, mut types, mut aggregates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut occurred, mut payloads) = (Vec::new(), Vec::new());
     let (mut correlations, mut causations) = (Vec::new(), Vec::new());
-    let (mut statuses, mut errors) = (Vec::new(), Vec::new());
+    let (mut statuses, mut errors, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     for message in incoming {
         let e = &message.envelope;
         ids.push(*e.id.as_uuid());
@@ -68,6 +87,7 @@ pub(super) async fn accept(
             PENDING
         });
         errors.push(message.dead.as_deref());
+        keys.push(message.key());
     }
     let ids: Vec<Uuid> = ids;
     let ids = &ids;
@@ -91,6 +111,7 @@ pub(super) async fn accept(
                 .bind(handler)
                 .bind(&statuses)
                 .bind(&errors)
+                .bind(&keys)
                 .fetch_one(tx.conn())
                 .await?;
             Ok(created)

@@ -1,9 +1,10 @@
 //! Accepting messages from another system on SQLite: the events (each once, by id) and
-//! their deliveries to one handler, in one short unit of work.
+//! their deliveries to one handler, in one short unit of work. A command keeps its ordering
+//! key: each key's commands are numbered on from the key's counter, in the order received.
 
 use sqlx::Sqlite;
 
-use super::outbox::occurred_at;
+use super::outbox::{number, occurred_at};
 use crate::options::internal;
 use crate::outbox::{DEAD, Incoming, PENDING};
 use crate::{Database, Error};
@@ -15,14 +16,18 @@ pub(super) async fn accept(
 ) -> Result<u64, Error> {
     db.clone()
         .unit_of_work_with(&internal("keel_accept"), async |tx| {
+            let keyed: Vec<_> = incoming.iter().map(|m| (&m.envelope, m.key())).collect();
+            let seqs = number(tx.conn(), &keyed).await?;
             let mut created = 0;
             for message in incoming {
                 let e = &message.envelope;
+                let (key, seq) = (message.key(), seqs.get(&e.id).copied());
                 // Routed: its only delivery is the one accepted here.
                 sqlx::query(
                     "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
-                         payload, correlation_id, causation_id, routed)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE) ON CONFLICT (id) DO NOTHING",
+                         payload, correlation_id, causation_id, routed, ordering_key, key_seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9, $10)
+                     ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(e.id.to_string())
                 .bind(e.name.as_str())
@@ -32,6 +37,8 @@ pub(super) async fn accept(
                 .bind(e.payload.to_string())
                 .bind(e.correlation_id.to_string())
                 .bind(e.causation_id.map(|c| c.to_string()))
+                .bind(key)
+                .bind(seq)
                 .execute(tx.conn())
                 .await?;
                 let status = if message.dead.is_some() {
@@ -40,8 +47,9 @@ pub(super) async fn accept(
                     PENDING
                 };
                 let inserted = sqlx::query(
-                    "INSERT INTO keel_deliveries (event_id, handler, status, last_error)
-                     SELECT $1, $2, $3, $4 WHERE NOT EXISTS
+                    "INSERT INTO keel_deliveries (event_id, handler, status, last_error,
+                         ordering_key, key_seq)
+                     SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS
                          (SELECT 1 FROM keel_done WHERE event_id = $1 AND handler = $2)
                      ON CONFLICT DO NOTHING",
                 )
@@ -49,6 +57,8 @@ pub(super) async fn accept(
                 .bind(handler)
                 .bind(status)
                 .bind(message.dead.as_deref())
+                .bind(key)
+                .bind(seq)
                 .execute(tx.conn())
                 .await?
                 .rows_affected();

@@ -149,7 +149,7 @@ pub(super) async fn write(
 
 /// Numbers the messages with an ordered key, per key, on from each key's counter (creating
 /// the key's row if need be). SQLite has one writer, so this order is commit order.
-async fn number(
+pub(super) async fn number(
     conn: &mut SqliteConnection,
     messages: &[(&Envelope, Option<&str>)],
 ) -> Result<HashMap<EventId, i64>, Error> {
