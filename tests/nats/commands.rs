@@ -97,7 +97,11 @@ async fn ten_thousand_concurrent_likes_through_the_broker_count_exactly() {
     let likes = until(db, "SELECT likes FROM posts WHERE id = 1", LIKES).await;
     assert_eq!(likes, LIKES, "every like counted once");
     for (app, _) in &instances {
-        assert!(app.wait_until_delivered(Duration::from_secs(30)).await.unwrap());
+        assert!(
+            app.wait_until_delivered(Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
     }
     assert_eq!(
         scalar(db, "SELECT likes FROM posts WHERE id = 1").await,

@@ -6,9 +6,13 @@
 //! - B: the command bus. 16 senders send N `VoteForPost` commands; workers apply them in
 //!   batches of 100 per unit of work. Measured end to end (first send to last like
 //!   applied), and also as the drain rate of N commands already queued.
+//! - C: B over NATS JetStream: the 16 senders publish each like straight to a throwaway
+//!   `nats-server` (acknowledged = stored), the service accepts them into its outbox in
+//!   batches and its relay applies them as in B. End to end.
 
 use std::time::{Duration, Instant};
 
+use keel::nats::{CommandBus, ConsumerOptions, Consumers, JetStream, StreamOptions};
 use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
 use keel::{Command, DatabaseOptions, DeliveryOptions, Error, RowLock, UnitOfWorkOptions, sqlx};
 use serde::{Deserialize, Serialize};
@@ -157,7 +161,7 @@ fn registry() -> Registry {
     registry
         .register(Handler::command_batch::<VoteForPost, _>(
             "count_votes",
-            100,
+            1_000,
             count_votes,
         ))
         .expect("one handler");
@@ -217,6 +221,64 @@ async fn bus(db: &Database, n: u32) -> Result<(f64, f64), String> {
     ))
 }
 
+/// C end to end: the likes published to JetStream by 16 senders, accepted and applied by
+/// one instance of the service, until the last like is applied. Returns the end-to-end
+/// and the sending rates.
+async fn through_broker(db: &Database, n: u32) -> Result<(f64, f64), String> {
+    let server = crate::nats::start_server().await?;
+    let jetstream = JetStream::connect(&server.url, StreamOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let app = App::builder(db.clone(), registry())
+        .delivery(options())
+        .start();
+    let consumers = Consumers::start(
+        app.dispatcher(),
+        jetstream.clone(),
+        ConsumerOptions::new("likes"),
+        &["count_votes"],
+    )?;
+    let bus = CommandBus::new(jetstream);
+    let per_task = n as usize / CONCURRENCY;
+    let expected = (per_task * CONCURRENCY) as i64;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..CONCURRENCY {
+        let bus = bus.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let user_id = (task * per_task + i) as i64;
+                bus.send(&VoteForPost {
+                    post_id: 1,
+                    user_id,
+                })
+                .await?;
+            }
+            Ok::<_, Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    let sent = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while likes(db).await? < expected {
+        if Instant::now() > deadline {
+            return Err("likes through JetStream: not all applied after 120 s".to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    consumers.shutdown().await;
+    app.dispatcher().shutdown().await;
+    Ok((
+        expected as f64 / elapsed.as_secs_f64(),
+        expected as f64 / sent.as_secs_f64(),
+    ))
+}
+
 /// B drain: N commands already queued, then one worker applies them.
 async fn drain(db: &Database, n: u32) -> Result<f64, String> {
     let producer = App::builder(db.clone(), registry())
@@ -258,9 +320,13 @@ pub async fn run(url: &str, n: u32) -> Result<Report, String> {
     reset(&db).await?;
     let b_drain = drain(&db, n).await?;
     let drained = likes(&db).await?;
-    if a_likes != expected || b_likes != expected || drained != expected {
+    reset(&db).await?;
+    let (c, c_send) = through_broker(&db, n).await?;
+    let c_likes = likes(&db).await?;
+    if a_likes != expected || b_likes != expected || drained != expected || c_likes != expected {
         return Err(format!(
-            "wrong counts: A={a_likes} B={b_likes} drain={drained}, expected {expected}"
+            "wrong counts: A={a_likes} B={b_likes} drain={drained} C={c_likes}, \
+             expected {expected}"
         ));
     }
 
@@ -278,13 +344,23 @@ pub async fn run(url: &str, n: u32) -> Result<Report, String> {
             b_accept,
         ),
         ("B: bus, draining commands already queued", b_drain),
+        (
+            "C: bus over JetStream, end to end (send + accept + apply)",
+            c,
+        ),
+        (
+            "C: bus over JetStream, sending only (published, acked)",
+            c_send,
+        ),
     ];
     for (name, rate) in rows {
         println!("{name:<58} {rate:>12.0} {:>9.2}x", rate / base);
     }
     println!(
-        "\nA retries: {a_retries}; goal: B ≥ 5× baseline (end to end: {:.1}×)",
-        b / base
+        "\nA retries: {a_retries}; goal: B ≥ 5× baseline (end to end: {:.1}×); \
+         C through JetStream ≥ 5× (end to end: {:.1}×)",
+        b / base,
+        c / base
     );
 
     let mut report = Report::new("likes");
@@ -297,5 +373,8 @@ pub async fn run(url: &str, n: u32) -> Result<Report, String> {
     report.set("b_vs_baseline", b / base);
     report.set("b_vs_a", b / a);
     report.set("b_drain_vs_baseline", b_drain / base);
+    report.set("c_per_s", c);
+    report.set("c_send_per_s", c_send);
+    report.set("c_vs_baseline", c / base);
     Ok(report)
 }

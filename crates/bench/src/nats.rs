@@ -20,10 +20,10 @@ use crate::latency;
 use crate::uow::verdict;
 
 /// A JetStream server of the benchmark's own; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     dir: std::path::PathBuf,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Drop for Server {
@@ -34,7 +34,8 @@ impl Drop for Server {
     }
 }
 
-async fn start_server() -> Result<Server, String> {
+/// Starts `nats-server -js` on a free port with a store directory of its own.
+pub(crate) async fn start_server() -> Result<Server, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?

@@ -28,7 +28,7 @@ use std::time::Duration;
 use keel_dispatcher::{Dispatcher, HandlerKind, Incoming};
 use keel_orchestrator::Backend;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::transport::{Received, Subscription, Transport};
 use crate::wire;
@@ -38,6 +38,7 @@ use crate::wire;
 pub struct ConsumerOptions {
     service: String,
     batch: usize,
+    concurrency: usize,
     wait: Duration,
 }
 
@@ -49,6 +50,7 @@ impl ConsumerOptions {
         ConsumerOptions {
             service: service.to_owned(),
             batch: 100,
+            concurrency: 4,
             wait: Duration::from_secs(1),
         }
     }
@@ -57,6 +59,15 @@ impl ConsumerOptions {
     #[must_use]
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = batch.max(1);
+        self
+    }
+
+    /// Batches of one consumer accepted at once by this process, each in its own
+    /// transaction (default 4): receiving goes on while a batch is written. A partition of
+    /// ordered commands is always accepted one message at a time.
+    #[must_use]
+    pub fn concurrency(mut self, batches: usize) -> Self {
+        self.concurrency = batches.max(1);
         self
     }
 
@@ -148,8 +159,17 @@ async fn consume<B: Backend, T: Transport>(
     mut stop: watch::Receiver<bool>,
 ) {
     let consumer = subscription.durable.as_str();
+    let in_flight = if subscription.in_order {
+        1
+    } else {
+        options.concurrency
+    };
+    let mut accepting = JoinSet::new();
     let mut failing = false;
     while !*stop.borrow() {
+        while accepting.len() >= in_flight {
+            accepting.join_next().await;
+        }
         let received = tokio::select! {
             _ = stop.changed() => break,
             received = transport.receive(&subscription, options.batch, options.wait) => received,
@@ -174,41 +194,66 @@ async fn consume<B: Backend, T: Transport>(
         if batch.is_empty() {
             continue;
         }
-        let incoming: Vec<Incoming> = batch
-            .iter()
-            .map(|received| {
-                let message = received.message();
-                match wire::decode(message) {
-                    Ok(envelope) => Incoming {
-                        envelope,
-                        dead: None,
-                    },
-                    Err(reason) => Incoming {
-                        envelope: wire::stand_in(transport.subjects(), message),
-                        dead: Some(format!(
-                            "message on `{}` cannot be read: {reason}",
-                            message.subject
-                        )),
-                    },
-                }
-            })
-            .collect();
-        match dispatcher.accept(handler, &incoming).await {
-            Ok(_) => {
-                for received in &batch {
-                    if let Err(error) = received.ack().await {
-                        // Delivered again after the broker's ack wait; accepting it again
-                        // changes nothing.
-                        tracing::debug!(%consumer, %error, "acknowledgement lost");
-                    }
+        let incoming = read(transport.as_ref(), &batch, subscription.in_order);
+        let (dispatcher, consumer) = (dispatcher.clone(), subscription.durable.clone());
+        accepting.spawn(async move {
+            accept(&dispatcher, handler, &consumer, &batch, &incoming).await;
+        });
+    }
+    // Batches being accepted are finished and acknowledged.
+    while accepting.join_next().await.is_some() {}
+}
+
+/// The envelopes of a received batch; one that does not decode stands in for its message
+/// in the dead letter.
+fn read<T: Transport>(transport: &T, batch: &[T::Received], ordered: bool) -> Vec<Incoming> {
+    batch
+        .iter()
+        .map(|received| {
+            let message = received.message();
+            match wire::decode(message) {
+                Ok(envelope) => Incoming {
+                    envelope,
+                    dead: None,
+                    ordered,
+                },
+                Err(reason) => Incoming {
+                    envelope: wire::stand_in(transport.subjects(), message),
+                    dead: Some(format!(
+                        "message on `{}` cannot be read: {reason}",
+                        message.subject
+                    )),
+                    ordered,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Accepts a batch, then acknowledges it; hands it back to the broker if it cannot be
+/// accepted.
+async fn accept<B: Backend, R: Received>(
+    dispatcher: &Dispatcher<B>,
+    handler: &'static str,
+    consumer: &str,
+    batch: &[R],
+    incoming: &[Incoming],
+) {
+    match dispatcher.accept(handler, incoming).await {
+        Ok(_) => {
+            for received in batch {
+                if let Err(error) = received.ack().await {
+                    // Delivered again after the broker's ack wait; accepting it again
+                    // changes nothing.
+                    tracing::debug!(%consumer, %error, "acknowledgement lost");
                 }
             }
-            Err(error) => {
-                tracing::warn!(%consumer, %error, "cannot accept messages; the broker delivers them again");
-                for received in &batch {
-                    let delay = retry_delay(received.delivered());
-                    let _ = received.retry_later(delay).await;
-                }
+        }
+        Err(error) => {
+            tracing::warn!(%consumer, %error, "cannot accept messages; the broker delivers them again");
+            for received in batch {
+                let delay = retry_delay(received.delivered());
+                let _ = received.retry_later(delay).await;
             }
         }
     }

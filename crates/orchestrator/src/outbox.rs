@@ -139,6 +139,10 @@ pub struct Incoming {
     /// Why it cannot be delivered, when it arrived broken: it goes to the dead letter
     /// instead, with this error.
     pub dead: Option<String>,
+    /// Whether its key's commands run in the order they are accepted (numbered from the
+    /// key's counter, as [`Command::ORDERED`](keel_domain::Command::ORDERED) commands are
+    /// when sent here), or only one at a time.
+    pub ordered: bool,
 }
 
 impl Incoming {
@@ -149,6 +153,11 @@ impl Incoming {
             Some(_) => None,
             None => self.envelope.command_key(),
         }
+    }
+
+    /// Its key when it is numbered from the key's counter.
+    pub fn ordered_key(&self) -> Option<&str> {
+        self.key().filter(|_| self.ordered)
     }
 }
 

@@ -9,8 +9,10 @@
 //! deleting one), and only then, in a new statement with a new snapshot, checks the done
 //! log and inserts.
 //!
-//! A command keeps its ordering key: each key's commands are numbered on from the key's
-//! counter, in the order received, as the outbox write numbers them in commit order.
+//! A command keeps its ordering key. An ordered one is numbered on from the key's counter,
+//! in the order received, as the outbox write numbers them in commit order (the key's row
+//! stays locked until the transaction ends); an unordered one only makes sure its key's
+//! row exists, so that accepts of one hot key do not wait for each other.
 
 use sqlx::Postgres;
 use uuid::Uuid;
@@ -24,21 +26,29 @@ const LOCK: &str = "SELECT 1 FROM keel_deliveries WHERE handler = $1 AND event_i
 
 /// The events are written routed: their only delivery is the one accepted here (other
 /// handlers of this service receive their own copies). A delivery is not created again
-/// once done (`keel_done`), nor when it exists (`ON CONFLICT`). Keyed commands (`$12`) are
-/// numbered per key, in the order received, on from the key's counter (its row stays
-/// locked until the transaction ends).
+/// once done (`keel_done`), nor when it exists (`ON CONFLICT`). Ordered commands (`$13`:
+/// their keys) are numbered per key, in the order received, on from the key's counter;
+/// every key (`$12`) gets its row.
 const ACCEPT: &str = "
     WITH ku AS (
         INSERT INTO keel_keys (key, next_seq)
-        SELECT k, count(*) FROM UNNEST($12::text[]) AS t (k) WHERE k IS NOT NULL GROUP BY k
+        SELECT k, count(*) FROM UNNEST($13::text[]) AS t (k) WHERE k IS NOT NULL GROUP BY k
         ON CONFLICT (key) DO UPDATE
         SET next_seq = keel_keys.next_seq + EXCLUDED.next_seq, last_used = now()
         RETURNING key, next_seq),
+    kn AS (
+        INSERT INTO keel_keys (key)
+        SELECT DISTINCT k FROM UNNEST($12::text[], $13::text[]) AS t (k, o)
+        WHERE k IS NOT NULL AND o IS NULL
+        ON CONFLICT DO NOTHING),
     q AS (
         SELECT t.i AS q_id, t.k AS q_key, ku.next_seq - count(*) OVER (PARTITION BY t.k)
                     + row_number() OVER (PARTITION BY t.k ORDER BY t.o) AS q_seq
-        FROM UNNEST($1::uuid[], $12::text[]) WITH ORDINALITY AS t (i, k, o)
-        JOIN ku ON ku.key = t.k),
+        FROM UNNEST($1::uuid[], $13::text[]) WITH ORDINALITY AS t (i, k, o)
+        JOIN ku ON ku.key = t.k
+        UNION ALL
+        SELECT i, k, NULL FROM UNNEST($1::uuid[], $12::text[], $13::text[]) AS t (i, k, o)
+        WHERE k IS NOT NULL AND o IS NULL),
     e AS (
         INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, payload,
                                  correlation_id, causation_id, routed, ordering_key, key_seq)
@@ -70,7 +80,8 @@ pub(super) async fn accept(
     let (mut names, mut types, mut aggregates) = (Vec::new(), Vec::new(), Vec::new());
     let (mut occurred, mut payloads) = (Vec::new(), Vec::new());
     let (mut correlations, mut causations) = (Vec::new(), Vec::new());
-    let (mut statuses, mut errors, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut statuses, mut errors) = (Vec::new(), Vec::new());
+    let (mut keys, mut ordered_keys) = (Vec::new(), Vec::new());
     for message in incoming {
         let e = &message.envelope;
         ids.push(*e.id.as_uuid());
@@ -88,6 +99,7 @@ pub(super) async fn accept(
         });
         errors.push(message.dead.as_deref());
         keys.push(message.key());
+        ordered_keys.push(message.ordered_key());
     }
     let ids: Vec<Uuid> = ids;
     let ids = &ids;
@@ -112,6 +124,7 @@ pub(super) async fn accept(
                 .bind(&statuses)
                 .bind(&errors)
                 .bind(&keys)
+                .bind(&ordered_keys)
                 .fetch_one(tx.conn())
                 .await?;
             Ok(created)

@@ -1,9 +1,10 @@
 //! Accepting messages from another system on SQLite: the events (each once, by id) and
 //! their deliveries to one handler, in one short unit of work. A command keeps its ordering
-//! key: each key's commands are numbered on from the key's counter, in the order received.
+//! key; an ordered one is numbered on from the key's counter, in the order received.
 
 use sqlx::Sqlite;
 
+use super::now_ms;
 use super::outbox::{number, occurred_at};
 use crate::options::internal;
 use crate::outbox::{DEAD, Incoming, PENDING};
@@ -16,8 +17,26 @@ pub(super) async fn accept(
 ) -> Result<u64, Error> {
     db.clone()
         .unit_of_work_with(&internal("keel_accept"), async |tx| {
-            let keyed: Vec<_> = incoming.iter().map(|m| (&m.envelope, m.key())).collect();
-            let seqs = number(tx.conn(), &keyed).await?;
+            let ordered: Vec<_> = incoming
+                .iter()
+                .map(|m| (&m.envelope, m.ordered_key()))
+                .collect();
+            let seqs = number(tx.conn(), &ordered).await?;
+            let unordered: std::collections::BTreeSet<&str> = incoming
+                .iter()
+                .filter(|m| !m.ordered)
+                .filter_map(Incoming::key)
+                .collect();
+            for key in unordered {
+                sqlx::query(concat!(
+                    "INSERT INTO keel_keys (key, last_used) VALUES ($1, ",
+                    now_ms!(),
+                    ") ON CONFLICT DO NOTHING"
+                ))
+                .bind(key)
+                .execute(tx.conn())
+                .await?;
+            }
             let mut created = 0;
             for message in incoming {
                 let e = &message.envelope;
