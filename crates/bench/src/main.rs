@@ -21,6 +21,7 @@ mod latency;
 mod likes;
 mod nats;
 mod peers;
+mod scale_out;
 mod sqlite;
 mod uow;
 
@@ -139,7 +140,8 @@ scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
   latency   commit -> handler start, p50/p99, in-process and cross-process (goals: p50 <= 1 ms
             in-process, p99 <= 20 ms cross-process); with --svg, the distribution
   nats      commit -> handler start in another service through NATS JetStream (a throwaway
-            nats-server; goal p99 <= 20 ms)
+            nats-server; goal p99 <= 20 ms), then 1, 2 and 4 consumer processes sharing
+            the work of a 5 ms handler (goal: 4 processes >= 3.5x one)
   sqlite    uow and delivery on SQLite vs raw sqlx on SQLite
   all       every scenario above, in this order
 
@@ -198,6 +200,20 @@ async fn main() -> ExitCode {
     };
     let scenarios: Vec<&str> = match args.scenario.as_str() {
         "all" => SCENARIOS.to_vec(),
+        "scale-out-worker" => {
+            // A child process of the scale-out measure.
+            let Ok(url) = std::env::var("DATABASE_URL") else {
+                eprintln!("error: scale-out-worker needs DATABASE_URL");
+                return ExitCode::FAILURE;
+            };
+            return match scale_out::worker(&url).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         "latency-consumer" => {
             // The child process of the cross-process latency measure.
             let Ok(url) = std::env::var("DATABASE_URL") else {

@@ -1,4 +1,5 @@
-//! `nats`: commit → handler start in another service, through NATS JetStream.
+//! `nats`: commit → handler start in another service, through NATS JetStream; then
+//! scale-out across consumer processes ([`scale_out`](crate::scale_out)).
 //!
 //! The producing service (one database) forwards each committed event with its fast path;
 //! the consuming service (a second database on the same server) accepts it into its outbox
@@ -66,7 +67,7 @@ pub(crate) async fn start_server() -> Result<Server, String> {
 }
 
 /// The URL of a second, fresh database on the server of `url`.
-async fn second_database(url: &str) -> Result<String, String> {
+pub(crate) async fn second_database(url: &str) -> Result<String, String> {
     let pool = common::raw_pool(url, 1).await?;
     for statement in [
         "DROP DATABASE IF EXISTS keel_bench_consumer",
@@ -155,5 +156,29 @@ pub async fn run(url: &str, n: u64) -> Result<Report, String> {
     report.set("p50_ms", p50);
     report.set("p99_ms", p99);
     report.set("max_ms", max);
+
+    let rates = crate::scale_out::run(url, &server.url).await?;
+    common::heading(
+        "nats: scale-out, one consuming service in 1, 2 and 4 processes sharing its \
+         JetStream consumer and its database; handler waits 5 ms, 8 at once per process",
+    );
+    println!("  {:<40} {:>9} {:>9}", "", "jobs/s", "vs one");
+    let one = rates[0].1;
+    for (processes, rate) in &rates {
+        println!(
+            "  {:<40} {rate:>9.0} {:>8.2}x",
+            format!("{processes} process(es)"),
+            rate / one
+        );
+        let key = match processes {
+            1 => "scale_1_per_s",
+            2 => "scale_2_per_s",
+            _ => "scale_4_per_s",
+        };
+        report.set(key, *rate);
+    }
+    let four = rates.last().map_or(0.0, |(_, rate)| rate / one);
+    println!("  goal: 4 processes ≥ 3.5× one → {}", verdict(four >= 3.5));
+    report.set("scale_4_vs_1", four);
     Ok(report)
 }
