@@ -172,21 +172,35 @@ fn options() -> DeliveryOptions {
     DeliveryOptions::default().poll_interval(Duration::from_millis(5))
 }
 
-async fn send_all(app: &App, n: u32) -> Result<(), String> {
+/// How one like is sent: through a sender of type `S`.
+type Send<S> = for<'a> fn(
+    &'a S,
+    VoteForPost,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), Error>> + std::marker::Send + 'a>,
+>;
+
+/// `n` likes of post 1, sent by `CONCURRENCY` tasks, each one like after another.
+async fn send_likes<S: Clone + std::marker::Send + Sync + 'static>(
+    sender: &S,
+    n: u32,
+    send: Send<S>,
+) -> Result<(), String> {
     let per_task = n as usize / CONCURRENCY;
     let mut tasks = Vec::new();
     for task in 0..CONCURRENCY {
-        let app = app.clone();
+        let sender = sender.clone();
         tasks.push(tokio::spawn(async move {
-            let mut session = app.session();
             for i in 0..per_task {
                 let user_id = (task * per_task + i) as i64;
-                session
-                    .send(VoteForPost {
+                send(
+                    &sender,
+                    VoteForPost {
                         post_id: 1,
                         user_id,
-                    })
-                    .await?;
+                    },
+                )
+                .await?;
             }
             Ok::<_, Error>(())
         }));
@@ -197,6 +211,14 @@ async fn send_all(app: &App, n: u32) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The likes sent through the local bus: one small transaction each.
+async fn send_all(app: &App, n: u32) -> Result<(), String> {
+    send_likes(app, n, |app, vote| {
+        Box::pin(async move { app.session().send(vote).await })
+    })
+    .await
 }
 
 /// B end to end: send with a worker running, until the last like is applied.
@@ -239,29 +261,12 @@ async fn through_broker(db: &Database, n: u32) -> Result<(f64, f64), String> {
         &["count_votes"],
     )?;
     let bus = CommandBus::new(jetstream);
-    let per_task = n as usize / CONCURRENCY;
-    let expected = (per_task * CONCURRENCY) as i64;
+    let expected = (n as usize / CONCURRENCY * CONCURRENCY) as i64;
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..CONCURRENCY {
-        let bus = bus.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_task {
-                let user_id = (task * per_task + i) as i64;
-                bus.send(&VoteForPost {
-                    post_id: 1,
-                    user_id,
-                })
-                .await?;
-            }
-            Ok::<_, Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-    }
+    send_likes(&bus, n, |bus, vote| {
+        Box::pin(async move { bus.send(&vote).await.map(|_| ()) })
+    })
+    .await?;
     let sent = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(120);
     while likes(db).await? < expected {

@@ -5,7 +5,7 @@
 //! has stored it: acknowledged means durable, as a commit would. The service that handles
 //! the command consumes it like a forwarded one ([`Consumers`](crate::Consumers)), and runs
 //! each key's commands one at a time; ordered ones
-//! ([`Command::ORDERED`](keel_domain::Command::ORDERED)) go to their key's partition and
+//! ([`Command::ORDERED`]) go to their key's partition and
 //! run in the order the broker stored them.
 //!
 //! Inside a unit of work, send with `tx.send(command)` as always: the command is written

@@ -141,7 +141,7 @@ impl Consumers {
         Ok(Consumers { stop, tasks })
     }
 
-    /// Stops receiving; a batch being accepted is finished (and acknowledged) first.
+    /// Stops receiving; batches being accepted are finished (and acknowledged) first.
     pub async fn shutdown(self) {
         self.stop.send_replace(true);
         for task in self.tasks {

@@ -4,8 +4,7 @@
 
 use sqlx::Sqlite;
 
-use super::now_ms;
-use super::outbox::{number, occurred_at};
+use super::outbox::{add_keys, number, occurred_at};
 use crate::options::internal;
 use crate::outbox::{DEAD, Incoming, PENDING};
 use crate::{Database, Error};
@@ -22,21 +21,12 @@ pub(super) async fn accept(
                 .map(|m| (&m.envelope, m.ordered_key()))
                 .collect();
             let seqs = number(tx.conn(), &ordered).await?;
-            let unordered: std::collections::BTreeSet<&str> = incoming
+            let unordered = incoming
                 .iter()
                 .filter(|m| !m.ordered)
                 .filter_map(Incoming::key)
                 .collect();
-            for key in unordered {
-                sqlx::query(concat!(
-                    "INSERT INTO keel_keys (key, last_used) VALUES ($1, ",
-                    now_ms!(),
-                    ") ON CONFLICT DO NOTHING"
-                ))
-                .bind(key)
-                .execute(tx.conn())
-                .await?;
-            }
+            add_keys(tx.conn(), unordered).await?;
             let mut created = 0;
             for message in incoming {
                 let e = &message.envelope;

@@ -37,16 +37,7 @@ pub(super) async fn write(
         .zip(&ordered)
         .filter_map(|((_, key), (_, ordered))| key.filter(|_| ordered.is_none()))
         .collect();
-    for key in unordered {
-        sqlx::query(concat!(
-            "INSERT INTO keel_keys (key, last_used) VALUES ($1, ",
-            now_ms!(),
-            ") ON CONFLICT DO NOTHING"
-        ))
-        .bind(key)
-        .execute(&mut *conn)
-        .await?;
-    }
+    add_keys(conn, unordered).await?;
     let seq_of = |e: &Envelope| seqs.get(&e.id).copied();
     for chunk in messages.chunks(CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
@@ -143,6 +134,25 @@ pub(super) async fn write(
             query.push(")");
             query.build().execute(&mut *conn).await?;
         }
+    }
+    Ok(())
+}
+
+/// Gives each key its row if it has none, without numbering: the keys of commands that
+/// are only serialized, not ordered.
+pub(super) async fn add_keys(
+    conn: &mut SqliteConnection,
+    keys: BTreeSet<&str>,
+) -> Result<(), Error> {
+    for key in keys {
+        sqlx::query(concat!(
+            "INSERT INTO keel_keys (key, last_used) VALUES ($1, ",
+            now_ms!(),
+            ") ON CONFLICT DO NOTHING"
+        ))
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
