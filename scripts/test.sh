@@ -139,8 +139,8 @@ say "cargo test --workspace --features nats"
 cargo test --workspace --features nats "$@"
 
 # 3b. The integration suite again with a pool of exactly one connection: nothing inside a
-#     unit of work may ever need a second one. (The NATS tests skip themselves in this
-#     pass: nothing in them nests, and they are the suite's slowest.)
+#     unit of work may ever need a second one. (The NATS tests and the kill -9 test skip
+#     themselves in this pass: nothing in them nests, and they are the suite's slowest.)
 if [ $# -eq 0 ]; then
   say "integration tests with a pool of one connection"
   # `--workspace`, as above: the same features, so nothing is rebuilt.

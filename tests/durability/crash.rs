@@ -64,6 +64,12 @@ fn spawn_child(url: &str) -> Child {
 }
 
 async fn kill_9_loses_nothing_and_doubles_nothing(db: Database) {
+    // The pass with a pool of one connection checks that nothing inside a unit of work
+    // needs a second one; this test nests nothing, and it is the pass's slowest by far.
+    if std::env::var(keel_testing::POOL_SIZE_VAR).as_deref() == Ok("1") {
+        eprintln!("note: the kill -9 test runs in the main pass only; skipped with a pool of one");
+        return;
+    }
     schema(&db).await;
     let url = db.url().to_owned();
     let mut kills = 0;

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use keel::Envelope;
 use keel::nats::wire::{self, Bytes};
-use keel::nats::{Transport, WireMessage};
+use keel::nats::{ConsumerOptions, Consumers, Transport, WireMessage};
+use keel::{Envelope, Error, sqlx};
 
 use super::support::*;
-use super::{App, Database};
+use super::{App, Database, Handler, HandlerContext, Registry};
 
 const EVENTS: i64 = 300;
 
@@ -196,6 +196,69 @@ async fn events_are_republished_from_the_outbox_and_run_once() {
         "published again"
     );
     settled(&billing, billing_db, 10).await;
+    consumers.shutdown().await;
+    orders.shutdown().await.unwrap();
+    billing.shutdown().await.unwrap();
+}
+
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+async fn record_trace(_: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
+    let trace = ctx.envelope().headers.get("traceparent").cloned();
+    ctx.unit_of_work(async |tx| {
+        sqlx::query("INSERT INTO traces (traceparent) VALUES ($1)")
+            .bind(trace.as_deref().unwrap_or("none"))
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// A trace context set in one service's unit of work reaches the handler in the other:
+/// stored with the event, read back by the relay, published as a message header, accepted
+/// with the event, read back by the other relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_context_travels_with_its_event() {
+    let Some(broker) = broker().await else { return };
+    let (orders_db, billing_db) = (database().await, database().await);
+    let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
+    billing_db
+        .execute_script("CREATE TABLE traces (traceparent TEXT NOT NULL)")
+        .await
+        .unwrap();
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<Ticked, _>("trace", record_trace))
+        .unwrap();
+    let billing = App::builder(billing_db.clone(), registry)
+        .delivery(quick())
+        .start();
+    let consumers = Consumers::start(
+        billing.dispatcher(),
+        broker.clone(),
+        ConsumerOptions::new("billing"),
+        &["trace"],
+    )
+    .unwrap();
+    // No fast path: the forwarder reads the event back from the database.
+    let orders = producer_with(orders_db, &broker, quick().fast_path(false));
+    orders
+        .session()
+        .unit_of_work(async |tx| {
+            tx.header("traceparent", TRACE);
+            tx.record(Ticked { seq: 1 })
+        })
+        .await
+        .unwrap();
+    assert_eq!(until(billing_db, "SELECT COUNT(*) FROM traces", 1).await, 1);
+    let mut conn = billing_db.acquire().await.unwrap();
+    let (trace,): (String,) = sqlx::query_as("SELECT traceparent FROM traces")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(trace, TRACE);
     consumers.shutdown().await;
     orders.shutdown().await.unwrap();
     billing.shutdown().await.unwrap();

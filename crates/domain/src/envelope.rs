@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -48,6 +50,11 @@ pub struct Envelope {
     pub correlation_id: Uuid,
     /// The event whose handling recorded this one, if any.
     pub causation_id: Option<EventId>,
+    /// Context that travels with the message besides its payload, stored with it and
+    /// carried across a broker: the W3C trace context of the span that recorded it
+    /// (`traceparent`, `tracestate`), and whatever the application adds. Usually empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Why an [`Envelope`] could not be turned back into a typed event.
@@ -90,6 +97,7 @@ impl Envelope {
             payload: serde_json::to_value(event)?,
             correlation_id: *id.as_uuid(),
             causation_id: None,
+            headers: BTreeMap::new(),
         })
     }
 
@@ -106,6 +114,7 @@ impl Envelope {
             payload: serde_json::to_value(command)?,
             correlation_id: *id.as_uuid(),
             causation_id: None,
+            headers: BTreeMap::new(),
         })
     }
 
@@ -118,6 +127,13 @@ impl Envelope {
     pub fn command_key(&self) -> Option<&str> {
         (self.aggregate_type == Self::COMMAND && !self.aggregate_id.is_empty())
             .then_some(self.aggregate_id.as_str())
+    }
+
+    /// Adds the header `name` (replacing one of the same name).
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
     }
 
     /// Marks this event as caused by `cause`: it joins the cause's correlation and

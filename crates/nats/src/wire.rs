@@ -1,5 +1,7 @@
 //! How an envelope travels: its payload as the message body (plain JSON, readable by any
-//! consumer) and everything else in headers, `Nats-Msg-Id` being the event id.
+//! consumer) and everything else in headers, `Nats-Msg-Id` being the event id. The
+//! envelope's own headers ([`Envelope::headers`], a trace context) travel as they are:
+//! every header not named `Nats-…` or `Keel-…` is one of them.
 //!
 //! Subjects ([`Subjects`]): `<prefix>.<message name>` for events and most commands, so a
 //! consumer reads one message type by filtering on its subject; a command whose key's
@@ -147,6 +149,7 @@ pub fn encode(subject: String, envelope: &Envelope) -> Result<WireMessage, Strin
     if let Some(causation) = envelope.causation_id {
         headers.push((CAUSATION_ID.to_owned(), causation.to_string()));
     }
+    headers.extend(envelope.headers.clone());
     Ok(WireMessage {
         subject,
         headers,
@@ -183,7 +186,22 @@ pub fn decode(message: &WireMessage) -> Result<Envelope, String> {
             Some(_) => Some(EventId::from_uuid(uuid(CAUSATION_ID)?)),
             None => None,
         },
+        headers: message
+            .headers
+            .iter()
+            .filter(|(name, _)| !is_transport_header(name))
+            .cloned()
+            .collect(),
     })
+}
+
+/// Whether `name` is the broker's or Keel's own header, not one of the envelope's.
+fn is_transport_header(name: &str) -> bool {
+    let prefix = |p: &str| {
+        name.get(..p.len())
+            .is_some_and(|n| n.eq_ignore_ascii_case(p))
+    };
+    prefix("Nats-") || prefix("Keel-")
 }
 
 /// An envelope standing for a message that does not decode, so that it can wait in the
@@ -212,6 +230,7 @@ pub fn stand_in(subjects: &Subjects, message: &WireMessage) -> Envelope {
         payload,
         correlation_id: id,
         causation_id: None,
+        headers: std::collections::BTreeMap::new(),
     }
 }
 
@@ -229,6 +248,11 @@ mod tests {
             payload: serde_json::json!({"order_id": 7}),
             correlation_id: Uuid::now_v7(),
             causation_id: Some(EventId::from_uuid(Uuid::now_v7())),
+            headers: [(
+                "traceparent".to_owned(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+            )]
+            .into(),
         }
     }
 
@@ -252,6 +276,11 @@ mod tests {
         assert_eq!(received.payload, sent.payload);
         assert_eq!(received.correlation_id, sent.correlation_id);
         assert_eq!(received.causation_id, sent.causation_id);
+        assert_eq!(received.headers, sent.headers);
+        assert_eq!(
+            wire.header("traceparent"),
+            sent.headers.get("traceparent").map(String::as_str)
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The transaction handle the steps of a unit of work receive.
 
+use std::collections::BTreeMap;
+
 use keel_domain::{Aggregate, Command, DomainEvent, Envelope, Version};
 
 use crate::lock::is_identifier;
@@ -25,6 +27,7 @@ pub struct Tx<'c, B: Backend> {
     routing: Option<&'c dyn Routing>,
     events: Vec<Envelope>,
     commands: Vec<Sent>,
+    headers: BTreeMap<String, String>,
 }
 
 impl<B: Backend> std::fmt::Debug for Tx<'_, B> {
@@ -81,11 +84,34 @@ impl<'c, B: Backend> Tx<'c, B> {
             routing,
             events: Vec::new(),
             commands: Vec::new(),
+            headers: BTreeMap::new(),
         }
     }
 
     pub(crate) fn into_outgoing(self) -> (Vec<Envelope>, Vec<Sent>) {
-        (self.events, self.commands)
+        let (mut events, mut commands) = (self.events, self.commands);
+        if !self.headers.is_empty() {
+            let envelopes = events
+                .iter_mut()
+                .chain(commands.iter_mut().map(|c| &mut c.envelope));
+            for envelope in envelopes {
+                for (name, value) in &self.headers {
+                    envelope
+                        .headers
+                        .entry(name.clone())
+                        .or_insert_with(|| value.clone());
+                }
+            }
+        }
+        (events, commands)
+    }
+
+    /// Adds the header `name` to every event and command this unit of work records or
+    /// sends, before or after this call ([`Envelope::headers`]): stored with them, handed
+    /// to their handlers and carried across a broker. A trace context (`traceparent`)
+    /// is the usual one.
+    pub fn header(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.headers.insert(name.into(), value.into());
     }
 
     fn caused(&self, mut envelope: Envelope) -> Envelope {

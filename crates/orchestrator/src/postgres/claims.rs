@@ -16,7 +16,7 @@ use crate::{Database, Error};
 
 /// The event columns every claim returns, prefixed by the events table's alias `e`.
 pub(super) const EVENT_COLUMNS: &str = "e.id, e.name, e.aggregate_type, e.aggregate_id, \
-    e.occurred_at, e.payload, e.correlation_id, e.causation_id";
+    e.occurred_at, e.payload, e.correlation_id, e.causation_id, e.headers";
 
 /// Turns a row holding [`EVENT_COLUMNS`] back into an envelope.
 pub(super) fn envelope_from(row: &PgRow) -> Result<Envelope, String> {
@@ -49,6 +49,11 @@ pub(super) fn envelope_from(row: &PgRow) -> Result<Envelope, String> {
             .try_get::<Option<Uuid>, _>("causation_id")
             .map_err(|e| format!("{}: {e}", get("causation_id")))?
             .map(EventId::from_uuid),
+        headers: row
+            .try_get::<Option<sqlx::types::Json<_>>, _>("headers")
+            .map_err(|e| format!("{}: {e}", get("headers")))?
+            .map(|h| h.0)
+            .unwrap_or_default(),
     })
 }
 

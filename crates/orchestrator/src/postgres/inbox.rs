@@ -17,6 +17,7 @@
 use sqlx::Postgres;
 use uuid::Uuid;
 
+use super::outbox::stored_headers;
 use crate::options::internal;
 use crate::outbox::{DEAD, Incoming, PENDING};
 use crate::{Database, Error};
@@ -51,10 +52,12 @@ const ACCEPT: &str = "
         WHERE k IS NOT NULL AND o IS NULL),
     e AS (
         INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, payload,
-                                 correlation_id, causation_id, routed, ordering_key, key_seq)
-        SELECT i, n, t, a, o, p, c, k, TRUE, q_key, q_seq
+                                 correlation_id, causation_id, routed, ordering_key, key_seq,
+                                 headers)
+        SELECT i, n, t, a, o, p, c, k, TRUE, q_key, q_seq, h
         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                    $6::jsonb[], $7::uuid[], $8::uuid[]) AS u (i, n, t, a, o, p, c, k)
+                    $6::jsonb[], $7::uuid[], $8::uuid[], $14::jsonb[])
+             AS u (i, n, t, a, o, p, c, k, h)
         LEFT JOIN q ON q_id = i
         ON CONFLICT (id) DO NOTHING),
     d AS (
@@ -81,7 +84,7 @@ pub(super) async fn accept(
     let (mut occurred, mut payloads) = (Vec::new(), Vec::new());
     let (mut correlations, mut causations) = (Vec::new(), Vec::new());
     let (mut statuses, mut errors) = (Vec::new(), Vec::new());
-    let (mut keys, mut ordered_keys) = (Vec::new(), Vec::new());
+    let (mut keys, mut ordered_keys, mut headers) = (Vec::new(), Vec::new(), Vec::new());
     for message in incoming {
         let e = &message.envelope;
         ids.push(*e.id.as_uuid());
@@ -100,6 +103,7 @@ pub(super) async fn accept(
         errors.push(message.dead.as_deref());
         keys.push(message.key());
         ordered_keys.push(message.ordered_key());
+        headers.push(stored_headers(e));
     }
     let ids: Vec<Uuid> = ids;
     let ids = &ids;
@@ -125,6 +129,7 @@ pub(super) async fn accept(
                 .bind(&errors)
                 .bind(&keys)
                 .bind(&ordered_keys)
+                .bind(&headers)
                 .fetch_one(tx.conn())
                 .await?;
             Ok(created)

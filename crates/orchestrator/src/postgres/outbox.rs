@@ -13,14 +13,14 @@ macro_rules! outbox_rows {
         concat!(
             "e AS (
              INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
-                 payload, correlation_id, causation_id, routed, ordering_key, key_seq)
+                 payload, correlation_id, causation_id, routed, ordering_key, key_seq, headers)
              SELECT t.i, n, at, ai, oa, p, c, ca,
                     r OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = n), k, ",
             $seq,
-            "
+            ", hd
              FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                 $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[])
-                 AS t (i, n, at, ai, oa, p, c, ca, r, k)),
+                 $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[], $19::jsonb[])
+                 AS t (i, n, at, ai, oa, p, c, ca, r, k, hd)),
          d AS (
              INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
                  ordering_key, key_seq)
@@ -50,12 +50,12 @@ macro_rules! outbox_rows {
 const UNKEYED: &str = concat!("WITH ", outbox_rows!("NULL::bigint"));
 
 /// The outbox write with ordering keys: each ordered key's row is upserted (and so locked
-/// until the transaction ends) and numbers the key's commands (`$19`: each message's key
+/// until the transaction ends) and numbers the key's commands (`$20`: each message's key
 /// when ordered); unordered keys get their row without a lock.
 const KEYED: &str = concat!(
     "WITH ku AS (
          INSERT INTO keel_keys (key, next_seq)
-         SELECT k, count(*) FROM UNNEST($19::text[]) AS t (k) WHERE k IS NOT NULL GROUP BY k
+         SELECT k, count(*) FROM UNNEST($20::text[]) AS t (k) WHERE k IS NOT NULL GROUP BY k
          ON CONFLICT (key) DO UPDATE
          SET next_seq = keel_keys.next_seq + EXCLUDED.next_seq, last_used = now()
          RETURNING key, next_seq),
@@ -63,12 +63,12 @@ const KEYED: &str = concat!(
          INSERT INTO keel_keys (key)
          SELECT DISTINCT k FROM UNNEST($10::text[]) AS t (k)
          WHERE k IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM UNNEST($19::text[]) AS o (k) WHERE o.k = t.k)
+           AND NOT EXISTS (SELECT 1 FROM UNNEST($20::text[]) AS o (k) WHERE o.k = t.k)
          ON CONFLICT DO NOTHING),
      q AS (
          SELECT t.i, ku.next_seq - count(*) OVER (PARTITION BY t.k)
                      + row_number() OVER (PARTITION BY t.k ORDER BY t.o) AS seq
-         FROM UNNEST($1::uuid[], $19::text[]) WITH ORDINALITY AS t (i, k, o)
+         FROM UNNEST($1::uuid[], $20::text[]) WITH ORDINALITY AS t (i, k, o)
          JOIN ku ON ku.key = t.k),
      ",
     outbox_rows!("(SELECT q.seq FROM q WHERE q.i = t.i)")
@@ -99,6 +99,7 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
     let mut causations = Vec::new();
     let mut routed = Vec::new();
     let mut keys = Vec::new();
+    let mut headers = Vec::new();
     let (mut d_ids, mut d_handlers, mut d_leased, mut d_keys) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (n, (e, key)) in outgoing.messages().enumerate() {
@@ -113,6 +114,7 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
         causations.push(e.causation_id.map(|c| *c.as_uuid()));
         routed.push(!handlers.is_empty());
         keys.push(key);
+        headers.push(stored_headers(e));
         // Event deliveries are reserved for this process's fast path (when it has one);
         // command deliveries always go to workers, which honour their ordering keys.
         let leased = n < outgoing.events.len() && outgoing.lease.is_some();
@@ -151,7 +153,8 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
             outgoing
                 .marker
                 .map(|(_, isolation)| isolation_level(isolation)),
-        );
+        )
+        .bind(headers);
     let query = if keyed {
         query.bind(outgoing.ordered_keys().collect::<Vec<_>>())
     } else {
@@ -163,4 +166,11 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
         Err(error) if is_replaced(&error) => Ok(false),
         Err(error) => Err(error.into()),
     }
+}
+
+/// An envelope's headers as stored: `NULL` when it has none, which is most events.
+pub(super) fn stored_headers(
+    e: &keel_domain::Envelope,
+) -> Option<sqlx::types::Json<&std::collections::BTreeMap<String, String>>> {
+    (!e.headers.is_empty()).then_some(sqlx::types::Json(&e.headers))
 }

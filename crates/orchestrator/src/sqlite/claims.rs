@@ -15,7 +15,7 @@ use crate::store::millis;
 use crate::{Database, Error};
 
 pub(super) const EVENT_COLUMNS: &str = "id, name, aggregate_type, aggregate_id, occurred_at, \
-    payload, correlation_id, causation_id";
+    payload, correlation_id, causation_id, headers";
 
 fn parse_id(text: &str) -> Result<EventId, String> {
     text.parse().map_err(|e| format!("event id `{text}`: {e}"))
@@ -42,6 +42,12 @@ pub(super) fn envelope_from(row: &SqliteRow) -> Result<Envelope, String> {
         .map_err(|e| format!("causation_id: {e}"))?
         .map(|c| parse_id(&c))
         .transpose()?;
+    let headers = row
+        .try_get::<Option<String>, _>("headers")
+        .map_err(|e| format!("headers: {e}"))?
+        .map(|h| serde_json::from_str(&h).map_err(|e| format!("the headers are not JSON: {e}")))
+        .transpose()?
+        .unwrap_or_default();
     Ok(Envelope {
         id: parse_id(&text("id")?)?,
         name: text("name")?,
@@ -51,6 +57,7 @@ pub(super) fn envelope_from(row: &SqliteRow) -> Result<Envelope, String> {
         payload,
         correlation_id,
         causation_id,
+        headers,
     })
 }
 

@@ -4,7 +4,7 @@
 
 use sqlx::Sqlite;
 
-use super::outbox::{add_keys, number, occurred_at};
+use super::outbox::{add_keys, number, occurred_at, stored_headers};
 use crate::options::internal;
 use crate::outbox::{DEAD, Incoming, PENDING};
 use crate::{Database, Error};
@@ -34,8 +34,9 @@ pub(super) async fn accept(
                 // Routed: its only delivery is the one accepted here.
                 sqlx::query(
                     "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
-                         payload, correlation_id, causation_id, routed, ordering_key, key_seq)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9, $10)
+                         payload, correlation_id, causation_id, routed, ordering_key, key_seq,
+                         headers)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9, $10, $11)
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(e.id.to_string())
@@ -48,6 +49,7 @@ pub(super) async fn accept(
                 .bind(e.causation_id.map(|c| c.to_string()))
                 .bind(key)
                 .bind(seq)
+                .bind(stored_headers(e))
                 .execute(tx.conn())
                 .await?;
                 let status = if message.dead.is_some() {

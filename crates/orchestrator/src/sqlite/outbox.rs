@@ -11,6 +11,18 @@ use crate::Error;
 use crate::outbox::Outgoing;
 use crate::store::millis;
 
+/// An envelope's headers as stored: a JSON object, or `NULL` when it has none.
+pub(super) fn stored_headers(e: &Envelope) -> Option<String> {
+    (!e.headers.is_empty()).then(|| {
+        serde_json::Value::from_iter(
+            e.headers
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))),
+        )
+        .to_string()
+    })
+}
+
 pub(super) fn occurred_at(e: &Envelope) -> Result<String, Error> {
     e.occurred_at
         .format(&time::format_description::well_known::Rfc3339)
@@ -42,7 +54,7 @@ pub(super) async fn write(
     for chunk in messages.chunks(CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, \
-             payload, correlation_id, causation_id, routed, ordering_key, key_seq) ",
+             payload, correlation_id, causation_id, routed, ordering_key, key_seq, headers) ",
         );
         let mut failed = None;
         query.push_values(chunk, |mut row, (e, key)| {
@@ -60,7 +72,8 @@ pub(super) async fn write(
                 .push_bind(e.causation_id.map(|c| c.to_string()))
                 .push_bind(!outgoing.handlers_of(e).is_empty())
                 .push_bind(*key)
-                .push_bind(seq_of(e));
+                .push_bind(seq_of(e))
+                .push_bind(stored_headers(e));
         });
         if let Some(err) = failed {
             return Err(err);
