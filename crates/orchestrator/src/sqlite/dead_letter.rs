@@ -15,7 +15,8 @@ fn select(tail: &str) -> String {
     format!(
         "SELECT d.event_id, d.handler, d.attempts, COALESCE(e.name, '') AS event_name,
                 COALESCE(e.payload, '') AS payload_text, e.id, e.name, e.aggregate_type,
-                e.aggregate_id, e.occurred_at, e.payload, e.correlation_id, e.causation_id
+                e.aggregate_id, e.occurred_at, e.payload, e.correlation_id, e.causation_id,
+                e.headers
          FROM keel_deliveries d LEFT JOIN keel_events e ON e.id = d.event_id {tail}"
     )
 }
