@@ -158,10 +158,11 @@ pub async fn run(url: &str, n: u64) -> Result<Report, String> {
     report.set("max_ms", max);
 
     let rates = crate::scale_out::run(url, &server.url).await?;
-    common::heading(
+    common::heading(&format!(
         "nats: scale-out, one consuming service in 1, 2 and 4 processes sharing its \
-         JetStream consumer and its database; handler waits 5 ms, 8 at once per process",
-    );
+         JetStream consumer and its database; handler waits 5 ms, {} at once per process",
+        crate::scale_out::CONCURRENCY
+    ));
     println!("  {:<40} {:>9} {:>9}", "", "jobs/s", "vs one");
     let one = rates[0].1;
     for (processes, rate) in &rates {

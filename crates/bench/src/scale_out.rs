@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::common;
 
 /// Handlers running at once in each process.
-const CONCURRENCY: usize = 4;
+pub(crate) const CONCURRENCY: usize = 4;
 /// The handler's wait.
 const WAIT: Duration = Duration::from_millis(5);
 /// Commands per round.
