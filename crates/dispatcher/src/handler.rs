@@ -235,6 +235,7 @@ pub struct Handler<B: Backend> {
     name: &'static str,
     event: &'static str,
     kind: HandlerKind,
+    ordered: bool,
     retry: RetryPolicy,
     call: Arc<dyn ErasedHandler<B>>,
 }
@@ -245,6 +246,7 @@ impl<B: Backend> Clone for Handler<B> {
             name: self.name,
             event: self.event,
             kind: self.kind,
+            ordered: self.ordered,
             retry: self.retry.clone(),
             call: self.call.clone(),
         }
@@ -351,6 +353,7 @@ impl<B: Backend> Handler<B> {
                 context: PhantomData,
             },
         )
+        .ordered(C::ORDERED)
     }
 
     /// The handler named `name` of commands of type `C`, taking up to `max` (at most 1,000)
@@ -372,6 +375,12 @@ impl<B: Backend> Handler<B> {
                 command: PhantomData::<fn(C) -> X>,
             },
         )
+        .ordered(C::ORDERED)
+    }
+
+    fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
     }
 
     fn from_erased(
@@ -383,6 +392,7 @@ impl<B: Backend> Handler<B> {
         Handler {
             name,
             event,
+            ordered: kind != HandlerKind::Event,
             kind,
             retry: Self::default_retry(),
             call: Arc::new(call),
@@ -392,6 +402,13 @@ impl<B: Backend> Handler<B> {
     /// What this handler handles.
     pub fn kind(&self) -> HandlerKind {
         self.kind
+    }
+
+    /// Whether the commands it handles run in their key's order
+    /// ([`Command::ORDERED`]), not only one at a time per key; `false` for an event
+    /// handler, `true` for an undecoded command handler (its command's type is unknown).
+    pub fn keeps_key_order(&self) -> bool {
+        self.ordered
     }
 
     /// How many messages one call takes at most.

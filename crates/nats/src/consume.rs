@@ -118,7 +118,7 @@ impl Consumers {
                 subject: subjects.message(handler.event())?,
                 in_order: false,
             }];
-            if handler.kind() != HandlerKind::Event {
+            if handler.kind() != HandlerKind::Event && handler.keeps_key_order() {
                 for partition in 0..subjects.partitions() {
                     subscriptions.push(Subscription {
                         durable: format!("{}_{partition}", options.consumer_name(handler.name())),
