@@ -246,7 +246,7 @@ async fn a_trace_context_travels_with_its_event() {
     orders
         .session()
         .unit_of_work(async |tx| {
-            tx.header("traceparent", TRACE);
+            tx.header("traceparent", TRACE)?;
             tx.record(Ticked { seq: 1 })
         })
         .await

@@ -51,8 +51,9 @@ pub struct Envelope {
     /// The event whose handling recorded this one, if any.
     pub causation_id: Option<EventId>,
     /// Context that travels with the message besides its payload, stored with it and
-    /// carried across a broker: the W3C trace context of the span that recorded it
-    /// (`traceparent`, `tracestate`), and whatever the application adds. Usually empty.
+    /// carried across a broker: a W3C trace context (`traceparent`, `tracestate`) or
+    /// whatever the application sets with `tx.header(name, value)`. Usually empty.
+    /// Names and values follow [`Envelope::header_problem`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
 }
@@ -129,11 +130,30 @@ impl Envelope {
             .then_some(self.aggregate_id.as_str())
     }
 
-    /// Adds the header `name` (replacing one of the same name).
-    #[must_use]
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(name.into(), value.into());
-        self
+    /// Why `name: value` cannot be one of an envelope's headers, if it cannot. A name is
+    /// printable ASCII without `:` (what message brokers and HTTP accept), and does not
+    /// start with `Nats-` or `Keel-`, which belong to the transport (a message id, the
+    /// envelope's own fields); a value holds no line break.
+    pub fn header_problem(name: &str, value: &str) -> Option<String> {
+        let reserved = ["Nats-", "Keel-"].into_iter().find(|p| {
+            name.get(..p.len())
+                .is_some_and(|n| n.eq_ignore_ascii_case(p))
+        });
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            Some(format!(
+                "header name `{}` is not printable ASCII without `:`: name it like an HTTP header",
+                name.escape_debug()
+            ))
+        } else if let Some(prefix) = reserved {
+            Some(format!(
+                "header `{name}` is reserved: names starting with `{prefix}` belong to the \
+                 transport; name yours otherwise"
+            ))
+        } else if value.contains(['\r', '\n']) {
+            Some(format!("the value of header `{name}` holds a line break"))
+        } else {
+            None
+        }
     }
 
     /// Marks this event as caused by `cause`: it joins the cause's correlation and
@@ -186,6 +206,19 @@ impl Envelope {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn headers_that_could_not_travel_are_refused_with_the_reason() {
+        use super::Envelope;
+        let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(Envelope::header_problem("traceparent", trace), None);
+        let problem = |name: &str, value: &str| Envelope::header_problem(name, value).unwrap();
+        assert!(problem("Nats-Msg-Id", "1").contains("reserved"));
+        assert!(problem("keel-name", "x").contains("reserved"));
+        assert!(problem("trace:parent", "x").contains("printable ASCII"));
+        assert!(problem("", "x").contains("printable ASCII"));
+        assert!(problem("x-note", "a\r\nNats-Msg-Id: 1").contains("line break"));
+    }
+
     use super::*;
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,9 @@
 //!
 //! A burst of commands (a thousand likes at once) should not cost one database commit
 //! each. A [`CommandBus`] publishes each command to the broker and returns once the broker
-//! has stored it: acknowledged means durable, as a commit would. The service that handles
+//! has stored it. Durable then means what the stream's storage makes it: replicated on a
+//! three-node cluster, written to the page cache on one NATS 2.9 server (synced every two
+//! minutes). Unlike an outbox row, nothing is left to publish it again from. The service that handles
 //! the command consumes it like a forwarded one ([`Consumers`](crate::Consumers)), and runs
 //! each key's commands one at a time; ordered ones
 //! ([`Command::ORDERED`]) go to their key's partition and

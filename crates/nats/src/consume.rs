@@ -106,7 +106,7 @@ impl Consumers {
         let transport = Arc::new(transport);
         let (stop, stopped) = watch::channel(false);
         let subjects = transport.subjects().clone();
-        let mut tasks = Vec::with_capacity(handlers.len());
+        let mut planned: Vec<(&'static str, Subscription)> = Vec::new();
         for name in handlers {
             let Some(handler) = dispatcher.registry().handlers().find(|h| h.name() == *name) else {
                 return Err(format!(
@@ -128,16 +128,33 @@ impl Consumers {
                 }
             }
             for subscription in subscriptions {
-                tasks.push(tokio::spawn(consume(
+                if let Some((other, _)) = planned
+                    .iter()
+                    .find(|(_, s)| s.durable == subscription.durable)
+                {
+                    return Err(format!(
+                        "handlers `{other}` and `{}` would share the consumer `{}`: rename one \
+                         of them",
+                        handler.name(),
+                        subscription.durable
+                    ));
+                }
+                planned.push((handler.name(), subscription));
+            }
+        }
+        let tasks = planned
+            .into_iter()
+            .map(|(handler, subscription)| {
+                tokio::spawn(consume(
                     dispatcher.clone(),
                     transport.clone(),
                     options.clone(),
-                    handler.name(),
+                    handler,
                     subscription,
                     stopped.clone(),
-                )));
-            }
-        }
+                ))
+            })
+            .collect();
         Ok(Consumers { stop, tasks })
     }
 

@@ -149,7 +149,13 @@ pub fn encode(subject: String, envelope: &Envelope) -> Result<WireMessage, Strin
     if let Some(causation) = envelope.causation_id {
         headers.push((CAUSATION_ID.to_owned(), causation.to_string()));
     }
-    headers.extend(envelope.headers.clone());
+    for (name, value) in &envelope.headers {
+        // Never the transport's own headers, nor a line a broker would refuse.
+        if let Some(problem) = Envelope::header_problem(name, value) {
+            return Err(problem);
+        }
+        headers.push((name.clone(), value.clone()));
+    }
     Ok(WireMessage {
         subject,
         headers,
@@ -189,19 +195,10 @@ pub fn decode(message: &WireMessage) -> Result<Envelope, String> {
         headers: message
             .headers
             .iter()
-            .filter(|(name, _)| !is_transport_header(name))
+            .filter(|(name, value)| Envelope::header_problem(name, value).is_none())
             .cloned()
             .collect(),
     })
-}
-
-/// Whether `name` is the broker's or Keel's own header, not one of the envelope's.
-fn is_transport_header(name: &str) -> bool {
-    let prefix = |p: &str| {
-        name.get(..p.len())
-            .is_some_and(|n| n.eq_ignore_ascii_case(p))
-    };
-    prefix("Nats-") || prefix("Keel-")
 }
 
 /// An envelope standing for a message that does not decode, so that it can wait in the
@@ -277,6 +274,12 @@ mod tests {
         assert_eq!(received.correlation_id, sent.correlation_id);
         assert_eq!(received.causation_id, sent.causation_id);
         assert_eq!(received.headers, sent.headers);
+        let mut forged = sent.clone();
+        forged
+            .headers
+            .insert("nats-msg-id".to_owned(), "1".to_owned());
+        let refused = encode(wire.subject.clone(), &forged).unwrap_err();
+        assert!(refused.contains("reserved"), "{refused}");
         assert_eq!(
             wire.header("traceparent"),
             sent.headers.get("traceparent").map(String::as_str)

@@ -110,8 +110,21 @@ impl<'c, B: Backend> Tx<'c, B> {
     /// sends, before or after this call ([`Envelope::headers`]): stored with them, handed
     /// to their handlers and carried across a broker. A trace context (`traceparent`)
     /// is the usual one.
-    pub fn header(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.headers.insert(name.into(), value.into());
+    ///
+    /// Fails, as a rejection, for a name or value that could not travel
+    /// ([`Envelope::header_problem`]: a reserved `Nats-`/`Keel-` name, a `:`, a line
+    /// break).
+    pub fn header(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<(), Error> {
+        let (name, value) = (name.into(), value.into());
+        if let Some(problem) = Envelope::header_problem(&name, &value) {
+            return Err(Error::rejected(std::io::Error::other(problem)));
+        }
+        self.headers.insert(name, value);
+        Ok(())
     }
 
     fn caused(&self, mut envelope: Envelope) -> Envelope {
