@@ -155,6 +155,58 @@ async fn an_unreadable_message_waits_in_the_dead_letter() {
     billing.shutdown().await.unwrap();
 }
 
+/// A message the database refuses for good (PostgreSQL's `jsonb` refuses `\u0000`) neither
+/// comes back for ever nor holds the messages around it: they are handled, and on
+/// PostgreSQL it waits in the dead letter with the database's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_database_refuses_waits_in_the_dead_letter() {
+    let Some(broker) = broker().await else { return };
+    let billing_db = database().await;
+    let billing_db = billing_db.database();
+    effects_table(billing_db).await;
+    let (billing, consumers) = consumer(billing_db, &broker);
+    let subjects = broker.options().subjects();
+    let wire_of =
+        |ticked: &Envelope| wire::encode(subjects.message(&ticked.name).unwrap(), ticked).unwrap();
+    let mut refused = Envelope::wrap(&Ticked { seq: 2 }).unwrap();
+    refused.payload = serde_json::json!({"seq": 2, "note": "\u{0}"});
+    for message in [
+        wire_of(&Envelope::wrap(&Ticked { seq: 1 }).unwrap()),
+        wire_of(&refused),
+        wire_of(&Envelope::wrap(&Ticked { seq: 3 }).unwrap()),
+    ] {
+        broker.publish(message).await.unwrap();
+    }
+    let on_postgres = billing_db.url().starts_with("postgres");
+    if on_postgres {
+        assert_eq!(
+            until(billing_db, "SELECT COUNT(*) FROM effects", 4).await,
+            4,
+            "the messages around the refused one are handled"
+        );
+        let dead = until(
+            billing_db,
+            "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'dead'",
+            2,
+        )
+        .await;
+        assert_eq!(dead, 2, "one dead entry per handler");
+        let listed = billing.dead_letters().list(10).await.unwrap();
+        assert!(
+            listed.iter().all(|d| d
+                .failures
+                .iter()
+                .any(|f| f.error.contains("the database refused"))),
+            "{listed:?}"
+        );
+    } else {
+        // SQLite stores the text as it is: the message is handled like the others.
+        exactly_once(billing_db, 3).await;
+    }
+    consumers.shutdown().await;
+    billing.shutdown().await.unwrap();
+}
+
 /// After the broker lost data, the producing service publishes its kept events again; the
 /// consuming service, which had them already, runs nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,13 +19,15 @@
 //!
 //! A message that does not decode (not published by a Keel forwarder, or damaged) is
 //! accepted straight into the dead letter with its reason, and acknowledged: it does not
-//! come back. When the database cannot be reached, the batch is handed back to the broker,
-//! which delivers it again after a delay growing with its delivery count.
+//! come back. So is a message the database refuses while it answers: it would be refused
+//! every time. When the database cannot be reached, the batch is handed back to the
+//! broker, which delivers it again after a delay growing with its delivery count.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_dispatcher::{Dispatcher, HandlerKind, Incoming};
+use keel_domain::Envelope;
 use keel_orchestrator::Backend;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -247,8 +249,11 @@ fn read<T: Transport>(transport: &T, batch: &[T::Received], ordered: bool) -> Ve
         .collect()
 }
 
-/// Accepts a batch, then acknowledges it; hands it back to the broker if it cannot be
-/// accepted.
+/// Accepts a batch, then acknowledges it. When the database refuses it while it answers,
+/// the messages are accepted one by one and the ones it refuses wait in the dead letter:
+/// they would be refused every time, and in a partition of ordered commands they would
+/// hold every key behind them. When the database does not answer, the batch is handed back
+/// to the broker.
 async fn accept<B: Backend, R: Received>(
     dispatcher: &Dispatcher<B>,
     handler: &'static str,
@@ -256,23 +261,75 @@ async fn accept<B: Backend, R: Received>(
     batch: &[R],
     incoming: &[Incoming],
 ) {
-    match dispatcher.accept(handler, incoming).await {
+    let error = match dispatcher.accept(handler, incoming).await {
         Ok(_) => {
             for received in batch {
-                if let Err(error) = received.ack().await {
-                    // Delivered again after the broker's ack wait; accepting it again
-                    // changes nothing.
-                    tracing::debug!(%consumer, %error, "acknowledgement lost");
-                }
+                acknowledge(received, consumer).await;
             }
+            return;
         }
-        Err(error) => {
-            tracing::warn!(%consumer, %error, "cannot accept messages; the broker delivers them again");
-            for received in batch {
-                let delay = retry_delay(received.delivered());
-                let _ = received.retry_later(delay).await;
+        Err(error) => error,
+    };
+    if dispatcher
+        .database()
+        .execute_script("SELECT 1")
+        .await
+        .is_err()
+    {
+        tracing::warn!(%consumer, %error, "cannot accept messages; the broker delivers them again");
+        for received in batch {
+            hand_back(received).await;
+        }
+        return;
+    }
+    for (received, message) in batch.iter().zip(incoming) {
+        let accepted = match dispatcher
+            .accept(handler, std::slice::from_ref(message))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(refused) => {
+                tracing::warn!(%consumer, error = %refused, id = %message.envelope.id, "the database refuses a message; it waits in the dead letter");
+                let dead = Incoming {
+                    envelope: storable(&message.envelope),
+                    dead: Some(format!("the database refused the message: {refused}")),
+                    ordered: message.ordered,
+                };
+                dispatcher.accept(handler, &[dead]).await.map(|_| ())
             }
+        };
+        match accepted {
+            Ok(()) => acknowledge(received, consumer).await,
+            Err(_) => hand_back(received).await,
         }
+    }
+}
+
+async fn acknowledge<R: Received>(received: &R, consumer: &str) {
+    if let Err(error) = received.ack().await {
+        // Delivered again after the broker's ack wait; accepting it again changes nothing.
+        tracing::debug!(%consumer, %error, "acknowledgement lost");
+    }
+}
+
+async fn hand_back<R: Received>(received: &R) {
+    let _ = received
+        .retry_later(retry_delay(received.delivered()))
+        .await;
+}
+
+/// A copy of `envelope` any database stores: its payload as the text of its JSON, its
+/// headers dropped, no NUL character in its text (what PostgreSQL refuses in `text`, and
+/// in `jsonb` as `\u0000`).
+fn storable(envelope: &Envelope) -> Envelope {
+    let clean = |text: &str| text.replace('\0', "\u{FFFD}");
+    Envelope {
+        name: clean(&envelope.name),
+        aggregate_type: clean(&envelope.aggregate_type),
+        aggregate_id: clean(&envelope.aggregate_id),
+        payload: serde_json::Value::String(clean(&envelope.payload.to_string())),
+        headers: Default::default(),
+        ..envelope.clone()
     }
 }
 
