@@ -25,6 +25,24 @@ async fn settled(app: &App, db: &Database, effects: i64) {
     assert_eq!(app.dead_letters().count().await.unwrap(), 0);
 }
 
+/// One message in the dead letter of each of the two handlers, with `reason`.
+async fn dead_for_both_handlers(app: &App, db: &Database, reason: &str) {
+    let dead = until(
+        db,
+        "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'dead'",
+        2,
+    )
+    .await;
+    assert_eq!(dead, 2, "one dead entry per handler");
+    let listed = app.dead_letters().list(10).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|d| d.failures.iter().any(|f| f.error.contains(reason))),
+        "{listed:?}"
+    );
+}
+
 async fn exactly_once(db: &Database, events: i64) {
     let effects = until(db, "SELECT COUNT(*) FROM effects", events * 2).await;
     assert_eq!(effects, events * 2, "effects missing");
@@ -136,21 +154,7 @@ async fn an_unreadable_message_waits_in_the_dead_letter() {
         .unwrap();
     broker.publish(good(2)).await.unwrap();
     exactly_once(billing_db, 2).await;
-    let dead = until(
-        billing_db,
-        "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'dead'",
-        2,
-    )
-    .await;
-    assert_eq!(dead, 2, "one dead entry per handler");
-    let listed = billing.dead_letters().list(10).await.unwrap();
-    assert!(
-        listed.iter().all(|d| d
-            .failures
-            .iter()
-            .any(|f| f.error.contains("cannot be read"))),
-        "{listed:?}"
-    );
+    dead_for_both_handlers(&billing, billing_db, "cannot be read").await;
     consumers.shutdown().await;
     billing.shutdown().await.unwrap();
 }
@@ -184,21 +188,7 @@ async fn a_message_the_database_refuses_waits_in_the_dead_letter() {
             4,
             "the messages around the refused one are handled"
         );
-        let dead = until(
-            billing_db,
-            "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'dead'",
-            2,
-        )
-        .await;
-        assert_eq!(dead, 2, "one dead entry per handler");
-        let listed = billing.dead_letters().list(10).await.unwrap();
-        assert!(
-            listed.iter().all(|d| d
-                .failures
-                .iter()
-                .any(|f| f.error.contains("the database refused"))),
-            "{listed:?}"
-        );
+        dead_for_both_handlers(&billing, billing_db, "the database refused").await;
     } else {
         // SQLite stores the text as it is: the message is handled like the others.
         exactly_once(billing_db, 3).await;
