@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use keel::nats::wire::{self, Bytes};
-use keel::nats::{ConsumerOptions, Consumers, Transport, WireMessage};
+use keel::nats::{ConsumerOptions, Consumers, JetStream, Transport, WireMessage};
 use keel::{Envelope, Error, sqlx};
 
 use super::support::*;
@@ -23,6 +23,12 @@ async fn settled(app: &App, db: &Database, effects: i64) {
     );
     assert_eq!(scalar(db, "SELECT COUNT(*) FROM effects").await, effects);
     assert_eq!(app.dead_letters().count().await.unwrap(), 0);
+}
+
+/// `event` as the broker carries it, on its subject.
+fn wire_of(broker: &JetStream, event: &Envelope) -> WireMessage {
+    let subject = broker.options().subjects().message(&event.name).unwrap();
+    wire::encode(subject, event).unwrap()
 }
 
 /// One message in the dead letter of each of the two handlers, with `reason`.
@@ -111,9 +117,7 @@ async fn a_message_received_twice_runs_once() {
     let billing_db = billing_db.database();
     effects_table(billing_db).await;
     let (billing, consumers) = consumer(billing_db, &broker);
-    let subjects = broker.options().subjects();
-    let ticked = Envelope::wrap(&Ticked { seq: 1 }).unwrap();
-    let message = wire::encode(subjects.message(&ticked.name).unwrap(), &ticked).unwrap();
+    let message = wire_of(&broker, &Envelope::wrap(&Ticked { seq: 1 }).unwrap());
     broker.publish(message.clone()).await.unwrap();
     exactly_once(billing_db, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -138,15 +142,15 @@ async fn an_unreadable_message_waits_in_the_dead_letter() {
     let billing_db = billing_db.database();
     effects_table(billing_db).await;
     let (billing, consumers) = consumer(billing_db, &broker);
-    let subjects = broker.options().subjects();
-    let good = |seq| {
-        let ticked = Envelope::wrap(&Ticked { seq }).unwrap();
-        wire::encode(subjects.message(&ticked.name).unwrap(), &ticked).unwrap()
-    };
+    let good = |seq| wire_of(&broker, &Envelope::wrap(&Ticked { seq }).unwrap());
     broker.publish(good(1)).await.unwrap();
     broker
         .publish(WireMessage {
-            subject: subjects.message("test.ticked.v1").unwrap(),
+            subject: broker
+                .options()
+                .subjects()
+                .message("test.ticked.v1")
+                .unwrap(),
             headers: vec![],
             body: Bytes::from_static(b"not json"),
         })
@@ -169,15 +173,12 @@ async fn a_message_the_database_refuses_waits_in_the_dead_letter() {
     let billing_db = billing_db.database();
     effects_table(billing_db).await;
     let (billing, consumers) = consumer(billing_db, &broker);
-    let subjects = broker.options().subjects();
-    let wire_of =
-        |ticked: &Envelope| wire::encode(subjects.message(&ticked.name).unwrap(), ticked).unwrap();
     let mut refused = Envelope::wrap(&Ticked { seq: 2 }).unwrap();
     refused.payload = serde_json::json!({"seq": 2, "note": "\u{0}"});
     for message in [
-        wire_of(&Envelope::wrap(&Ticked { seq: 1 }).unwrap()),
-        wire_of(&refused),
-        wire_of(&Envelope::wrap(&Ticked { seq: 3 }).unwrap()),
+        wire_of(&broker, &Envelope::wrap(&Ticked { seq: 1 }).unwrap()),
+        wire_of(&broker, &refused),
+        wire_of(&broker, &Envelope::wrap(&Ticked { seq: 3 }).unwrap()),
     ] {
         broker.publish(message).await.unwrap();
     }

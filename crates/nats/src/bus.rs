@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use keel_domain::{Command, Envelope, EventId};
-use keel_orchestrator::Error;
+use keel_orchestrator::{Error, RetryPolicy};
 
 use crate::transport::Transport;
 use crate::wire;
@@ -40,39 +40,58 @@ use crate::wire;
 /// ```
 pub struct CommandBus<T> {
     transport: Arc<T>,
+    retry: RetryPolicy,
 }
 
 impl<T> Clone for CommandBus<T> {
     fn clone(&self) -> Self {
         CommandBus {
             transport: self.transport.clone(),
+            retry: self.retry.clone(),
         }
     }
 }
 
 impl<T> std::fmt::Debug for CommandBus<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommandBus").finish_non_exhaustive()
+        f.debug_struct("CommandBus")
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
     }
 }
 
-/// Publishes tried per command: a publish whose acknowledgement was lost is tried again
-/// with the same id, which the broker's duplicate window makes harmless.
-const ATTEMPTS: u32 = 3;
+/// How a failed publish is tried again before `send` fails: 3 attempts, 100 ms then
+/// 400 ms. The caller is waiting, so this is short; a publish whose acknowledgement was
+/// lost is tried with the same id, which the broker's duplicate window makes harmless.
+pub fn default_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(3)
+        .base_delay(Duration::from_millis(100))
+        .multiplier(4.0)
+}
 
 impl<T: Transport> CommandBus<T> {
-    /// Sends through `transport`.
+    /// Sends through `transport`, with [`default_retry`].
     pub fn new(transport: T) -> Self {
         CommandBus {
             transport: Arc::new(transport),
+            retry: default_retry(),
         }
+    }
+
+    /// How failed publishes are tried again before `send` fails.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 
     /// Publishes `command` and returns its id once the broker has stored it.
     ///
     /// Fails with [`Error::Serialization`] if the command does not serialize, and with an
-    /// external error if the broker did not acknowledge it after three tries: then it may
-    /// or may not have been stored, and sending it again sends a second command.
+    /// external error if the broker did not acknowledge it within the retry policy's
+    /// attempts: then it may or may not have been stored, and sending it again sends a
+    /// second command.
     pub async fn send<C: Command>(&self, command: &C) -> Result<EventId, Error> {
         let envelope = wrap(command)?;
         self.publish(&envelope, C::ORDERED).await?;
@@ -101,11 +120,13 @@ impl<T: Transport> CommandBus<T> {
         loop {
             match self.transport.publish(message.clone()).await {
                 Ok(()) => return Ok(()),
-                Err(error) if attempt == ATTEMPTS => return Err(Error::external(error)),
+                Err(error) if !self.retry.allows_another_after(attempt) => {
+                    return Err(Error::external(error));
+                }
                 Err(error) => {
                     tracing::debug!(%error, attempt, command = %envelope.name, "publish failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(100) * 4_u32.pow(attempt - 1)).await;
                     attempt += 1;
+                    tokio::time::sleep(self.retry.jittered_delay_before(attempt)).await;
                 }
             }
         }

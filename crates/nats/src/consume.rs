@@ -26,9 +26,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_dispatcher::{Dispatcher, HandlerKind, Incoming};
+use keel_dispatcher::{Dispatcher, Incoming};
 use keel_domain::Envelope;
-use keel_orchestrator::Backend;
+use keel_orchestrator::{Backend, RetryPolicy};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -115,15 +115,17 @@ impl Consumers {
                     "no handler named `{name}` is registered: register it before consuming"
                 ));
             };
+            let durable = options.consumer_name(handler.name());
             let mut subscriptions = vec![Subscription {
-                durable: options.consumer_name(handler.name()),
+                durable: durable.clone(),
                 subject: subjects.message(handler.event())?,
                 in_order: false,
             }];
-            if handler.kind() != HandlerKind::Event && handler.keeps_key_order() {
+            // Ordered commands also come by partition (an event handler keeps no key order).
+            if handler.keeps_key_order() {
                 for partition in 0..subjects.partitions() {
                     subscriptions.push(Subscription {
-                        durable: format!("{}_{partition}", options.consumer_name(handler.name())),
+                        durable: format!("{durable}_{partition}"),
                         subject: subjects.partition(handler.event(), partition)?,
                         in_order: true,
                     });
@@ -333,10 +335,17 @@ fn storable(envelope: &Envelope) -> Envelope {
     }
 }
 
-/// Waits before a message refused by this side comes back: 1 s doubling, at most 1 min.
+/// Waits before a message refused by this side comes back: 1 s doubling, at most 1 min
+/// (the broker's delivery count is the attempt that failed).
 fn retry_delay(delivered: u64) -> Duration {
-    let exponent = delivered.saturating_sub(1).min(6) as u32;
-    Duration::from_secs(1 << exponent).min(Duration::from_secs(60))
+    let attempt = u32::try_from(delivered)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    RetryPolicy::default()
+        .base_delay(Duration::from_secs(1))
+        .multiplier(2.0)
+        .max_delay(Duration::from_secs(60))
+        .delay_before(attempt)
 }
 
 #[cfg(test)]
