@@ -44,8 +44,9 @@ mod app;
 
 pub use app::{App, AppBuilder};
 pub use keel_dispatcher::{
-    DeadLetter, DeadLetters, DeliveryOptions, Dispatcher, FailedAttempt, Handler, HandlerContext,
-    HandlerFn, HandlerKind, Incoming, NO_HANDLER, Registry, RegistryError, Session, WorkerLimits,
+    Admin, DeadFilter, DeadLetter, DeadLetters, DeliveryOptions, Dispatcher, FailedAttempt,
+    Handler, HandlerContext, HandlerFn, HandlerKind, HandlerStatus, Incoming, LeaseHolder,
+    NO_HANDLER, Registry, RegistryError, RelayStatus, SchemaState, Session, Status, WorkerLimits,
     WorkerReport, register_command_handler, register_handler,
 };
 pub use keel_domain::{
@@ -53,7 +54,7 @@ pub use keel_domain::{
 };
 pub use keel_orchestrator::{
     Backend, Committed, Database, DatabaseOptions, Error, Isolation, Key, LockMode, LockWait,
-    Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWorkOptions,
+    Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWorkOptions, redact_url,
 };
 pub use sqlx;
 
@@ -85,6 +86,8 @@ macro_rules! backend_aliases {
         pub type Dispatcher = crate::Dispatcher<$backend>;
         /// The dead letter.
         pub type DeadLetters = crate::DeadLetters<$backend>;
+        /// The operator's view of the database.
+        pub type Admin = crate::Admin<$backend>;
     };
 }
 

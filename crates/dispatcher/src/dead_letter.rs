@@ -2,6 +2,7 @@
 //! with the event and every attempt's error, to inspect, retry or discard.
 
 use keel_domain::EventId;
+use keel_orchestrator::operations::DeadFilter;
 use keel_orchestrator::outbox::DeadLetter;
 use keel_orchestrator::{Backend, Database, Error, ensure_outside_unit_of_work};
 
@@ -48,8 +49,14 @@ impl<B: Backend> DeadLetters<B> {
 
     /// The oldest `limit` dead deliveries.
     pub async fn list(&self, limit: u32) -> Result<Vec<DeadLetter>, Error> {
+        self.find(&DeadFilter::all(limit)).await
+    }
+
+    /// The dead deliveries `filter` selects (by handler, message, error text, age), oldest
+    /// first.
+    pub async fn find(&self, filter: &DeadFilter) -> Result<Vec<DeadLetter>, Error> {
         ensure_outside_unit_of_work("read the dead letter")?;
-        B::dead_list(&self.db, limit).await
+        B::dead_find(&self.db, filter).await
     }
 
     /// How many deliveries are dead.
@@ -93,6 +100,13 @@ impl<B: Backend> DeadLetters<B> {
     /// [`DeliveryOptions::dead_retention`](crate::DeliveryOptions::dead_retention).
     pub async fn purge(&self, older_than: std::time::Duration) -> Result<u64, Error> {
         ensure_outside_unit_of_work("purge the dead letter")?;
-        crate::dispatcher::purge_all(&self.db, None, Some(older_than), self.purge_batch).await
+        crate::dispatcher::purge_all(
+            &self.db,
+            None,
+            Some(older_than),
+            self.purge_batch,
+            &mut |_| {},
+        )
+        .await
     }
 }

@@ -225,6 +225,7 @@ impl<B: Backend> Dispatcher<B> {
             Some(older_than),
             None,
             self.inner.options.purge_batch,
+            &mut |_| {},
         )
         .await
     }
@@ -315,13 +316,15 @@ pub(crate) async fn purge_all<B: Backend>(
     done_older_than: Option<Duration>,
     dead_older_than: Option<Duration>,
     batch: u32,
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<u64, Error> {
     let mut total = 0;
     loop {
         let removed = B::purge(db, done_older_than, dead_older_than, batch).await?;
-        total += removed;
         if removed == 0 {
             return Ok(total);
         }
+        total += removed;
+        progress(total);
     }
 }

@@ -39,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 mod backfill;
 mod context;
 mod dead_letter;
@@ -55,10 +56,14 @@ mod running;
 mod session;
 mod wake;
 
+pub use admin::Admin;
 pub use context::HandlerContext;
 pub use dead_letter::DeadLetters;
 pub use dispatcher::Dispatcher;
 pub use handler::{Handler, HandlerArg, HandlerCall, HandlerFn, HandlerKind};
+pub use keel_orchestrator::operations::{
+    DeadFilter, HandlerStatus, LeaseHolder, RelayStatus, SchemaState, Status,
+};
 pub use keel_orchestrator::outbox::{DeadLetter, FailedAttempt, Incoming, NO_HANDLER};
 pub use options::DeliveryOptions;
 pub use registry::{HandlerRegistration, Registry, RegistryError};

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use keel_orchestrator::Backend;
+use keel_orchestrator::operations::{HEARTBEAT, host_name, this_process};
 use keel_orchestrator::outbox::Group;
 use tokio::sync::watch;
 
@@ -50,6 +51,7 @@ pub(crate) async fn run<B: Backend>(
             elapsed: started.elapsed(),
         };
     }
+    tokio::spawn(heartbeat(db.clone(), stop.clone()));
     if B::NOTIFIES {
         let (wake, stop) = (dispatcher.wake_handle(), stop.clone());
         tokio::spawn(async move { B::listen(&db, &|| wake.wake(), stop).await });
@@ -127,6 +129,28 @@ async fn subscribe<B: Backend>(
         tokio::select! {
             _ = stop.changed() => return false,
             _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Reports every [`HEARTBEAT`] that this process runs a relay, so that an operator can tell
+/// which process holds a lease (`keel status`). Best effort: a failed report is retried at
+/// the next beat.
+async fn heartbeat<B: Backend>(
+    db: keel_orchestrator::Database<B>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (process, host, pid) = (this_process(), host_name(), std::process::id());
+    loop {
+        if let Err(error) = B::heartbeat(&db, &process, &host, pid).await {
+            tracing::debug!(%error, "relay heartbeat failed");
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+        }
+        if *stop.borrow() {
+            return;
         }
     }
 }

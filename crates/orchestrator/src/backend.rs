@@ -10,7 +10,7 @@
 //! Each backend is behind a Cargo feature of the same name (both on by default); a
 //! PostgreSQL service that turns `sqlite` off does not build the bundled SQLite library.
 
-use crate::store::Store;
+use crate::store::{Operations, Store};
 
 mod sealed {
     pub trait Sealed {}
@@ -38,7 +38,7 @@ mod sealed {
     note = "enable the `postgres` or `sqlite` feature of `keel`, and use `keel::postgres::*` or \
             `keel::sqlite::*`"
 )]
-pub trait Backend: Store + sealed::Sealed {}
+pub trait Backend: Store + Operations + sealed::Sealed {}
 
 #[cfg(feature = "postgres")]
 impl Backend for sqlx::Postgres {}

@@ -9,6 +9,7 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
 
 use crate::notify::Notifier;
+use crate::operations::SchemaState;
 use crate::outbox::Routing;
 use crate::url::redact;
 use crate::{Backend, Error, guard};
@@ -201,6 +202,28 @@ impl<B: Backend> Database<B> {
             }
             Err(e) => Err(Error::Migration(e)),
         }
+    }
+
+    /// Where this database's Keel schema stands against this build: never migrated, behind,
+    /// current, or migrated by a newer Keel. Reads only; [`Database::migrate`] upgrades.
+    pub async fn schema_state(&self) -> Result<SchemaState, Error> {
+        guard::ensure_outside("read the schema's state")?;
+        let Some(applied) = B::applied_migrations(self).await? else {
+            return Ok(SchemaState::Missing);
+        };
+        let known = B::migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let found = applied.iter().copied().max().unwrap_or(0);
+        if found > known {
+            return Ok(SchemaState::Newer { found, known });
+        }
+        let pending = B::migrator()
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
+        Ok(match pending {
+            0 => SchemaState::Current,
+            pending => SchemaState::Behind { pending },
+        })
     }
 
     /// Opens an independent pool on the same database, with the same options, as another

@@ -62,6 +62,7 @@ mod error;
 mod guard;
 mod lock;
 mod notify;
+pub mod operations;
 mod options;
 #[doc(hidden)]
 pub mod outbox;
@@ -88,3 +89,4 @@ pub use options::{Isolation, UnitOfWorkOptions};
 pub use retry::RetryPolicy;
 pub use tx::Tx;
 pub use unit_of_work::{TxFn, TxStep};
+pub use url::redact as redact_url;

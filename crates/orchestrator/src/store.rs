@@ -18,6 +18,7 @@ use keel_domain::EventId;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 
+use crate::operations::{DeadFilter, Status};
 use crate::outbox::{Claim, DeadLetter, Group, Incoming, Next, Outgoing};
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
@@ -283,10 +284,10 @@ pub trait Store: sqlx::Database {
 
     // ---- the dead letter ---------------------------------------------------------------
 
-    /// The oldest `limit` dead deliveries.
-    fn dead_list(
+    /// The dead deliveries `filter` selects, oldest first.
+    fn dead_find(
         db: &Database<Self>,
-        limit: u32,
+        filter: &DeadFilter,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, Error>> + Send;
 
     /// How many deliveries are dead.
@@ -323,6 +324,34 @@ pub trait Store: sqlx::Database {
         event_id: EventId,
         handler: &str,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+// ---- operators ---------------------------------------------------------------------
+
+/// What operators read; see [`crate::operations`].
+pub trait Operations: sqlx::Database {
+    /// Records that `process` (on `host`, with `pid`) runs a relay and is alive; removes
+    /// relays silent for a day.
+    fn heartbeat(
+        db: &Database<Self>,
+        process: &str,
+        host: &str,
+        pid: u32,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The deliveries per handler, the unrouted events and the relays, read in one snapshot.
+    fn status(db: &Database<Self>) -> impl Future<Output = Result<Status, Error>> + Send;
+
+    /// Every (message, handler) subscription recorded.
+    fn subscriptions(
+        db: &Database<Self>,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, Error>> + Send;
+
+    /// The versions of Keel's migrations applied, or `None` when the database has no Keel
+    /// migration table.
+    fn applied_migrations(
+        db: &Database<Self>,
+    ) -> impl Future<Output = Result<Option<Vec<i64>>, Error>> + Send;
 }
 
 /// Warns about handler names subscribed to two messages: `(handler, its other message,

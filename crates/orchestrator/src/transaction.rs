@@ -117,7 +117,7 @@ impl<B: Backend> Database<B> {
         let lease = self
             .routing()
             .and_then(|r| r.fast_path_lease())
-            .map(|lease| (uuid::Uuid::now_v7(), lease));
+            .map(|lease| (crate::operations::lease_token(), lease));
         let outgoing = Outgoing {
             events: &events,
             commands: &commands,

@@ -1,7 +1,7 @@
 //! Database URLs: which backend they name, and how to show them without secrets.
 
 /// `url` with its password (if any) replaced by `***`, for logs and error messages.
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     if let Ok(mut parsed) = ::url::Url::parse(url) {
         if parsed.password().is_some() && parsed.set_password(Some("***")).is_ok() {
             return parsed.to_string();

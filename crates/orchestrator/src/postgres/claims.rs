@@ -78,7 +78,7 @@ pub(super) async fn claim(
     lease: Duration,
     handlers: &[&str],
 ) -> Result<Vec<Claim>, Error> {
-    let token = Uuid::now_v7();
+    let token = crate::operations::lease_token();
     let sql = format!(
         "WITH c AS (
              SELECT ctid FROM keel_deliveries
@@ -183,7 +183,7 @@ pub(super) async fn claim_keyed(
                     .take_while(|(_, h, free)| h == handler && *free)
                     .map(|(id, _, _)| *id)
                     .collect();
-                let token = Uuid::now_v7();
+                let token = crate::operations::lease_token();
                 sqlx::query(
                     "UPDATE keel_keys SET leased_until = clock_timestamp() + $1 * interval '1 millisecond',
                      leased_by = $2 WHERE key = $3",

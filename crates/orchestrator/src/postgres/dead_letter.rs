@@ -7,7 +7,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::claims::{EVENT_COLUMNS, envelope_from};
+use crate::operations::DeadFilter;
 use crate::outbox::{DeadLetter, FailedAttempt, NO_HANDLER};
+use crate::store::millis;
 use crate::{Database, Error};
 
 fn select(tail: &str) -> String {
@@ -63,12 +65,29 @@ async fn letters(db: &Database<Postgres>, rows: &[PgRow]) -> Result<Vec<DeadLett
     Ok(letters)
 }
 
-pub(super) async fn list(db: &Database<Postgres>, limit: u32) -> Result<Vec<DeadLetter>, Error> {
-    let sql =
-        select("WHERE d.status = 'dead' ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1");
+pub(super) async fn find(
+    db: &Database<Postgres>,
+    filter: &DeadFilter,
+) -> Result<Vec<DeadLetter>, Error> {
+    let sql = select(
+        "WHERE d.status = 'dead'
+           AND ($2::text IS NULL OR d.handler = $2)
+           AND ($3::text IS NULL OR e.name = $3)
+           AND ($4::text IS NULL OR d.last_error ILIKE $4)
+           AND ($5::bigint IS NULL OR d.updated_at <= now() - $5 * interval '1 millisecond')
+           AND ($6::bigint IS NULL OR d.updated_at >= now() - $6 * interval '1 millisecond')
+           AND ($7::uuid IS NULL OR d.event_id = $7)
+         ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1",
+    );
     let mut conn = db.acquire().await?;
     let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(i64::from(limit))
+        .bind(i64::from(filter.limit))
+        .bind(filter.handler.as_deref())
+        .bind(filter.message.as_deref())
+        .bind(filter.error_pattern())
+        .bind(filter.older_than.map(millis))
+        .bind(filter.newer_than.map(millis))
+        .bind(filter.event_id.map(|id| *id.as_uuid()))
         .fetch_all(&mut *conn)
         .await?;
     drop(conn);

@@ -113,7 +113,7 @@ pub(super) async fn claim(
     let handlers = &serde_json::to_string(handlers).expect("names serialize");
     db.clone()
         .unit_of_work_with(&internal("keel_claim"), async |tx| {
-            let token = uuid::Uuid::now_v7();
+            let token = crate::operations::lease_token();
             let now = now(tx.conn()).await?;
             let rows = sqlx::query(
                 "UPDATE keel_deliveries
@@ -201,7 +201,7 @@ pub(super) async fn claim_keyed(
                 if !handlers.contains(&handler.as_str()) {
                     continue;
                 }
-                let token = uuid::Uuid::now_v7();
+                let token = crate::operations::lease_token();
                 sqlx::query(
                     "UPDATE keel_keys SET leased_until = $1, leased_by = $2 WHERE key = $3",
                 )

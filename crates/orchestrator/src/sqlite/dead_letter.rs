@@ -7,8 +7,10 @@ use time::OffsetDateTime;
 
 use super::claims::envelope_from;
 use super::now_ms;
+use crate::operations::DeadFilter;
 use crate::options::internal;
 use crate::outbox::{DeadLetter, FailedAttempt, NO_HANDLER};
+use crate::store::millis;
 use crate::{Database, Error};
 
 fn select(tail: &str) -> String {
@@ -55,12 +57,33 @@ async fn letter(db: &Database<Sqlite>, row: &SqliteRow) -> Result<DeadLetter, Er
     })
 }
 
-pub(super) async fn list(db: &Database<Sqlite>, limit: u32) -> Result<Vec<DeadLetter>, Error> {
-    let sql =
-        select("WHERE d.status = 'dead' ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1");
+pub(super) async fn find(
+    db: &Database<Sqlite>,
+    filter: &DeadFilter,
+) -> Result<Vec<DeadLetter>, Error> {
+    let sql = select(concat!(
+        "WHERE d.status = 'dead'
+           AND ($2 IS NULL OR d.handler = $2)
+           AND ($3 IS NULL OR e.name = $3)
+           AND ($4 IS NULL OR d.last_error LIKE $4 ESCAPE '\\')
+           AND ($5 IS NULL OR d.updated_at <= ",
+        now_ms!(),
+        " - $5)
+           AND ($6 IS NULL OR d.updated_at >= ",
+        now_ms!(),
+        " - $6)
+           AND ($7 IS NULL OR d.event_id = $7)
+         ORDER BY d.updated_at, d.event_id, d.handler LIMIT $1"
+    ));
     let mut conn = db.acquire().await?;
     let rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(i64::from(limit))
+        .bind(i64::from(filter.limit))
+        .bind(filter.handler.as_deref())
+        .bind(filter.message.as_deref())
+        .bind(filter.error_pattern())
+        .bind(filter.older_than.map(millis))
+        .bind(filter.newer_than.map(millis))
+        .bind(filter.event_id.map(|id| id.to_string()))
         .fetch_all(&mut *conn)
         .await?;
     drop(conn);

@@ -10,6 +10,7 @@ mod claims;
 mod dead_letter;
 mod delivery;
 mod inbox;
+mod operations;
 mod outbox;
 mod transaction;
 
@@ -26,8 +27,9 @@ use sqlx::{AssertSqlSafe, Executor, Sqlite};
 use tokio::sync::watch;
 
 use crate::database::invalid;
+use crate::operations::{DeadFilter, Status};
 use crate::outbox::{Claim, DeadLetter, Group, Incoming, Next, Outgoing};
-use crate::store::{Saved, Store};
+use crate::store::{Operations, Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
@@ -303,8 +305,11 @@ impl Store for Sqlite {
         delivery::purge(db, done_older_than, dead_older_than, limit).await
     }
 
-    async fn dead_list(db: &Database<Sqlite>, limit: u32) -> Result<Vec<DeadLetter>, Error> {
-        dead_letter::list(db, limit).await
+    async fn dead_find(
+        db: &Database<Sqlite>,
+        filter: &DeadFilter,
+    ) -> Result<Vec<DeadLetter>, Error> {
+        dead_letter::find(db, filter).await
     }
 
     async fn dead_count(db: &Database<Sqlite>) -> Result<i64, Error> {
@@ -411,5 +416,28 @@ mod tests {
             err.contains("scheme is `postgres`") && !err.contains("pw"),
             "{err}"
         );
+    }
+}
+
+impl Operations for Sqlite {
+    async fn heartbeat(
+        db: &Database<Sqlite>,
+        process: &str,
+        host: &str,
+        pid: u32,
+    ) -> Result<(), Error> {
+        operations::heartbeat(db, process, host, pid).await
+    }
+
+    async fn status(db: &Database<Sqlite>) -> Result<Status, Error> {
+        operations::status(db).await
+    }
+
+    async fn subscriptions(db: &Database<Sqlite>) -> Result<Vec<(String, String)>, Error> {
+        operations::subscriptions(db).await
+    }
+
+    async fn applied_migrations(db: &Database<Sqlite>) -> Result<Option<Vec<i64>>, Error> {
+        operations::applied_migrations(db).await
     }
 }

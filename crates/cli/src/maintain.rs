@@ -1,0 +1,106 @@
+//! `keel migrate`, `keel purge`, `keel republish`.
+
+use std::time::Instant;
+
+use keel::{Admin, Backend, Database, SchemaState};
+use serde_json::json;
+
+use crate::args::{Output, PurgeArgs, RepublishArgs};
+use crate::failure::Failure;
+
+/// The prefix of the handler names of the forwarders to the broker (`keel::nats`).
+const FORWARDER_PREFIX: &str = "forward:";
+
+pub(crate) async fn migrate<B: Backend>(db: &Database<B>, json: bool) -> Result<(), Failure> {
+    let before = db
+        .schema_state()
+        .await
+        .map_err(Failure::database("read the schema"))?;
+    db.migrate().await.map_err(Failure::database("migrate"))?;
+    let applied = match before {
+        SchemaState::Missing => "created Keel's tables".to_owned(),
+        SchemaState::Behind { pending } => format!("applied {pending} migrations"),
+        SchemaState::Current | SchemaState::Newer { .. } => "already up to date".to_owned(),
+    };
+    if json {
+        println!("{}", json!({ "migrated": applied }));
+    } else {
+        println!("{applied} on {}", db.url());
+    }
+    Ok(())
+}
+
+pub(crate) async fn purge<B: Backend>(
+    admin: &Admin<B>,
+    args: &PurgeArgs,
+    out: Output,
+) -> Result<(), Failure> {
+    if args.done_older_than.is_none() && args.dead_older_than.is_none() {
+        return Err(Failure::usage(
+            "say what to purge: --done-older-than AGE (finished deliveries) and/or \
+             --dead-older-than AGE (dead letters), e.g. --done-older-than 7d",
+        ));
+    }
+    let started = Instant::now();
+    let removed = admin
+        .purge(args.done_older_than, args.dead_older_than, |total| {
+            eprintln!(
+                "purged {total} rows so far ({} s)",
+                started.elapsed().as_secs()
+            );
+        })
+        .await
+        .map_err(Failure::database("purge"))?;
+    match out {
+        Output::Json => println!("{}", json!({ "removed": removed })),
+        Output::Text => println!("purged {removed} rows"),
+    }
+    Ok(())
+}
+
+pub(crate) async fn republish<B: Backend>(
+    admin: &Admin<B>,
+    args: &RepublishArgs,
+    out: Output,
+) -> Result<(), Failure> {
+    let forwarders: Vec<String> = match &args.handler {
+        Some(handler) => vec![handler.clone()],
+        None => admin
+            .subscriptions()
+            .await
+            .map_err(Failure::database("read the subscriptions"))?
+            .into_iter()
+            .map(|(_, handler)| handler)
+            .filter(|handler| handler.starts_with(FORWARDER_PREFIX))
+            .collect(),
+    };
+    if forwarders.is_empty() {
+        return Err(Failure::nothing(
+            "no forwarder (`forward:*` handler) has been recorded on this database: nothing \
+             publishes to a broker",
+        ));
+    }
+    let mut created = Vec::with_capacity(forwarders.len());
+    for handler in &forwarders {
+        let count = admin
+            .create_deliveries(handler, args.since, true)
+            .await
+            .map_err(Failure::database("create the deliveries"))?;
+        created.push((handler, count));
+    }
+    match out {
+        Output::Json => {
+            let per: serde_json::Map<String, serde_json::Value> = created
+                .iter()
+                .map(|(handler, count)| ((*handler).clone(), json!(count)))
+                .collect();
+            println!("{}", json!({ "republished": per }));
+        }
+        Output::Text => {
+            for (handler, count) in created {
+                println!("{handler}: {count} events to publish again");
+            }
+        }
+    }
+    Ok(())
+}

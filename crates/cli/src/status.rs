@@ -1,0 +1,183 @@
+//! `keel status`: deliveries per handler, unrouted events and the relays at work.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use keel::{Admin, Backend, Status};
+use serde_json::{Value, json};
+
+use crate::args::{Output, StatusArgs};
+use crate::failure::Failure;
+
+pub(crate) async fn run<B: Backend>(
+    admin: &Admin<B>,
+    args: &StatusArgs,
+    out: Output,
+) -> Result<(), Failure> {
+    let Some(every) = args.watch else {
+        let status = read(admin).await?;
+        print(&status, out);
+        return Ok(());
+    };
+    let every = Duration::from_secs(every.max(1));
+    let clear = out == Output::Text && std::io::stdout().is_terminal();
+    loop {
+        let status = read(admin).await?;
+        if clear {
+            print!("\x1b[2J\x1b[H");
+        }
+        print(&status, out);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+async fn read<B: Backend>(admin: &Admin<B>) -> Result<Status, Failure> {
+    admin
+        .status()
+        .await
+        .map_err(Failure::database("read the status"))
+}
+
+fn print(status: &Status, out: Output) {
+    match out {
+        Output::Json => println!("{}", to_json(status)),
+        Output::Text => print!("{}", to_text(status)),
+    }
+}
+
+/// The JSON document of `keel status --json`.
+pub(crate) fn to_json(status: &Status) -> Value {
+    let handlers: Vec<Value> = status
+        .handlers
+        .iter()
+        .map(|h| {
+            let leases: Vec<Value> = h
+                .leases
+                .iter()
+                .map(|l| json!({ "process": l.process, "deliveries": l.deliveries }))
+                .collect();
+            json!({
+                "message": h.message,
+                "handler": h.handler,
+                "pending": h.pending,
+                "in_flight": h.in_flight,
+                "retrying": h.retrying,
+                "dead": h.dead,
+                "oldest_pending_ms": h.oldest_pending_ms,
+                "done_last_minute": h.done_last_minute,
+                "leases": leases,
+            })
+        })
+        .collect();
+    let relays: Vec<Value> = status
+        .relays
+        .iter()
+        .map(|r| {
+            json!({
+                "process": r.process,
+                "host": r.host,
+                "pid": r.pid,
+                "started_at": crate::dead::rfc3339(r.started_at),
+                "silent_ms": r.silent_ms,
+            })
+        })
+        .collect();
+    json!({ "handlers": handlers, "unrouted": status.unrouted, "relays": relays })
+}
+
+fn to_text(status: &Status) -> String {
+    let mut rows = vec![
+        [
+            "MESSAGE",
+            "HANDLER",
+            "PENDING",
+            "IN FLIGHT",
+            "RETRYING",
+            "DEAD",
+            "OLDEST",
+            "DONE/1M",
+            "LEASES",
+        ]
+        .map(String::from),
+    ];
+    for h in &status.handlers {
+        let leases: Vec<String> = h
+            .leases
+            .iter()
+            .map(|l| format!("{}×{}", l.process, l.deliveries))
+            .collect();
+        rows.push([
+            h.message.clone(),
+            h.handler.clone(),
+            h.pending.to_string(),
+            h.in_flight.to_string(),
+            h.retrying.to_string(),
+            h.dead.to_string(),
+            h.oldest_pending_ms.map_or("-".into(), age),
+            h.done_last_minute.to_string(),
+            if leases.is_empty() {
+                "-".into()
+            } else {
+                leases.join(" ")
+            },
+        ]);
+    }
+    let mut text = table(&rows);
+    if status.handlers.is_empty() {
+        text.push_str("(no handler has been recorded by a relay on this database)\n");
+    }
+    text.push_str(&format!("\nunrouted events: {}\n", status.unrouted));
+    if status.relays.is_empty() {
+        text.push_str("relays: none reported in the last day\n");
+    } else {
+        let mut rows = vec![["PROCESS", "HOST", "PID", "LAST SEEN"].map(String::from)];
+        for r in &status.relays {
+            rows.push([
+                r.process.clone(),
+                r.host.clone(),
+                r.pid.to_string(),
+                format!("{} ago", age(r.silent_ms)),
+            ]);
+        }
+        text.push('\n');
+        text.push_str(&table(&rows));
+    }
+    text
+}
+
+/// A duration in milliseconds for people: `850ms`, `12s`, `4m05s`, `3h20m`, `2d04h`.
+pub(crate) fn age(ms: i64) -> String {
+    let ms = ms.max(0);
+    let s = ms / 1000;
+    match s {
+        _ if ms < 1000 => format!("{ms}ms"),
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// Rows as left-aligned columns separated by two spaces.
+pub(crate) fn table<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}

@@ -1,0 +1,112 @@
+//! The operator's view of a database: what the `keel` command reads and does, usable
+//! without the service's handlers or a running relay.
+//!
+//! A dispatcher is built from a registry of handlers; an operator's tool has none, and
+//! must not start a relay that would claim deliveries. [`Admin`] opens onto a
+//! [`Database`] alone: it reads the status per handler (from the subscriptions every relay
+//! records), lists, retries and discards dead deliveries, purges, and creates deliveries
+//! again for a handler by name. Relays pick retried and re-created deliveries up at their
+//! next poll.
+
+use std::time::Duration;
+
+use keel_orchestrator::operations::Status;
+use keel_orchestrator::{Backend, Database, Error, ensure_outside_unit_of_work};
+use time::OffsetDateTime;
+
+use crate::{DeadLetters, DeliveryOptions};
+
+/// What an operator reads and does on a Keel database. See the module documentation.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), keel_orchestrator::Error> {
+/// use keel_dispatcher::Admin;
+/// let db = keel_orchestrator::Database::<sqlx::Postgres>::connect("postgres://localhost/app").await?;
+/// let admin = Admin::new(db);
+/// for handler in admin.status().await?.handlers {
+///     println!("{}: {} pending, {} dead", handler.handler, handler.pending, handler.dead);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Admin<B: Backend> {
+    db: Database<B>,
+    dead: DeadLetters<B>,
+}
+
+impl<B: Backend> Admin<B> {
+    /// The operator's view of `db`.
+    pub fn new(db: Database<B>) -> Self {
+        let dead = DeadLetters::new(
+            db.clone(),
+            Default::default(),
+            DeliveryOptions::default().purge_batch,
+        );
+        Admin { db, dead }
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database<B> {
+        &self.db
+    }
+
+    /// Deliveries per handler (pending, in flight, retrying, dead, oldest pending age, done
+    /// in the last minute, leases per relay), unrouted events and the relays at work.
+    pub async fn status(&self) -> Result<Status, Error> {
+        ensure_outside_unit_of_work("read the delivery status")?;
+        B::status(&self.db).await
+    }
+
+    /// The dead letter.
+    pub fn dead_letters(&self) -> &DeadLetters<B> {
+        &self.dead
+    }
+
+    /// Every (message, handler) pair a relay recorded on this database.
+    pub async fn subscriptions(&self) -> Result<Vec<(String, String)>, Error> {
+        ensure_outside_unit_of_work("read the subscriptions")?;
+        B::subscriptions(&self.db).await
+    }
+
+    /// Creates, for the subscribed handler `handler`, the deliveries its kept events
+    /// written since `since` lack; with `again`, those it has done too (only for handlers
+    /// whose receiver deduplicates, such as a forwarder to a broker). Returns how many.
+    /// See [`Dispatcher::backfill`](crate::Dispatcher::backfill).
+    pub async fn create_deliveries(
+        &self,
+        handler: &str,
+        since: OffsetDateTime,
+        again: bool,
+    ) -> Result<u64, Error> {
+        ensure_outside_unit_of_work("backfill a handler")?;
+        let subscriptions = self.subscriptions().await?;
+        let Some((message, _)) = subscriptions.iter().find(|(_, h)| h == handler) else {
+            return Err(Error::rejected(std::io::Error::other(format!(
+                "no relay has recorded a handler named `{handler}` on this database: \
+                 check the name with `keel status`"
+            ))));
+        };
+        B::backfill(&self.db, message, handler, since, again).await
+    }
+
+    /// Removes done deliveries finished more than `done_older_than` ago and dead ones given
+    /// up more than `dead_older_than` ago (`None`: keep them), in bounded batches, calling
+    /// `progress` with the running total after each; returns the rows removed.
+    pub async fn purge(
+        &self,
+        done_older_than: Option<Duration>,
+        dead_older_than: Option<Duration>,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<u64, Error> {
+        ensure_outside_unit_of_work("purge")?;
+        let batch = DeliveryOptions::default().purge_batch;
+        crate::dispatcher::purge_all(
+            &self.db,
+            done_older_than,
+            dead_older_than,
+            batch,
+            &mut progress,
+        )
+        .await
+    }
+}
