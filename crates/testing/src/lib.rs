@@ -91,6 +91,7 @@ fn options_for(
 #[derive(Debug)]
 pub struct TestDatabase<B: Backend> {
     database: Database<B>,
+    url: String,
     cleanup: Cleanup,
 }
 
@@ -134,6 +135,11 @@ impl<B: TestBackend> TestDatabase<B> {
     pub fn database(&self) -> &Database<B> {
         &self.database
     }
+
+    /// The database's URL, password included (for a subprocess under test).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -146,9 +152,10 @@ impl TestBackend for sqlx::Sqlite {
             .join("keel-tests")
             .join(format!("{}.db", uuid::Uuid::now_v7().simple()));
         let url = format!("sqlite:{}", path.display());
-        let database = connect_and_migrate(options_for(url, configure)).await;
+        let database = connect_and_migrate(options_for(url.clone(), configure)).await;
         Some(TestDatabase {
             database,
+            url,
             cleanup: Cleanup::File(path),
         })
     }
@@ -188,6 +195,7 @@ impl TestBackend for sqlx::Postgres {
         let database = connect_and_migrate(options_for(url.as_str(), configure)).await;
         Some(TestDatabase {
             database,
+            url: url.to_string(),
             cleanup: Cleanup::Server { admin_url, name },
         })
     }
