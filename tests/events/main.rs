@@ -19,6 +19,7 @@ mod postgres {
     mod incident_postgres;
     mod registry;
     mod support;
+    mod telemetry;
 }
 
 #[path = "."]
@@ -30,4 +31,5 @@ mod sqlite {
     mod delivery;
     mod registry;
     mod support;
+    mod telemetry;
 }

@@ -57,6 +57,14 @@ impl<B: Backend> Admin<B> {
         B::status(&self.db).await
     }
 
+    /// Reads the status and sets the gauges of [`keel_orchestrator::telemetry`] from it
+    /// (each relay does this every few seconds); returns the status read.
+    pub async fn record_gauges(&self) -> Result<Status, Error> {
+        let status = self.status().await?;
+        keel_orchestrator::telemetry::record_status(&status);
+        Ok(status)
+    }
+
     /// The dead letter.
     pub fn dead_letters(&self) -> &DeadLetters<B> {
         &self.dead

@@ -2,10 +2,12 @@
 //! record the outcome of every delivery in it.
 
 use std::panic::AssertUnwindSafe;
+use std::time::Instant;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use keel_orchestrator::outbox::{Claim, Group, Next};
+use keel_orchestrator::telemetry::{self, Outcome};
 use keel_orchestrator::{Backend, Error};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -33,6 +35,7 @@ pub(crate) async fn execute<B: Backend>(
 }
 
 async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: OwnedSemaphorePermit) {
+    let started = Instant::now();
     // A group that waited long for a delivery slot renews its leases first; deliveries
     // whose lease was taken over meanwhile do not run here.
     let lease = dispatcher.options().lease_duration();
@@ -66,7 +69,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
             Ok(_) => claims.push(claim),
             Err(reason) => {
                 let error = format!("event {} cannot be read: {reason}", claim.event_id);
-                finish_failed(dispatcher, &[claim], error, Retry::Never).await;
+                finish_failed(dispatcher, &[claim], error, Retry::Never, started).await;
             }
         }
     }
@@ -85,7 +88,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
              register it, then retry this entry from the dead letter",
             first.handler, envelopes[0].name
         );
-        return finish_failed(dispatcher, &claims, error, Retry::Never).await;
+        return finish_failed(dispatcher, &claims, error, Retry::Never, started).await;
     };
 
     // A command of a batch that does not decode (an older or foreign shape) is dead on its
@@ -98,7 +101,9 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
         let mut bad = undecodable.into_iter().peekable();
         for (at, (claim, envelope)) in claims.into_iter().zip(envelopes).enumerate() {
             match bad.next_if(|(bad_at, _)| *bad_at == at) {
-                Some((_, error)) => finish_failed(dispatcher, &[claim], error, Retry::Never).await,
+                Some((_, error)) => {
+                    finish_failed(dispatcher, &[claim], error, Retry::Never, started).await
+                }
                 None => {
                     kept.0.push(claim);
                     kept.1.push(envelope);
@@ -119,7 +124,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
              of them stopped (crash, abort, out of memory?) before recording an outcome; fix the \
              cause, then retry this entry from the dead letter"
         );
-        return finish_failed(dispatcher, &claims, error, Retry::Never).await;
+        return finish_failed(dispatcher, &claims, error, Retry::Never, started).await;
     }
 
     let timeout = dispatcher.options().handler_timeout;
@@ -160,6 +165,12 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
                     );
                 }
             }
+            telemetry::delivery(
+                &first.handler,
+                claims.len(),
+                Outcome::Done,
+                started.elapsed(),
+            );
             tracing::debug!(handler = %first.handler, count = claims.len(), "handled");
             return;
         }
@@ -187,7 +198,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
             Retry::Policy,
         ),
     };
-    finish_failed(dispatcher, &claims, error, retry).await
+    finish_failed(dispatcher, &claims, error, retry, started).await
 }
 
 /// What a failed attempt allows next.
@@ -209,6 +220,7 @@ fn finish_failed<'a, B: Backend>(
     claims: &'a [Claim],
     error: String,
     retry: Retry,
+    started: Instant,
 ) -> BoxFuture<'a, ()> {
     Box::pin(async move {
         let db = dispatcher.database().clone();
@@ -225,6 +237,7 @@ fn finish_failed<'a, B: Backend>(
                     handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                     %error, "delivery failed; moved to the dead letter"
                 );
+                telemetry::delivery(&claim.handler, 1, Outcome::Dead, started.elapsed());
                 Next::Dead
             } else {
                 let delay = match retry {
@@ -235,6 +248,7 @@ fn finish_failed<'a, B: Backend>(
                     handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                     %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"
                 );
+                telemetry::delivery(&claim.handler, 1, Outcome::Retried, started.elapsed());
                 Next::RetryIn(delay)
             };
             if let Err(failure) = B::record_failure(&db, claim, &error, next).await {

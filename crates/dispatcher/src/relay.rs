@@ -134,8 +134,8 @@ async fn subscribe<B: Backend>(
 }
 
 /// Reports every [`HEARTBEAT`] that this process runs a relay, so that an operator can tell
-/// which process holds a lease (`keel status`). Best effort: a failed report is retried at
-/// the next beat.
+/// which process holds a lease (`keel status`), and sets the backlog gauges from the same
+/// read as `keel status`. Best effort: a failed report is retried at the next beat.
 async fn heartbeat<B: Backend>(
     db: keel_orchestrator::Database<B>,
     mut stop: watch::Receiver<bool>,
@@ -144,6 +144,10 @@ async fn heartbeat<B: Backend>(
     loop {
         if let Err(error) = B::heartbeat(&db, &process, &host, pid).await {
             tracing::debug!(%error, "relay heartbeat failed");
+        }
+        match B::status(&db).await {
+            Ok(status) => keel_orchestrator::telemetry::record_status(&status),
+            Err(error) => tracing::debug!(%error, "could not read the status for the gauges"),
         }
         tokio::select! {
             _ = stop.changed() => return,

@@ -73,6 +73,7 @@ mod retry;
 mod sqlite;
 #[doc(hidden)]
 pub mod store;
+pub mod telemetry;
 mod transaction;
 mod tx;
 mod unit_of_work;

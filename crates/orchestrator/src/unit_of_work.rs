@@ -132,6 +132,7 @@ impl<B: Backend> Database<B> {
                 attempt,
                 outcome = tracing::field::Empty,
             );
+            crate::telemetry::unit_of_work_attempt(options.name);
             let result = self
                 .attempt(options, attempt, &mut steps)
                 .instrument(span.clone())
@@ -146,10 +147,11 @@ impl<B: Backend> Database<B> {
                 {
                     let delay = options.retry.jittered_delay_before(attempt + 1);
                     span.record("outcome", "retrying");
+                    crate::telemetry::unit_of_work_retry(options.name, &error);
                     tracing::debug!(
                         parent: &span,
                         %error,
-                        delay_ms = delay.as_secs_f64() * 1e3,
+                        delay_ms = delay.as_millis() as u64,
                         "transient failure; re-running the unit of work on a fresh transaction",
                     );
                     tokio::time::sleep(delay).await;
@@ -157,7 +159,7 @@ impl<B: Backend> Database<B> {
                 }
                 Err(error) if error.is_transient() => {
                     span.record("outcome", "gave_up");
-                    tracing::warn!(parent: &span, %error, "unit of work gave up after {attempt} attempts");
+                    tracing::warn!(parent: &span, %error, attempts = attempt, "unit of work gave up");
                     return Err(Error::RetriesExhausted {
                         unit_of_work: options.name,
                         attempts: attempt,

@@ -27,9 +27,9 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPoolOpti
 use tokio::sync::watch;
 
 use crate::database::invalid;
-use crate::operations::{DeadFilter, Status};
+use crate::operations::DeadFilter;
 use crate::outbox::{Claim, DeadLetter, Group, Incoming, NOTIFY_CHANNEL, Next, Outgoing};
-use crate::store::{Operations, Saved, Store};
+use crate::store::{Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
@@ -346,28 +346,5 @@ mod tests {
         assert!(err.contains("scheme is `mysql`"), "{err}");
         assert!(!err.contains("pw"), "{err}");
         assert!(Postgres::normalise_url("just-a-path.db").is_err());
-    }
-}
-
-impl Operations for Postgres {
-    async fn heartbeat(
-        db: &Database<Postgres>,
-        process: &str,
-        host: &str,
-        pid: u32,
-    ) -> Result<(), Error> {
-        operations::heartbeat(db, process, host, pid).await
-    }
-
-    async fn status(db: &Database<Postgres>) -> Result<Status, Error> {
-        operations::status(db).await
-    }
-
-    async fn subscriptions(db: &Database<Postgres>) -> Result<Vec<(String, String)>, Error> {
-        operations::subscriptions(db).await
-    }
-
-    async fn applied_migrations(db: &Database<Postgres>) -> Result<Option<Vec<i64>>, Error> {
-        operations::applied_migrations(db).await
     }
 }

@@ -4,6 +4,7 @@ use sqlx::Postgres;
 use time::OffsetDateTime;
 
 use crate::operations::{Counts, RelayStatus, Status};
+use crate::store::Operations;
 use crate::{Database, Error};
 
 pub(super) async fn heartbeat(
@@ -126,4 +127,27 @@ pub(super) async fn subscriptions(db: &Database<Postgres>) -> Result<Vec<(String
             .fetch_all(&mut *conn)
             .await?,
     )
+}
+
+impl Operations for Postgres {
+    async fn heartbeat(
+        db: &Database<Postgres>,
+        process: &str,
+        host: &str,
+        pid: u32,
+    ) -> Result<(), Error> {
+        heartbeat(db, process, host, pid).await
+    }
+
+    async fn status(db: &Database<Postgres>) -> Result<Status, Error> {
+        status(db).await
+    }
+
+    async fn subscriptions(db: &Database<Postgres>) -> Result<Vec<(String, String)>, Error> {
+        subscriptions(db).await
+    }
+
+    async fn applied_migrations(db: &Database<Postgres>) -> Result<Option<Vec<i64>>, Error> {
+        applied_migrations(db).await
+    }
 }

@@ -27,9 +27,9 @@ use sqlx::{AssertSqlSafe, Executor, Sqlite};
 use tokio::sync::watch;
 
 use crate::database::invalid;
-use crate::operations::{DeadFilter, Status};
+use crate::operations::DeadFilter;
 use crate::outbox::{Claim, DeadLetter, Group, Incoming, Next, Outgoing};
-use crate::store::{Operations, Saved, Store};
+use crate::store::{Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
@@ -416,28 +416,5 @@ mod tests {
             err.contains("scheme is `postgres`") && !err.contains("pw"),
             "{err}"
         );
-    }
-}
-
-impl Operations for Sqlite {
-    async fn heartbeat(
-        db: &Database<Sqlite>,
-        process: &str,
-        host: &str,
-        pid: u32,
-    ) -> Result<(), Error> {
-        operations::heartbeat(db, process, host, pid).await
-    }
-
-    async fn status(db: &Database<Sqlite>) -> Result<Status, Error> {
-        operations::status(db).await
-    }
-
-    async fn subscriptions(db: &Database<Sqlite>) -> Result<Vec<(String, String)>, Error> {
-        operations::subscriptions(db).await
-    }
-
-    async fn applied_migrations(db: &Database<Sqlite>) -> Result<Option<Vec<i64>>, Error> {
-        operations::applied_migrations(db).await
     }
 }

@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 
 use super::now_ms;
 use crate::operations::{Counts, RelayStatus, Status};
+use crate::store::Operations;
 use crate::{Database, Error};
 
 pub(super) async fn heartbeat(
@@ -136,4 +137,27 @@ pub(super) async fn subscriptions(db: &Database<Sqlite>) -> Result<Vec<(String, 
             .fetch_all(&mut *conn)
             .await?,
     )
+}
+
+impl Operations for Sqlite {
+    async fn heartbeat(
+        db: &Database<Sqlite>,
+        process: &str,
+        host: &str,
+        pid: u32,
+    ) -> Result<(), Error> {
+        heartbeat(db, process, host, pid).await
+    }
+
+    async fn status(db: &Database<Sqlite>) -> Result<Status, Error> {
+        status(db).await
+    }
+
+    async fn subscriptions(db: &Database<Sqlite>) -> Result<Vec<(String, String)>, Error> {
+        subscriptions(db).await
+    }
+
+    async fn applied_migrations(db: &Database<Sqlite>) -> Result<Option<Vec<i64>>, Error> {
+        applied_migrations(db).await
+    }
 }
