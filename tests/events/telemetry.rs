@@ -181,3 +181,191 @@ async fn recorded() {
         run(test.database().clone()).await;
     }
 }
+
+// ---- traces across the outbox ---------------------------------------------------------
+
+/// The trace of the request that records the events: a remote parent, as an HTTP layer
+/// would extract it from the request's `traceparent`.
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// The current span's trace id, as OpenTelemetry sees it.
+fn current_trace() -> String {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .trace_id()
+        .to_string()
+}
+
+/// Writes the trace id its span belongs to.
+async fn traced(event: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    let (order_id, trace) = (event.order_id, current_trace());
+    ctx.unit_of_work(async |tx| {
+        sqlx::query("INSERT INTO traces (order_id, trace) VALUES ($1, $2)")
+            .bind(order_id)
+            .bind(trace.as_str())
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+fn traced_registry() -> Registry {
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<OrderPlaced, _>("traced", traced))
+        .unwrap();
+    registry
+}
+
+/// An OpenTelemetry layer for this thread; Keel's spans are DEBUG, and must be seen.
+fn otel_subscriber() -> tracing::subscriber::DefaultGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer());
+    tracing::subscriber::set_default(subscriber)
+}
+
+/// Records order `order_id` inside a request span that continues [`TRACE`].
+async fn record_in_request(app: &App, order_id: i64) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let request = tracing::info_span!("request");
+    let remote = SpanContext::new(
+        TraceId::from_hex(TRACE).unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    );
+    request
+        .set_parent(opentelemetry::Context::new().with_remote_span_context(remote))
+        .unwrap();
+    async {
+        assert_eq!(current_trace(), TRACE);
+        app.session()
+            .unit_of_work(async |tx| tx.record(OrderPlaced { order_id }))
+            .await
+            .unwrap();
+    }
+    .instrument(request)
+    .await;
+}
+
+async fn traces(db: &Database) -> Vec<(i64, String)> {
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query_as("SELECT order_id, trace FROM traces ORDER BY order_id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+}
+
+async fn fast_path_continues_the_trace(db: Database) {
+    let _subscriber = otel_subscriber();
+    db.execute_script("CREATE TABLE traces (order_id BIGINT, trace TEXT)")
+        .await
+        .unwrap();
+    let app = App::builder(db.clone(), traced_registry()).start();
+    record_in_request(&app, 1).await;
+    // Outside any request: a trace of its own, nothing carried over.
+    app.session()
+        .unit_of_work(async |tx| tx.record(OrderPlaced { order_id: 2 }))
+        .await
+        .unwrap();
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(10))
+            .await
+            .unwrap()
+    );
+    let seen = traces(&db).await;
+    assert_eq!(seen[0], (1, TRACE.to_owned()));
+    assert_eq!(seen[1].0, 2);
+    assert_ne!(seen[1].1, TRACE);
+    app.shutdown().await.unwrap();
+}
+
+const CHILD_URL: &str = "KEEL_TEST_TRACE_CHILD_URL";
+
+/// Another process's relay delivers what this one recorded without delivering it.
+async fn a_relay_of_another_process_continues_the_trace(test_url: String, db: Database) {
+    let _subscriber = otel_subscriber();
+    db.execute_script("CREATE TABLE traces (order_id BIGINT, trace TEXT)")
+        .await
+        .unwrap();
+    // Relays record their subscriptions: the child's, before this process records.
+    let producer = App::builder(db.clone(), traced_registry())
+        .delivery(DeliveryOptions::default().fast_path(false))
+        .relay(false)
+        .start();
+    let (_, path) = module_path!().split_once("::").unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            &format!("{path}::relay_child"),
+            "--test-threads=1",
+        ])
+        .env(CHILD_URL, &test_url)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The child's relay records its subscription; then the event gets a delivery for it.
+    for _ in 0..200 {
+        if !Admin::new(db.clone())
+            .subscriptions()
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    record_in_request(&producer, 1).await;
+    assert!(child.wait().unwrap().success(), "the child relay failed");
+    assert_eq!(traces(&db).await, vec![(1, TRACE.to_owned())]);
+    producer.shutdown().await.unwrap();
+}
+
+/// The child process of [`a_relay_of_another_process_continues_the_trace`]: a relay that
+/// delivers one event, then stops.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "the child process of a_relay_of_another_process_continues_the_trace"]
+async fn relay_child() {
+    let _subscriber = otel_subscriber();
+    let url = std::env::var(CHILD_URL).expect("started by the parent test");
+    let db = Database::connect(&url).await.unwrap();
+    let app = App::builder(db.clone(), traced_registry())
+        .delivery(DeliveryOptions::default().poll_interval(Duration::from_millis(20)))
+        .start();
+    for _ in 0..400 {
+        if !traces(&db).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn fast_path() {
+    if let Some(test) = keel_testing::TestDatabase::<super::B>::new().await {
+        fast_path_continues_the_trace(test.database().clone()).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn other_process() {
+    if let Some(test) = keel_testing::TestDatabase::<super::B>::new().await {
+        a_relay_of_another_process_continues_the_trace(
+            test.url().to_owned(),
+            test.database().clone(),
+        )
+        .await;
+    }
+}

@@ -179,13 +179,23 @@ impl<B: Backend> Dispatcher<B> {
         self.inner.running.start();
         let guard = InFlight(self.inner.clone());
         // DEBUG: one span per delivery is the hot path's, not an operator's, level.
+        let envelope = first.event.as_ref().ok();
         let span = tracing::debug_span!(
             "deliver",
             handler = %first.handler,
             event_id = %first.event_id,
             attempt = first.attempt,
             count = group.claims.len(),
+            correlation_id = envelope.map(|e| tracing::field::display(e.correlation_id)),
+            causation_id = envelope
+                .and_then(|e| e.causation_id)
+                .map(tracing::field::display),
         );
+        // The handler's span continues the trace that recorded the event (a batch: its
+        // first command's).
+        if let Some(envelope) = envelope {
+            keel_orchestrator::trace::continue_trace(&span, &envelope.headers);
+        }
         let permits = self.inner.permits.clone();
         let dispatcher = self.clone();
         tokio::spawn(

@@ -74,6 +74,7 @@ mod sqlite;
 #[doc(hidden)]
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 mod transaction;
 mod tx;
 mod unit_of_work;

@@ -53,6 +53,7 @@ pub(crate) fn prepare_command<C: Command>(
         envelope.correlation_id = cause.correlation_id;
         envelope.causation_id = Some(cause.causation_id);
     }
+    crate::trace::capture(&mut envelope.headers);
     Ok(Sent {
         envelope,
         key: command.key(),
@@ -95,11 +96,9 @@ impl<'c, B: Backend> Tx<'c, B> {
                 .iter_mut()
                 .chain(commands.iter_mut().map(|c| &mut c.envelope));
             for envelope in envelopes {
+                // Set by the application: wins over a captured trace context.
                 for (name, value) in &self.headers {
-                    envelope
-                        .headers
-                        .entry(name.clone())
-                        .or_insert_with(|| value.clone());
+                    envelope.headers.insert(name.clone(), value.clone());
                 }
             }
         }
@@ -195,7 +194,8 @@ impl<'c, B: Backend> Tx<'c, B> {
             event: E::NAME,
             source,
         })?;
-        let envelope = self.caused(envelope);
+        let mut envelope = self.caused(envelope);
+        crate::trace::capture(&mut envelope.headers);
         self.events.push(envelope);
         Ok(())
     }
