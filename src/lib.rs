@@ -46,8 +46,8 @@ pub use app::{App, AppBuilder};
 pub use keel_dispatcher::{
     Admin, DeadFilter, DeadLetter, DeadLetters, DeliveryOptions, Dispatcher, FailedAttempt,
     Handler, HandlerContext, HandlerFn, HandlerKind, HandlerStatus, Incoming, LeaseHolder,
-    NO_HANDLER, Registry, RegistryError, RelayStatus, SchemaState, Session, Status, WorkerLimits,
-    WorkerReport, register_command_handler, register_handler,
+    NO_HANDLER, Registry, RegistryError, RelayHealth, RelayStatus, SchemaState, Session, Status,
+    WorkerLimits, WorkerReport, register_command_handler, register_handler,
 };
 pub use keel_domain::{
     Aggregate, Command, DecodeError, DomainEvent, Envelope, EventId, Id, Version,
@@ -56,6 +56,7 @@ pub use keel_orchestrator::{
     Backend, Committed, Database, DatabaseOptions, Error, Isolation, Key, LockMode, LockWait,
     Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWorkOptions, redact_url,
 };
+pub use keel_orchestrator::{telemetry, trace};
 pub use sqlx;
 
 /// Events and commands over NATS JetStream (feature `nats`): see the crate `keel-nats`.

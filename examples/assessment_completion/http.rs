@@ -1,15 +1,21 @@
 //! The HTTP adapter (axum): the same use case behind `POST /assessments/{id}/completion`,
-//! for any backend `B`.
+//! for any backend `B`; `GET /health` and `GET /metrics` for operators.
+//!
+//! Every request runs in a span `http_request` that continues the caller's trace
+//! (`traceparent`): the events it records carry that trace to their handlers.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use keel::{App, Error};
+use keel::{App, Error, RelayHealth};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::domain::{AlreadyCompleted, AssessmentId, AssessmentNotFound, NotCompletable};
 use crate::ports::Store;
@@ -20,7 +26,73 @@ pub fn router<B: Store>(app: App<B>) -> axum::Router {
     axum::Router::new()
         .route("/assessments/{id}/completion", post(complete::<B>))
         .route("/assessments/{id}", get(show::<B>))
+        .route("/health", get(health::<B>))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(traced))
         .with_state(app)
+}
+
+/// Runs the request in its span, continuing the caller's trace.
+async fn traced(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        trace_id = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
+    crate::telemetry::continue_caller_trace(&span, traceparent);
+    next.run(request).instrument(span).await
+}
+
+/// `200` when the database answers and this process's relay runs and reaches it; `503`
+/// otherwise, with what is wrong.
+async fn health<B: Store>(State(app): State<App<B>>) -> Response {
+    let database = async {
+        let mut conn = app.session().acquire().await?;
+        sqlx::Connection::ping(&mut *conn).await?;
+        Ok::<_, Error>(())
+    };
+    let database = match tokio::time::timeout(Duration::from_secs(2), database).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "health: the database does not answer");
+            "unreachable".to_owned()
+        }
+        Err(_) => "no answer within 2 s".to_owned(),
+    };
+    let relay = match app.dispatcher().relay_health() {
+        RelayHealth::Running => "running",
+        RelayHealth::Failing => "cannot reach the database",
+        RelayHealth::Stopped => "stopped",
+        RelayHealth::NotStarted => "not started",
+    };
+    let healthy = database == "ok" && relay == "running";
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({ "status": if healthy { "ok" } else { "unavailable" }, "database": database, "relay": relay });
+    (status, Json(body)).into_response()
+}
+
+/// The metrics in Prometheus's text format.
+async fn metrics() -> Response {
+    match crate::telemetry::prometheus_text() {
+        Some(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            text,
+        )
+            .into_response(),
+        None => problem(StatusCode::NOT_FOUND, "metrics are not enabled".to_owned()),
+    }
 }
 
 fn problem(status: StatusCode, message: String) -> Response {

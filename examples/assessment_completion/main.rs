@@ -30,6 +30,7 @@ mod http;
 mod infrastructure;
 mod ports;
 mod story;
+mod telemetry;
 mod use_cases;
 
 #[cfg(test)]
@@ -51,13 +52,8 @@ enum Mode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    telemetry::init(args.first().is_some_and(|a| a == "--serve"));
     let mode = match args.first().map(String::as_str) {
         None => Mode::Story,
         Some("--serve") => Mode::Serve(args.get(1).cloned().unwrap_or("127.0.0.1:3000".into())),
@@ -143,6 +139,7 @@ async fn serve<B: Schema>(
     db: Database<B>,
     address: &str,
 ) -> Result<(), Box<dyn Error + Send + Sync>> {
+    telemetry::install_prometheus()?;
     let seeded = seed_demo_data(&db).await?;
     let (partner, _) = partner::start_stub(2).await?;
     partner::configure(format!("http://{partner}"));
@@ -158,6 +155,7 @@ async fn serve<B: Schema>(
         "the database's rows"
     };
     println!("  POST /assessments/{{id}}/completion   GET /assessments/{{id}}   ({data})");
+    println!("  GET /health   GET /metrics");
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -228,6 +228,17 @@ async fn the_http_service_maps_every_outcome<B: Schema>(db: Database<B>) {
     assert_eq!(shown["state"], "Completed");
     assert_eq!(shown["version"], 2);
     assert_eq!(get("/assessments/404").await.unwrap().status(), 404);
+    let health = get("/health").await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!((&health["database"], &health["relay"]), (&"ok".into(), &"running".into()));
+    crate::telemetry::install_prometheus().unwrap();
+    post("/assessments/2/completion").await.unwrap();
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("keel_unit_of_work_attempts_total{name=\"complete_assessment\"}"),
+        "{metrics}"
+    );
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

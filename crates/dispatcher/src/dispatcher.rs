@@ -1,5 +1,6 @@
 //! Delivering released events: the fast path, the relay, and the in-flight count.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,22 @@ struct Inner<B: Backend> {
     wake: Arc<Wake>,
     stop: watch::Sender<bool>,
     relay: Mutex<Option<JoinHandle<WorkerReport>>>,
+    /// Whether the relay's last claim failed (the database did not answer).
+    relay_failing: AtomicBool,
     marks: Marks,
+}
+
+/// How this process's relay is doing ([`Dispatcher::relay_health`]), for a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayHealth {
+    /// Not started in this process (only relays of other processes deliver).
+    NotStarted,
+    /// Running, and its last claim reached the database.
+    Running,
+    /// Running, but its last claim failed: it retries until the database answers.
+    Failing,
+    /// Stopped (shut down).
+    Stopped,
 }
 
 impl<B: Backend> std::fmt::Debug for Dispatcher<B> {
@@ -101,6 +117,7 @@ impl<B: Backend> Dispatcher<B> {
                 wake,
                 stop: watch::Sender::new(false),
                 relay: Mutex::new(None),
+                relay_failing: AtomicBool::new(false),
                 marks: Marks::new(),
             }),
         }
@@ -190,6 +207,7 @@ impl<B: Backend> Dispatcher<B> {
             causation_id = envelope
                 .and_then(|e| e.causation_id)
                 .map(tracing::field::display),
+            trace_id = tracing::field::Empty,
         );
         // The handler's span continues the trace that recorded the event (a batch: its
         // first command's).
@@ -238,6 +256,22 @@ impl<B: Backend> Dispatcher<B> {
             &mut |_| {},
         )
         .await
+    }
+
+    /// How this process's relay is doing: for a service's health check.
+    pub fn relay_health(&self) -> RelayHealth {
+        let relay = self.inner.relay.lock().unwrap_or_else(|e| e.into_inner());
+        match relay.as_ref() {
+            None => RelayHealth::NotStarted,
+            Some(task) if task.is_finished() => RelayHealth::Stopped,
+            Some(_) if self.inner.relay_failing.load(Ordering::Relaxed) => RelayHealth::Failing,
+            Some(_) => RelayHealth::Running,
+        }
+    }
+
+    /// Records whether the relay's last claim reached the database.
+    pub(crate) fn set_relay_failing(&self, failing: bool) {
+        self.inner.relay_failing.store(failing, Ordering::Relaxed);
     }
 
     /// Starts the relay in the background, once. Must be called within a Tokio runtime.

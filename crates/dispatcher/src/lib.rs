@@ -59,7 +59,7 @@ mod wake;
 pub use admin::Admin;
 pub use context::HandlerContext;
 pub use dead_letter::DeadLetters;
-pub use dispatcher::Dispatcher;
+pub use dispatcher::{Dispatcher, RelayHealth};
 pub use handler::{Handler, HandlerArg, HandlerCall, HandlerFn, HandlerKind};
 pub use keel_orchestrator::operations::{
     DeadFilter, HandlerStatus, LeaseHolder, RelayStatus, SchemaState, Status,

@@ -265,6 +265,7 @@ async fn claim_loop<B: Backend>(
                     wake.backlog();
                 }
                 if let Some(since) = failing_since.take() {
+                    dispatcher.set_relay_failing(false);
                     tracing::info!(
                         down_for_ms = since.elapsed().as_millis() as u64,
                         "relay reconnected"
@@ -275,6 +276,7 @@ async fn claim_loop<B: Backend>(
             Err(error) => {
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());
+                    dispatcher.set_relay_failing(true);
                     tracing::warn!(%error, "relay cannot reach the database; retrying");
                 }
                 false

@@ -9,8 +9,11 @@ use crate::RetryPolicy;
 
 /// The options of Keel's own short units of work (claims, outcomes): retried more than a
 /// user's, since they only ever meet other workers.
+/// They are left out of the unit-of-work metrics, which count the application's.
 pub(crate) fn internal(name: &'static str) -> UnitOfWorkOptions {
-    UnitOfWorkOptions::named(name).retry(RetryPolicy::default().max_attempts(8))
+    let mut options = UnitOfWorkOptions::named(name).retry(RetryPolicy::default().max_attempts(8));
+    options.internal = true;
+    options
 }
 
 /// Transaction isolation level (PostgreSQL; SQLite transactions are always serializable).
@@ -48,6 +51,7 @@ pub struct UnitOfWorkOptions {
     pub(crate) retry: RetryPolicy,
     pub(crate) cause: Option<Cause>,
     pub(crate) processes: Option<(Vec<EventId>, &'static str)>,
+    pub(crate) internal: bool,
 }
 
 /// The event whose handling runs a unit of work: events it records join the cause's
@@ -73,6 +77,7 @@ impl UnitOfWorkOptions {
             lock_timeout: None,
             retry: RetryPolicy::default(),
             cause: None,
+            internal: false,
             processes: None,
         }
     }

@@ -4,7 +4,7 @@
 //!
 //! | name | kind | labels | what |
 //! |---|---|---|---|
-//! | `keel_unit_of_work_attempts_total` | counter | `name` | attempts of units of work (first runs and re-runs) |
+//! | `keel_unit_of_work_attempts_total` | counter | `name` | attempts of the application's units of work (first runs and re-runs; Keel's own are left out) |
 //! | `keel_unit_of_work_retries_total` | counter | `name`, `cause` | re-runs after a transient failure, by cause |
 //! | `keel_deliveries_done_total` | counter | `handler` | deliveries handled |
 //! | `keel_deliveries_failed_total` | counter | `handler` | failed attempts |

@@ -50,8 +50,9 @@ pub(crate) fn capture(headers: &mut BTreeMap<String, String>) {
 #[cfg(not(feature = "opentelemetry"))]
 pub(crate) fn capture(_headers: &mut BTreeMap<String, String>) {}
 
-/// Makes `span` (not yet entered) continue the trace whose context `headers` hold, if any.
-/// A malformed `traceparent` is ignored: the span starts a trace of its own.
+/// Makes `span` (not yet entered) continue the trace whose context `headers` hold, if any,
+/// and records its id in the span's `trace_id` field (when it has one), so that logs show
+/// it. A malformed `traceparent` is ignored: the span starts a trace of its own.
 #[cfg(feature = "opentelemetry")]
 pub fn continue_trace(span: &tracing::Span, headers: &BTreeMap<String, String>) {
     use std::str::FromStr;
@@ -82,10 +83,16 @@ pub fn continue_trace(span: &tracing::Span, headers: &BTreeMap<String, String>) 
         .get(TRACESTATE)
         .and_then(|s| TraceState::from_str(s).ok())
         .unwrap_or_default();
+    span.record("trace_id", tracing::field::display(trace_id));
     let remote = SpanContext::new(trace_id, span_id, TraceFlags::new(flags), true, state);
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }
 
-/// Without the `opentelemetry` feature, spans start traces of their own.
+/// Without the `opentelemetry` feature, spans start traces of their own; the trace id of
+/// `traceparent` is still recorded in the span's `trace_id` field.
 #[cfg(not(feature = "opentelemetry"))]
-pub fn continue_trace(_span: &tracing::Span, _headers: &BTreeMap<String, String>) {}
+pub fn continue_trace(span: &tracing::Span, headers: &BTreeMap<String, String>) {
+    if let Some(trace_id) = headers.get(TRACEPARENT).and_then(|p| p.split('-').nth(1)) {
+        span.record("trace_id", trace_id);
+    }
+}

@@ -132,7 +132,9 @@ impl<B: Backend> Database<B> {
                 attempt,
                 outcome = tracing::field::Empty,
             );
-            crate::telemetry::unit_of_work_attempt(options.name);
+            if !options.internal {
+                crate::telemetry::unit_of_work_attempt(options.name);
+            }
             let result = self
                 .attempt(options, attempt, &mut steps)
                 .instrument(span.clone())
@@ -147,7 +149,9 @@ impl<B: Backend> Database<B> {
                 {
                     let delay = options.retry.jittered_delay_before(attempt + 1);
                     span.record("outcome", "retrying");
-                    crate::telemetry::unit_of_work_retry(options.name, &error);
+                    if !options.internal {
+                        crate::telemetry::unit_of_work_retry(options.name, &error);
+                    }
                     tracing::debug!(
                         parent: &span,
                         %error,
