@@ -231,7 +231,10 @@ async fn the_http_service_maps_every_outcome<B: Schema>(db: Database<B>) {
     let health = get("/health").await.unwrap();
     assert_eq!(health.status(), 200);
     let health: serde_json::Value = health.json().await.unwrap();
-    assert_eq!((&health["database"], &health["relay"]), (&"ok".into(), &"running".into()));
+    assert_eq!(
+        (&health["database"], &health["relay"]),
+        (&"ok".into(), &"running".into())
+    );
     crate::telemetry::install_prometheus().unwrap();
     post("/assessments/2/completion").await.unwrap();
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();

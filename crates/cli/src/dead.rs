@@ -97,7 +97,7 @@ async fn apply<B: Backend>(
         )));
     }
     if letters.len() > 1 && !bulk.yes {
-        confirm(&format!("{verb} {} dead deliveries?", letters.len()), verb)?;
+        confirm(&format!("{verb} {}?", deliveries(letters.len())), verb)?;
     }
     let dead = admin.dead_letters();
     let (total, mut changed) = (letters.len(), Vec::with_capacity(letters.len()));
@@ -126,9 +126,17 @@ async fn apply<B: Backend>(
                 json!({ act.done(): changed.len(), "deliveries": deliveries })
             );
         }
-        Output::Text => println!("{} {} dead deliveries", act.done(), changed.len()),
+        Output::Text => println!("{} {}", act.done(), deliveries(changed.len())),
     }
     Ok(())
+}
+
+/// `1 dead delivery`, `3 dead deliveries`.
+fn deliveries(count: usize) -> String {
+    match count {
+        1 => "1 dead delivery".to_owned(),
+        n => format!("{n} dead deliveries"),
+    }
 }
 
 /// Asks on the terminal; refuses when standard input is not one.

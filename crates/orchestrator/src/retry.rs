@@ -87,10 +87,15 @@ impl RetryPolicy {
         self
     }
 
-    /// Delay before the second attempt.
+    /// Delay before the second attempt. A base delay longer than the cap lifts the cap to
+    /// it (the default cap, 500 ms, suits units of work, not a handler's "retry in an
+    /// hour"); a [`max_delay`](Self::max_delay) set afterwards still applies.
     #[must_use]
     pub fn base_delay(mut self, delay: Duration) -> Self {
         self.base_delay = delay;
+        if self.max_delay.is_some_and(|cap| cap < delay) {
+            self.max_delay = Some(delay);
+        }
         self
     }
 
@@ -187,6 +192,20 @@ mod tests {
             .jitter(0.0);
         let ms: Vec<u128> = (1..=6).map(|n| p.delay_before(n).as_millis()).collect();
         assert_eq!(ms, vec![0, 10, 30, 90, 200, 200]);
+    }
+
+    #[test]
+    fn a_base_delay_longer_than_the_default_cap_is_waited() {
+        // The default cap (500 ms) suits units of work; a handler's "retry in an hour"
+        // must not be cut to it.
+        let p = RetryPolicy::default()
+            .base_delay(Duration::from_secs(3600))
+            .jitter(0.0);
+        assert_eq!(p.delay_before(2), Duration::from_secs(3600));
+        assert_eq!(p.delay_before(3), Duration::from_secs(3600));
+        // A cap set afterwards still applies.
+        let capped = p.max_delay(Duration::from_secs(60));
+        assert_eq!(capped.delay_before(2), Duration::from_secs(60));
     }
 
     #[test]
