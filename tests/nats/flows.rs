@@ -306,3 +306,86 @@ async fn a_trace_context_travels_with_its_event() {
     orders.shutdown().await.unwrap();
     billing.shutdown().await.unwrap();
 }
+
+/// Writes the trace id of its own span.
+async fn record_span_trace(_: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::Span::current().context();
+    let trace = span.span().span_context().trace_id().to_string();
+    ctx.unit_of_work(async |tx| {
+        sqlx::query("INSERT INTO traces (traceparent) VALUES ($1)")
+            .bind(trace.as_str())
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Without any header set by the application: the span that records the event is a
+/// request's continuing a caller's trace; the handler's span in the other service, after
+/// both outboxes and the broker, continues the same trace. One thread, so that the
+/// OpenTelemetry layer installed for it sees every task.
+#[tokio::test(flavor = "current_thread")]
+async fn the_recording_span_s_trace_reaches_the_other_service_s_handler() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(tracing_opentelemetry::layer()),
+    );
+    let Some(broker) = broker().await else { return };
+    let (orders_db, billing_db) = (database().await, database().await);
+    let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
+    billing_db
+        .execute_script("CREATE TABLE traces (traceparent TEXT NOT NULL)")
+        .await
+        .unwrap();
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<Ticked, _>("span_trace", record_span_trace))
+        .unwrap();
+    let billing = App::builder(billing_db.clone(), registry)
+        .delivery(quick())
+        .start();
+    let consumers = Consumers::start(
+        billing.dispatcher(),
+        broker.clone(),
+        ConsumerOptions::new("billing_spans"),
+        &["span_trace"],
+    )
+    .unwrap();
+    let orders = producer_with(orders_db, &broker, quick().fast_path(false));
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let request = tracing::info_span!("request");
+    let caller = SpanContext::new(
+        TraceId::from_hex(trace_id).unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        Default::default(),
+    );
+    request
+        .set_parent(opentelemetry::Context::new().with_remote_span_context(caller))
+        .unwrap();
+    orders
+        .session()
+        .unit_of_work(async |tx| tx.record(Ticked { seq: 1 }))
+        .instrument(request)
+        .await
+        .unwrap();
+    assert_eq!(until(billing_db, "SELECT COUNT(*) FROM traces", 1).await, 1);
+    let mut conn = billing_db.acquire().await.unwrap();
+    let (trace,): (String,) = sqlx::query_as("SELECT traceparent FROM traces")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(trace, trace_id);
+    consumers.shutdown().await;
+    orders.shutdown().await.unwrap();
+    billing.shutdown().await.unwrap();
+}
