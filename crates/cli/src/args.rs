@@ -9,17 +9,18 @@ use time::OffsetDateTime;
 /// Operate a Keel database: delivery status, dead letters, purge, migrations,
 /// re-publishing to the broker.
 #[derive(Debug, Parser)]
-#[command(name = "keel", version, propagate_version = true)]
+#[command(
+    name = "keel",
+    version,
+    propagate_version = true,
+    after_help = "Exit codes: 0 done; 1 failed (database unreachable, schema missing or \
+                  outdated); 2 wrong command line, or a bulk action not confirmed; 3 nothing \
+                  matched."
+)]
 pub(crate) struct Cli {
     /// The database: postgres://… or sqlite:…; the password is never printed.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        global = true,
-        hide_env_values = true,
-        default_value = ""
-    )]
-    pub(crate) database_url: String,
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
 
     /// Print JSON (one document; one per line with `status --watch`).
     #[arg(long, global = true)]

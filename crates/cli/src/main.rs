@@ -33,11 +33,13 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return Failure::failed(format!("cannot start: {error}")).report(None),
     };
-    let url = cli.database_url.clone();
+    let Some(url) = cli.database_url.clone() else {
+        return Failure::usage("no database: set DATABASE_URL or pass --database-url").report(None);
+    };
     let result = runtime.block_on(async {
         match backend_of(&url)? {
-            Scheme::Postgres => run::<keel::sqlx::Postgres>(cli).await,
-            Scheme::Sqlite => run::<keel::sqlx::Sqlite>(cli).await,
+            Scheme::Postgres => run::<keel::sqlx::Postgres>(&url, cli).await,
+            Scheme::Sqlite => run::<keel::sqlx::Sqlite>(&url, cli).await,
         }
     });
     match result {
@@ -63,8 +65,8 @@ fn backend_of(url: &str) -> Result<Scheme, Failure> {
     }
 }
 
-async fn run<B: Backend>(cli: Cli) -> Result<(), Failure> {
-    let db = open::<B>(&cli.database_url).await?;
+async fn run<B: Backend>(url: &str, cli: Cli) -> Result<(), Failure> {
+    let db = open::<B>(url).await?;
     if let Command::Migrate = cli.command {
         return maintain::migrate(&db, cli.json).await;
     }
