@@ -66,8 +66,9 @@ fn backend_of(url: &str) -> Result<Scheme, Failure> {
 }
 
 async fn run<B: Backend>(url: &str, cli: Cli) -> Result<(), Failure> {
-    let db = open::<B>(url).await?;
-    if let Command::Migrate = cli.command {
+    let migrating = matches!(cli.command, Command::Migrate);
+    let db = open::<B>(url, migrating).await?;
+    if migrating {
         return maintain::migrate(&db, cli.json).await;
     }
     check_schema(&db).await?;
@@ -82,9 +83,10 @@ async fn run<B: Backend>(url: &str, cli: Cli) -> Result<(), Failure> {
     }
 }
 
-/// Opens a small pool: the command runs one statement at a time.
-async fn open<B: Backend>(url: &str) -> Result<Database<B>, Failure> {
-    if let Some(path) = url.strip_prefix("sqlite:") {
+/// Opens a small pool: the command runs one statement at a time. A missing SQLite file is
+/// created only by `migrate`: for any other command it is a wrong path.
+async fn open<B: Backend>(url: &str, create: bool) -> Result<Database<B>, Failure> {
+    if let (Some(path), false) = (url.strip_prefix("sqlite:"), create) {
         let path = path
             .trim_start_matches("//")
             .split('?')
@@ -98,11 +100,18 @@ async fn open<B: Backend>(url: &str) -> Result<Database<B>, Failure> {
     }
     // One direct connection first: a refused or unknown host fails at once with its cause,
     // where the pool would retry until its timeout and report only that it timed out.
-    let direct = <B::Connection as keel::sqlx::Connection>::connect(url);
+    // (SQLite: the pool's own options create a missing file.)
+    let direct = async {
+        if url.starts_with("sqlite:") {
+            return Ok(None);
+        }
+        <B::Connection as keel::sqlx::Connection>::connect(url).await.map(Some)
+    };
     match tokio::time::timeout(std::time::Duration::from_secs(10), direct).await {
-        Ok(Ok(conn)) => {
+        Ok(Ok(Some(conn))) => {
             let _ = keel::sqlx::Connection::close(conn).await;
         }
+        Ok(Ok(None)) => {}
         Ok(Err(error)) => {
             return Err(Failure::failed(format!(
                 "cannot connect to {}: {error}",

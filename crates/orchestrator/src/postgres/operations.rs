@@ -7,38 +7,6 @@ use crate::operations::{Counts, RelayStatus, Status};
 use crate::store::Operations;
 use crate::{Database, Error};
 
-pub(super) async fn heartbeat(
-    db: &Database<Postgres>,
-    process: &str,
-    host: &str,
-    pid: u32,
-) -> Result<(), Error> {
-    let mut conn = db.acquire().await?;
-    sqlx::query(
-        "WITH gone AS (DELETE FROM keel_relays WHERE last_seen < now() - interval '1 day')
-         INSERT INTO keel_relays (process, host, pid) VALUES ($1, $2, $3)
-         ON CONFLICT (process) DO UPDATE SET last_seen = now()",
-    )
-    .bind(process)
-    .bind(host)
-    .bind(i64::from(pid))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Counts per (message, handler) from the deliveries, the done log and the subscriptions,
-/// read in one snapshot (`REPEATABLE READ`), so the figures add up.
-pub(super) async fn status(db: &Database<Postgres>) -> Result<Status, Error> {
-    let mut conn = db.acquire().await?;
-    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *conn)
-        .await?;
-    let result = read_status(&mut conn).await;
-    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-    result
-}
-
 async fn read_status(conn: &mut sqlx::PgConnection) -> Result<Status, Error> {
     let counts: Vec<Counts> = sqlx::query_as(
         "SELECT COALESCE(s.message, e.name, '') AS message, d.handler,
@@ -102,33 +70,6 @@ async fn read_status(conn: &mut sqlx::PgConnection) -> Result<Status, Error> {
     })
 }
 
-/// The versions of Keel's migrations applied, or `None` without Keel's migration table.
-pub(super) async fn applied_migrations(db: &Database<Postgres>) -> Result<Option<Vec<i64>>, Error> {
-    let mut conn = db.acquire().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('keel_schema_migrations') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await?;
-    if !exists {
-        return Ok(None);
-    }
-    let versions = sqlx::query_scalar(
-        "SELECT version FROM keel_schema_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Some(versions))
-}
-
-pub(super) async fn subscriptions(db: &Database<Postgres>) -> Result<Vec<(String, String)>, Error> {
-    let mut conn = db.acquire().await?;
-    Ok(
-        sqlx::query_as("SELECT message, handler FROM keel_subscriptions ORDER BY message, handler")
-            .fetch_all(&mut *conn)
-            .await?,
-    )
-}
-
 impl Operations for Postgres {
     async fn heartbeat(
         db: &Database<Postgres>,
@@ -136,18 +77,56 @@ impl Operations for Postgres {
         host: &str,
         pid: u32,
     ) -> Result<(), Error> {
-        heartbeat(db, process, host, pid).await
+        let mut conn = db.acquire().await?;
+        sqlx::query(
+            "WITH gone AS (DELETE FROM keel_relays WHERE last_seen < now() - interval '1 day')
+             INSERT INTO keel_relays (process, host, pid) VALUES ($1, $2, $3)
+             ON CONFLICT (process) DO UPDATE SET last_seen = now()",
+        )
+        .bind(process)
+        .bind(host)
+        .bind(i64::from(pid))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 
+    /// Counts per (message, handler) from the deliveries, the done log and the subscriptions,
+    /// read in one snapshot (`REPEATABLE READ`), so the figures add up.
     async fn status(db: &Database<Postgres>) -> Result<Status, Error> {
-        status(db).await
+        let mut conn = db.acquire().await?;
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut *conn)
+            .await?;
+        let result = read_status(&mut conn).await;
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        result
+    }
+
+    /// The versions of Keel's migrations applied, or `None` without Keel's migration table.
+    async fn applied_migrations(db: &Database<Postgres>) -> Result<Option<Vec<i64>>, Error> {
+        let mut conn = db.acquire().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('keel_schema_migrations') IS NOT NULL")
+                .fetch_one(&mut *conn)
+                .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let versions = sqlx::query_scalar(
+            "SELECT version FROM keel_schema_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(Some(versions))
     }
 
     async fn subscriptions(db: &Database<Postgres>) -> Result<Vec<(String, String)>, Error> {
-        subscriptions(db).await
-    }
-
-    async fn applied_migrations(db: &Database<Postgres>) -> Result<Option<Vec<i64>>, Error> {
-        applied_migrations(db).await
+        let mut conn = db.acquire().await?;
+        Ok(sqlx::query_as(
+            "SELECT message, handler FROM keel_subscriptions ORDER BY message, handler",
+        )
+        .fetch_all(&mut *conn)
+        .await?)
     }
 }

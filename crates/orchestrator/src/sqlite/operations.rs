@@ -8,43 +8,6 @@ use crate::operations::{Counts, RelayStatus, Status};
 use crate::store::Operations;
 use crate::{Database, Error};
 
-pub(super) async fn heartbeat(
-    db: &Database<Sqlite>,
-    process: &str,
-    host: &str,
-    pid: u32,
-) -> Result<(), Error> {
-    let mut conn = db.acquire().await?;
-    sqlx::query(concat!(
-        "DELETE FROM keel_relays WHERE last_seen < ",
-        now_ms!(),
-        " - 86400000"
-    ))
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(concat!(
-        "INSERT INTO keel_relays (process, host, pid) VALUES ($1, $2, $3)
-         ON CONFLICT (process) DO UPDATE SET last_seen = ",
-        now_ms!()
-    ))
-    .bind(process)
-    .bind(host)
-    .bind(i64::from(pid))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Counts per (message, handler) from the deliveries, the done log and the subscriptions,
-/// read in one transaction, so the figures add up.
-pub(super) async fn status(db: &Database<Sqlite>) -> Result<Status, Error> {
-    let mut conn = db.acquire().await?;
-    sqlx::query("BEGIN").execute(&mut *conn).await?;
-    let result = read_status(&mut conn).await;
-    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-    result
-}
-
 async fn read_status(conn: &mut sqlx::SqliteConnection) -> Result<Status, Error> {
     let now = super::now(conn).await?;
     let counts: Vec<Counts> = sqlx::query_as(
@@ -111,34 +74,6 @@ async fn read_status(conn: &mut sqlx::SqliteConnection) -> Result<Status, Error>
     })
 }
 
-/// The versions of Keel's migrations applied, or `None` without Keel's migration table.
-pub(super) async fn applied_migrations(db: &Database<Sqlite>) -> Result<Option<Vec<i64>>, Error> {
-    let mut conn = db.acquire().await?;
-    let exists: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'keel_schema_migrations'",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if exists == 0 {
-        return Ok(None);
-    }
-    let versions = sqlx::query_scalar(
-        "SELECT version FROM keel_schema_migrations WHERE success ORDER BY version",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(Some(versions))
-}
-
-pub(super) async fn subscriptions(db: &Database<Sqlite>) -> Result<Vec<(String, String)>, Error> {
-    let mut conn = db.acquire().await?;
-    Ok(
-        sqlx::query_as("SELECT message, handler FROM keel_subscriptions ORDER BY message, handler")
-            .fetch_all(&mut *conn)
-            .await?,
-    )
-}
-
 impl Operations for Sqlite {
     async fn heartbeat(
         db: &Database<Sqlite>,
@@ -146,18 +81,62 @@ impl Operations for Sqlite {
         host: &str,
         pid: u32,
     ) -> Result<(), Error> {
-        heartbeat(db, process, host, pid).await
+        let mut conn = db.acquire().await?;
+        sqlx::query(concat!(
+            "DELETE FROM keel_relays WHERE last_seen < ",
+            now_ms!(),
+            " - 86400000"
+        ))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(concat!(
+            "INSERT INTO keel_relays (process, host, pid) VALUES ($1, $2, $3)
+             ON CONFLICT (process) DO UPDATE SET last_seen = ",
+            now_ms!()
+        ))
+        .bind(process)
+        .bind(host)
+        .bind(i64::from(pid))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 
+    /// Counts per (message, handler) from the deliveries, the done log and the subscriptions,
+    /// read in one transaction, so the figures add up.
     async fn status(db: &Database<Sqlite>) -> Result<Status, Error> {
-        status(db).await
+        let mut conn = db.acquire().await?;
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        let result = read_status(&mut conn).await;
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        result
+    }
+
+    /// The versions of Keel's migrations applied, or `None` without Keel's migration table.
+    async fn applied_migrations(db: &Database<Sqlite>) -> Result<Option<Vec<i64>>, Error> {
+        let mut conn = db.acquire().await?;
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'keel_schema_migrations'",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if exists == 0 {
+            return Ok(None);
+        }
+        let versions = sqlx::query_scalar(
+            "SELECT version FROM keel_schema_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(Some(versions))
     }
 
     async fn subscriptions(db: &Database<Sqlite>) -> Result<Vec<(String, String)>, Error> {
-        subscriptions(db).await
-    }
-
-    async fn applied_migrations(db: &Database<Sqlite>) -> Result<Option<Vec<i64>>, Error> {
-        applied_migrations(db).await
+        let mut conn = db.acquire().await?;
+        Ok(sqlx::query_as(
+            "SELECT message, handler FROM keel_subscriptions ORDER BY message, handler",
+        )
+        .fetch_all(&mut *conn)
+        .await?)
     }
 }
