@@ -18,6 +18,7 @@ mod postgres {
     pub use keel::postgres::{Database, Tx};
 
     mod bank_account;
+    mod connection_postgres;
     mod contention;
     mod contention_postgres;
     mod migrations;

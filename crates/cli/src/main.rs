@@ -105,7 +105,9 @@ async fn open<B: Backend>(url: &str, create: bool) -> Result<Database<B>, Failur
         if url.starts_with("sqlite:") {
             return Ok(None);
         }
-        <B::Connection as keel::sqlx::Connection>::connect(url).await.map(Some)
+        <B::Connection as keel::sqlx::Connection>::connect(url)
+            .await
+            .map(Some)
     };
     match tokio::time::timeout(std::time::Duration::from_secs(10), direct).await {
         Ok(Ok(Some(conn))) => {

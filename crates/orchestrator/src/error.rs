@@ -97,6 +97,31 @@ pub enum Error {
         key: String,
     },
 
+    /// The connection was lost (server restart, failover, a network cut) before the
+    /// transaction committed: the server rolled it back. Transient: a unit of work runs its
+    /// steps again on a fresh connection.
+    #[error(
+        "the connection to the database was lost before the transaction committed (the \
+         database rolled it back): {0}"
+    )]
+    ConnectionLost(#[source] sqlx::Error),
+
+    /// The connection was lost while `COMMIT` was on its way: the transaction may have
+    /// committed or not, and nothing tells which. Not retried, since running the steps
+    /// again could apply them twice: look at the data (or use an idempotency key) before
+    /// trying again.
+    #[error(
+        "unit of work `{unit_of_work}`: the connection was lost during COMMIT, so whether it \
+         committed is unknown; check the data before trying again: {source}"
+    )]
+    CommitOutcomeUnknown {
+        /// The unit of work's name.
+        unit_of_work: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// The database broke a deadlock by aborting this transaction. Transient.
     #[error("deadlock detected; the database aborted this transaction: {0}")]
     Deadlock(#[source] sqlx::Error),
@@ -329,6 +354,7 @@ impl Error {
                 | Error::RowLocked { .. }
                 | Error::Deadlock(_)
                 | Error::SerializationFailure(_)
+                | Error::ConnectionLost(_)
         )
     }
 
@@ -356,7 +382,10 @@ impl From<sqlx::Error> for Error {
             Ok(classified) => return classified,
             Err(error) => error,
         };
-        Error::Database(error)
+        match error {
+            sqlx::Error::Io(_) => Error::ConnectionLost(error),
+            error => Error::Database(error),
+        }
     }
 }
 
@@ -393,6 +422,7 @@ mod tests {
         );
         assert!(Error::Deadlock(sqlx::Error::RowNotFound).is_transient());
         assert!(Error::SerializationFailure(sqlx::Error::RowNotFound).is_transient());
+        assert!(Error::ConnectionLost(sqlx::Error::RowNotFound).is_transient());
 
         assert!(!Error::from(AlreadyCompleted).is_transient());
         assert!(!Error::Database(sqlx::Error::RowNotFound).is_transient());

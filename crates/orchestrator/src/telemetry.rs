@@ -43,6 +43,7 @@ fn cause(error: &Error) -> &'static str {
         Error::RowLocked { .. } => "row_locked",
         Error::Deadlock(_) => "deadlock",
         Error::SerializationFailure(_) => "serialization_failure",
+        Error::ConnectionLost(_) => "connection_lost",
         _ => "other",
     }
 }

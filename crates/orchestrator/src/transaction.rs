@@ -154,8 +154,13 @@ impl<B: Backend> Database<B> {
             Ok(true) => open.ended = true,
             Ok(false) => return Err(self.abandon(open, replaced()).await),
             // A database's refusal ends the transaction; a lost connection leaves its
-            // outcome unknown, and the connection is closed.
-            Err(error @ Error::Database(sqlx::Error::Io(_))) => return Err(error),
+            // outcome unknown (never retried), and the connection is closed.
+            Err(Error::ConnectionLost(source)) => {
+                return Err(Error::CommitOutcomeUnknown {
+                    unit_of_work: options.name,
+                    source,
+                });
+            }
             Err(error) => {
                 open.ended = true;
                 return Err(error);

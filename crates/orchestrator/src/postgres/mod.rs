@@ -102,6 +102,10 @@ impl Store for Postgres {
             "55P03" => Ok(Error::LockTimeout {
                 detail: pg.message().to_owned(),
             }),
+            // The server ended the session (shutdown, restart, an operator's terminate) or
+            // the connection failed: the open transaction was rolled back.
+            "57P01" | "57P02" | "57P03" => Ok(Error::ConnectionLost(error)),
+            code if code.starts_with("08") => Ok(Error::ConnectionLost(error)),
             _ => Err(error),
         }
     }
