@@ -87,6 +87,13 @@ trap 'exit 130' INT TERM
 as_postgres "$bindir/initdb" -D "$workdir/data" -U postgres --auth=trust -E UTF8 \
   --locale=C.UTF-8 --no-sync >/dev/null
 as_postgres mkdir -p "$workdir/sock"
+# TLS too, with a self-signed certificate, as managed PostgreSQL requires (`sslmode=require`).
+if ! command -v openssl >/dev/null 2>&1; then
+  install openssl "openssl (for the test server's certificate)"
+fi
+as_postgres openssl req -new -x509 -days 2 -nodes -subj /CN=127.0.0.1 \
+  -keyout "$workdir/data/server.key" -out "$workdir/data/server.crt" >/dev/null 2>&1
+as_postgres chmod 600 "$workdir/data/server.key"
 
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for try in 1 2 3 4 5 6 7 8; do
@@ -94,7 +101,7 @@ for try in 1 2 3 4 5 6 7 8; do
   port_is_free "$port" || continue
   if as_postgres "$bindir/pg_ctl" -D "$workdir/data" -l "$workdir/server.log" -w -t 30 \
       -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$workdir/sock \
-          -c max_connections=300 -c fsync=off" start >/dev/null; then
+          -c max_connections=300 -c fsync=off -c ssl=on" start >/dev/null; then
     started=1
     break
   fi
@@ -108,6 +115,7 @@ say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:
 
 export KEEL_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
 export KEEL_REQUIRE_POSTGRES=1
+export KEEL_TEST_POSTGRES_TLS=1
 
 # 2b. A throwaway JetStream server, its store in the same directory, on a free port.
 for try in 1 2 3 4 5 6 7 8; do

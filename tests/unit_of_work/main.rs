@@ -26,6 +26,7 @@ mod postgres {
     mod rollback;
     mod support;
     mod tampering;
+    mod tls_postgres;
 }
 
 #[path = "."]
