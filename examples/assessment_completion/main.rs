@@ -11,7 +11,8 @@
 //! ```text
 //! cargo run --example assessment_completion            # the story, on SQLite, no setup
 //! DATABASE_URL=postgres://… cargo run --example assessment_completion   # on a fresh database
-//! cargo run --example assessment_completion -- --serve 127.0.0.1:3000   # as an HTTP service
+//! DATABASE_URL=sqlite:assessments.db cargo run --example assessment_completion -- --serve --seed
+//!                                                      # as an HTTP service (config: `config.rs`)
 //! ```
 //!
 //! Layout: `domain/` aggregates, events and rules (no database); `ports.rs` what the use
@@ -24,6 +25,7 @@
 // A test or example crate has no public API: `pub` only shares items between its modules.
 #![allow(unreachable_pub)]
 
+mod config;
 mod domain;
 mod handlers;
 mod http;
@@ -34,35 +36,30 @@ mod telemetry;
 mod use_cases;
 
 #[cfg(test)]
+mod service_tests;
+#[cfg(test)]
 mod tests;
 
 use std::error::Error;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use keel::{App, Database, DeliveryOptions, Registry};
+use keel::{App, Database, DatabaseOptions, DeliveryOptions, Registry};
 
+use crate::config::Config;
 use crate::infrastructure::{Schema, partner, seed_demo_data};
-
-/// What the program was asked to do.
-enum Mode {
-    Story,
-    Serve(String),
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    telemetry::init(args.first().is_some_and(|a| a == "--serve"));
-    let mode = match args.first().map(String::as_str) {
-        None => Mode::Story,
-        Some("--serve") => Mode::Serve(args.get(1).cloned().unwrap_or("127.0.0.1:3000".into())),
-        Some(other) => {
-            eprintln!("error: unknown argument `{other}`; use --serve [ADDRESS]");
-            return ExitCode::FAILURE;
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
         }
     };
-    match run(mode).await {
+    telemetry::init(config.serve);
+    match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -79,32 +76,33 @@ const BACKENDS: &[&str] = &[
     "`sqlite:`",
 ];
 
-/// Chooses the backend, once, from the URL's scheme (`DATABASE_URL`, or a fresh SQLite
-/// file); from here on the program is generic code instantiated for that backend.
-async fn run(mode: Mode) -> Result<(), Box<dyn Error + Send + Sync>> {
-    let url = match std::env::var("DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => fresh_sqlite_file(),
+/// Chooses the backend, once, from the URL's scheme (`DATABASE_URL`, or for the story a
+/// fresh SQLite file); from here on the program is generic code instantiated for it.
+async fn run(config: Config) -> Result<(), Box<dyn Error + Send + Sync>> {
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => fresh_sqlite_file(),
     };
     match url.split_once(':').map(|(scheme, _)| scheme) {
         #[cfg(feature = "postgres")]
-        Some("postgres" | "postgresql") => run_on::<sqlx::Postgres>(&url, mode).await,
+        Some("postgres" | "postgresql") => run_on::<sqlx::Postgres>(&url, config).await,
         #[cfg(feature = "sqlite")]
-        Some("sqlite") => run_on::<sqlx::Sqlite>(&url, mode).await,
+        Some("sqlite") => run_on::<sqlx::Sqlite>(&url, config).await,
         _ => Err(format!(
-            "set DATABASE_URL to a URL starting with one of {} (the backends this program was \
-             built with)",
+            "DATABASE_URL must start with one of {} (the backends this program was built with)",
             BACKENDS.join(", ")
         )
         .into()),
     }
 }
 
-async fn run_on<B: Schema>(url: &str, mode: Mode) -> Result<(), Box<dyn Error + Send + Sync>> {
-    let db = open::<B>(url).await?;
-    match mode {
-        Mode::Story => story::tell(db).await,
-        Mode::Serve(address) => serve(db, &address).await,
+async fn run_on<B: Schema>(url: &str, config: Config) -> Result<(), Box<dyn Error + Send + Sync>> {
+    let db = open::<B>(url, &config).await?;
+    if config.serve {
+        serve(db, &config, shutdown_signal()).await
+    } else {
+        partner::use_quick_retries();
+        story::tell(db).await
     }
 }
 
@@ -119,8 +117,12 @@ fn fresh_sqlite_file() -> String {
 
 /// Opens the database and brings both schemas up to date: Keel's tables (recorded in
 /// `keel_schema_migrations`), then the example's (in sqlx's `_sqlx_migrations`).
-async fn open<B: Schema>(url: &str) -> Result<Database<B>, keel::Error> {
-    let db = Database::<B>::connect(url).await?;
+async fn open<B: Schema>(url: &str, config: &Config) -> Result<Database<B>, keel::Error> {
+    let db = DatabaseOptions::new(url)
+        .max_connections(config.database_pool_size)
+        .acquire_timeout(config.database_acquire_timeout)
+        .connect::<B>()
+        .await?;
     db.migrate().await?;
     db.run_migrations(B::migrations()).await?;
     Ok(db)
@@ -135,30 +137,59 @@ fn start<B: Schema>(db: Database<B>) -> Result<App<B>, keel::RegistryError> {
         .start())
 }
 
+/// Serves until `shutdown` resolves: migrations already ran; demo rows only with `--seed`;
+/// the partner at `PARTNER_URL`, or a stub on loopback. On shutdown, stops accepting, lets
+/// in-flight requests and deliveries finish within `SHUTDOWN_TIMEOUT`.
 async fn serve<B: Schema>(
     db: Database<B>,
-    address: &str,
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn Error + Send + Sync>> {
     telemetry::install_prometheus()?;
-    let seeded = seed_demo_data(&db).await?;
-    let (partner, _) = partner::start_stub(2).await?;
-    partner::configure(format!("http://{partner}"));
+    if config.seed && seed_demo_data(&db).await? {
+        tracing::info!("seeded the demo rows (assessments 1 to 4)");
+    }
+    match &config.partner_url {
+        Some(url) => partner::configure(url.clone()),
+        None => {
+            let (stub, _) = partner::start_stub_failing(config.partner_stub_failure_rate).await?;
+            tracing::warn!(%stub, "PARTNER_URL is not set: a stub on loopback stands in for the partner");
+            partner::configure(format!("http://{stub}"));
+        }
+    }
     let app = start(db)?;
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen_address).await?;
     println!(
-        "serving on http://{} (partner stub on {partner}); Ctrl-C stops",
+        "serving on http://{}: POST /assessments/{{id}}/completion, GET /assessments/{{id}}, \
+         GET /health, GET /metrics",
         listener.local_addr()?
     );
-    let data = if seeded {
-        "seeded ids: 1 to 4"
-    } else {
-        "the database's rows"
+    let limits = http::Limits {
+        request_timeout: config.request_timeout,
+        shutdown_timeout: config.shutdown_timeout,
     };
-    println!("  POST /assessments/{{id}}/completion   GET /assessments/{{id}}   ({data})");
-    println!("  GET /health   GET /metrics");
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    http::serve(app, listener, ctrl_c).await?;
-    Ok(())
+    http::serve(app, listener, shutdown, limits).await
+}
+
+/// SIGTERM (a deploy, `docker stop`) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: no new requests; finishing those in flight");
 }

@@ -17,11 +17,12 @@ use crate::domain::{
 use crate::infrastructure::partner::{self, StubLog};
 use crate::infrastructure::{Schema, seed_demo_data};
 use crate::ports::Report;
+use crate::service_tests::{a_restart_keeps_the_data, the_http_bounds_answer_json};
 use crate::use_cases::complete_assessment;
 
 /// One partner stub for the whole test binary, on a runtime of its own (each test has its
 /// own runtime, which ends with the test).
-fn stub() -> &'static (SocketAddr, Arc<StubLog>) {
+pub fn stub() -> &'static (SocketAddr, Arc<StubLog>) {
     static STUB: OnceLock<(SocketAddr, Arc<StubLog>)> = OnceLock::new();
     STUB.get_or_init(|| {
         let (sender, receiver) = std::sync::mpsc::channel();
@@ -35,9 +36,16 @@ fn stub() -> &'static (SocketAddr, Arc<StubLog>) {
         });
         let started = receiver.recv().expect("stub started");
         partner::configure(format!("http://{}", started.0));
+        partner::use_quick_retries();
         started
     })
 }
+
+/// The service's bounds in tests.
+pub const LIMITS: crate::http::Limits = crate::http::Limits {
+    request_timeout: Duration::from_secs(3),
+    shutdown_timeout: Duration::from_secs(5),
+};
 
 /// The test database (Keel's tables migrated) with the example's tables and seed data.
 async fn app<B: Schema>(db: &Database<B>) -> App<B> {
@@ -196,9 +204,14 @@ async fn the_http_service_maps_every_outcome<B: Schema>(db: Database<B>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::http::serve(app, listener, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(crate::http::serve(
+        app,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        LIMITS,
+    ));
     let client = reqwest::Client::new();
     let post = |path: &str| client.post(format!("{base}{path}")).send();
     let get = |path: &str| client.get(format!("{base}{path}")).send();
@@ -256,6 +269,8 @@ mod postgres {
         a_failing_partner_is_retried_and_recorded_once,
         fifty_concurrent_completions_commit_once,
         the_http_service_maps_every_outcome,
+        a_restart_keeps_the_data,
+        the_http_bounds_answer_json,
     );
 }
 
@@ -269,5 +284,7 @@ mod sqlite {
         a_failing_partner_is_retried_and_recorded_once,
         fifty_concurrent_completions_commit_once,
         the_http_service_maps_every_outcome,
+        a_restart_keeps_the_data,
+        the_http_bounds_answer_json,
     );
 }

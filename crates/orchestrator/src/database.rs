@@ -269,11 +269,10 @@ impl<B: Backend> Database<B> {
     /// work: the steps of a unit of work use the `&mut Tx` they are given.
     pub async fn acquire(&self) -> Result<PoolConnection<B>, Error> {
         guard::ensure_outside("acquire a database connection")?;
-        self.inner
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| self.exhausted("a connection request", None, e))
+        match self.inner.pool.acquire().await {
+            Ok(conn) => Ok(conn),
+            Err(error) => Err(self.exhausted("a connection request", None, error).await),
+        }
     }
 
     /// Records that unit of work `name` holds a connection until the result is dropped.
@@ -300,21 +299,45 @@ impl<B: Backend> Database<B> {
     }
 
     /// The error of a connection request that failed: when the pool ran out, one that
-    /// names who holds the connections, so that a nested acquisition reads as what it is.
-    pub(crate) fn exhausted(
+    /// names who holds the connections, so that a nested acquisition reads as what it is;
+    /// when it holds no connection at all, the server is the problem: one direct attempt
+    /// says why ([`Error::Unreachable`]: refused, unknown host, wrong password), as does
+    /// any error of the pool's own attempt.
+    pub(crate) async fn exhausted(
         &self,
         waiting: &'static str,
         except: Option<u64>,
         error: sqlx::Error,
     ) -> Error {
         match error {
+            sqlx::Error::PoolTimedOut if self.inner.pool.size() == 0 => {
+                let url = B::normalise_url(self.inner.options.url.trim()).unwrap_or_default();
+                let probe = <B::Connection as sqlx::Connection>::connect(&url);
+                let source = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+                    Ok(Ok(conn)) => {
+                        let _ = sqlx::Connection::close(conn).await;
+                        sqlx::Error::PoolTimedOut
+                    }
+                    Ok(Err(source)) => source,
+                    Err(_) => sqlx::Error::PoolTimedOut,
+                };
+                Error::Unreachable {
+                    url: self.inner.url.clone(),
+                    source,
+                }
+            }
             sqlx::Error::PoolTimedOut => Error::PoolExhausted {
                 waiting,
                 waited_ms: self.inner.options.acquire_timeout.as_millis() as u64,
                 size: self.inner.pool.size(),
                 holders: self.holder_names(except),
             },
-            other => other.into(),
+            sqlx::Error::PoolClosed => Error::Database(sqlx::Error::PoolClosed),
+            // The pool could not open a connection: refused, reset, TLS or handshake cut.
+            source => Error::Unreachable {
+                url: self.inner.url.clone(),
+                source,
+            },
         }
     }
 

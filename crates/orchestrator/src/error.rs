@@ -358,6 +358,19 @@ impl Error {
         )
     }
 
+    /// Whether the database is unavailable (unreachable, its connections lost or all in
+    /// use for the whole acquire timeout): a service answers `503` with `Retry-After`, and
+    /// the same request may succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.last_attempt(),
+            Error::Unreachable { .. }
+                | Error::PoolExhausted { .. }
+                | Error::ConnectionLost(_)
+                | Error::CommitOutcomeUnknown { .. }
+        ) || matches!(self.last_attempt(), Error::Database(e) if matches!(e, sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut))
+    }
+
     /// The error that ended the last attempt: for [`RetriesExhausted`](Error::RetriesExhausted),
     /// the last attempt's error; otherwise `self`.
     pub fn last_attempt(&self) -> &Error {

@@ -36,11 +36,14 @@ impl<B: Backend> Database<B> {
         } else {
             None
         };
-        let conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| self.exhausted(options.name, Some(holding.id()), e))?;
+        let conn = match self.pool().acquire().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                return Err(self
+                    .exhausted(options.name, Some(holding.id()), error)
+                    .await);
+            }
+        };
         let mut open = Open { conn, ended: true };
         if let Some(timeout) = options.lock_timeout {
             B::before_begin(&mut open.conn, timeout).await?;

@@ -29,11 +29,9 @@ async fn notify_partner<B: Reactions>(
         .await
 }
 
-/// The partner is often briefly unavailable: retry soon, a few times.
+/// An HTTP partner's outage lasts minutes: see [`partner::retry_policy`].
 fn retry() -> RetryPolicy {
-    RetryPolicy::default()
-        .max_attempts(6)
-        .base_delay(std::time::Duration::from_millis(50))
+    partner::retry_policy()
 }
 
 #[cfg(feature = "postgres")]

@@ -1,20 +1,45 @@
-//! The campaign partner: an HTTP client, and a stub of the partner's endpoint that the
-//! example serves on loopback (it fails the first calls of each notification, to show the
-//! handler being retried).
+//! The campaign partner: an HTTP client, its retry policy, and a stub of the partner's
+//! endpoint that the example serves on loopback when no `PARTNER_URL` is given (it refuses
+//! some calls, to show the handler being retried).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use keel::Error;
+use keel::{Error, RetryPolicy};
 
 use crate::domain::PartnerNotification;
 
 static ENDPOINT: OnceLock<String> = OnceLock::new();
+static QUICK_RETRIES: OnceLock<()> = OnceLock::new();
+
+/// How the notification handler retries. An HTTP partner's outage lasts seconds to
+/// minutes: 10 attempts from 1 s, doubling, at most 5 minutes apart, cover about 13
+/// minutes before the dead letter (`keel dead list`, then `keel dead retry`).
+pub fn retry_policy() -> RetryPolicy {
+    if QUICK_RETRIES.get().is_some() {
+        return RetryPolicy::default()
+            .max_attempts(6)
+            .base_delay(Duration::from_millis(50));
+    }
+    RetryPolicy::default()
+        .max_attempts(10)
+        .base_delay(Duration::from_secs(1))
+        .multiplier(2.0)
+        .max_delay(Duration::from_secs(300))
+        .jitter(0.2)
+}
+
+/// The story and the tests, whose stub refuses twice per notification, retry within
+/// milliseconds; call before the registry is built.
+pub fn use_quick_retries() {
+    let _ = QUICK_RETRIES.set(());
+}
 
 /// Where notifications go (set once at start-up).
 pub fn configure(base_url: String) {
@@ -61,6 +86,8 @@ impl StubLog {
 
 struct Stub {
     failures_per_key: usize,
+    /// The share of other calls refused at random.
+    failure_rate: f64,
     log: Arc<StubLog>,
 }
 
@@ -74,7 +101,7 @@ async fn receive(
     };
     let mut calls = stub.log.calls.lock().unwrap_or_else(|e| e.into_inner());
     let answers = calls.entry(key.to_owned()).or_default();
-    let status = if answers.len() < stub.failures_per_key {
+    let status = if answers.len() < stub.failures_per_key || fastrand::f64() < stub.failure_rate {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -86,9 +113,23 @@ async fn receive(
 /// Serves the partner stub on a free loopback port: each notification is refused
 /// `failures_per_key` times (503), then accepted (200).
 pub async fn start_stub(failures_per_key: usize) -> std::io::Result<(SocketAddr, Arc<StubLog>)> {
+    serve_stub(failures_per_key, 0.0).await
+}
+
+/// Serves the partner stub on a free loopback port, refusing `rate` of the calls (503) at
+/// random.
+pub async fn start_stub_failing(rate: f64) -> std::io::Result<(SocketAddr, Arc<StubLog>)> {
+    serve_stub(0, rate).await
+}
+
+async fn serve_stub(
+    failures_per_key: usize,
+    failure_rate: f64,
+) -> std::io::Result<(SocketAddr, Arc<StubLog>)> {
     let log = Arc::new(StubLog::default());
     let stub = Arc::new(Stub {
         failures_per_key,
+        failure_rate,
         log: log.clone(),
     });
     let router = axum::Router::new()
