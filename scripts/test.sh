@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+. scripts/lib/servers.sh
 
 # The checked queries build from the offline data in .sqlx/, never from a live database.
 export SQLX_OFFLINE=true
@@ -31,28 +31,9 @@ if [ $# -eq 0 ]; then
   fi
 fi
 
-as_postgres() {
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
-
-# 1. PostgreSQL binaries (Debian keeps them off the PATH; pg_config says where), and
-#    libfaketime, which the clock-skew test starts relays under; apt-get installs what is
-#    missing.
-install() {  # install PACKAGE WHAT
-  if [ "$(id -u)" != 0 ]; then
-    echo "$2 not found and not root: install the $1 package" >&2
-    exit 1
-  fi
-  say "$2 not found: installing $1 with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q "$1" >/dev/null
-}
-pg_bindir() { command -v pg_config >/dev/null 2>&1 && pg_config --bindir; }
-if ! bindir=$(pg_bindir) || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl" ]; then
-  install postgresql "PostgreSQL server binaries"
-  bindir=$(pg_bindir)
-fi
+# 1. PostgreSQL binaries and nats-server, and libfaketime, which the clock-skew test starts
+#    relays under; apt-get installs what is missing.
+ensure_postgres
 if ! command -v nats-server >/dev/null 2>&1; then
   install nats-server "nats-server (NATS JetStream)"
 fi
@@ -65,8 +46,6 @@ export KEEL_TEST_FAKETIME="$faketime"
 
 # 2. A throwaway cluster in a directory the postgres user owns, on a free port.
 workdir=$(mktemp -d /tmp/keel-pg.XXXXXX)
-chmod 755 "$workdir"
-[ "$(id -u)" = 0 ] && chown postgres:postgres "$workdir"
 started=0
 nats_pid=""
 cleanup() {
@@ -76,7 +55,7 @@ cleanup() {
     wait "$nats_pid" 2>/dev/null || true
   fi
   if [ "$started" = 1 ]; then
-    as_postgres "$bindir/pg_ctl" -D "$workdir/data" -m fast -w stop >/dev/null 2>&1 || true
+    stop_postgres "$workdir"
   fi
   rm -rf "$workdir"
   exit "$status"
@@ -84,33 +63,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-as_postgres "$bindir/initdb" -D "$workdir/data" -U postgres --auth=trust -E UTF8 \
-  --locale=C.UTF-8 --no-sync >/dev/null
-as_postgres mkdir -p "$workdir/sock"
-# TLS too, with a self-signed certificate, as managed PostgreSQL requires (`sslmode=require`).
-if ! command -v openssl >/dev/null 2>&1; then
-  install openssl "openssl (for the test server's certificate)"
-fi
-as_postgres openssl req -new -x509 -days 2 -nodes -subj /CN=127.0.0.1 \
-  -keyout "$workdir/data/server.key" -out "$workdir/data/server.crt" >/dev/null 2>&1
-as_postgres chmod 600 "$workdir/data/server.key"
-
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for try in 1 2 3 4 5 6 7 8; do
-  port=$((20000 + RANDOM % 30000))
-  port_is_free "$port" || continue
-  if as_postgres "$bindir/pg_ctl" -D "$workdir/data" -l "$workdir/server.log" -w -t 30 \
-      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$workdir/sock \
-          -c max_connections=300 -c fsync=off -c ssl=on" start >/dev/null; then
-    started=1
-    break
-  fi
-done
-if [ "$started" != 1 ]; then
-  echo "could not start PostgreSQL; its log follows" >&2
-  cat "$workdir/server.log" >&2 || true
-  exit 1
-fi
+start_postgres "$workdir" -c fsync=off
+started=1
 say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 
 export KEEL_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"

@@ -1,0 +1,67 @@
+# Throwaway servers for the scripts (sourced by test.sh and chaos.sh): PostgreSQL, with TLS,
+# on a free local port, in a directory the caller owns; apt-get installs what is missing.
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+install() {  # install PACKAGE WHAT
+  if [ "$(id -u)" != 0 ]; then
+    echo "$2 not found and not root: install the $1 package" >&2
+    exit 1
+  fi
+  say "$2 not found: installing $1 with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q "$1" >/dev/null
+}
+
+# PostgreSQL's server binaries (Debian keeps them off the PATH; pg_config says where): sets
+# `bindir`.
+ensure_postgres() {
+  pg_bindir() { command -v pg_config >/dev/null 2>&1 && pg_config --bindir; }
+  if ! bindir=$(pg_bindir) || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl" ]; then
+    install postgresql "PostgreSQL server binaries"
+    bindir=$(pg_bindir)
+  fi
+  if ! command -v openssl >/dev/null 2>&1; then
+    install openssl "openssl (for the test server's certificate)"
+  fi
+}
+
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# start_postgres DIR [SETTINGS…]: a new cluster in DIR/data (owned by the postgres user),
+# listening on 127.0.0.1 on a free port, with TLS (a self-signed certificate, as managed
+# PostgreSQL requires `sslmode=require`). Sets `port`; `stop_postgres DIR` stops it.
+start_postgres() {
+  local dir=$1
+  shift
+  chmod 755 "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$dir"
+  as_postgres "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+    --locale=C.UTF-8 --no-sync >/dev/null
+  as_postgres mkdir -p "$dir/sock"
+  as_postgres openssl req -new -x509 -days 2 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$dir/data/server.key" -out "$dir/data/server.crt" >/dev/null 2>&1
+  as_postgres chmod 600 "$dir/data/server.key"
+  local try
+  for try in 1 2 3 4 5 6 7 8; do
+    port=$((20000 + RANDOM % 30000))
+    port_is_free "$port" || continue
+    if as_postgres "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir/sock \
+            -c max_connections=300 -c ssl=on $*" start >/dev/null; then
+      return 0
+    fi
+  done
+  echo "could not start PostgreSQL; its log follows" >&2
+  cat "$dir/server.log" >&2 || true
+  return 1
+}
+
+stop_postgres() {
+  as_postgres "$bindir/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null 2>&1 || true
+}
