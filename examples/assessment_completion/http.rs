@@ -213,8 +213,8 @@ async fn metrics() -> Response {
 }
 
 /// Serves until `shutdown` resolves; then stops accepting, lets in-flight requests finish,
-/// and stops the relay (running deliveries finish; claimed ones not started are left to
-/// their lease), all within `limits.shutdown_timeout`.
+/// and stops the relay (running deliveries finish; claimed ones not started are given
+/// back for another instance), all within `limits.shutdown_timeout`.
 pub async fn serve<B: Store>(
     app: App<B>,
     listener: tokio::net::TcpListener,

@@ -31,6 +31,7 @@ mod postgres {
     mod restart_postgres;
     mod retention;
     mod retries;
+    mod shutdown;
     mod support;
     mod wakeups_postgres;
 }
@@ -49,5 +50,6 @@ mod sqlite {
     mod poison;
     mod retention;
     mod retries;
+    mod shutdown;
     mod support;
 }

@@ -34,6 +34,19 @@ pub(crate) async fn execute<B: Backend>(
     }
 }
 
+/// Gives back the leases of a group that was never started (its process is stopping), and
+/// its key's.
+pub(crate) async fn give_back<B: Backend>(dispatcher: &Dispatcher<B>, group: Group) {
+    let db = dispatcher.database().clone();
+    if let Err(error) = Box::pin(B::release(&db, &group.claims)).await {
+        tracing::debug!(%error, "could not give back unstarted deliveries; they wait for their lease");
+    }
+    if let (Some(key), Some(claim)) = (&group.key, group.claims.first()) {
+        let _ = Box::pin(B::release_key(&db, key, claim.token)).await;
+    }
+    tracing::debug!(count = group.claims.len(), "gave back unstarted deliveries");
+}
+
 async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: OwnedSemaphorePermit) {
     let started = Instant::now();
     // A group that waited long for a delivery slot renews its leases first; deliveries

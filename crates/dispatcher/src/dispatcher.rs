@@ -216,12 +216,20 @@ impl<B: Backend> Dispatcher<B> {
         }
         let permits = self.inner.permits.clone();
         let dispatcher = self.clone();
+        let mut stop = self.inner.stop.subscribe();
         tokio::spawn(
             async move {
-                // Waiting here holds no connection: a burst of commits queues cheaply.
-                // The semaphore is never closed, so the permit always comes.
-                if let Ok(permit) = permits.acquire_owned().await {
-                    delivery::execute(dispatcher, group, permit).await;
+                // Waiting here holds no connection: a burst of commits queues cheaply. A
+                // stopping process gives back what it has not started, for another relay
+                // to take at once rather than after the lease.
+                let permit = tokio::select! {
+                    biased;
+                    permit = permits.acquire_owned() => permit.ok(),
+                    _ = stop.wait_for(|stopping| *stopping) => None,
+                };
+                match permit {
+                    Some(permit) => delivery::execute(dispatcher, group, permit).await,
+                    None => delivery::give_back(&dispatcher, group).await,
                 }
                 drop(guard);
                 done();

@@ -225,6 +225,13 @@ pub trait Store: sqlx::Database {
         lease: Duration,
     ) -> impl Future<Output = Result<Vec<bool>, Error>> + Send;
 
+    /// Gives back the leases of `claims` that were never started (a stopping process):
+    /// due again at once for any relay, their attempt not counted.
+    fn release(
+        db: &Database<Self>,
+        claims: &[Claim],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Ends a group's hold on its ordering key.
     fn release_key(
         db: &Database<Self>,

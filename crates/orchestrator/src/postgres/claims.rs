@@ -255,6 +255,28 @@ pub(super) async fn renew(
         .collect())
 }
 
+pub(super) async fn release(db: &Database<Postgres>, claims: &[Claim]) -> Result<(), Error> {
+    let Some(token) = claims.first().map(|c| c.token) else {
+        return Ok(());
+    };
+    let ids: Vec<Uuid> = claims.iter().map(|c| *c.event_id.as_uuid()).collect();
+    let handlers: Vec<&str> = claims.iter().map(|c| c.handler.as_str()).collect();
+    let mut conn = db.acquire().await?;
+    sqlx::query(
+        "UPDATE keel_deliveries d
+         SET leased_until = NULL, leased_by = NULL, attempts = greatest(d.attempts - 1, 0)
+         FROM UNNEST($2::uuid[], $3::text[]) AS t (i, h)
+         WHERE d.event_id = t.i AND d.handler = t.h AND d.leased_by = $1
+           AND d.status = 'pending'",
+    )
+    .bind(token)
+    .bind(ids)
+    .bind(handlers)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn release_key(
     db: &Database<Postgres>,
     key: &str,

@@ -243,6 +243,10 @@ impl Store for Postgres {
         claims::renew(db, claims, key, lease).await
     }
 
+    async fn release(db: &Database<Postgres>, claims: &[Claim]) -> Result<(), Error> {
+        claims::release(db, claims).await
+    }
+
     async fn release_key(
         db: &Database<Postgres>,
         key: &str,

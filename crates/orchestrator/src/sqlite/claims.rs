@@ -285,6 +285,27 @@ pub(super) async fn renew(
         .map(|receipt| receipt.into_value())
 }
 
+pub(super) async fn release(db: &Database<Sqlite>, claims: &[Claim]) -> Result<(), Error> {
+    db.clone()
+        .unit_of_work_with(&internal("keel_release_leases"), async |tx| {
+            for claim in claims {
+                sqlx::query(
+                    "UPDATE keel_deliveries
+                     SET leased_until = NULL, leased_by = NULL, attempts = max(attempts - 1, 0)
+                     WHERE event_id = $1 AND handler = $2 AND leased_by = $3 AND status = 'pending'",
+                )
+                .bind(claim.event_id.to_string())
+                .bind(claim.handler.as_str())
+                .bind(claim.token.to_string())
+                .execute(tx.conn())
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+        .map(|receipt| receipt.into_value())
+}
+
 pub(super) async fn release_key(
     db: &Database<Sqlite>,
     key: &str,

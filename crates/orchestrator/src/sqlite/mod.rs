@@ -256,6 +256,10 @@ impl Store for Sqlite {
         claims::renew(db, claims, key, lease).await
     }
 
+    async fn release(db: &Database<Sqlite>, claims: &[Claim]) -> Result<(), Error> {
+        claims::release(db, claims).await
+    }
+
     async fn release_key(db: &Database<Sqlite>, key: &str, token: uuid::Uuid) -> Result<(), Error> {
         claims::release_key(db, key, token).await
     }
