@@ -25,11 +25,14 @@ ensure_postgres
 command -v curl >/dev/null 2>&1 || install curl curl
 workdir=$(mktemp -d /tmp/keel-chaos.XXXXXX)
 service_pid=""
+clients=""
+keep=0
 cleanup() {
   status=$?
+  [ -n "$clients" ] && kill "$clients" 2>/dev/null || true
   [ -n "$service_pid" ] && kill -9 "$service_pid" 2>/dev/null || true
   stop_postgres "$workdir"
-  rm -rf "$workdir"
+  [ "$keep" = 1 ] || rm -rf "$workdir"
   exit "$status"
 }
 trap cleanup EXIT
@@ -99,8 +102,7 @@ for kill_number in $(seq 1 "$kills"); do
     say "fault $kill_number: SIGKILL PostgreSQL"
     kill -9 "$(as_postgres head -1 "$workdir/data/postmaster.pid")"
     sleep 3
-    as_postgres "$bindir/pg_ctl" -D "$workdir/data" -l "$workdir/server.log" -w -t 60 \
-      -o "-p $pg_port" start >/dev/null 2>&1   # (it notes the stale pid file)
+    restart_postgres "$workdir" 2>/dev/null   # (pg_ctl notes the stale pid file)
   else
     say "fault $kill_number: SIGKILL the service"
     kill -9 "$service_pid"
@@ -153,8 +155,7 @@ ok=1
 if [ "$ok" = 1 ]; then
   say "chaos: every committed completion notified once; nothing lost, doubled, pending or dead"
 else
-  say "chaos: MISMATCH (see above); the service's log is $workdir/service.log"
-  trap - EXIT
-  stop_postgres "$workdir"
+  keep=1
+  say "chaos: MISMATCH (see above); the service's log is kept in $workdir/service.log"
   exit 1
 fi

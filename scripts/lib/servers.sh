@@ -35,7 +35,8 @@ port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # start_postgres DIR [SETTINGS…]: a new cluster in DIR/data (owned by the postgres user),
 # listening on 127.0.0.1 on a free port, with TLS (a self-signed certificate, as managed
-# PostgreSQL requires `sslmode=require`). Sets `port`; `stop_postgres DIR` stops it.
+# PostgreSQL requires `sslmode=require`). Sets `port`; `stop_postgres DIR` stops it,
+# `restart_postgres DIR` starts it again with the same settings (after a crash).
 start_postgres() {
   local dir=$1
   shift
@@ -51,9 +52,10 @@ start_postgres() {
   for try in 1 2 3 4 5 6 7 8; do
     port=$((20000 + RANDOM % 30000))
     port_is_free "$port" || continue
+    postgres_options="-p $port -c listen_addresses=127.0.0.1 \
+      -c unix_socket_directories=$dir/sock -c max_connections=300 -c ssl=on $*"
     if as_postgres "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 \
-        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir/sock \
-            -c max_connections=300 -c ssl=on $*" start >/dev/null; then
+        -o "$postgres_options" start >/dev/null; then
       return 0
     fi
   done
@@ -64,4 +66,9 @@ start_postgres() {
 
 stop_postgres() {
   as_postgres "$bindir/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+restart_postgres() {
+  as_postgres "$bindir/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 \
+    -o "$postgres_options" start >/dev/null
 }
