@@ -63,8 +63,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-start_postgres "$workdir" -c fsync=off
+# Marked started first: a start that timed out may still bring the server up; stopping a
+# server that is not running is harmless.
 started=1
+start_postgres "$workdir" -c fsync=off
 say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 
 export KEEL_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"

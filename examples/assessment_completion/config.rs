@@ -134,15 +134,16 @@ fn duration((value, name): (String, &str)) -> Result<Duration, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| invalid(name, &value, "a duration such as 500ms, 2s or 1m"))?;
-    let millis = match unit {
-        "ms" => number,
-        "s" => number * 1000,
-        "m" => number * 60_000,
-        "h" => number * 3_600_000,
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
         _ => return Err(invalid(name, &value, "a duration such as 500ms, 2s or 1m")),
     };
-    if millis == 0 {
-        return Err(invalid(name, &value, "a duration above zero"));
-    }
+    let millis = number
+        .checked_mul(unit_ms)
+        .filter(|&ms| ms > 0)
+        .ok_or_else(|| invalid(name, &value, "a duration above zero and below a year"))?;
     Ok(Duration::from_millis(millis))
 }

@@ -83,6 +83,11 @@ pub fn error_response(error: &Error) -> Response {
     } else if error.is_unavailable() {
         tracing::warn!(%error, "database unavailable");
         unavailable("the database is unavailable; retry later")
+    } else if matches!(error.last_attempt(), Error::CommitOutcomeUnknown { .. }) {
+        // Whether it committed is unknown; retrying is safe here: a completion that did
+        // commit is refused with 409.
+        tracing::warn!(%error, "completion outcome unknown");
+        unavailable("the database connection was lost; retry later")
     } else {
         tracing::error!(%error, "request failed");
         problem(
@@ -223,23 +228,32 @@ pub async fn serve<B: Store>(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let address: SocketAddr = listener.local_addr()?;
     tracing::info!(%address, "serving");
-    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(app.clone(), limits)).with_graceful_shutdown(async {
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
+    let grace = limits.shutdown_timeout;
+    let router = router(app.clone(), limits);
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
-        let _ = stopping.send(());
+        let _ = stopping.send(tokio::time::Instant::now() + grace);
     });
-    let deadline = async {
-        let _ = stopped.await;
-        tokio::time::sleep(limits.shutdown_timeout).await;
+    // One deadline for both: the requests in flight, then the deliveries.
+    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None);
+    let cut = async {
+        if let Ok(deadline) = stopped.await {
+            let _ = deadline_tx.send(Some(deadline));
+            tokio::time::sleep_until(deadline).await;
+        }
     };
     tokio::select! {
         served = server => served?,
-        () = deadline => tracing::warn!(
+        () = cut => tracing::warn!(
             shutdown_timeout_ms = limits.shutdown_timeout.as_millis() as u64,
             "requests still running at the shutdown deadline were cut"
         ),
     }
-    match tokio::time::timeout(limits.shutdown_timeout, app.shutdown()).await {
+    let deadline = deadline_rx
+        .borrow()
+        .unwrap_or_else(|| tokio::time::Instant::now() + limits.shutdown_timeout);
+    match tokio::time::timeout_at(deadline, app.shutdown()).await {
         Ok(stopped) => stopped?,
         Err(_) => tracing::warn!(
             "deliveries still running at the shutdown deadline were left to their lease"

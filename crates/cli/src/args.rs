@@ -174,7 +174,9 @@ fn parse_since(text: &str) -> Result<OffsetDateTime, String> {
         return Ok(time);
     }
     match humantime::parse_duration(text) {
-        Ok(age) => Ok(OffsetDateTime::now_utc() - age),
+        Ok(age) => OffsetDateTime::now_utc()
+            .checked_sub(time::Duration::try_from(age).map_err(|e| e.to_string())?)
+            .ok_or_else(|| format!("`{text}` ago is before any time this program can write")),
         Err(_) => Err(format!(
             "`{text}` is neither an RFC 3339 time (2026-12-01T08:00:00Z) nor an age (2h, 30m)"
         )),

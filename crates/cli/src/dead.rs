@@ -106,7 +106,12 @@ async fn apply<B: Backend>(
             Act::Retry => dead.retry(letter.event_id, &letter.handler).await,
             Act::Discard => dead.discard(letter.event_id, &letter.handler).await,
         }
-        .map_err(Failure::database(verb))?;
+        .map_err(|error| {
+            Failure::failed(format!(
+                "cannot {verb} ({} of {total} done before this error): {error}",
+                changed.len()
+            ))
+        })?;
         // A delivery retried or discarded meanwhile by someone else is left out.
         if applied {
             changed.push(letter);

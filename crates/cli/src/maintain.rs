@@ -64,6 +64,13 @@ pub(crate) async fn republish<B: Backend>(
     out: Output,
 ) -> Result<(), Failure> {
     let forwarders: Vec<String> = match &args.handler {
+        Some(handler) if !handler.starts_with(FORWARDER_PREFIX) => {
+            return Err(Failure::usage(format!(
+                "`{handler}` is not a forwarder (`{FORWARDER_PREFIX}…`): republish runs again only \
+                 forwarders, whose receivers drop what they already have; another handler would \
+                 repeat its effects"
+            )));
+        }
         Some(handler) => vec![handler.clone()],
         None => admin
             .subscriptions()

@@ -270,6 +270,7 @@ impl<B: Backend> Dispatcher<B> {
     pub fn relay_health(&self) -> RelayHealth {
         let relay = self.inner.relay.lock().unwrap_or_else(|e| e.into_inner());
         match relay.as_ref() {
+            None if *self.inner.stop.borrow() => RelayHealth::Stopped,
             None => RelayHealth::NotStarted,
             Some(task) if task.is_finished() => RelayHealth::Stopped,
             Some(_) if self.inner.relay_failing.load(Ordering::Relaxed) => RelayHealth::Failing,

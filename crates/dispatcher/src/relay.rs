@@ -51,7 +51,7 @@ pub(crate) async fn run<B: Backend>(
             elapsed: started.elapsed(),
         };
     }
-    tokio::spawn(heartbeat(db.clone(), stop.clone()));
+    let heartbeat = tokio::spawn(heartbeat(db.clone(), stop.clone()));
     if B::NOTIFIES {
         let (wake, stop) = (dispatcher.wake_handle(), stop.clone());
         tokio::spawn(async move { B::listen(&db, &|| wake.wake(), stop).await });
@@ -86,6 +86,7 @@ pub(crate) async fn run<B: Backend>(
     for task in tasks {
         let _ = task.await;
     }
+    heartbeat.abort();
     // Graceful shutdown: stop claiming; what was claimed finishes (`Dispatcher::shutdown`
     // and `Dispatcher::run_worker` wait for it).
     let messages = taken.load(Ordering::Relaxed);
@@ -134,8 +135,9 @@ async fn subscribe<B: Backend>(
 }
 
 /// Reports every [`HEARTBEAT`] that this process runs a relay, so that an operator can tell
-/// which process holds a lease (`keel status`), and sets the backlog gauges from the same
-/// read as `keel status`. Best effort: a failed report is retried at the next beat.
+/// which process holds a lease (`keel status`), and every third beat sets the backlog
+/// gauges from the same read as `keel status`. Best effort: a failed report is retried at
+/// the next beat. Ends with the relay.
 async fn heartbeat<B: Backend>(
     db: keel_orchestrator::Database<B>,
     mut stop: watch::Receiver<bool>,

@@ -136,6 +136,9 @@ struct Inner<B: sqlx::Database> {
     /// lock): named in the error when the pool or the lock runs out.
     holders: std::sync::Mutex<Vec<(u64, &'static str)>>,
     next_holder: AtomicU64,
+    /// Whether a direct connection attempt is diagnosing an unreachable server: one at a
+    /// time, however many requests time out together.
+    probing: std::sync::atomic::AtomicBool,
     backend: PhantomData<fn() -> B>,
 }
 
@@ -180,6 +183,7 @@ impl<B: Backend> Database<B> {
                 notifier: Notifier::new(),
                 holders: std::sync::Mutex::new(Vec::new()),
                 next_holder: AtomicU64::new(0),
+                probing: std::sync::atomic::AtomicBool::new(false),
                 backend: PhantomData,
             }),
         })
@@ -311,15 +315,21 @@ impl<B: Backend> Database<B> {
     ) -> Error {
         match error {
             sqlx::Error::PoolTimedOut if self.inner.pool.size() == 0 => {
-                let url = B::normalise_url(self.inner.options.url.trim()).unwrap_or_default();
-                let probe = <B::Connection as sqlx::Connection>::connect(&url);
-                let source = match tokio::time::timeout(Duration::from_secs(2), probe).await {
-                    Ok(Ok(conn)) => {
-                        let _ = sqlx::Connection::close(conn).await;
-                        sqlx::Error::PoolTimedOut
-                    }
-                    Ok(Err(source)) => source,
-                    Err(_) => sqlx::Error::PoolTimedOut,
+                let source = if self.inner.probing.swap(true, Ordering::AcqRel) {
+                    sqlx::Error::PoolTimedOut // another request is finding out why
+                } else {
+                    let url = B::normalise_url(self.inner.options.url.trim()).unwrap_or_default();
+                    let probe = <B::Connection as sqlx::Connection>::connect(&url);
+                    let found = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+                        Ok(Ok(conn)) => {
+                            let _ = sqlx::Connection::close(conn).await;
+                            sqlx::Error::PoolTimedOut
+                        }
+                        Ok(Err(source)) => source,
+                        Err(_) => sqlx::Error::PoolTimedOut,
+                    };
+                    self.inner.probing.store(false, Ordering::Release);
+                    found
                 };
                 Error::Unreachable {
                     url: self.inner.url.clone(),

@@ -361,14 +361,17 @@ impl Error {
     /// Whether the database is unavailable (unreachable, its connections lost or all in
     /// use for the whole acquire timeout): a service answers `503` with `Retry-After`, and
     /// the same request may succeed later.
+    ///
+    /// [`Error::CommitOutcomeUnknown`] is not one of them: the request may have taken
+    /// effect, and only an operation that tells a repeat apart may invite a retry.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self.last_attempt(),
-            Error::Unreachable { .. }
-                | Error::PoolExhausted { .. }
-                | Error::ConnectionLost(_)
-                | Error::CommitOutcomeUnknown { .. }
-        ) || matches!(self.last_attempt(), Error::Database(e) if matches!(e, sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut))
+            Error::Unreachable { .. } | Error::PoolExhausted { .. } | Error::ConnectionLost(_)
+        ) || matches!(
+            self.last_attempt(),
+            Error::Database(sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut)
+        )
     }
 
     /// The error that ended the last attempt: for [`RetriesExhausted`](Error::RetriesExhausted),

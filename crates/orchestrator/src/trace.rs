@@ -69,6 +69,14 @@ pub fn continue_trace(span: &tracing::Span, headers: &BTreeMap<String, String>) 
     let [version, trace_id, span_id, flags] = parts[..] else {
         return;
     };
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(trace_id, 32) || !hex(span_id, 16) || !hex(flags, 2) {
+        return;
+    }
     let (Ok(trace_id), Ok(span_id), Ok(flags)) = (
         TraceId::from_hex(trace_id),
         SpanId::from_hex(span_id),

@@ -96,7 +96,13 @@ impl<'c, B: Backend> Tx<'c, B> {
                 .iter_mut()
                 .chain(commands.iter_mut().map(|c| &mut c.envelope));
             for envelope in envelopes {
-                // Set by the application: wins over a captured trace context.
+                // Set by the application: wins over a captured trace context, whose state
+                // goes with it.
+                if self.headers.contains_key(crate::trace::TRACEPARENT)
+                    && !self.headers.contains_key(crate::trace::TRACESTATE)
+                {
+                    envelope.headers.remove(crate::trace::TRACESTATE);
+                }
                 for (name, value) in &self.headers {
                     envelope.headers.insert(name.clone(), value.clone());
                 }

@@ -196,8 +196,18 @@ impl<B: Backend> Database<B> {
                 lease: None,
                 marker: None,
             };
-            // Outside any transaction: there is nothing to verify, it always writes.
-            B::write_outbox(&mut *conn, &outgoing).await?;
+            // Outside any transaction: there is nothing to verify, it always writes. The
+            // statement commits itself: a connection lost on its way leaves that unknown.
+            match B::write_outbox(&mut *conn, &outgoing).await {
+                Ok(_) => {}
+                Err(Error::ConnectionLost(source)) => {
+                    return Err(Error::CommitOutcomeUnknown {
+                        unit_of_work: "send",
+                        source,
+                    });
+                }
+                Err(error) => return Err(error),
+            }
             self.after_commit(&mut conn, true).await;
             return Ok(());
         }

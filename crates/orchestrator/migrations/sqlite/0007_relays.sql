@@ -9,3 +9,6 @@ CREATE TABLE keel_relays (
     started_at INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),
     last_seen  INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
 );
+
+-- `keel status` counts the deliveries finished in the last minute.
+CREATE INDEX keel_done_at ON keel_done (done_at);

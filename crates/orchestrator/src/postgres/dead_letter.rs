@@ -50,12 +50,14 @@ async fn letters(db: &Database<Postgres>, rows: &[PgRow]) -> Result<Vec<DeadLett
     .bind(handlers)
     .fetch_all(&mut *conn)
     .await?;
+    let index: std::collections::HashMap<(Uuid, String), usize> = letters
+        .iter()
+        .enumerate()
+        .map(|(at, l)| ((*l.event_id.as_uuid(), l.handler.clone()), at))
+        .collect();
     for (id, handler, attempt, failed_at, error) in failures {
-        if let Some(letter) = letters
-            .iter_mut()
-            .find(|l| *l.event_id.as_uuid() == id && l.handler == handler)
-        {
-            letter.failures.push(FailedAttempt {
+        if let Some(&at) = index.get(&(id, handler)) {
+            letters[at].failures.push(FailedAttempt {
                 attempt: attempt.max(0) as u32,
                 failed_at,
                 error,

@@ -94,12 +94,15 @@ impl Operations for Postgres {
     /// Counts per (message, handler) from the deliveries, the done log and the subscriptions,
     /// read in one snapshot (`REPEATABLE READ`), so the figures add up.
     async fn status(db: &Database<Postgres>) -> Result<Status, Error> {
+        // sqlx's transaction: rolled back even if this future is dropped midway.
         let mut conn = db.acquire().await?;
-        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *conn)
-            .await?;
-        let result = read_status(&mut conn).await;
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let mut tx = sqlx::Connection::begin_with(
+            &mut *conn,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        )
+        .await?;
+        let result = read_status(&mut tx).await;
+        tx.rollback().await?;
         result
     }
 

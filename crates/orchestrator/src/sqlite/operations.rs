@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 
 use super::now_ms;
 use crate::operations::{Counts, RelayStatus, Status};
+use crate::options::internal;
 use crate::store::Operations;
 use crate::{Database, Error};
 
@@ -75,40 +76,44 @@ async fn read_status(conn: &mut sqlx::SqliteConnection) -> Result<Status, Error>
 }
 
 impl Operations for Sqlite {
+    /// Through a unit of work: it writes, and SQLite's writers queue in the process.
     async fn heartbeat(
         db: &Database<Sqlite>,
         process: &str,
         host: &str,
         pid: u32,
     ) -> Result<(), Error> {
-        let mut conn = db.acquire().await?;
-        sqlx::query(concat!(
-            "DELETE FROM keel_relays WHERE last_seen < ",
-            now_ms!(),
-            " - 86400000"
-        ))
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(concat!(
-            "INSERT INTO keel_relays (process, host, pid) VALUES ($1, $2, $3)
-             ON CONFLICT (process) DO UPDATE SET last_seen = ",
-            now_ms!()
-        ))
-        .bind(process)
-        .bind(host)
-        .bind(i64::from(pid))
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
+        db.clone()
+            .unit_of_work_with(&internal("keel_heartbeat"), async |tx| {
+                sqlx::query(concat!(
+                    "DELETE FROM keel_relays WHERE last_seen < ",
+                    now_ms!(),
+                    " - 86400000"
+                ))
+                .execute(tx.conn())
+                .await?;
+                sqlx::query(concat!(
+                    "INSERT INTO keel_relays (process, host, pid) VALUES ($1, $2, $3)
+                     ON CONFLICT (process) DO UPDATE SET last_seen = ",
+                    now_ms!()
+                ))
+                .bind(process)
+                .bind(host)
+                .bind(i64::from(pid))
+                .execute(tx.conn())
+                .await?;
+                Ok(())
+            })
+            .await
+            .map(|receipt| receipt.into_value())
     }
 
-    /// Counts per (message, handler) from the deliveries, the done log and the subscriptions,
-    /// read in one transaction, so the figures add up.
     async fn status(db: &Database<Sqlite>) -> Result<Status, Error> {
+        // sqlx's transaction: rolled back even if this future is dropped midway.
         let mut conn = db.acquire().await?;
-        sqlx::query("BEGIN").execute(&mut *conn).await?;
-        let result = read_status(&mut conn).await;
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let result = read_status(&mut tx).await;
+        tx.rollback().await?;
         result
     }
 
