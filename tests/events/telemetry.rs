@@ -222,11 +222,15 @@ fn traced_registry() -> Registry {
     registry
 }
 
-/// An OpenTelemetry layer for this thread; Keel's spans are DEBUG, and must be seen.
-fn otel_subscriber() -> tracing::subscriber::DefaultGuard {
+/// An OpenTelemetry layer for the whole test binary (Keel's spans are DEBUG, and must be
+/// seen). Global, not per thread: `tracing` caches whether a span is wanted the first time
+/// any thread reaches it, and a test thread without a subscriber would switch the delivery
+/// span off for every thread.
+fn otel_subscriber() {
     use tracing_subscriber::layer::SubscriberExt;
+    // The same file is compiled once per backend: the first test to get here installs it.
     let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer());
-    tracing::subscriber::set_default(subscriber)
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// Records order `order_id` inside a request span that continues [`TRACE`].
@@ -266,7 +270,7 @@ async fn traces(db: &Database) -> Vec<(i64, String)> {
 }
 
 async fn fast_path_continues_the_trace(db: Database) {
-    let _subscriber = otel_subscriber();
+    otel_subscriber();
     db.execute_script("CREATE TABLE traces (order_id BIGINT, trace TEXT)")
         .await
         .unwrap();
@@ -293,7 +297,7 @@ const CHILD_URL: &str = "KEEL_TEST_TRACE_CHILD_URL";
 
 /// Another process's relay delivers what this one recorded without delivering it.
 async fn a_relay_of_another_process_continues_the_trace(test_url: String, db: Database) {
-    let _subscriber = otel_subscriber();
+    otel_subscriber();
     db.execute_script("CREATE TABLE traces (order_id BIGINT, trace TEXT)")
         .await
         .unwrap();
@@ -337,7 +341,7 @@ async fn a_relay_of_another_process_continues_the_trace(test_url: String, db: Da
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "the child process of a_relay_of_another_process_continues_the_trace"]
 async fn relay_child() {
-    let _subscriber = otel_subscriber();
+    otel_subscriber();
     let url = std::env::var(CHILD_URL).expect("started by the parent test");
     let db = Database::connect(&url).await.unwrap();
     let app = App::builder(db.clone(), traced_registry())

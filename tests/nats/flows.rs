@@ -258,6 +258,31 @@ async fn record_trace(_: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error>
     .await
 }
 
+/// The consuming service of the trace tests: its one `handler` writes what it sees into
+/// the table `traces`; it consumes as `service`.
+async fn writing_traces(
+    db: &Database,
+    broker: &JetStream,
+    handler: Handler,
+    service: &str,
+) -> (App, Consumers) {
+    db.execute_script("CREATE TABLE traces (traceparent TEXT NOT NULL)")
+        .await
+        .unwrap();
+    let name = handler.name();
+    let mut registry = Registry::new();
+    registry.register(handler).unwrap();
+    let app = App::builder(db.clone(), registry).delivery(quick()).start();
+    let consumers = Consumers::start(
+        app.dispatcher(),
+        broker.clone(),
+        ConsumerOptions::new(service),
+        &[name],
+    )
+    .unwrap();
+    (app, consumers)
+}
+
 /// A trace context set in one service's unit of work reaches the handler in the other:
 /// stored with the event, read back by the relay, published as a message header, accepted
 /// with the event, read back by the other relay.
@@ -266,24 +291,8 @@ async fn a_trace_context_travels_with_its_event() {
     let Some(broker) = broker().await else { return };
     let (orders_db, billing_db) = (database().await, database().await);
     let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
-    billing_db
-        .execute_script("CREATE TABLE traces (traceparent TEXT NOT NULL)")
-        .await
-        .unwrap();
-    let mut registry = Registry::new();
-    registry
-        .register(Handler::new::<Ticked, _>("trace", record_trace))
-        .unwrap();
-    let billing = App::builder(billing_db.clone(), registry)
-        .delivery(quick())
-        .start();
-    let consumers = Consumers::start(
-        billing.dispatcher(),
-        broker.clone(),
-        ConsumerOptions::new("billing"),
-        &["trace"],
-    )
-    .unwrap();
+    let handler = Handler::new::<Ticked, _>("trace", record_trace);
+    let (billing, consumers) = writing_traces(billing_db, &broker, handler, "billing").await;
     // No fast path: the forwarder reads the event back from the database.
     let orders = producer_with(orders_db, &broker, quick().fast_path(false));
     orders
@@ -325,39 +334,24 @@ async fn record_span_trace(_: &Ticked, ctx: &mut HandlerContext) -> Result<(), E
 
 /// Without any header set by the application: the span that records the event is a
 /// request's continuing a caller's trace; the handler's span in the other service, after
-/// both outboxes and the broker, continues the same trace. One thread, so that the
-/// OpenTelemetry layer installed for it sees every task.
-#[tokio::test(flavor = "current_thread")]
+/// both outboxes and the broker, continues the same trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recording_span_s_trace_reaches_the_other_service_s_handler() {
     use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     use tracing_subscriber::layer::SubscriberExt;
 
-    let _subscriber = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer()),
-    );
+    // For the whole test binary: `tracing` caches whether a span is wanted the first time
+    // any thread reaches it, and a thread without a subscriber would switch the delivery
+    // span off for every thread.
+    let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer());
+    let _ = tracing::subscriber::set_global_default(subscriber);
     let Some(broker) = broker().await else { return };
     let (orders_db, billing_db) = (database().await, database().await);
     let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
-    billing_db
-        .execute_script("CREATE TABLE traces (traceparent TEXT NOT NULL)")
-        .await
-        .unwrap();
-    let mut registry = Registry::new();
-    registry
-        .register(Handler::new::<Ticked, _>("span_trace", record_span_trace))
-        .unwrap();
-    let billing = App::builder(billing_db.clone(), registry)
-        .delivery(quick())
-        .start();
-    let consumers = Consumers::start(
-        billing.dispatcher(),
-        broker.clone(),
-        ConsumerOptions::new("billing_spans"),
-        &["span_trace"],
-    )
-    .unwrap();
+    let handler = Handler::new::<Ticked, _>("span_trace", record_span_trace);
+    let (billing, consumers) = writing_traces(billing_db, &broker, handler, "billing_spans").await;
     let orders = producer_with(orders_db, &broker, quick().fast_path(false));
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let request = tracing::info_span!("request");
