@@ -259,7 +259,11 @@ async fn scenario<B: TestBackend>() {
     assert_eq!(discarded["discarded"], 2);
     assert_eq!(admin.dead_letters().count().await.unwrap(), 0);
     run(&url, &["dead", "discard", "--all", "--yes"], 3);
+
+    // A relay that stops cleanly is no longer listed.
     app.shutdown().await.unwrap();
+    let relays = json(&url, &["status", "--json"])["relays"].clone();
+    assert_eq!(relays, Value::Array(vec![]), "{relays}");
 }
 
 async fn errors<B: TestBackend>() {

@@ -86,7 +86,12 @@ pub(crate) async fn run<B: Backend>(
     for task in tasks {
         let _ = task.await;
     }
+    // Stopped cleanly: no longer listed among the relays (another relay of this process,
+    // if any, lists it again at its next beat).
     heartbeat.abort();
+    if let Err(error) = B::forget_relay(dispatcher.database(), &this_process()).await {
+        tracing::debug!(%error, "could not remove this relay from the relays' list");
+    }
     // Graceful shutdown: stop claiming; what was claimed finishes (`Dispatcher::shutdown`
     // and `Dispatcher::run_worker` wait for it).
     let messages = taken.load(Ordering::Relaxed);

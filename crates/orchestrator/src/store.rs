@@ -346,6 +346,12 @@ pub trait Operations: sqlx::Database {
         pid: u32,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Removes `process` from the relays (its relay stopped cleanly).
+    fn forget_relay(
+        db: &Database<Self>,
+        process: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// The deliveries per handler, the unrouted events and the relays, read in one snapshot.
     fn status(db: &Database<Self>) -> impl Future<Output = Result<Status, Error>> + Send;
 

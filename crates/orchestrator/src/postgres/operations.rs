@@ -93,6 +93,15 @@ impl Operations for Postgres {
 
     /// Counts per (message, handler) from the deliveries, the done log and the subscriptions,
     /// read in one snapshot (`REPEATABLE READ`), so the figures add up.
+    async fn forget_relay(db: &Database<Postgres>, process: &str) -> Result<(), Error> {
+        let mut conn = db.acquire().await?;
+        sqlx::query("DELETE FROM keel_relays WHERE process = $1")
+            .bind(process)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     async fn status(db: &Database<Postgres>) -> Result<Status, Error> {
         // sqlx's transaction: rolled back even if this future is dropped midway.
         let mut conn = db.acquire().await?;

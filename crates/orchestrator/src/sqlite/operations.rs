@@ -108,6 +108,19 @@ impl Operations for Sqlite {
             .map(|receipt| receipt.into_value())
     }
 
+    async fn forget_relay(db: &Database<Sqlite>, process: &str) -> Result<(), Error> {
+        db.clone()
+            .unit_of_work_with(&internal("keel_forget_relay"), async |tx| {
+                sqlx::query("DELETE FROM keel_relays WHERE process = $1")
+                    .bind(process)
+                    .execute(tx.conn())
+                    .await?;
+                Ok(())
+            })
+            .await
+            .map(|receipt| receipt.into_value())
+    }
+
     async fn status(db: &Database<Sqlite>) -> Result<Status, Error> {
         // sqlx's transaction: rolled back even if this future is dropped midway.
         let mut conn = db.acquire().await?;
