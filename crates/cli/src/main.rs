@@ -98,38 +98,10 @@ async fn open<B: Backend>(url: &str, create: bool) -> Result<Database<B>, Failur
             )));
         }
     }
-    // One direct connection first: a refused or unknown host fails at once with its cause,
-    // where the pool would retry until its timeout and report only that it timed out.
-    // (SQLite: the pool's own options create a missing file.)
-    let direct = async {
-        if url.starts_with("sqlite:") {
-            return Ok(None);
-        }
-        <B::Connection as keel::sqlx::Connection>::connect(url)
-            .await
-            .map(Some)
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(10), direct).await {
-        Ok(Ok(Some(conn))) => {
-            let _ = keel::sqlx::Connection::close(conn).await;
-        }
-        Ok(Ok(None)) => {}
-        Ok(Err(error)) => {
-            return Err(Failure::failed(format!(
-                "cannot connect to {}: {error}",
-                keel::redact_url(url)
-            )));
-        }
-        Err(_) => {
-            return Err(Failure::failed(format!(
-                "cannot connect to {}: no answer within 10 s",
-                keel::redact_url(url)
-            )));
-        }
-    }
+    // A short wait: an operator would rather hear at once that the server is away.
     DatabaseOptions::new(url)
         .max_connections(2)
-        .acquire_timeout(std::time::Duration::from_secs(10))
+        .acquire_timeout(std::time::Duration::from_secs(3))
         .connect()
         .await
         .map_err(|error| Failure::failed(format!("cannot open the database: {error}")))

@@ -1,6 +1,7 @@
 //! One attempt of one delivery (or of one batch of commands): run the handler, then
 //! record the outcome of every delivery in it.
 
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
@@ -179,7 +180,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
                 }
             }
             telemetry::delivery(
-                &first.handler,
+                Cow::Borrowed(handler.name()),
                 claims.len(),
                 Outcome::Done,
                 started.elapsed(),
@@ -238,19 +239,24 @@ fn finish_failed<'a, B: Backend>(
     Box::pin(async move {
         let db = dispatcher.database().clone();
         for claim in claims {
-            let policy = dispatcher
+            let registered = dispatcher
                 .registry()
                 .handlers()
-                .find(|h| h.name() == claim.handler)
+                .find(|h| h.name() == claim.handler);
+            let policy = registered
                 .map(|h| h.retry_policy().clone())
                 .unwrap_or_else(crate::handler::default_retry);
+            let label = registered.map_or_else(
+                || Cow::Owned(claim.handler.clone()),
+                |h| Cow::Borrowed(h.name()),
+            );
             let permanent = matches!(retry, Retry::Never);
             let next = if permanent || !policy.allows_another_after(claim.run_attempt()) {
                 tracing::error!(
                     handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                     %error, "delivery failed; moved to the dead letter"
                 );
-                telemetry::delivery(&claim.handler, 1, Outcome::Dead, started.elapsed());
+                telemetry::delivery(label, 1, Outcome::Dead, started.elapsed());
                 Next::Dead
             } else {
                 let delay = match retry {
@@ -261,7 +267,7 @@ fn finish_failed<'a, B: Backend>(
                     handler = %claim.handler, event_id = %claim.event_id, attempt = claim.attempt,
                     %error, retry_in_ms = delay.as_millis() as u64, "delivery failed; retrying"
                 );
-                telemetry::delivery(&claim.handler, 1, Outcome::Retried, started.elapsed());
+                telemetry::delivery(label, 1, Outcome::Retried, started.elapsed());
                 Next::RetryIn(delay)
             };
             if let Err(failure) = B::record_failure(&db, claim, &error, next).await {

@@ -151,6 +151,20 @@ impl<B: Backend> std::fmt::Debug for Database<B> {
     }
 }
 
+/// Why no connection to `url` can be opened (refused, unknown host, wrong password): one
+/// direct attempt of at most 2 s; `PoolTimedOut` if it connects or does not answer.
+async fn connection_failure<B: Backend>(url: &str) -> sqlx::Error {
+    let attempt = <B::Connection as sqlx::Connection>::connect(url);
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+            sqlx::Error::PoolTimedOut
+        }
+        Ok(Err(source)) => source,
+        Err(_) => sqlx::Error::PoolTimedOut,
+    }
+}
+
 /// The table keel records its own migrations in, apart from the application's.
 const MIGRATIONS_TABLE: &str = "keel_schema_migrations";
 
@@ -170,7 +184,20 @@ impl<B: Backend> Database<B> {
 
     async fn open(options: DatabaseOptions) -> Result<Self, Error> {
         let url = B::normalise_url(options.url.trim())?;
-        let pool = B::open(&url, &options).await?;
+        let pool = match B::open(&url, &options).await {
+            Ok(pool) => pool,
+            // The pool retried until its timeout and says only that: one attempt says why.
+            Err(Error::Unreachable {
+                url: shown,
+                source: sqlx::Error::PoolTimedOut,
+            }) => {
+                return Err(Error::Unreachable {
+                    url: shown,
+                    source: connection_failure::<B>(&url).await,
+                });
+            }
+            Err(error) => return Err(error),
+        };
         let shown = redact(&url);
         tracing::debug!(url = %shown, backend = B::NAME, "database opened");
         Ok(Database {
@@ -319,15 +346,7 @@ impl<B: Backend> Database<B> {
                     sqlx::Error::PoolTimedOut // another request is finding out why
                 } else {
                     let url = B::normalise_url(self.inner.options.url.trim()).unwrap_or_default();
-                    let probe = <B::Connection as sqlx::Connection>::connect(&url);
-                    let found = match tokio::time::timeout(Duration::from_secs(2), probe).await {
-                        Ok(Ok(conn)) => {
-                            let _ = sqlx::Connection::close(conn).await;
-                            sqlx::Error::PoolTimedOut
-                        }
-                        Ok(Err(source)) => source,
-                        Err(_) => sqlx::Error::PoolTimedOut,
-                    };
+                    let found = connection_failure::<B>(&url).await;
                     self.inner.probing.store(false, Ordering::Release);
                     found
                 };

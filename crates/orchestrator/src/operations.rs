@@ -146,18 +146,11 @@ pub(crate) fn lease_token() -> uuid::Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-/// This process's identity as written in [`RelayStatus::process`].
+/// This process's identity as written in [`RelayStatus::process`]: the first 18
+/// characters of any lease token it writes (16 hex digits and two dashes).
 pub fn this_process() -> String {
-    process_of(&lease_token().to_string())
+    lease_token().to_string()[..18].to_owned()
 }
-
-/// The process part of a lease token in its text form (its first 18 characters).
-pub fn process_of(token: &str) -> String {
-    token.chars().take(PROCESS_CHARS).collect()
-}
-
-/// Length of a token's process part in text form: 16 hex digits and two dashes.
-pub(crate) const PROCESS_CHARS: usize = 18;
 
 /// One row of a backend's status counts: message, handler, in flight, retrying, pending,
 /// dead, oldest pending age in milliseconds.
