@@ -53,8 +53,9 @@ pub use keel_domain::{
     Aggregate, Command, DecodeError, DomainEvent, Envelope, EventId, Id, Version,
 };
 pub use keel_orchestrator::{
-    Backend, Committed, Database, DatabaseOptions, Error, Isolation, Key, LockMode, LockWait,
-    Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWorkOptions, redact_url,
+    Backend, Committed, Database, DatabaseOptions, Error, GroupCommit, Isolation, Key, LockMode,
+    LockWait, Locked, Rejection, Release, RetryPolicy, RowLock, Tx, TxFn, UnitOfWorkOptions,
+    redact_url,
 };
 pub use keel_orchestrator::{telemetry, trace};
 pub use sqlx;

@@ -16,6 +16,7 @@ mod postgres {
     pub use keel::postgres::{App, Database, Handler, HandlerContext, Registry, Session};
 
     mod delivery;
+    mod grouping;
     mod incident_postgres;
     mod registry;
     mod support;
@@ -29,6 +30,7 @@ mod sqlite {
     pub use keel::sqlite::{App, Database, Handler, HandlerContext, Registry, Session};
 
     mod delivery;
+    mod grouping;
     mod registry;
     mod support;
     mod telemetry;

@@ -130,9 +130,12 @@ impl<B: Backend> HandlerContext<B> {
         }
         self.opened = true;
         let ids = self.envelopes.iter().map(|e| e.id).collect();
-        let options = options
+        let mut options = options
             .caused_by(&self.envelopes[0])
             .processing_all(ids, self.handler);
+        if let Some(grouping) = self.dispatcher.options().group_commit {
+            options = options.grouped(grouping);
+        }
         match self.db.unit_of_work_with(&options, steps).await {
             Ok(receipt) => {
                 self.processed = true;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use keel_orchestrator::GroupCommit;
+
 /// Settings of event delivery, for the fast path and the relay.
 ///
 /// ```
@@ -27,6 +29,7 @@ pub struct DeliveryOptions {
     pub(crate) dead_retention: Option<Duration>,
     pub(crate) purge_batch: u32,
     pub(crate) purge_every: Duration,
+    pub(crate) group_commit: Option<GroupCommit>,
 }
 
 impl Default for DeliveryOptions {
@@ -43,7 +46,33 @@ impl Default for DeliveryOptions {
             dead_retention: Some(Duration::from_secs(30 * 24 * 3600)),
             purge_batch: 5_000,
             purge_every: Duration::from_secs(60),
+            group_commit: group_commit_from_env(),
         }
+    }
+}
+
+/// The environment variable that sets [`DeliveryOptions::group_commit`]'s default:
+/// `off`, `savepoints` or `optimistic`.
+pub(crate) const GROUP_COMMIT_VAR: &str = "KEEL_GROUP_COMMIT";
+
+/// The default group commit, unless [`GROUP_COMMIT_VAR`] says otherwise.
+fn group_commit_from_env() -> Option<GroupCommit> {
+    let default = None;
+    match std::env::var(GROUP_COMMIT_VAR) {
+        Err(_) => default,
+        Ok(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" => None,
+            "savepoints" => Some(GroupCommit::savepoints()),
+            "optimistic" => Some(GroupCommit::optimistic()),
+            "" => default,
+            other => {
+                tracing::warn!(
+                    value = other,
+                    "{GROUP_COMMIT_VAR} is not one of off, savepoints, optimistic; ignored"
+                );
+                default
+            }
+        },
     }
 }
 
@@ -129,6 +158,17 @@ impl DeliveryOptions {
     pub fn purge(mut self, batch: u32, every: Duration) -> Self {
         self.purge_batch = batch.max(1);
         self.purge_every = every;
+        self
+    }
+
+    /// Whether handlers' units of work that run at the same time share one transaction
+    /// and one commit ([`GroupCommit`]; `None`: each commits alone). A handler's unit of
+    /// work still returns only after its commit, and effects stay once per event; what a
+    /// group costs is latency (up to its window) and row locks held until the group
+    /// commits.
+    #[must_use]
+    pub fn group_commit(mut self, grouping: Option<GroupCommit>) -> Self {
+        self.group_commit = grouping;
         self
     }
 

@@ -126,7 +126,9 @@ struct Inner<B: sqlx::Database> {
     url: String,
     /// SQLite allows one writer: units of work of this process queue here instead of
     /// spinning in SQLite's busy handler.
-    writer: tokio::sync::Mutex<()>,
+    writer: Arc<tokio::sync::Mutex<()>>,
+    /// The group of units of work taking members (see `group.rs`).
+    open_group: crate::group::OpenGroup<B>,
     /// Kept to open an independent pool (`connect_again`); holds the unredacted URL, so
     /// it is never printed.
     options: DatabaseOptions,
@@ -205,7 +207,8 @@ impl<B: Backend> Database<B> {
             inner: Arc::new(Inner {
                 pool,
                 url: shown,
-                writer: tokio::sync::Mutex::new(()),
+                writer: Arc::new(tokio::sync::Mutex::new(())),
+                open_group: std::sync::Mutex::new(None),
                 options,
                 notifier: Notifier::new(),
                 holders: std::sync::Mutex::new(Vec::new()),
@@ -423,6 +426,15 @@ impl<B: Backend> Database<B> {
 
     pub(crate) fn writer(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.writer
+    }
+
+    /// The write lock, held until the guard is dropped, wherever it goes.
+    pub(crate) async fn writer_owned(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.inner.writer.clone().lock_owned().await
+    }
+
+    pub(crate) fn open_group(&self) -> &crate::group::OpenGroup<B> {
+        &self.inner.open_group
     }
 }
 

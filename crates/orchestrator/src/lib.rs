@@ -59,6 +59,7 @@ mod backend;
 mod committed;
 mod database;
 mod error;
+mod group;
 mod guard;
 mod lock;
 mod notify;
@@ -85,6 +86,7 @@ pub use committed::{Committed, Release};
 pub use database::{Database, DatabaseOptions};
 pub use error::{Error, Rejection};
 #[doc(hidden)]
+pub use group::GroupCommit;
 pub use guard::ensure_outside_unit_of_work;
 pub use lock::{Key, LockMode, LockWait, Locked, RowLock};
 pub use options::{Isolation, UnitOfWorkOptions};

@@ -6,6 +6,7 @@ use std::time::Duration;
 use keel_domain::{Envelope, EventId};
 
 use crate::RetryPolicy;
+use crate::group::GroupCommit;
 
 /// The options of Keel's own short units of work (claims, outcomes): retried more than a
 /// user's, since they only ever meet other workers.
@@ -52,6 +53,7 @@ pub struct UnitOfWorkOptions {
     pub(crate) cause: Option<Cause>,
     pub(crate) processes: Option<(Vec<EventId>, &'static str)>,
     pub(crate) internal: bool,
+    pub(crate) grouping: Option<GroupCommit>,
 }
 
 /// The event whose handling runs a unit of work: events it records join the cause's
@@ -79,6 +81,7 @@ impl UnitOfWorkOptions {
             cause: None,
             internal: false,
             processes: None,
+            grouping: None,
         }
     }
 
@@ -131,6 +134,16 @@ impl UnitOfWorkOptions {
     #[must_use]
     pub fn processing_all(mut self, event_ids: Vec<EventId>, handler: &'static str) -> Self {
         self.processes = Some((event_ids, handler));
+        self
+    }
+
+    /// Lets this unit of work share its transaction and its commit with others running at
+    /// the same time ([`GroupCommit`]); its call still returns only after that commit.
+    /// Ignored with a non-default isolation or a lock timeout of its own. The dispatcher
+    /// sets it for handlers (`DeliveryOptions::group_commit`).
+    #[must_use]
+    pub fn grouped(mut self, grouping: GroupCommit) -> Self {
+        self.grouping = Some(grouping);
         self
     }
 

@@ -127,6 +127,22 @@ pub trait Store: sqlx::Database {
     /// Rolls the transaction back.
     fn rollback(conn: &mut Connection<Self>) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Whether a unit of work's transaction is marked by a savepoint (SQLite): a member of
+    /// a group then always runs in one, and can always be undone alone.
+    const MARKS_WITH_SAVEPOINT: bool;
+
+    /// Starts a member of a group inside the group's transaction: in a savepoint of its own
+    /// when `savepoint` (or when [`Store::MARKS_WITH_SAVEPOINT`]).
+    fn member_begin(
+        conn: &mut Connection<Self>,
+        savepoint: bool,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Undoes what the member begun last wrote, back to its savepoint.
+    fn member_rollback(
+        conn: &mut Connection<Self>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Called after the transaction ended when [`Store::before_begin`] ran; puts the
     /// connection's defaults back.
     fn after_end(

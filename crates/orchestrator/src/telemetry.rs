@@ -11,6 +11,8 @@
 //! | `keel_deliveries_retried_total` | counter | `handler` | failed attempts with another one scheduled |
 //! | `keel_deliveries_dead_total` | counter | `handler` | deliveries moved to the dead letter |
 //! | `keel_delivery_duration_seconds` | histogram | `handler` | one attempt, from its start to its outcome |
+//! | `keel_group_commit_members` | histogram | | units of work per committed group ([`GroupCommit`](crate::GroupCommit)) |
+//! | `keel_group_commits_undone_total` | counter | | groups rolled back, whose members then ran again alone |
 //! | `keel_backlog` | gauge | `handler` | deliveries not finished (pending, in flight, retrying) |
 //! | `keel_oldest_pending_seconds` | gauge | `handler` | age of the oldest unfinished delivery's event |
 //! | `keel_dead_letters` | gauge | `handler` | deliveries in the dead letter |
@@ -47,6 +49,15 @@ fn cause(error: &Error) -> &'static str {
         Error::SerializationFailure(_) => "serialization_failure",
         Error::ConnectionLost(_) => "connection_lost",
         _ => "other",
+    }
+}
+
+/// Records how a group of units of work ended: committed with `members`, or undone.
+pub(crate) fn group_commit(members: usize, committed: bool) {
+    if committed {
+        metrics::histogram!("keel_group_commit_members").record(members as f64);
+    } else {
+        metrics::counter!("keel_group_commits_undone_total").increment(1);
     }
 }
 

@@ -20,6 +20,16 @@ impl<B: Backend> Database<B> {
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         let holding = self.hold(options.name);
+        if let Some(settings) = crate::group::groupable(options) {
+            match self
+                .grouped_attempt(settings, options, attempt, steps)
+                .await
+            {
+                crate::group::Membership::Ran(result) => return result,
+                // The group did not commit: this attempt runs again, alone.
+                crate::group::Membership::Undone => {}
+            }
+        }
         let _writer = if B::ONE_WRITER {
             let wait = options.lock_timeout.unwrap_or(self.options().lock_timeout);
             let guard = tokio::time::timeout(wait, self.writer().lock())
@@ -82,18 +92,7 @@ impl<B: Backend> Database<B> {
         .await?;
         let outcome = match &options.processes {
             Some((event_ids, handler)) => {
-                match B::mark_done(&mut open.conn, event_ids, handler).await {
-                    Ok(n) if n == event_ids.len() => Ok(()),
-                    Ok(0) => Err(Error::AlreadyProcessed {
-                        event_id: event_ids
-                            .first()
-                            .map(|id| id.to_string())
-                            .unwrap_or_default(),
-                        handler,
-                    }),
-                    Ok(_) => Err(Error::BatchPartlyProcessed { handler }),
-                    Err(error) => Err(error),
-                }
+                mark_processed::<B>(&mut open.conn, event_ids, handler).await
             }
             None => Ok(()),
         };
@@ -184,6 +183,27 @@ impl<B: Backend> Database<B> {
         open.ended = false;
         tracing::error!(%error, "the connection is closed");
         error
+    }
+}
+
+/// Marks the deliveries a handler's unit of work processes done, first thing in its
+/// transaction: all of them, or the unit of work does not run.
+pub(crate) async fn mark_processed<B: Backend>(
+    conn: &mut B::Connection,
+    event_ids: &[keel_domain::EventId],
+    handler: &'static str,
+) -> Result<(), Error> {
+    match B::mark_done(conn, event_ids, handler).await {
+        Ok(n) if n == event_ids.len() => Ok(()),
+        Ok(0) => Err(Error::AlreadyProcessed {
+            event_id: event_ids
+                .first()
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            handler,
+        }),
+        Ok(_) => Err(Error::BatchPartlyProcessed { handler }),
+        Err(error) => Err(error),
     }
 }
 

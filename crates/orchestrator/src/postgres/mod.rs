@@ -150,6 +150,19 @@ impl Store for Postgres {
         transaction::rollback(conn).await
     }
 
+    const MARKS_WITH_SAVEPOINT: bool = false;
+
+    async fn member_begin(conn: &mut PgConnection, savepoint: bool) -> Result<(), Error> {
+        if savepoint {
+            transaction::savepoint(conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn member_rollback(conn: &mut PgConnection) -> Result<(), Error> {
+        transaction::rollback_to_savepoint(conn).await
+    }
+
     async fn after_end(_: &mut PgConnection, _: &DatabaseOptions) -> Result<(), Error> {
         Ok(())
     }

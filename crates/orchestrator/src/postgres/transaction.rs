@@ -130,6 +130,20 @@ pub(super) async fn rollback(conn: &mut PgConnection) -> Result<(), Error> {
     Ok(())
 }
 
+/// A group member's savepoint. Members take turns, so the name is reused: `ROLLBACK TO`
+/// names the newest one, the running member's.
+pub(super) async fn savepoint(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::raw_sql("SAVEPOINT keel_member").execute(conn).await?;
+    Ok(())
+}
+
+pub(super) async fn rollback_to_savepoint(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::raw_sql("ROLLBACK TO SAVEPOINT keel_member")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub(super) async fn lock_row(conn: &mut PgConnection, lock: &RowLock) -> Result<Locked, Error> {
     let found = bind_key(sqlx::query(AssertSqlSafe(lock_sql(lock))), &lock.key)
         .fetch_optional(&mut *conn)

@@ -167,6 +167,16 @@ impl Store for Sqlite {
         transaction::rollback(conn).await
     }
 
+    const MARKS_WITH_SAVEPOINT: bool = true;
+
+    async fn member_begin(conn: &mut SqliteConnection, _: bool) -> Result<(), Error> {
+        transaction::member_begin(conn).await
+    }
+
+    async fn member_rollback(conn: &mut SqliteConnection) -> Result<(), Error> {
+        transaction::member_rollback(conn).await
+    }
+
     async fn after_end(
         conn: &mut SqliteConnection,
         options: &DatabaseOptions,

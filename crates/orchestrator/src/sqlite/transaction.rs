@@ -33,6 +33,27 @@ pub(super) async fn begin(conn: &mut SqliteConnection) -> Result<(), Error> {
     Ok(())
 }
 
+/// A group member's marker, which [`verify`] releases like a unit of work's own.
+pub(super) async fn member_begin(conn: &mut SqliteConnection) -> Result<(), Error> {
+    sqlx::raw_sql(concat!("SAVEPOINT ", savepoint!()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `ROLLBACK TO` keeps the savepoint; the release ends it.
+pub(super) async fn member_rollback(conn: &mut SqliteConnection) -> Result<(), Error> {
+    sqlx::raw_sql(concat!(
+        "ROLLBACK TO ",
+        savepoint!(),
+        "; RELEASE ",
+        savepoint!()
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn verify(conn: &mut SqliteConnection) -> Result<bool, Error> {
     match sqlx::raw_sql(concat!("RELEASE ", savepoint!()))
         .execute(conn)

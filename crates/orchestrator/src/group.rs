@@ -1,0 +1,480 @@
+//! Group commit: units of work that run at the same time share one transaction and one
+//! `COMMIT`.
+//!
+//! A database commits a bounded number of write transactions per second whoever sends
+//! them; a handler's unit of work that writes one row pays a whole commit for it. Units of
+//! work opted in with [`UnitOfWorkOptions::grouped`] (the dispatcher does it for handlers,
+//! see `DeliveryOptions::group_commit`) join the *open group*: its members take turns on the
+//! group's connection, each running its steps, its processed marker and its outbox write
+//! inside the group's transaction, and the group commits once for all of them.
+//!
+//! Nothing changes for the code that opened the unit of work: its call returns only after
+//! the group's commit, with the same receipt as alone. A member that fails is undone alone
+//! (with [`GroupCommit::savepoints`], it runs in a savepoint rolled back on failure), or
+//! undoes the whole group ([`GroupCommit::optimistic`]: no savepoint round trip; the other
+//! members then run again, each in a transaction of its own, which is what a retry would do
+//! anyway). A member cancelled mid-steps (a timeout) leaves its transaction in an unknown
+//! state: the group's connection is closed, and the others run again alone.
+//!
+//! A group closes when it is full or when its window has passed and no member is running;
+//! then it commits. Latency grows by at most the window; throughput grows with the number of
+//! units of work running at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use tokio::sync::{Notify, OwnedMutexGuard, watch};
+use tokio::time::Instant;
+
+use crate::outbox::Outgoing;
+use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions, guard};
+
+/// How units of work that run at the same time share one commit (see the module
+/// documentation of `group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    pub(crate) max_members: usize,
+    pub(crate) window: Duration,
+    pub(crate) savepoints: bool,
+}
+
+impl GroupCommit {
+    /// Each member in a savepoint: a failing member is rolled back alone, at one extra round
+    /// trip per member. Up to 50 members (PostgreSQL keeps 64 subtransactions per
+    /// transaction in shared memory; beyond that every snapshot on the server slows down).
+    pub fn savepoints() -> Self {
+        GroupCommit {
+            max_members: 50,
+            window: Duration::from_millis(2),
+            savepoints: true,
+        }
+    }
+
+    /// No savepoints: a failing member rolls the whole group back, and its other members
+    /// run again, each alone. The cheapest when failures are rare. Up to 100 members.
+    pub fn optimistic() -> Self {
+        GroupCommit {
+            max_members: 100,
+            window: Duration::from_millis(2),
+            savepoints: false,
+        }
+    }
+
+    /// The most members a group takes (at least 1); with savepoints, at most 60.
+    #[must_use]
+    pub fn max_members(mut self, members: usize) -> Self {
+        let cap = if self.savepoints { 60 } else { usize::MAX };
+        self.max_members = members.clamp(1, cap);
+        self
+    }
+
+    /// How long a group stays open for more members after its first one: the latency a
+    /// unit of work may gain. Zero: a group closes as soon as no member is running.
+    #[must_use]
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Whether members run in savepoints.
+    pub fn uses_savepoints(&self) -> bool {
+        self.savepoints
+    }
+}
+
+/// The open group of a database, if any (one per [`Database`] and its clones).
+pub(crate) type OpenGroup<B> = std::sync::Mutex<Option<Arc<Group<B>>>>;
+
+/// One group: its transaction's connection, who is in it, and how it ended.
+pub(crate) struct Group<B: sqlx::Database> {
+    settings: GroupCommit,
+    marker: uuid::Uuid,
+    state: std::sync::Mutex<State>,
+    changed: Notify,
+    conn: Arc<tokio::sync::Mutex<Slot<B>>>,
+    ended: watch::Sender<Option<Ended>>,
+}
+
+#[derive(Default)]
+struct State {
+    joined: usize,
+    /// Joined and not finished their steps (queued for the connection, or running).
+    running: usize,
+    closed: bool,
+    undo: Option<Undo>,
+    relay_work: bool,
+}
+
+/// Why a group cannot commit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// A member failed; `ROLLBACK` works.
+    Rollback,
+    /// The transaction's state is unknown (a member was cancelled mid-statement, or
+    /// tampered with it): the connection is closed.
+    Close,
+}
+
+/// The group's connection once its first member opened the transaction.
+struct Slot<B: sqlx::Database> {
+    conn: Option<PoolConnection<B>>,
+    /// SQLite's process-wide write lock, held for the whole group.
+    _writer: Option<OwnedMutexGuard<()>>,
+}
+
+/// How a group ended, for its members waiting on it.
+#[derive(Clone)]
+enum Ended {
+    Committed,
+    /// Rolled back, or never opened: every member runs again alone.
+    Undone,
+    /// The connection was lost during `COMMIT`.
+    Unknown(Arc<sqlx::Error>),
+}
+
+/// What a member's attempt in a group came to.
+pub(crate) enum Membership<T> {
+    /// The group committed with this member, or the member failed (its error).
+    Ran(Result<T, Error>),
+    /// The group did not commit: run the attempt alone.
+    Undone,
+}
+
+/// A member's place in its group; leaving it (however the member's future ends) tells the
+/// group, and a member cancelled while running its steps spoils the group's transaction.
+struct Member<B: Backend> {
+    group: Arc<Group<B>>,
+    working: bool,
+    left: bool,
+}
+
+impl<B: Backend> Member<B> {
+    fn leave(&mut self, undo: Option<Undo>) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let mut state = self.group.state();
+        state.running -= 1;
+        if let Some(undo) = undo {
+            state.undo = Some(match state.undo {
+                Some(Undo::Close) => Undo::Close,
+                _ => undo,
+            });
+        }
+        drop(state);
+        self.group.changed.notify_one();
+    }
+}
+
+impl<B: Backend> Drop for Member<B> {
+    fn drop(&mut self) {
+        let undo = self.working.then_some(Undo::Close);
+        self.leave(undo);
+    }
+}
+
+impl<B: Backend> Group<B> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether a unit of work with `options` may join a group: grouped, at the default
+/// isolation, without a lock timeout of its own.
+pub(crate) fn groupable(options: &UnitOfWorkOptions) -> Option<GroupCommit> {
+    options
+        .grouping
+        .filter(|_| options.isolation == Isolation::default() && options.lock_timeout.is_none())
+}
+
+impl<B: Backend> Database<B> {
+    /// Joins the open group, or opens one (and its driver) when there is none with room.
+    fn join(&self, settings: GroupCommit) -> Arc<Group<B>> {
+        let mut open = self.open_group().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(group) = open.as_ref().filter(|g| g.settings == settings) {
+            let mut state = group.state();
+            if !state.closed && state.joined < settings.max_members {
+                state.joined += 1;
+                state.running += 1;
+                drop(state);
+                return group.clone();
+            }
+        }
+        let group = Arc::new(Group {
+            settings,
+            marker: uuid::Uuid::now_v7(),
+            state: std::sync::Mutex::new(State {
+                joined: 1,
+                running: 1,
+                ..State::default()
+            }),
+            changed: Notify::new(),
+            conn: Arc::new(tokio::sync::Mutex::new(Slot {
+                conn: None,
+                _writer: None,
+            })),
+            ended: watch::Sender::new(None),
+        });
+        *open = Some(group.clone());
+        tokio::spawn(drive(self.clone(), group.clone()));
+        group
+    }
+
+    /// One attempt of a unit of work as a member of a group.
+    pub(crate) async fn grouped_attempt<T, F>(
+        &self,
+        settings: GroupCommit,
+        options: &UnitOfWorkOptions,
+        attempt: u32,
+        steps: &mut F,
+    ) -> Membership<(T, Vec<keel_domain::Envelope>, Option<uuid::Uuid>)>
+    where
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
+    {
+        let group = self.join(settings);
+        let mut member = Member {
+            group: group.clone(),
+            working: false,
+            left: false,
+        };
+        let mut slot = group.conn.clone().lock_owned().await;
+        if group.state().undo.is_some() {
+            member.leave(None);
+            return Membership::Undone;
+        }
+        if slot.conn.is_none() {
+            match self.open_group_transaction(options, group.marker).await {
+                Ok(opened) => *slot = opened,
+                Err(error) => {
+                    member.leave(Some(Undo::Rollback));
+                    return Membership::Ran(Err(error));
+                }
+            }
+        }
+        let Some(conn) = slot.conn.as_mut() else {
+            return Membership::Undone;
+        };
+        member.working = true;
+        let savepoint = settings.savepoints || B::MARKS_WITH_SAVEPOINT;
+        if let Err(error) = B::member_begin(conn, settings.savepoints).await {
+            member.working = false;
+            member.leave(Some(Undo::Rollback));
+            return Membership::Ran(Err(error));
+        }
+        // The same steps as alone (`transaction.rs`): the processed marker, the steps, the
+        // check that the transaction is still the group's, the outbox.
+        let outcome = match &options.processes {
+            Some((event_ids, handler)) => {
+                crate::transaction::mark_processed::<B>(conn, event_ids, handler).await
+            }
+            None => Ok(()),
+        };
+        // A marker that found the delivery done changed nothing; anything else may have.
+        let untouched = matches!(outcome, Err(Error::AlreadyProcessed { .. }));
+        let (outcome, events, commands) = match outcome {
+            Ok(()) => {
+                let mut tx = Tx::new(&mut **conn, attempt, options.cause, self.routing());
+                let outcome = guard::inside(options.name, steps(&mut tx)).await;
+                let (events, commands) = tx.into_outgoing();
+                (outcome, events, commands)
+            }
+            Err(error) => (Err(error), Vec::new(), Vec::new()),
+        };
+        let replaced = || Error::TransactionReplaced {
+            unit_of_work: options.name,
+        };
+        let outcome = match outcome {
+            Ok(value) => match B::verify(conn, group.marker).await {
+                Ok(true) => Ok(value),
+                Ok(false) => {
+                    member.working = false;
+                    member.leave(Some(Undo::Close));
+                    return Membership::Ran(Err(replaced()));
+                }
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        let lease = self
+            .routing()
+            .and_then(|r| r.fast_path_lease())
+            .map(|lease| (crate::operations::lease_token(), lease));
+        let outgoing = Outgoing {
+            events: &events,
+            commands: &commands,
+            routing: self.routing(),
+            lease,
+            marker: Some((group.marker, Isolation::default())),
+        };
+        let writes = !events.is_empty() || !commands.is_empty();
+        let outcome = match outcome {
+            Ok(value) if writes => match B::write_outbox(conn, &outgoing).await {
+                Ok(true) => Ok(value),
+                Ok(false) => {
+                    member.working = false;
+                    member.leave(Some(Undo::Close));
+                    return Membership::Ran(Err(replaced()));
+                }
+                Err(error) => Err(error),
+            },
+            other => other,
+        };
+        let value = match outcome {
+            Ok(value) => value,
+            Err(error) => {
+                // Undone alone in its savepoint; without one, anything but a marker that
+                // found the delivery done undoes the group.
+                let undo = if savepoint {
+                    B::member_rollback(conn).await.err().map(|_| Undo::Rollback)
+                } else if untouched {
+                    None
+                } else {
+                    Some(Undo::Rollback)
+                };
+                member.working = false;
+                member.leave(undo);
+                return Membership::Ran(Err(error));
+            }
+        };
+        member.working = false;
+        if writes && outgoing.leaves_for_relay() {
+            group.state().relay_work = true;
+        }
+        member.leave(None);
+        drop(slot);
+        let mut ended = group.ended.subscribe();
+        let ended = match ended.wait_for(Option::is_some).await {
+            Ok(ended) => ended.clone(),
+            Err(_) => None,
+        };
+        match ended {
+            Some(Ended::Committed) => {
+                if writes
+                    && outgoing.leaves_for_relay()
+                    && let Some(routing) = self.routing()
+                {
+                    routing.left_for_relay();
+                }
+                let token = lease
+                    .filter(|_| writes && outgoing.reserves())
+                    .map(|(token, _)| token);
+                Membership::Ran(Ok((value, events, token)))
+            }
+            Some(Ended::Unknown(source)) => Membership::Ran(Err(Error::CommitOutcomeUnknown {
+                unit_of_work: options.name,
+                source: sqlx::Error::Io(std::io::Error::other(source.to_string())),
+            })),
+            Some(Ended::Undone) | None => Membership::Undone,
+        }
+    }
+
+    /// The group's connection, its transaction begun (and, on SQLite, the write lock).
+    async fn open_group_transaction(
+        &self,
+        options: &UnitOfWorkOptions,
+        marker: uuid::Uuid,
+    ) -> Result<Slot<B>, Error> {
+        let writer = if B::ONE_WRITER {
+            let wait = self.options().lock_timeout;
+            let guard = tokio::time::timeout(wait, self.writer_owned())
+                .await
+                .map_err(|_| Error::LockTimeout {
+                    detail: format!(
+                        "the write lock was not granted within {} ms to a group of units of work",
+                        wait.as_millis()
+                    ),
+                })?;
+            Some(guard)
+        } else {
+            None
+        };
+        let mut conn = match self.pool().acquire().await {
+            Ok(conn) => conn,
+            Err(error) => return Err(self.exhausted(options.name, None, error).await),
+        };
+        if let Err(error) = B::begin(&mut conn, Isolation::default(), None, marker).await {
+            conn.close_on_drop();
+            return Err(error);
+        }
+        Ok(Slot {
+            conn: Some(conn),
+            _writer: writer,
+        })
+    }
+}
+
+/// Closes `group` when it is full, or when its window passed and no member runs, or as
+/// soon as a member undid it; then commits or rolls back, and tells the members.
+async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
+    let deadline = Instant::now() + group.settings.window;
+    loop {
+        let changed = group.changed.notified();
+        {
+            let mut state = group.state();
+            let full = state.joined >= group.settings.max_members;
+            let due = full || Instant::now() >= deadline;
+            if full || state.undo.is_some() || (due && state.running == 0) {
+                state.closed = true;
+            }
+            if state.closed && (state.running == 0 || state.undo.is_some()) {
+                break;
+            }
+        }
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep_until(deadline), if Instant::now() < deadline => {}
+        }
+    }
+    // Members queued for the connection take their turn first (the lock is fair); they see
+    // an undone group and leave.
+    let mut slot = group.conn.clone().lock_owned().await;
+    let (undo, relay_work, members) = {
+        let state = group.state();
+        (state.undo, state.relay_work, state.joined)
+    };
+    let ended = match (slot.conn.take(), undo) {
+        (None, _) => Ended::Undone,
+        (Some(mut conn), Some(Undo::Close)) => {
+            conn.close_on_drop();
+            Ended::Undone
+        }
+        (Some(mut conn), Some(Undo::Rollback)) => {
+            if B::rollback(&mut conn).await.is_err() {
+                conn.close_on_drop();
+            }
+            Ended::Undone
+        }
+        (Some(mut conn), None) => {
+            match B::commit(&mut conn, group.marker, Isolation::default(), false).await {
+                Ok(true) => {
+                    if relay_work {
+                        db.notify_relays(&mut conn).await;
+                    }
+                    Ended::Committed
+                }
+                Err(Error::ConnectionLost(source)) => {
+                    conn.close_on_drop();
+                    Ended::Unknown(Arc::new(source))
+                }
+                // Replaced (members check it; never expected) or refused: nothing committed.
+                Ok(false) | Err(_) => {
+                    conn.close_on_drop();
+                    Ended::Undone
+                }
+            }
+        }
+    };
+    match ended {
+        Ended::Committed => crate::telemetry::group_commit(members, true),
+        Ended::Undone if undo.is_some() => crate::telemetry::group_commit(members, false),
+        _ => {}
+    }
+    *slot = Slot {
+        conn: None,
+        _writer: None,
+    };
+    drop(slot);
+    group.ended.send_replace(Some(ended));
+}

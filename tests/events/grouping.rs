@@ -1,0 +1,206 @@
+//! Group commit ([`GroupCommit`]): handlers' units of work running at the same time share
+//! one transaction, and their effects still happen once per event, whichever member fails,
+//! however it fails (an error after writing, a statement the database refuses, a timeout
+//! mid-steps). Each scenario runs with savepoints and optimistically. Metrics are read from
+//! a recorder local to the test's single thread, to see that groups really formed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use keel::{DeliveryOptions, Error, GroupCommit, sqlx};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+use super::support::*;
+use super::{App, Database, Handler, HandlerContext, Registry};
+
+/// How a member misbehaves on its first attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    /// Writes its effect, then returns an error.
+    ErrorAfterWriting,
+    /// Writes its effect, then runs a statement the database refuses (a duplicate key).
+    RefusedStatement,
+    /// Writes its effect, then outlives the handler timeout inside its steps.
+    TimesOut,
+}
+
+/// Every tenth order misbehaves on its first attempt, as `FAULT` says; the others write
+/// their effect.
+async fn handle(event: &OrderPlaced, ctx: &mut HandlerContext, fault: Fault) -> Result<(), Error> {
+    let order_id = event.order_id;
+    let faulty = order_id % 10 == 0 && ctx.attempt() == 1;
+    let event_id = ctx.event_id().to_string();
+    let event_id = &event_id;
+    ctx.unit_of_work(async |tx| {
+        sqlx::query("INSERT INTO effects (order_id, event_id) VALUES ($1, $2)")
+            .bind(order_id)
+            .bind(event_id.as_str())
+            .execute(tx.conn())
+            .await?;
+        match fault {
+            _ if !faulty => {}
+            Fault::None => {}
+            Fault::ErrorAfterWriting => {
+                return Err(Error::external(std::io::Error::other("partner said no")));
+            }
+            Fault::RefusedStatement => {
+                sqlx::query("INSERT INTO orders (id) VALUES (0)")
+                    .execute(tx.conn())
+                    .await?;
+            }
+            Fault::TimesOut => tokio::time::sleep(Duration::from_secs(5)).await,
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn schema_with_effects(db: &Database) {
+    schema(db).await;
+    db.execute_script(
+        "CREATE TABLE effects (order_id BIGINT NOT NULL, event_id TEXT NOT NULL);
+         INSERT INTO orders (id) VALUES (0);",
+    )
+    .await
+    .unwrap();
+}
+
+async fn plain(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    handle(e, ctx, Fault::None).await
+}
+async fn errs(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    handle(e, ctx, Fault::ErrorAfterWriting).await
+}
+async fn refused(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    handle(e, ctx, Fault::RefusedStatement).await
+}
+async fn slow(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    handle(e, ctx, Fault::TimesOut).await
+}
+
+fn app(db: Database, grouping: GroupCommit, fault: Fault) -> App {
+    let mut registry = Registry::new();
+    let handler = match fault {
+        Fault::None => Handler::new::<OrderPlaced, _>("effects", plain),
+        Fault::ErrorAfterWriting => Handler::new::<OrderPlaced, _>("effects", errs),
+        Fault::RefusedStatement => Handler::new::<OrderPlaced, _>("effects", refused),
+        Fault::TimesOut => Handler::new::<OrderPlaced, _>("effects", slow),
+    };
+    registry.register(handler.retry(quick_retry(3))).unwrap();
+    App::builder(db, registry)
+        .delivery(
+            DeliveryOptions::default()
+                .poll_interval(Duration::from_millis(20))
+                .handler_timeout(Duration::from_millis(1_000))
+                .lease(Duration::from_secs(3))
+                .group_commit(Some(grouping.window(Duration::from_millis(20)))),
+        )
+        .start()
+}
+
+/// 200 orders from 20 producers at once; every effect once, groups of several members.
+async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
+    schema_with_effects(&db).await;
+    let app = app(db.clone(), grouping, fault);
+    let mut producers = Vec::new();
+    for p in 0..20_i64 {
+        let app = app.clone();
+        producers.push(tokio::spawn(async move {
+            let mut session = app.session();
+            for i in 0..10_i64 {
+                let order_id = 1 + p * 10 + i;
+                session
+                    .unit_of_work(async |tx| {
+                        tx.record(OrderPlaced { order_id })?;
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(30))
+            .await
+            .unwrap(),
+        "deliveries still pending after 30 s ({grouping:?}, {fault:?})"
+    );
+    let effects = count(&db, "SELECT COUNT(*) FROM effects").await;
+    let distinct = count(&db, "SELECT COUNT(DISTINCT order_id) FROM effects").await;
+    assert_eq!(
+        (effects, distinct),
+        (200, 200),
+        "each order's effect exactly once ({grouping:?}, {fault:?})"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM keel_done").await, 200);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM keel_deliveries WHERE status = 'dead'"
+        )
+        .await,
+        0
+    );
+    let failed = failures(&db, "effects").await;
+    match fault {
+        Fault::None => assert_eq!(failed, 0),
+        // Members queued behind the slow one wait for the group's connection: some time
+        // out too, and run again.
+        Fault::TimesOut => assert!(failed >= 20, "{failed} failed attempts"),
+        _ => assert_eq!(failed, 20, "only the failing members' attempts count"),
+    }
+    app.shutdown().await.unwrap();
+
+    let metrics: BTreeMap<String, DebugValue> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key.key().name().to_owned(), value))
+        .collect();
+    let Some(DebugValue::Histogram(sizes)) = metrics.get("keel_group_commit_members") else {
+        panic!("no group committed: {metrics:#?}");
+    };
+    let largest = sizes.iter().map(|s| s.into_inner()).fold(0.0, f64::max);
+    assert!(
+        largest > 1.0,
+        "groups never had more than one member: {sizes:?}"
+    );
+    // SQLite marks every member with a savepoint: a failing one is always undone alone.
+    let undoes = fault == Fault::TimesOut
+        || (fault != Fault::None && !grouping.uses_savepoints() && super::POSTGRES);
+    if undoes {
+        assert!(
+            matches!(metrics.get("keel_group_commits_undone_total"), Some(DebugValue::Counter(n)) if *n > 0),
+            "a failing member undid no group ({grouping:?}, {fault:?}): {metrics:#?}"
+        );
+    }
+}
+
+macro_rules! grouping_tests {
+    ($($name:ident: $grouping:expr, $fault:expr;)+) => {$(
+        #[tokio::test(flavor = "current_thread")]
+        async fn $name() {
+            if let Some(test) = keel_testing::TestDatabase::<super::B>::new().await {
+                scenario(test.database().clone(), $grouping, $fault).await;
+            }
+        }
+    )+};
+}
+
+grouping_tests! {
+    savepoints_group_members: GroupCommit::savepoints(), Fault::None;
+    optimistic_groups_members: GroupCommit::optimistic(), Fault::None;
+    savepoints_undo_a_member_that_errs_alone: GroupCommit::savepoints(), Fault::ErrorAfterWriting;
+    optimistic_reruns_the_others_when_a_member_errs: GroupCommit::optimistic(), Fault::ErrorAfterWriting;
+    savepoints_survive_a_refused_statement: GroupCommit::savepoints(), Fault::RefusedStatement;
+    optimistic_survives_a_refused_statement: GroupCommit::optimistic(), Fault::RefusedStatement;
+    savepoints_survive_a_member_timing_out: GroupCommit::savepoints(), Fault::TimesOut;
+    optimistic_survives_a_member_timing_out: GroupCommit::optimistic(), Fault::TimesOut;
+}
