@@ -213,12 +213,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// The width of the labels of result tables (the longest, a Graphile Worker peer's).
+const LABEL_WIDTH: usize = 66;
+
 /// One line of a result table: a label, a figure with its unit, and a ratio.
 pub fn row(label: &str, value: f64, unit: &str, ratio: Option<(f64, &str)>) {
     let ratio = ratio
         .map(|(r, of)| format!("{r:>7.2}× {of}"))
         .unwrap_or_default();
-    println!("  {label:<52} {value:>12.1} {unit:<9} {ratio}");
+    println!("  {label:<LABEL_WIDTH$} {value:>12.1} {unit:<9} {ratio}");
+}
+
+/// The line of a result table for a figure that could not be measured.
+pub fn not_measured(label: &str) {
+    println!("  {label:<LABEL_WIDTH$} not measured (see the warning above)");
 }
 
 /// Prints the heading of a scenario's table.

@@ -10,7 +10,12 @@
 //!   its `UPDATE` and an outbox row (its payload in `jsonb`, as Keel keeps it); consumers
 //!   claim one row at a time with `FOR UPDATE SKIP LOCKED`, write the effect, delete the
 //!   row (the cheapest "done"), commit. The same two transactions per event.
-//! - sqlxmq and apalis: the same job through those libraries (see `peers.rs`).
+//! - producers only: the yardstick of the target, Keel's producers running the same units
+//!   of work with the handler registered (each commit writes its delivery row, as in the
+//!   Keel run) but nothing delivering them: no fast path, no relay. The clock stops when
+//!   the last producer returns.
+//! - sqlxmq, apalis and Graphile Worker (with its defaults, then batched): the same job
+//!   through those libraries (see `peers.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +31,14 @@ use crate::chart::{self, Series};
 use crate::common::{self, Touched};
 use crate::peers;
 use crate::uow::verdict;
+
+/// The peers, with the least ratio Keel aims for against each.
+const PEERS: &[peers::Rival] = &[
+    (&peers::SQLXMQ, Some(2.0)),
+    (&peers::APALIS, Some(5.0)),
+    (&peers::GRAPHILE, None),
+    (&peers::GRAPHILE_BATCHED, Some(2.0)),
+];
 
 /// Consumers of the raw pipeline.
 const RAW_CONSUMERS: u64 = 8;
@@ -52,6 +65,38 @@ pub async fn keel(url: &str, events: u64, producers: u64) -> Result<f64, String>
         return Err("Keel: deliveries left pending after every effect was written".to_owned());
     }
     check_rows(&pool, events).await?;
+    Ok(rate)
+}
+
+/// Keel's producers with no delivery at all: events per second. The same units of work
+/// as [`keel`] and the same outbox rows (the handler is registered, so each commit writes
+/// its delivery), but the fast path is off and no relay runs, so the deliveries are left
+/// pending.
+pub async fn producers_only(url: &str, events: u64, producers: u64) -> Result<f64, String> {
+    let pool = common::raw_pool(url, 2).await?;
+    common::reset(&pool).await?;
+    let db = common::keel_database(url, producers as u32 + 16).await?;
+    let app = App::builder(db, crate::uow::registry())
+        .delivery(DeliveryOptions::default().fast_path(false))
+        .relay(false)
+        .start();
+    let started = Instant::now();
+    common::produce(app.dispatcher(), events, producers, 0).await?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    app.shutdown().await.map_err(|e| e.to_string())?;
+    let updates = common::count(&pool, "SELECT sum(n)::BIGINT FROM bench_rows").await?;
+    let pending = common::count(
+        &pool,
+        "SELECT count(*) FROM keel_deliveries WHERE status = 'pending'",
+    )
+    .await?;
+    let effects = common::count(&pool, EFFECTS).await?;
+    if updates != events as i64 || pending != events as i64 || effects != 0 {
+        return Err(format!(
+            "producers only: expected {events} updates, {events} pending deliveries and no \
+             effect, found {updates}, {pending} and {effects}"
+        ));
+    }
     Ok(rate)
 }
 
@@ -141,19 +186,13 @@ pub async fn run(
     with_peers: bool,
 ) -> Result<Report, String> {
     let raw_rate = raw(url, events, producers).await?;
+    let producer_rate = producers_only(url, events, producers).await?;
     let keel_rate = keel(url, events, producers).await?;
-    let mut peer_rates = Vec::new();
-    if with_peers {
-        for peer in peers::PEERS {
-            match peers::run(url, peer, events, producers).await {
-                Ok(rate) => peer_rates.push((*peer, Some(rate))),
-                Err(error) => {
-                    eprintln!("warning: peer `{peer}` not measured: {error}");
-                    peer_rates.push((*peer, None));
-                }
-            }
-        }
-    }
+    let measured = if with_peers {
+        peers::measure(url, PEERS, peers::Job::Delivery { events, producers }).await
+    } else {
+        Vec::new()
+    };
 
     common::heading(&format!(
         "delivery: commit → handler effect → done, {events} events, {producers} producers, PostgreSQL"
@@ -165,46 +204,32 @@ pub async fn run(
         None,
     );
     common::row(
+        "Keel producers only (no delivery): the target's yardstick",
+        producer_rate,
+        "events/s",
+        Some((keel_rate / producer_rate, "Keel vs it")),
+    );
+    common::row(
         "Keel (fast path + relay)",
         keel_rate,
         "events/s",
         Some((keel_rate / raw_rate, "raw")),
     );
-    for (peer, rate) in &peer_rates {
-        match rate {
-            Some(rate) => common::row(
-                peers::label(peer),
-                *rate,
-                "events/s",
-                Some((keel_rate / rate, "Keel vs it")),
-            ),
-            None => println!(
-                "  {:<52} not measured (see the warning above)",
-                peers::label(peer)
-            ),
-        }
-    }
+    peers::rows(&measured, keel_rate, "events/s");
     let mut report = Report::new("delivery");
     report.set("events_per_s", keel_rate);
     report.set("raw_events_per_s", raw_rate);
     report.set("vs_raw", keel_rate / raw_rate);
-    let mut goals = vec![format!(
-        "vs_raw ≥ 0.8 {}",
-        verdict(keel_rate / raw_rate >= 0.8)
-    )];
-    for (peer, rate) in &peer_rates {
-        let Some(rate) = rate else { continue };
-        let (key, rate_key, goal) = match *peer {
-            "apalis" => ("vs_apalis", "apalis_events_per_s", 5.0),
-            _ => ("vs_sqlxmq", "sqlxmq_events_per_s", 2.0),
-        };
-        report.set(key, keel_rate / rate);
-        report.set(rate_key, *rate);
-        goals.push(format!(
-            "{key} ≥ {goal} {}",
-            verdict(keel_rate / rate >= goal)
-        ));
-    }
+    report.set("producer_only_events_per_s", producer_rate);
+    report.set("vs_producer_only", keel_rate / producer_rate);
+    let mut goals = vec![
+        format!("vs_raw ≥ 0.8 {}", verdict(keel_rate / raw_rate >= 0.8)),
+        format!(
+            "vs_producer_only ≥ 0.9 {}",
+            verdict(keel_rate / producer_rate >= 0.9)
+        ),
+    ];
+    peers::record(&measured, keel_rate, &mut report, &mut goals);
     println!("  goals: {}", goals.join("; "));
 
     if let Some(dir) = svg {

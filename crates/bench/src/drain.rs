@@ -5,6 +5,9 @@
 //! The limit, measured in the same run: raw sqlx dequeuing the same number of rows from a
 //! plain queue table, 100 per transaction with `FOR UPDATE SKIP LOCKED`, 8 connections —
 //! the batched dequeue rate of this server.
+//!
+//! The peers: Graphile Worker draining as many jobs, pending beforehand, with a task that
+//! does nothing, first with its defaults, then batched (see `peers.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +16,16 @@ use keel::{DeliveryOptions, Error, sqlx};
 
 use crate::Report;
 use crate::common::{self, Touched};
+use crate::peers;
 use crate::uow::verdict;
 
 const LIMIT_TASKS: u64 = 8;
+
+/// The peers, with the least ratio Keel (default options) aims for against each.
+const PEERS: &[peers::Rival] = &[
+    (&peers::GRAPHILE, None),
+    (&peers::GRAPHILE_BATCHED, Some(1.5)),
+];
 
 async fn note(_event: &Touched, _ctx: &mut HandlerContext) -> Result<(), Error> {
     Ok(())
@@ -116,7 +126,7 @@ async fn keel(url: &str, n: u64, options: DeliveryOptions) -> Result<f64, String
     Ok(rate)
 }
 
-pub async fn run(url: &str, n: u64) -> Result<Report, String> {
+pub async fn run(url: &str, n: u64, with_peers: bool) -> Result<Report, String> {
     let pool = common::raw_pool(url, LIMIT_TASKS as u32 + 2).await?;
     seed(&pool, n).await?;
     let limit_rate = limit(&pool, n).await?;
@@ -129,6 +139,11 @@ pub async fn run(url: &str, n: u64) -> Result<Report, String> {
     seed(&pool, n).await?;
     let wide = defaults.batch_size(500).max_in_flight(1_000);
     let wide_rate = keel(url, n, wide).await?;
+    let measured = if with_peers {
+        peers::measure(url, PEERS, peers::Job::Drain { jobs: n }).await
+    } else {
+        Vec::new()
+    };
 
     common::heading(&format!(
         "drain: {n} pending deliveries, a handler with no database work, one relay, PostgreSQL"
@@ -151,15 +166,18 @@ pub async fn run(url: &str, n: u64) -> Result<Report, String> {
         "deliv./s",
         Some((wide_rate / limit_rate, "limit")),
     );
-    println!(
-        "  goal: ≥ 100,000/s and ≥ 0.5× the limit with default options → {}",
-        verdict(default_rate >= 100_000.0 && default_rate >= 0.5 * limit_rate)
-    );
+    peers::rows(&measured, default_rate, "jobs/s");
 
     let mut report = Report::new("drain");
     report.set("deliveries_per_s", default_rate);
     report.set("wide_deliveries_per_s", wide_rate);
     report.set("limit_rows_per_s", limit_rate);
     report.set("vs_limit", default_rate / limit_rate);
+    let mut goals = vec![format!(
+        "≥ 100,000/s and ≥ 0.5× the limit with default options {}",
+        verdict(default_rate >= 100_000.0 && default_rate >= 0.5 * limit_rate)
+    )];
+    peers::record(&measured, default_rate, &mut report, &mut goals);
+    println!("  goals: {}", goals.join("; "));
     Ok(report)
 }

@@ -131,10 +131,13 @@ scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
   uow       a unit of work (UPDATE one row + record one event) vs the same statements in
             raw sqlx, 8 tasks: ratio = Keel/raw time per op (goal <= 1.05)
   delivery  events/s from commit to handler effect, N producers: Keel vs a hand-written
-            sqlx pipeline (the ceiling), sqlxmq and apalis (goals: vs_raw >= 0.8,
-            vs_apalis >= 5, vs_sqlxmq >= 2); with --svg, throughput vs producers
+            sqlx pipeline (the ceiling), Keel's producers alone (no delivery), sqlxmq,
+            apalis and Graphile Worker (goals: vs_raw >= 0.8, vs_producer_only >= 0.9,
+            vs_apalis >= 5, vs_sqlxmq >= 2, vs_graphile_batched >= 2); with --svg,
+            throughput vs producers
   drain     a backlog of pending deliveries drained by the relay vs the server's batched
-            SKIP LOCKED dequeue rate (goal >= 100,000/s and >= 0.5x the limit)
+            SKIP LOCKED dequeue rate and Graphile Worker draining as many jobs (goals:
+            >= 100,000/s and >= 0.5x the limit, vs_graphile_batched >= 1.5)
   likes     N users like one post: unit of work + row lock (A) vs the command bus with
             batches (B), against the hot-row SELECT ... FOR UPDATE; UPDATE rate (goal B >= 5x)
   latency   commit -> handler start, p50/p99, in-process and cross-process (goals: p50 <= 1 ms
@@ -151,7 +154,8 @@ options:
   --backlog N     pending deliveries of drain (100000)
   --likes N       likes of likes (10000)
   --samples N     events of latency (2000)
-  --no-peers      skip sqlxmq and apalis in delivery (they build on first use)
+  --no-peers      skip the peers of delivery and drain: sqlxmq and apalis (built on
+                  first use) and Graphile Worker (needs node and npm; npm ci on first use)
   --json FILE     write the figures as JSON
   --svg DIR       write the charts (SVG) into DIR
 
@@ -174,7 +178,7 @@ async fn run(scenario: &str, url: &str, args: &Args) -> Result<Report, String> {
     match scenario {
         "uow" => uow::run(url, args.events).await,
         "delivery" => delivery::run(url, args.events, args.producers, svg, args.peers).await,
-        "drain" => drain::run(url, args.drain).await,
+        "drain" => drain::run(url, args.drain, args.peers).await,
         "likes" => likes::run(url, args.likes).await,
         "latency" => latency::run(url, args.latency, svg).await,
         "nats" => nats::run(url, args.latency).await,
