@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use keel::postgres::App;
-use keel::{DeliveryOptions, sqlx};
+use keel::{DeliveryOptions, GroupCommit, sqlx};
 use sqlx::types::Json;
 
 use crate::Report;
@@ -45,12 +45,17 @@ const RAW_CONSUMERS: u64 = 8;
 const EFFECTS: &str = "SELECT count(*) FROM bench_effects";
 
 /// Keel end to end: events per second.
-pub async fn keel(url: &str, events: u64, producers: u64) -> Result<f64, String> {
+pub async fn keel(
+    url: &str,
+    events: u64,
+    producers: u64,
+    grouping: Option<GroupCommit>,
+) -> Result<f64, String> {
     let pool = common::raw_pool(url, 2).await?;
     common::reset(&pool).await?;
     let db = common::keel_database(url, producers as u32 + 16).await?;
     let app = App::builder(db, crate::uow::registry())
-        .delivery(DeliveryOptions::default())
+        .delivery(DeliveryOptions::default().group_commit(grouping))
         .start();
     let started = Instant::now();
     common::produce(app.dispatcher(), events, producers, 0).await?;
@@ -69,7 +74,7 @@ pub async fn keel(url: &str, events: u64, producers: u64) -> Result<f64, String>
 }
 
 /// Keel's producers with no delivery at all: events per second. The same units of work
-/// as [`keel`] and the same outbox rows (the handler is registered, so each commit writes
+/// as [`keel()`] and the same outbox rows (the handler is registered, so each commit writes
 /// its delivery), but the fast path is off and no relay runs, so the deliveries are left
 /// pending.
 pub async fn producers_only(url: &str, events: u64, producers: u64) -> Result<f64, String> {
@@ -187,7 +192,14 @@ pub async fn run(
 ) -> Result<Report, String> {
     let raw_rate = raw(url, events, producers).await?;
     let producer_rate = producers_only(url, events, producers).await?;
-    let keel_rate = keel(url, events, producers).await?;
+    let alone_rate = keel(url, events, producers, None).await?;
+    let savepoints_rate = keel(url, events, producers, Some(GroupCommit::savepoints())).await?;
+    let optimistic_rate = keel(url, events, producers, Some(GroupCommit::optimistic())).await?;
+    let keel_rate = match DeliveryOptions::default().grouping() {
+        None => alone_rate,
+        Some(g) if g.uses_savepoints() => savepoints_rate,
+        Some(_) => optimistic_rate,
+    };
     let measured = if with_peers {
         peers::measure(url, PEERS, peers::Job::Delivery { events, producers }).await
     } else {
@@ -209,15 +221,30 @@ pub async fn run(
         "events/s",
         Some((keel_rate / producer_rate, "Keel vs it")),
     );
-    common::row(
-        "Keel (fast path + relay)",
-        keel_rate,
-        "events/s",
-        Some((keel_rate / raw_rate, "raw")),
+    for (label, rate) in [
+        (
+            "Keel (fast path + relay), each handler commits alone",
+            alone_rate,
+        ),
+        ("Keel, group commit with savepoints", savepoints_rate),
+        ("Keel, group commit, optimistic", optimistic_rate),
+    ] {
+        common::row(label, rate, "events/s", Some((rate / raw_rate, "raw")));
+    }
+    println!(
+        "  (the defaults are the {} row; ratios to peers and goals use it)",
+        match DeliveryOptions::default().grouping() {
+            None => "first",
+            Some(g) if g.uses_savepoints() => "second",
+            Some(_) => "third",
+        }
     );
     peers::rows(&measured, keel_rate, "events/s");
     let mut report = Report::new("delivery");
     report.set("events_per_s", keel_rate);
+    report.set("alone_events_per_s", alone_rate);
+    report.set("savepoints_events_per_s", savepoints_rate);
+    report.set("optimistic_events_per_s", optimistic_rate);
     report.set("raw_events_per_s", raw_rate);
     report.set("vs_raw", keel_rate / raw_rate);
     report.set("producer_only_events_per_s", producer_rate);
@@ -239,7 +266,7 @@ pub async fn run(
         println!("\n  throughput vs producers ({points} events per point):");
         for p in counts {
             let r = raw(url, points, p).await?;
-            let k = keel(url, points, p).await?;
+            let k = keel(url, points, p, DeliveryOptions::default().grouping()).await?;
             println!(
                 "    {p:>2} producers: raw {r:>8.0}/s, Keel {k:>8.0}/s ({:.2}×)",
                 k / r

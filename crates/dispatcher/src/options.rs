@@ -57,7 +57,7 @@ pub(crate) const GROUP_COMMIT_VAR: &str = "KEEL_GROUP_COMMIT";
 
 /// The default group commit, unless [`GROUP_COMMIT_VAR`] says otherwise.
 fn group_commit_from_env() -> Option<GroupCommit> {
-    let default = None;
+    let default = Some(GroupCommit::savepoints());
     match std::env::var(GROUP_COMMIT_VAR) {
         Err(_) => default,
         Ok(value) => match value.trim().to_ascii_lowercase().as_str() {
@@ -164,12 +164,21 @@ impl DeliveryOptions {
     /// Whether handlers' units of work that run at the same time share one transaction
     /// and one commit ([`GroupCommit`]; `None`: each commits alone). A handler's unit of
     /// work still returns only after its commit, and effects stay once per event; what a
-    /// group costs is latency (up to its window) and row locks held until the group
-    /// commits.
+    /// group costs is latency (up to its window, and the turns of the members before it)
+    /// and row locks held until the group commits.
+    ///
+    /// Default: [`GroupCommit::savepoints()`], unless the environment variable
+    /// `KEEL_GROUP_COMMIT` says `off`, `savepoints` or `optimistic`. Turn it off for
+    /// handlers whose steps wait on something slow inside their unit of work.
     #[must_use]
     pub fn group_commit(mut self, grouping: Option<GroupCommit>) -> Self {
         self.group_commit = grouping;
         self
+    }
+
+    /// The group commit in effect (see [`DeliveryOptions::group_commit`]).
+    pub fn grouping(&self) -> Option<GroupCommit> {
+        self.group_commit
     }
 
     /// The effective lease: at least twice the handler timeout.

@@ -17,8 +17,9 @@
 //! state: the group's connection is closed, and the others run again alone.
 //!
 //! A group closes when it is full or when its window has passed and no member is running;
-//! then it commits. Latency grows by at most the window; throughput grows with the number of
-//! units of work running at once.
+//! then it commits. With the default window (none), a group takes whoever arrives while its
+//! members run, and closes as soon as none is left: a lone unit of work is not delayed, and
+//! groups grow with the load.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,27 +42,33 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Each member in a savepoint: a failing member is rolled back alone, at one extra round
-    /// trip per member. Up to 50 members (PostgreSQL keeps 64 subtransactions per
-    /// transaction in shared memory; beyond that every snapshot on the server slows down).
+    /// trip per member. Up to [`GroupCommit::MEMBERS`] members, no window.
     pub fn savepoints() -> Self {
         GroupCommit {
-            max_members: 50,
-            window: Duration::from_millis(2),
+            max_members: Self::MEMBERS,
+            window: Duration::ZERO,
             savepoints: true,
         }
     }
 
     /// No savepoints: a failing member rolls the whole group back, and its other members
-    /// run again, each alone. The cheapest when failures are rare. Up to 100 members.
+    /// run again, each alone. Up to [`GroupCommit::MEMBERS`] members, no window.
     pub fn optimistic() -> Self {
         GroupCommit {
-            max_members: 100,
-            window: Duration::from_millis(2),
+            max_members: Self::MEMBERS,
+            window: Duration::ZERO,
             savepoints: false,
         }
     }
 
-    /// The most members a group takes (at least 1); with savepoints, at most 60.
+    /// The default size of a group. Members take turns on one connection, so a large group
+    /// makes its last members wait for the others' statements: with 8 concurrent groups of
+    /// 8 rather than 1 group of 64, the benchmark delivered twice as fast (`docs/benchmarks.md`).
+    pub const MEMBERS: usize = 8;
+
+    /// The most members a group takes (at least 1); with savepoints, at most 60
+    /// (PostgreSQL keeps 64 subtransactions per transaction in shared memory; beyond that
+    /// every snapshot on the server slows down).
     #[must_use]
     pub fn max_members(mut self, members: usize) -> Self {
         let cap = if self.savepoints { 60 } else { usize::MAX };
