@@ -292,22 +292,7 @@ impl<B: Backend> Database<B> {
         let replaced = || Error::TransactionReplaced {
             unit_of_work: options.name,
         };
-        let outcome = match outcome {
-            Ok(value) => match B::verify(conn, group.marker).await {
-                Ok(true) => Ok(value),
-                Ok(false) => {
-                    member.working = false;
-                    member.leave(Some(Undo::Close));
-                    return Membership::Ran(Err(replaced()));
-                }
-                Err(error) => Err(error),
-            },
-            Err(error) => Err(error),
-        };
-        let lease = self
-            .routing()
-            .and_then(|r| r.fast_path_lease())
-            .map(|lease| (crate::operations::lease_token(), lease));
+        let lease = self.fast_path_lease();
         let outgoing = Outgoing {
             events: &events,
             commands: &commands,
@@ -316,20 +301,25 @@ impl<B: Backend> Database<B> {
             marker: Some((group.marker, Isolation::default())),
         };
         let writes = !events.is_empty() || !commands.is_empty();
-        let outcome = match outcome {
-            Ok(value) if writes => match B::write_outbox(conn, &outgoing).await {
-                Ok(true) => Ok(value),
-                Ok(false) => {
-                    member.working = false;
-                    member.leave(Some(Undo::Close));
-                    return Membership::Ran(Err(replaced()));
-                }
+        // `None`: the steps ended or replaced the group's transaction.
+        let checked = match outcome {
+            Ok(value) => match B::verify(conn, group.marker).await {
+                Ok(true) if writes => B::write_outbox(conn, &outgoing)
+                    .await
+                    .map(|kept| kept.then_some(value)),
+                Ok(true) => Ok(Some(value)),
+                Ok(false) => Ok(None),
                 Err(error) => Err(error),
             },
-            other => other,
+            Err(error) => Err(error),
         };
-        let value = match outcome {
-            Ok(value) => value,
+        let value = match checked {
+            Ok(Some(value)) => value,
+            Ok(None) => {
+                member.working = false;
+                member.leave(Some(Undo::Close));
+                return Membership::Ran(Err(replaced()));
+            }
             Err(error) => {
                 // Undone alone in its savepoint; without one, anything but a marker that
                 // found the delivery done undoes the group.

@@ -116,10 +116,7 @@ impl<B: Backend> Database<B> {
             },
             Err(error) => Err(error),
         };
-        let lease = self
-            .routing()
-            .and_then(|r| r.fast_path_lease())
-            .map(|lease| (crate::operations::lease_token(), lease));
+        let lease = self.fast_path_lease();
         let outgoing = Outgoing {
             events: &events,
             commands: &commands,
@@ -174,6 +171,14 @@ impl<B: Backend> Database<B> {
         }
         let token = lease.filter(|_| reserved).map(|(token, _)| token);
         Ok((value, events, token))
+    }
+
+    /// A fresh lease token and the fast path's lease, when this process delivers its own
+    /// commits' events at once.
+    pub(crate) fn fast_path_lease(&self) -> Option<(uuid::Uuid, std::time::Duration)> {
+        self.routing()
+            .and_then(|r| r.fast_path_lease())
+            .map(|lease| (crate::operations::lease_token(), lease))
     }
 
     /// Rolls back what can be, and leaves the connection to be closed: after its steps
