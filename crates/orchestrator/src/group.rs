@@ -29,7 +29,7 @@ use tokio::sync::{Notify, OwnedMutexGuard, watch};
 use tokio::time::Instant;
 
 use crate::outbox::Outgoing;
-use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions, guard};
+use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions};
 
 /// How units of work that run at the same time share one commit (see the module
 /// documentation of `group`).
@@ -281,12 +281,7 @@ impl<B: Backend> Database<B> {
         // A marker that found the delivery done changed nothing; anything else may have.
         let untouched = matches!(outcome, Err(Error::AlreadyProcessed { .. }));
         let (outcome, events, commands) = match outcome {
-            Ok(()) => {
-                let mut tx = Tx::new(&mut **conn, attempt, options.cause, self.routing());
-                let outcome = guard::inside(options.name, steps(&mut tx)).await;
-                let (events, commands) = tx.into_outgoing();
-                (outcome, events, commands)
-            }
+            Ok(()) => self.run_steps(conn, options, attempt, steps).await,
             Err(error) => (Err(error), Vec::new(), Vec::new()),
         };
         let replaced = || Error::TransactionReplaced {

@@ -98,10 +98,8 @@ impl<B: Backend> Database<B> {
         };
         let (outcome, events, commands) = match outcome {
             Ok(()) => {
-                let mut tx = Tx::new(&mut *open.conn, attempt, options.cause, self.routing());
-                let outcome = guard::inside(options.name, steps(&mut tx)).await;
-                let (events, commands) = tx.into_outgoing();
-                (outcome, events, commands)
+                self.run_steps(&mut open.conn, options, attempt, steps)
+                    .await
             }
             Err(error) => (Err(error), Vec::new(), Vec::new()),
         };
@@ -171,6 +169,24 @@ impl<B: Backend> Database<B> {
         }
         let token = lease.filter(|_| reserved).map(|(token, _)| token);
         Ok((value, events, token))
+    }
+
+    /// The steps on `conn`, inside the unit of work's guard: their result, and the events
+    /// and commands they recorded.
+    pub(crate) async fn run_steps<T, F>(
+        &self,
+        conn: &mut B::Connection,
+        options: &UnitOfWorkOptions,
+        attempt: u32,
+        steps: &mut F,
+    ) -> (Result<T, Error>, Vec<Envelope>, Vec<crate::outbox::Sent>)
+    where
+        F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
+    {
+        let mut tx = Tx::new(conn, attempt, options.cause, self.routing());
+        let outcome = guard::inside(options.name, steps(&mut tx)).await;
+        let (events, commands) = tx.into_outgoing();
+        (outcome, events, commands)
     }
 
     /// A fresh lease token and the fast path's lease, when this process delivers its own
