@@ -1,7 +1,8 @@
 # Throwaway servers for the scripts (sourced by test.sh and chaos.sh): PostgreSQL, with TLS,
 # on a free local port, in a directory the caller owns; apt-get installs what is missing.
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# A step's heading, with the seconds since the script started (where the time goes).
+say() { printf '\033[1m==> [%ss] %s\033[0m\n' "$SECONDS" "$*" >&2; }
 
 as_postgres() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

@@ -372,7 +372,40 @@ async fn inside_a_unit_of_work_the_app_cannot_be_stopped(db: Database) {
     app.shutdown().await.unwrap();
 }
 
+async fn logs_only(_: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Error> {
+    Ok(())
+}
+
+/// A delivery done a second time (an operator re-created it by hand) is marked done again,
+/// with its latest attempt count, although its line in the done log already exists.
+async fn a_delivery_done_twice_is_marked_done_again(db: Database) {
+    schema(&db).await;
+    let app = app_with(
+        db.clone(),
+        vec![Handler::new::<OrderPlaced, _>("logs_only", logs_only)],
+    );
+    place_order(&mut app.session(), 1).await.unwrap();
+    delivered(&app).await;
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO keel_deliveries (event_id, handler, status, attempts)
+         SELECT event_id, handler, 'pending', attempts FROM keel_done",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    app.dispatcher().wake_relay();
+    delivered(&app).await;
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM keel_done WHERE attempts = 2").await,
+        1
+    );
+    app.shutdown().await.unwrap();
+}
+
 keel_testing::backend_tests!(
+    a_delivery_done_twice_is_marked_done_again,
     inside_a_unit_of_work_the_app_cannot_be_stopped,
     a_relay_taking_over_the_fast_path_counts_on,
     handlers_run_after_commit_and_see_its_effects,

@@ -245,10 +245,36 @@ impl<B: Backend> Dispatcher<B> {
         event_ids: &[EventId],
         handler: &str,
     ) -> Result<(), String> {
-        self.inner
+        let written = self
+            .inner
             .marks
-            .mark_done(&self.inner.db, event_ids, handler)
-            .await
+            .mark_done(&self.inner.db, event_ids, handler);
+        // Waiting for its mark, a delivery no longer holds the relay's claim window.
+        if self.claim_room() >= self.claim_worth() {
+            self.inner.wake.wake();
+        }
+        written.await
+    }
+
+    /// Room left in the relay's claim window: claimed deliveries wait in a local buffer for
+    /// a free slot, up to one batch beyond the slots, so the slots never idle while the
+    /// next claim runs. Deliveries that wait only for their done mark hold no room, up to
+    /// one batch of them: their marks are written together while the next claim runs. (A
+    /// larger allowance measured no faster: every claim scans past the rows leased and not
+    /// yet done.)
+    pub(crate) fn claim_room(&self) -> u32 {
+        let options = &self.inner.options;
+        let window = (options.max_in_flight as u32).saturating_add(options.batch_size);
+        let marking = self.inner.marks.pending().min(options.batch_size as usize);
+        let holding = self.inner.running.count().saturating_sub(marking);
+        window.saturating_sub(holding.min(u32::MAX as usize) as u32)
+    }
+
+    /// The least room worth a claim: a claim of a handful of rows costs the server nearly
+    /// what a full batch does, so the relay claims when half a batch fits.
+    pub(crate) fn claim_worth(&self) -> u32 {
+        let options = &self.inner.options;
+        (options.batch_size.min(options.max_in_flight as u32) / 2).max(1)
     }
 
     /// Removes finished deliveries older than `older_than` (and events left without

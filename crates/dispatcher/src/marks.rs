@@ -10,13 +10,15 @@
 //! [`Dispatcher::wait_idle`](crate::Dispatcher::wait_idle) still means "nothing left to do".
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use keel_domain::EventId;
 use keel_orchestrator::{Backend, Database, Error};
 use tokio::sync::{mpsc, oneshot};
 
 /// Deliveries (or batches) whose marks are taken per write at most.
-const MAX_MARKS: usize = 2_000;
+pub(crate) const MAX_MARKS: usize = 2_000;
 
 /// The marks of one delivery, or of one batch of commands.
 struct Mark {
@@ -28,23 +30,33 @@ struct Mark {
 /// The queue of marks to write; one writer task per dispatcher, started on first use.
 pub(crate) struct Marks {
     queue: std::sync::OnceLock<mpsc::UnboundedSender<Mark>>,
+    /// Deliveries whose handler has returned and whose mark is queued or being written.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Marks {
     pub(crate) fn new() -> Self {
         Marks {
             queue: std::sync::OnceLock::new(),
+            pending: Arc::default(),
         }
     }
 
-    /// Marks the deliveries of `event_ids` to `handler` done; returns once written (or the
-    /// write failed: the delivery is then redelivered when its lease expires).
-    pub(crate) async fn mark_done<B: Backend>(
+    /// Deliveries waiting only for their mark: the relay does not count them against its
+    /// claim window (they run no handler), up to [`MAX_MARKS`] of them.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Queues the marks of `event_ids` to `handler`; the future it returns resolves once
+    /// they are written (or the write failed: the delivery is then redelivered when its
+    /// lease expires).
+    pub(crate) fn mark_done<B: Backend>(
         &self,
         db: &Database<B>,
         event_ids: &[EventId],
         handler: &str,
-    ) -> Result<(), String> {
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
         let queue = self.queue.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
             tokio::spawn(write_marks(db.clone(), receiver));
@@ -57,8 +69,30 @@ impl Marks {
             handler: handler.to_owned(),
             written,
         };
-        queue.send(mark).map_err(|_| stopped())?;
-        wait.await.map_err(|_| stopped())?
+        let pending = Pending::new(&self.pending);
+        let queued = queue.send(mark).map_err(|_| stopped());
+        async move {
+            queued?;
+            let result = wait.await.map_err(|_| stopped())?;
+            drop(pending);
+            result
+        }
+    }
+}
+
+/// One delivery counted in [`Marks::pending`] until dropped.
+struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Pending(count.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

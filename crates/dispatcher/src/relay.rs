@@ -184,11 +184,7 @@ async fn claim_loop<B: Backend>(
     let mut last_purge = Instant::now();
     let mut last_route: Option<Instant> = None;
     let mut failing_since: Option<Instant> = None;
-    // Claimed deliveries wait in a local buffer for a free slot: up to one batch beyond the
-    // slots, so the slots never idle while the next claim runs. A claim of a handful of rows
-    // costs the server nearly what a full batch does: claim when half a batch fits.
-    let capacity = (options.max_in_flight as u32).saturating_add(options.batch_size);
-    let worth = (options.batch_size.min(options.max_in_flight as u32) / 2).max(1);
+    let worth = dispatcher.claim_worth();
     loop {
         let seen = wake.seen(purges);
         let taken = counter.load(Ordering::Relaxed);
@@ -217,9 +213,7 @@ async fn claim_loop<B: Backend>(
                 more_to_route = routed >= options.batch_size as usize;
                 last_route = (!more_to_route).then(Instant::now);
             }
-            let room = capacity
-                .saturating_sub(dispatcher.in_flight() as u32)
-                .min(left);
+            let room = dispatcher.claim_room().min(left);
             if room < worth.min(left) {
                 return Ok::<_, keel_orchestrator::Error>((more_to_route, 0));
             }
@@ -256,7 +250,7 @@ async fn claim_loop<B: Backend>(
                 let (wake, ended) = (wake.clone(), dispatcher.clone());
                 // A delivery that ends wakes the claim loops only when a claim is worth it.
                 dispatcher.spawn_delivery(group, move || {
-                    if capacity.saturating_sub(ended.in_flight() as u32) >= worth {
+                    if ended.claim_room() >= worth {
                         wake.wake();
                     }
                 });

@@ -274,7 +274,7 @@ impl Store for Postgres {
     ) -> Result<(), Error> {
         let mut conn = db.acquire().await?;
         for (handler, event_ids) in by_handler {
-            Self::mark_done(&mut conn, event_ids, handler).await?;
+            transaction::mark_done_alone(&mut conn, event_ids, handler).await?;
         }
         Ok(())
     }

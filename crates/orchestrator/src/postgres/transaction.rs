@@ -241,22 +241,57 @@ pub(super) async fn mark_done(
     event_ids: &[EventId],
     handler: &str,
 ) -> Result<usize, Error> {
+    Ok(mark_done_sql(conn, MARK_DONE, event_ids, handler).await? as usize)
+}
+
+/// Marks done outside any transaction, in a statement of its own: a plain append to
+/// `keel_done`, which spares the conflict check of every row (a speculative insertion costs
+/// an index probe and a second WAL record per row). A delivery done twice (a backfill of
+/// events already delivered) makes the append fail as a whole; it is then written again
+/// with the conflict check, which keeps the latest attempt count.
+pub(super) async fn mark_done_alone(
+    conn: &mut PgConnection,
+    event_ids: &[EventId],
+    handler: &str,
+) -> Result<usize, Error> {
+    match mark_done_sql(&mut *conn, MARK_DONE_APPEND, event_ids, handler).await {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            mark_done(conn, event_ids, handler).await
+        }
+        done => Ok(done? as usize),
+    }
+}
+
+/// Moves pending deliveries to the done log, keeping the latest attempt count of a
+/// delivery done again.
+const MARK_DONE: &str = "WITH d AS (
+        DELETE FROM keel_deliveries
+        WHERE handler = $1 AND status = 'pending' AND event_id = ANY ($2)
+        RETURNING event_id, handler, attempts)
+    INSERT INTO keel_done (event_id, handler, attempts) SELECT * FROM d
+    ON CONFLICT (event_id, handler)
+    DO UPDATE SET attempts = EXCLUDED.attempts, done_at = EXCLUDED.done_at";
+
+/// [`MARK_DONE`] without the conflict check.
+const MARK_DONE_APPEND: &str = "WITH d AS (
+        DELETE FROM keel_deliveries
+        WHERE handler = $1 AND status = 'pending' AND event_id = ANY ($2)
+        RETURNING event_id, handler, attempts)
+    INSERT INTO keel_done (event_id, handler, attempts) SELECT * FROM d";
+
+async fn mark_done_sql(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    event_ids: &[EventId],
+    handler: &str,
+) -> Result<u64, sqlx::Error> {
     let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| *id.as_uuid()).collect();
-    let done = sqlx::query(
-        "WITH d AS (
-             DELETE FROM keel_deliveries
-             WHERE handler = $1 AND status = 'pending' AND event_id = ANY ($2)
-             RETURNING event_id, handler, attempts)
-         INSERT INTO keel_done (event_id, handler, attempts) SELECT * FROM d
-         ON CONFLICT (event_id, handler)
-         DO UPDATE SET attempts = EXCLUDED.attempts, done_at = EXCLUDED.done_at",
-    )
-    .bind(handler)
-    .bind(ids)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(done as usize)
+    Ok(sqlx::query(sql)
+        .bind(handler)
+        .bind(ids)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
 #[cfg(test)]
