@@ -122,18 +122,21 @@ if [ $# -eq 0 ]; then
     cargo test --workspace --features nats --test durability -- --ignored --exact postgres::restart_postgres::the_relay_survives_a_postgres_restart
 fi
 
-# 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL.
+# 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL. With the
+#    suite's features, so nothing is built twice: `nats` only adds a module these examples
+#    do not use, and building the facade again without it would cost most of a minute.
 if [ $# -eq 0 ]; then
   say "example assessment_completion on SQLite"
-  cargo run -q --example assessment_completion
+  cargo run -q --features nats --example assessment_completion
   say "example assessment_completion on PostgreSQL"
   as_postgres "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres keel_example
   DATABASE_URL="postgres://postgres@127.0.0.1:$port/keel_example" \
-    cargo run -q --example assessment_completion
+    cargo run -q --features nats --example assessment_completion
   say "example nats_services: two services through JetStream"
   NATS_URL="$KEEL_TEST_NATS_URL" cargo run -q --features nats --example nats_services
   say "example likes on SQLite, then on PostgreSQL"
-  cargo run -q --example likes
-  DATABASE_URL="postgres://postgres@127.0.0.1:$port/keel_example" cargo run -q --example likes
+  cargo run -q --features nats --example likes
+  DATABASE_URL="postgres://postgres@127.0.0.1:$port/keel_example" \
+    cargo run -q --features nats --example likes
 fi
 say "all tests passed"

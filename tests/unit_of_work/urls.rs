@@ -1,5 +1,7 @@
 //! Opening databases: URLs and unreachable servers, secrets kept out of errors.
 
+use std::time::Duration;
+
 use keel::Error;
 use keel::sqlx::{Postgres, Sqlite};
 
@@ -27,7 +29,10 @@ async fn malformed_and_unsupported_urls_are_named_without_their_password() {
 #[tokio::test]
 async fn an_unreachable_server_is_reported_without_the_password() {
     // Port 1 on loopback: nothing listens there, so the connection is refused at once.
-    let err = keel::Database::<Postgres>::connect("postgres://app:hunter2@127.0.0.1:1/app")
+    // The pool retries a refused connection until its acquire timeout: keep it short.
+    let err = keel::DatabaseOptions::new("postgres://app:hunter2@127.0.0.1:1/app")
+        .acquire_timeout(Duration::from_millis(500))
+        .connect::<Postgres>()
         .await
         .unwrap_err();
     let text = err.to_string();
