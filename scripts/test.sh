@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 
 # The checked queries build from the offline data in .sqlx/, never from a live database.
 export SQLX_OFFLINE=true
+# Four tests at once per binary: most wait on the database, so this beats one per core
+# (the NATS tests, which are CPU-bound, take turns two at a time whatever this says).
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 
 # 0. Formatting, lints, documentation, and a build without SQLite (full runs only).
 if [ $# -eq 0 ]; then

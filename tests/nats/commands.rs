@@ -208,9 +208,7 @@ async fn child() {
 /// apply them: each step once, each sequence in order, and more than one process at work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_order_holds_across_four_consumer_processes() {
-    if broker().await.is_none() {
-        return;
-    }
+    let Some(_turn) = broker().await else { return };
     let nats = std::env::var("KEEL_TEST_NATS_URL").unwrap();
     let stream = format!("STEPS{}", uuid::Uuid::now_v7().simple());
     let broker = JetStream::connect(&nats, stream_options(&stream))

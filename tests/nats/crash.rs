@@ -168,9 +168,7 @@ async fn services() -> (TestDatabase<B>, TestDatabase<B>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
-    if broker().await.is_none() {
-        return;
-    }
+    let Some(_turn) = broker().await else { return };
     let (orders_database, billing_database) = services().await;
     let (orders_db, billing_db) = (orders_database.database(), billing_database.database());
     let stream = format!("CRASH{}", uuid::Uuid::now_v7().simple());
@@ -232,9 +230,7 @@ async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_consumer_processes_share_the_work() {
     const TOTAL_EVENTS: i64 = 2_000;
-    if broker().await.is_none() {
-        return;
-    }
+    let Some(_turn) = broker().await else { return };
     let (orders_database, billing_database) = services().await;
     let (orders_db, billing_db) = (orders_database.database(), billing_database.database());
     let stream = format!("SHARE{}", uuid::Uuid::now_v7().simple());

@@ -52,9 +52,7 @@ async fn tick_all(app: App) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_sides_ride_out_a_broker_restart() {
-    if broker().await.is_none() {
-        return;
-    }
+    let Some(_turn) = broker().await else { return };
     let dir = std::env::temp_dir().join(format!("keel-nats-{}", uuid::Uuid::now_v7().simple()));
     let port = free_port();
     let mut server = start_server(port, &dir);

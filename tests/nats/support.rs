@@ -8,6 +8,7 @@ use keel_testing::TestDatabase;
 use serde::{Deserialize, Serialize};
 
 use super::{App, B, Database, Handler, HandlerContext, Registry};
+use crate::turns::Turn;
 
 /// The event the services exchange.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,16 +24,28 @@ impl DomainEvent for Ticked {
     }
 }
 
+/// The test server, and the test's turn to use it (see [`Turn`]): a test holds it to its end.
+#[derive(Debug)]
+pub struct Broker {
+    jetstream: JetStream,
+    _turn: Turn,
+}
+
+impl std::ops::Deref for Broker {
+    type Target = JetStream;
+    fn deref(&self) -> &JetStream {
+        &self.jetstream
+    }
+}
+
 /// A stream of its own for one test (name and subject prefix), on the test server; `None`
 /// when no server is configured and none is required.
-pub async fn broker() -> Option<JetStream> {
+pub async fn broker() -> Option<Broker> {
     broker_with(|options| options).await
 }
 
 /// [`broker`] with its stream's options adjusted by `configure`.
-pub async fn broker_with(
-    configure: impl FnOnce(StreamOptions) -> StreamOptions,
-) -> Option<JetStream> {
+pub async fn broker_with(configure: impl FnOnce(StreamOptions) -> StreamOptions) -> Option<Broker> {
     // The pass with a pool of one connection checks that nothing inside a unit of work
     // needs a second one; nothing here nests, and these tests are the suite's slowest.
     if std::env::var("KEEL_TEST_POOL_SIZE").as_deref() == Ok("1") {
@@ -54,7 +67,12 @@ pub async fn broker_with(
         .name(format!("T{unique}"))
         .prefix(format!("t{unique}"))
         .ack_wait(Duration::from_secs(5));
-    Some(JetStream::connect(&url, configure(options)).await.unwrap())
+    let turn = Turn::take();
+    let jetstream = JetStream::connect(&url, configure(options)).await.unwrap();
+    Some(Broker {
+        jetstream,
+        _turn: turn,
+    })
 }
 
 /// A fresh database of this backend.

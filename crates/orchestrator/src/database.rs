@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::pool::PoolConnection;
 
+use crate::migrations;
 use crate::notify::Notifier;
 use crate::operations::SchemaState;
 use crate::outbox::Routing;
@@ -226,8 +227,7 @@ impl<B: Backend> Database<B> {
     /// version of Keel. Safe to call from several processes at once on PostgreSQL.
     pub async fn migrate(&self) -> Result<(), Error> {
         guard::ensure_outside("run migrations")?;
-        let mut migrator = clone_migrator(B::migrator());
-        migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+        let migrator = migrations::migrator(B::MIGRATIONS, MIGRATIONS_TABLE);
         let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
         match B::run_migrations(&migrator, &self.inner.pool).await {
             Ok(()) => Ok(()),
@@ -245,12 +245,13 @@ impl<B: Backend> Database<B> {
         let Some(applied) = B::applied_migrations(self).await? else {
             return Ok(SchemaState::Missing);
         };
-        let known = B::migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let embedded = migrations::migrator(B::MIGRATIONS, MIGRATIONS_TABLE);
+        let known = embedded.iter().map(|m| m.version).max().unwrap_or(0);
         let found = applied.iter().copied().max().unwrap_or(0);
         if found > known {
             return Ok(SchemaState::Newer { found, known });
         }
-        let pending = B::migrator()
+        let pending = embedded
             .iter()
             .filter(|m| !applied.contains(&m.version))
             .count();
@@ -436,10 +437,6 @@ impl<B: Backend> Database<B> {
     pub(crate) fn open_group(&self) -> &crate::group::OpenGroup<B> {
         &self.inner.open_group
     }
-}
-
-fn clone_migrator(embedded: &Migrator) -> Migrator {
-    Migrator::with_migrations(embedded.iter().cloned().collect())
 }
 
 /// A unit of work's entry among the holders of its database; removed when dropped.

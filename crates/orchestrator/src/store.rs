@@ -60,8 +60,8 @@ pub trait Store: sqlx::Database {
         options: &DatabaseOptions,
     ) -> impl Future<Output = Result<sqlx::Pool<Self>, Error>> + Send;
 
-    /// Keel's migrations for this backend.
-    fn migrator() -> &'static Migrator;
+    /// Keel's migrations for this backend: each file's name and SQL.
+    const MIGRATIONS: &'static [crate::migrations::File];
 
     /// Runs `migrator` on the pool.
     fn run_migrations(

@@ -33,8 +33,6 @@ use crate::store::{Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-
 impl Store for Postgres {
     const ONE_WRITER: bool = false;
     const NOTIFIES: bool = true;
@@ -73,9 +71,15 @@ impl Store for Postgres {
             })
     }
 
-    fn migrator() -> &'static Migrator {
-        &MIGRATIONS
-    }
+    const MIGRATIONS: &'static [crate::migrations::File] = crate::migrations::embed!("postgres":
+        "0001_keel.sql",
+        "0002_retry_runs.sql",
+        "0003_subscriptions.sql",
+        "0004_key_order.sql",
+        "0005_done_log.sql",
+        "0006_headers.sql",
+        "0007_relays.sql",
+    );
 
     async fn run_migrations(
         migrator: &Migrator,

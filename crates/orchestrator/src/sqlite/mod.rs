@@ -49,8 +49,6 @@ macro_rules! savepoint {
 }
 pub(crate) use savepoint;
 
-static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-
 /// Rows per multi-row statement (well under SQLite's bind-parameter limit).
 pub(crate) const CHUNK: usize = 500;
 
@@ -96,9 +94,15 @@ impl Store for Sqlite {
             })
     }
 
-    fn migrator() -> &'static Migrator {
-        &MIGRATIONS
-    }
+    const MIGRATIONS: &'static [crate::migrations::File] = crate::migrations::embed!("sqlite":
+        "0001_keel.sql",
+        "0002_retry_runs.sql",
+        "0003_subscriptions.sql",
+        "0004_key_order.sql",
+        "0005_done_log.sql",
+        "0006_headers.sql",
+        "0007_relays.sql",
+    );
 
     async fn run_migrations(
         migrator: &Migrator,
