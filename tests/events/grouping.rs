@@ -1,13 +1,14 @@
 //! Group commit ([`GroupCommit`]): handlers' units of work running at the same time share
 //! one transaction, and their effects still happen once per event, whichever member fails,
 //! however it fails (an error after writing, a statement the database refuses, a timeout
-//! mid-steps). Each scenario runs with savepoints and optimistically. Metrics are read from
+//! mid-steps, a delivery another process finished meanwhile). Each scenario runs with
+//! savepoints and optimistically. Metrics are read from
 //! a recorder local to the test's single thread, to see that groups really formed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use keel::{DeliveryOptions, Error, GroupCommit, sqlx};
+use keel::{DeliveryOptions, Error, GroupCommit, UnitOfWorkOptions, sqlx};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 use super::support::*;
@@ -23,7 +24,15 @@ enum Fault {
     RefusedStatement,
     /// Writes its effect, then outlives the handler timeout inside its steps.
     TimesOut,
+    /// Its delivery is processed by another process first (one whose lease it took over):
+    /// that process writes the effect and marks the delivery done, then this one runs.
+    DoneElsewhere,
 }
+
+/// The other process of [`Fault::DoneElsewhere`]: a second pool on the test's database.
+static ELSEWHERE: std::sync::Mutex<Option<Database>> = std::sync::Mutex::new(None);
+/// Held by the test that uses [`ELSEWHERE`], as two tests of this module do.
+static ELSEWHERE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Every tenth order misbehaves on its first attempt, as `FAULT` says; the others write
 /// their effect.
@@ -32,6 +41,22 @@ async fn handle(event: &OrderPlaced, ctx: &mut HandlerContext, fault: Fault) -> 
     let faulty = order_id % 10 == 0 && ctx.attempt() == 1;
     let event_id = ctx.event_id().to_string();
     let event_id = &event_id;
+    if faulty && fault == Fault::DoneElsewhere {
+        let mut elsewhere = ELSEWHERE.lock().unwrap().clone().unwrap();
+        let options =
+            UnitOfWorkOptions::named("elsewhere").processing(ctx.event_id(), ctx.handler());
+        elsewhere
+            .unit_of_work_with(&options, async |tx| {
+                sqlx::query("INSERT INTO effects (order_id, event_id) VALUES ($1, $2)")
+                    .bind(order_id)
+                    .bind(event_id.as_str())
+                    .execute(tx.conn())
+                    .await?;
+                Ok(())
+            })
+            .await?
+            .into_value();
+    }
     ctx.unit_of_work(async |tx| {
         sqlx::query("INSERT INTO effects (order_id, event_id) VALUES ($1, $2)")
             .bind(order_id)
@@ -40,7 +65,7 @@ async fn handle(event: &OrderPlaced, ctx: &mut HandlerContext, fault: Fault) -> 
             .await?;
         match fault {
             _ if !faulty => {}
-            Fault::None => {}
+            Fault::None | Fault::DoneElsewhere => {}
             Fault::ErrorAfterWriting => {
                 return Err(Error::external(std::io::Error::other("partner said no")));
             }
@@ -78,6 +103,9 @@ async fn refused(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error>
 async fn slow(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
     handle(e, ctx, Fault::TimesOut).await
 }
+async fn raced(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    handle(e, ctx, Fault::DoneElsewhere).await
+}
 
 fn app(db: Database, grouping: GroupCommit, fault: Fault) -> App {
     let mut registry = Registry::new();
@@ -86,6 +114,7 @@ fn app(db: Database, grouping: GroupCommit, fault: Fault) -> App {
         Fault::ErrorAfterWriting => Handler::new::<OrderPlaced, _>("effects", errs),
         Fault::RefusedStatement => Handler::new::<OrderPlaced, _>("effects", refused),
         Fault::TimesOut => Handler::new::<OrderPlaced, _>("effects", slow),
+        Fault::DoneElsewhere => Handler::new::<OrderPlaced, _>("effects", raced),
     };
     registry.register(handler.retry(quick_retry(3))).unwrap();
     App::builder(db, registry)
@@ -93,7 +122,10 @@ fn app(db: Database, grouping: GroupCommit, fault: Fault) -> App {
             DeliveryOptions::default()
                 .poll_interval(Duration::from_millis(20))
                 .handler_timeout(Duration::from_millis(1_000))
-                .lease(Duration::from_secs(3))
+                // Well past the timeouts: a failure recorded after the lease expired is
+                // dropped (the delivery is another attempt's by then), and the timeout
+                // scenarios count every failed first attempt.
+                .lease(Duration::from_secs(10))
                 .group_commit(Some(grouping.window(Duration::from_millis(20)))),
         )
         .start()
@@ -105,6 +137,13 @@ async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
     let snapshotter = recorder.snapshotter();
     let _local = ::metrics::set_default_local_recorder(&recorder);
     schema_with_effects(&db).await;
+    let _turn = if fault == Fault::DoneElsewhere {
+        let turn = ELSEWHERE_TURN.lock().await;
+        *ELSEWHERE.lock().unwrap() = Some(db.connect_again().await.unwrap());
+        Some(turn)
+    } else {
+        None
+    };
     let app = app(db.clone(), grouping, fault);
     let mut producers = Vec::new();
     for p in 0..20_i64 {
@@ -150,7 +189,9 @@ async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
     );
     let failed = failures(&db, "effects").await;
     match fault {
-        Fault::None => assert_eq!(failed, 0),
+        // The member that found its delivery done undid its group, and returned
+        // `AlreadyProcessed` when it ran again alone: no failed attempt.
+        Fault::None | Fault::DoneElsewhere => assert_eq!(failed, 0),
         // Members queued behind the slow one wait for the group's connection: some time
         // out too, and run again.
         Fault::TimesOut => assert!(failed >= 20, "{failed} failed attempts"),
@@ -173,7 +214,7 @@ async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
         "groups never had more than one member: {sizes:?}"
     );
     // SQLite marks every member with a savepoint: a failing one is always undone alone.
-    let undoes = fault == Fault::TimesOut
+    let undoes = matches!(fault, Fault::TimesOut | Fault::DoneElsewhere)
         || (fault != Fault::None && !grouping.uses_savepoints() && super::POSTGRES);
     if undoes {
         assert!(
@@ -203,4 +244,6 @@ grouping_tests! {
     optimistic_survives_a_refused_statement: GroupCommit::optimistic(), Fault::RefusedStatement;
     savepoints_survive_a_member_timing_out: GroupCommit::savepoints(), Fault::TimesOut;
     optimistic_survives_a_member_timing_out: GroupCommit::optimistic(), Fault::TimesOut;
+    savepoints_undo_a_group_whose_member_was_done_elsewhere: GroupCommit::savepoints(), Fault::DoneElsewhere;
+    optimistic_undoes_a_group_whose_member_was_done_elsewhere: GroupCommit::optimistic(), Fault::DoneElsewhere;
 }

@@ -209,8 +209,8 @@ pub enum Error {
         handler: &'static str,
     },
 
-    /// Some commands of a batch were already processed by an earlier delivery: the batch's
-    /// steps did not run; its other commands are retried in a new batch.
+    /// Some commands of a batch were already processed by an earlier delivery: nothing the
+    /// batch's steps did committed; its other commands are retried in a new batch.
     #[error(
         "some commands of this batch were already processed by handler `{handler}`; the batch \
          was not applied and its remaining commands are retried"

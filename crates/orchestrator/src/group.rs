@@ -16,6 +16,13 @@
 //! anyway). A member cancelled mid-steps (a timeout) leaves its transaction in an unknown
 //! state: the group's connection is closed, and the others run again alone.
 //!
+//! A handler's processed marker (its delivery's done mark) is not written by each member:
+//! the group marks its members' deliveries done in one statement per handler just before
+//! `COMMIT`. A delivery found already done there (another process ran it meanwhile) undoes
+//! the group, and its members run again alone, where the marker comes first and a delivery
+//! already done does not run. Its steps may so have run once in the group, and committed
+//! nothing.
+//!
 //! A group closes when it is full or when its window has passed and no member is running;
 //! then it commits. With the default window (none), a group takes whoever arrives while its
 //! members run, and closes as soon as none is left: a lone unit of work is not delayed, and
@@ -27,6 +34,8 @@ use std::time::Duration;
 use sqlx::pool::PoolConnection;
 use tokio::sync::{Notify, OwnedMutexGuard, watch};
 use tokio::time::Instant;
+
+use keel_domain::EventId;
 
 use crate::outbox::Outgoing;
 use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions};
@@ -111,6 +120,8 @@ struct State {
     closed: bool,
     undo: Option<Undo>,
     relay_work: bool,
+    /// The deliveries its members processed, by handler: marked done before `COMMIT`.
+    marks: Vec<(&'static str, Vec<EventId>)>,
 }
 
 /// Why a group cannot commit.
@@ -270,20 +281,10 @@ impl<B: Backend> Database<B> {
             member.leave(Some(Undo::Rollback));
             return Membership::Ran(Err(error));
         }
-        // The same steps as alone (`transaction.rs`): the processed marker, the steps, the
-        // check that the transaction is still the group's, the outbox.
-        let outcome = match &options.processes {
-            Some((event_ids, handler)) => {
-                crate::transaction::mark_processed::<B>(conn, event_ids, handler).await
-            }
-            None => Ok(()),
-        };
-        // A marker that found the delivery done changed nothing; anything else may have.
-        let untouched = matches!(outcome, Err(Error::AlreadyProcessed { .. }));
-        let (outcome, events, commands) = match outcome {
-            Ok(()) => self.run_steps(conn, options, attempt, steps).await,
-            Err(error) => (Err(error), Vec::new(), Vec::new()),
-        };
+        // The same steps as alone (`transaction.rs`), but the processed marker, which the
+        // group writes for all its members before it commits: the steps, the check that
+        // the transaction is still the group's, the outbox.
+        let (outcome, events, commands) = self.run_steps(conn, options, attempt, steps).await;
         let replaced = || Error::TransactionReplaced {
             unit_of_work: options.name,
         };
@@ -316,12 +317,9 @@ impl<B: Backend> Database<B> {
                 return Membership::Ran(Err(replaced()));
             }
             Err(error) => {
-                // Undone alone in its savepoint; without one, anything but a marker that
-                // found the delivery done undoes the group.
+                // Undone alone in its savepoint; without one, it undoes the group.
                 let undo = if savepoint {
                     B::member_rollback(conn).await.err().map(|_| Undo::Rollback)
-                } else if untouched {
-                    None
                 } else {
                     Some(Undo::Rollback)
                 };
@@ -331,8 +329,17 @@ impl<B: Backend> Database<B> {
             }
         };
         member.working = false;
-        if writes && outgoing.leaves_for_relay() {
-            group.state().relay_work = true;
+        {
+            let mut state = group.state();
+            if writes && outgoing.leaves_for_relay() {
+                state.relay_work = true;
+            }
+            if let Some((event_ids, handler)) = &options.processes {
+                match state.marks.iter_mut().find(|(h, _)| h == handler) {
+                    Some((_, ids)) => ids.extend_from_slice(event_ids),
+                    None => state.marks.push((handler, event_ids.clone())),
+                }
+            }
         }
         member.leave(None);
         drop(slot);
@@ -397,6 +404,21 @@ impl<B: Backend> Database<B> {
     }
 }
 
+/// The processed markers of a group's members: whether every delivery was still pending
+/// (an error counts as not: the group is undone, and its members run again alone).
+async fn mark_all_done<B: Backend>(
+    conn: &mut B::Connection,
+    marks: &[(&'static str, Vec<EventId>)],
+) -> bool {
+    for (handler, event_ids) in marks {
+        match B::mark_done(conn, event_ids, handler).await {
+            Ok(done) if done == event_ids.len() => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Closes `group` when it is full, or when its window passed and no member runs, or as
 /// soon as a member undid it; then commits or rolls back, and tells the members.
 async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
@@ -422,10 +444,17 @@ async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
     // Members queued for the connection take their turn first (the lock is fair); they see
     // an undone group and leave.
     let mut slot = group.conn.clone().lock_owned().await;
-    let (undo, relay_work, members) = {
-        let state = group.state();
-        (state.undo, state.relay_work, state.joined)
+    let (mut undo, relay_work, members, marks) = {
+        let mut state = group.state();
+        let marks = std::mem::take(&mut state.marks);
+        (state.undo, state.relay_work, state.joined, marks)
     };
+    if undo.is_none()
+        && let Some(conn) = slot.conn.as_mut()
+        && !mark_all_done::<B>(conn, &marks).await
+    {
+        undo = Some(Undo::Rollback);
+    }
     let ended = match (slot.conn.take(), undo) {
         (None, _) => Ended::Undone,
         (Some(mut conn), Some(Undo::Close)) => {

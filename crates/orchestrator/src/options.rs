@@ -120,9 +120,11 @@ impl UnitOfWorkOptions {
     }
 
     /// Makes this unit of work the one that processes the delivery of event `event_id` to
-    /// `handler`: its first statement marks the delivery done, in the same transaction as
-    /// the handler's effects. If the delivery is already done, the steps do not run and the
-    /// result is [`Error::AlreadyProcessed`](crate::Error::AlreadyProcessed). Handler contexts set this for you.
+    /// `handler`: it marks the delivery done in the same transaction as the handler's
+    /// effects (first thing alone; in a group, for all members just before the commit). If
+    /// the delivery is already done, nothing the steps did commits and the result is
+    /// [`Error::AlreadyProcessed`](crate::Error::AlreadyProcessed) (alone, the steps do not
+    /// run). Handler contexts set this for you.
     #[must_use]
     pub fn processing(self, event_id: EventId, handler: &'static str) -> Self {
         self.processing_all(vec![event_id], handler)
@@ -130,7 +132,7 @@ impl UnitOfWorkOptions {
 
     /// [`UnitOfWorkOptions::processing`] for a batch of commands handled together: all of them
     /// are marked done with the batch's effects, or none. If only some are still pending,
-    /// the steps do not run and the result is [`Error::BatchPartlyProcessed`](crate::Error::BatchPartlyProcessed).
+    /// nothing the steps did commits and the result is [`Error::BatchPartlyProcessed`](crate::Error::BatchPartlyProcessed).
     #[must_use]
     pub fn processing_all(mut self, event_ids: Vec<EventId>, handler: &'static str) -> Self {
         self.processes = Some((event_ids, handler));
