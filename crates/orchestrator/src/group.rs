@@ -299,14 +299,13 @@ impl<B: Backend> Database<B> {
         let writes = !events.is_empty() || !commands.is_empty();
         // `None`: the steps ended or replaced the group's transaction.
         let checked = match outcome {
-            Ok(value) => match B::verify(conn, group.marker).await {
-                Ok(true) if writes => B::write_outbox(conn, &outgoing)
-                    .await
-                    .map(|kept| kept.then_some(value)),
-                Ok(true) => Ok(Some(value)),
-                Ok(false) => Ok(None),
-                Err(error) => Err(error),
-            },
+            // The outbox write checks the transaction before writing anything.
+            Ok(value) if writes => B::write_outbox(conn, &outgoing)
+                .await
+                .map(|kept| kept.then_some(value)),
+            Ok(value) => B::verify(conn, group.marker)
+                .await
+                .map(|kept| kept.then_some(value)),
             Err(error) => Err(error),
         };
         let value = match checked {

@@ -106,9 +106,10 @@ pub trait Store: sqlx::Database {
         marker: uuid::Uuid,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// After the steps, before anything is written for them: whether `conn` is still in
-    /// the transaction [`Store::begin`] opened (not ended by hand, not swapped for another
-    /// connection). `Ok(false)` when it is not.
+    /// After steps that recorded nothing: whether `conn` is still in the transaction
+    /// [`Store::begin`] opened (not ended by hand, not swapped for another connection).
+    /// `Ok(false)` when it is not. (With something to write, [`Store::write_outbox`]
+    /// checks it, before writing anything.)
     fn verify(
         conn: &mut Connection<Self>,
         marker: uuid::Uuid,

@@ -106,13 +106,15 @@ impl<B: Backend> Database<B> {
         let replaced = || Error::TransactionReplaced {
             unit_of_work: options.name,
         };
+        let writes = !events.is_empty() || !commands.is_empty();
+        // With something to write, the outbox write checks the transaction (below).
         let outcome = match outcome {
-            Ok(value) => match B::verify(&mut open.conn, marker).await {
+            Ok(value) if !writes => match B::verify(&mut open.conn, marker).await {
                 Ok(true) => Ok(value),
                 Ok(false) => return Err(self.abandon(open, replaced()).await),
                 Err(error) => Err(error),
             },
-            Err(error) => Err(error),
+            other => other,
         };
         let lease = self.fast_path_lease();
         let outgoing = Outgoing {
@@ -122,7 +124,6 @@ impl<B: Backend> Database<B> {
             lease,
             marker: Some((marker, options.isolation)),
         };
-        let writes = !events.is_empty() || !commands.is_empty();
         let mut verified = false;
         let outcome = match outcome {
             Ok(value) if writes => match B::write_outbox(&mut open.conn, &outgoing).await {

@@ -209,8 +209,7 @@ impl Store for Sqlite {
         conn: &mut SqliteConnection,
         outgoing: &Outgoing<'_>,
     ) -> Result<bool, Error> {
-        // `verify` released the unit of work's savepoint just before: nothing to check.
-        outbox::write(conn, outgoing).await.map(|()| true)
+        outbox::write(conn, outgoing).await
     }
 
     async fn mark_done(

@@ -6,7 +6,7 @@ use keel_domain::{Envelope, EventId};
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::{CHUNK, now, now_ms};
+use super::{CHUNK, now_ms, savepoint};
 use crate::Error;
 use crate::outbox::Outgoing;
 use crate::store::millis;
@@ -29,35 +29,63 @@ pub(super) fn occurred_at(e: &Envelope) -> Result<String, Error> {
         .map_err(|err| Error::rejected(std::io::Error::other(err.to_string())))
 }
 
-/// The outbox write: multi-row inserts, chunked under SQLite's parameter limit. Deliveries
-/// go to this process's handlers (reserved for its fast path when it has one) and to every
-/// other subscription recorded in `keel_subscriptions`. The fast
-/// path's lease ends at SQLite's clock plus the lease.
+/// The outbox write: multi-row inserts, chunked under SQLite's parameter limit, sent to the
+/// driver as one batch of statements (each statement a round trip to the connection's
+/// thread otherwise). Deliveries go to this process's handlers (reserved for its fast path
+/// when it has one) and to every other subscription recorded in `keel_subscriptions`. The
+/// fast path's lease ends at SQLite's clock plus the lease.
+///
+/// In a unit of work (`outgoing.marker`), the batch first releases the unit of work's
+/// savepoint (see `transaction::verify`), so nothing is written if the steps ended the
+/// transaction: `Ok(false)`.
 pub(super) async fn write(
     conn: &mut SqliteConnection,
     outgoing: &Outgoing<'_>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
+    let mut release = outgoing.marker.is_some();
     let messages: Vec<(&Envelope, Option<&str>)> = outgoing.messages().collect();
     let ordered: Vec<(&Envelope, Option<&str>)> = messages
         .iter()
         .map(|(e, _)| *e)
         .zip(outgoing.ordered_keys())
         .collect();
-    let seqs = number(conn, &ordered).await?;
     let unordered: BTreeSet<&str> = messages
         .iter()
         .zip(&ordered)
         .filter_map(|((_, key), (_, ordered))| key.filter(|_| ordered.is_none()))
         .collect();
+    // Keys are numbered by statements of their own, which must not run outside the
+    // transaction: the savepoint is released before them.
+    if release && (!unordered.is_empty() || ordered.iter().any(|(_, k)| k.is_some())) {
+        if !super::transaction::verify(conn).await? {
+            return Ok(false);
+        }
+        release = false;
+    }
+    let seqs = number(conn, &ordered).await?;
     add_keys(conn, unordered).await?;
     let seq_of = |e: &Envelope| seqs.get(&e.id).copied();
+
+    let mut batch = QueryBuilder::<Sqlite>::new("");
+    let mut statements = 0;
+    let mut next = |batch: &mut QueryBuilder<Sqlite>, sql: &str| {
+        if statements > 0 {
+            batch.push("; ");
+        }
+        statements += 1;
+        batch.push(sql);
+    };
+    if release {
+        next(&mut batch, concat!("RELEASE ", savepoint!()));
+    }
     for chunk in messages.chunks(CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        next(
+            &mut batch,
             "INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at, \
              payload, correlation_id, causation_id, routed, ordering_key, key_seq, headers) ",
         );
         let mut failed = None;
-        query.push_values(chunk, |mut row, (e, key)| {
+        batch.push_values(chunk, |mut row, (e, key)| {
             let occurred = occurred_at(e).unwrap_or_else(|err| {
                 failed = Some(err);
                 String::new()
@@ -78,77 +106,81 @@ pub(super) async fn write(
         if let Some(err) = failed {
             return Err(err);
         }
-        query.build().execute(&mut *conn).await?;
     }
 
-    let leased_until = match outgoing.lease {
-        Some((_, lease)) => Some(now(conn).await? + millis(lease)),
-        None => None,
-    };
+    let lease_ms = outgoing.lease.map(|(_, lease)| millis(lease));
     let token = outgoing.lease.map(|(token, _)| token.to_string());
     let mut deliveries = Vec::new();
     for (n, (e, key)) in messages.iter().enumerate() {
         // Event deliveries are reserved for this process's fast path (when it has one);
         // command deliveries always go to workers, which honour their ordering keys.
-        let leased = n < outgoing.events.len();
+        let leased = lease_ms.is_some() && n < outgoing.events.len();
         for handler in outgoing.handlers_of(e) {
             deliveries.push((e.id.to_string(), *handler, leased, *key, seq_of(e)));
         }
     }
     for chunk in deliveries.chunks(CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        next(
+            &mut batch,
             "INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by, \
              ordering_key, key_seq) ",
         );
-        query.push_values(chunk, |mut row, (id, handler, leased, key, seq)| {
+        batch.push_values(chunk, |mut row, (id, handler, leased, key, seq)| {
             // A delivery reserved for the fast path counts as its first attempt, so that a
             // relay taking it over after a crash counts on from there.
             row.push_bind(id.as_str())
                 .push_bind(*handler)
-                .push_bind(if leased_until.is_some() && *leased {
-                    1
-                } else {
-                    0
-                })
-                .push_bind(leased_until.filter(|_| *leased))
-                .push_bind(token.as_deref().filter(|_| *leased))
+                .push_bind(i32::from(*leased));
+            match lease_ms.filter(|_| *leased) {
+                Some(ms) => {
+                    row.push(concat!("(", now_ms!(), " + "));
+                    row.push_bind_unseparated(ms).push_unseparated(")");
+                }
+                None => {
+                    row.push_bind(None::<i64>);
+                }
+            }
+            row.push_bind(token.as_deref().filter(|_| *leased))
                 .push_bind(*key)
                 .push_bind(*seq);
         });
-        query.build().execute(&mut *conn).await?;
     }
 
-    // The deliveries of every other subscription, whichever process runs it.
+    // The deliveries of every other subscription, whichever process runs it; an event
+    // without local handlers is routed if a subscription took it.
     for chunk in messages.chunks(CHUNK) {
-        let ids = |query: &mut QueryBuilder<Sqlite>| {
-            let mut list = query.separated(", ");
+        let ids = |batch: &mut QueryBuilder<Sqlite>| {
+            let mut list = batch.separated(", ");
             for (e, _) in chunk {
                 list.push_bind(e.id.to_string());
             }
+            batch.push(")");
         };
-        let mut query = QueryBuilder::<Sqlite>::new(
+        next(
+            &mut batch,
             "INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq) \
              SELECT e.id, s.handler, e.ordering_key, e.key_seq FROM keel_events e \
              JOIN keel_subscriptions s ON s.message = e.name WHERE e.id IN (",
         );
-        ids(&mut query);
-        query.push(") ON CONFLICT DO NOTHING");
-        let added = query.build().execute(&mut *conn).await?.rows_affected();
-        if added > 0
-            && chunk
-                .iter()
-                .any(|(e, _)| outgoing.handlers_of(e).is_empty())
+        ids(&mut batch);
+        batch.push(" ON CONFLICT DO NOTHING");
+        if chunk
+            .iter()
+            .any(|(e, _)| outgoing.handlers_of(e).is_empty())
         {
-            let mut query = QueryBuilder::<Sqlite>::new(
+            next(
+                &mut batch,
                 "UPDATE keel_events SET routed = TRUE WHERE NOT routed AND EXISTS \
                  (SELECT 1 FROM keel_deliveries d WHERE d.event_id = keel_events.id) AND id IN (",
             );
-            ids(&mut query);
-            query.push(")");
-            query.build().execute(&mut *conn).await?;
+            ids(&mut batch);
         }
     }
-    Ok(())
+    match batch.build().execute(&mut *conn).await {
+        Ok(_) => Ok(true),
+        Err(error) if release && error.to_string().contains("no such savepoint") => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Gives each key its row if it has none, without numbering: the keys of commands that
