@@ -104,7 +104,8 @@ impl<B: Backend> HandlerContext<B> {
     /// If a previous delivery of this event already committed, the result is
     /// [`Error::AlreadyProcessed`] and nothing the steps did commits (alone, they do not
     /// run; in a group, which marks its deliveries done just before its commit, they may
-    /// have run once and been rolled back): return it with `?` and the delivery is done. A second call in one delivery fails with [`Error::SecondHandlerUnitOfWork`].
+    /// have run once and been rolled back): return it with `?` and the delivery is done.
+    /// A second call in one delivery fails with [`Error::SecondHandlerUnitOfWork`].
     pub async fn unit_of_work<T, F>(&mut self, steps: F) -> Result<T, Error>
     where
         F: AsyncFnMut(&mut Tx<'_, B>) -> Result<T, Error>,

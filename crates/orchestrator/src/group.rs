@@ -412,7 +412,11 @@ async fn mark_all_done<B: Backend>(
     for (handler, event_ids) in marks {
         match B::mark_done(conn, event_ids, handler).await {
             Ok(done) if done == event_ids.len() => {}
-            _ => return false,
+            Ok(_) => return false,
+            Err(error) => {
+                tracing::debug!(%error, handler, "a group could not mark its deliveries done; its members run again alone");
+                return false;
+            }
         }
     }
     true
