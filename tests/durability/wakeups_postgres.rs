@@ -82,3 +82,39 @@ async fn commits_notify_only_when_another_process_relay_listens() {
     );
     app.shutdown().await.unwrap();
 }
+
+/// Messages accepted from a broker are work for every relay on the database, not only
+/// the accepting process's: the accept wakes another process's relay as a commit does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_messages_wake_another_process_relay() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    schema(&db).await;
+    let mut observer = PgListener::connect(db.url()).await.unwrap();
+    observer.listen("keel_outbox").await.unwrap();
+    let other = PgConnectOptions::from_str(db.url())
+        .unwrap()
+        .application_name("keel-relay other-service")
+        .connect()
+        .await
+        .unwrap();
+    tokio::time::sleep(RECHECK).await;
+    // This process accepts and runs no relay of its own.
+    let dispatcher = keel::postgres::Dispatcher::new(
+        db.clone(),
+        registry(vec![Handler::new::<Ticked, _>("effect_a", effect_a)]),
+    );
+    let incoming = keel::Incoming {
+        envelope: keel::Envelope::wrap(&Ticked { seq: 1 }).unwrap(),
+        dead: None,
+        ordered: false,
+    };
+    assert_eq!(dispatcher.accept("effect_a", &[incoming]).await.unwrap(), 1);
+    assert!(
+        notified(&mut observer, Duration::from_secs(5)).await,
+        "a relay of another process listens: the accepted message must wake it"
+    );
+    sqlx::Connection::close(other).await.unwrap();
+}

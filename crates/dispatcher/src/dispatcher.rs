@@ -271,10 +271,10 @@ impl<B: Backend> Dispatcher<B> {
     }
 
     /// The least room worth a claim: a claim of a handful of rows costs the server nearly
-    /// what a full batch does, so the relay claims when half a batch fits.
+    /// what a full batch does, so the relay claims when half a batch fits. The buffer
+    /// still holds the other half then, so the slots do not idle while the claim runs.
     pub(crate) fn claim_worth(&self) -> u32 {
-        let options = &self.inner.options;
-        (options.batch_size.min(options.max_in_flight as u32) / 2).max(1)
+        (self.inner.options.batch_size / 2).max(1)
     }
 
     /// Removes finished deliveries older than `older_than` (and events left without

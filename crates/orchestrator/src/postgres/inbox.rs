@@ -136,5 +136,11 @@ pub(super) async fn accept(
         })
         .await?
         .into_value();
+    if created > 0 {
+        // Work for every relay on the database, as a commit's deliveries are: another
+        // process's relay may be idle while this one's slots are full.
+        let mut conn = db.acquire().await?;
+        db.notify_relays(&mut conn).await;
+    }
     Ok(created.max(0) as u64)
 }
