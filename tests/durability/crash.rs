@@ -58,7 +58,8 @@ fn spawn_child(url: &str) -> Child {
         .env(CHILD_URL, url)
         .env("RUST_LOG", "off")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // A child that fails says why (panics only: its logs are off).
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap()
 }

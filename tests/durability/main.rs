@@ -21,6 +21,7 @@ mod postgres {
         App, Database, Dispatcher, Handler, HandlerContext, Registry, Session, Tx,
     };
 
+    mod claims_postgres;
     mod crash;
     mod deploys;
     mod inbox;

@@ -69,9 +69,11 @@ fn claim_from(row: &PgRow, token: Uuid) -> Result<Claim, Error> {
     })
 }
 
-/// One statement leases the rows and returns them joined with their events. The rows
-/// locked are updated by their physical address (`ctid`, stable while locked), and the
-/// lease leaves every indexed column alone, so PostgreSQL updates them in place (HOT).
+/// One statement leases the rows and returns them joined with their events: the
+/// `keel_claim` function (migration `0008_claim.sql`), whose plan holds whatever the
+/// table's statistics say. The rows locked are updated by their physical address (`ctid`,
+/// stable while locked), and the lease leaves every indexed column alone, so PostgreSQL
+/// updates them in place (HOT).
 pub(super) async fn claim(
     db: &Database<Postgres>,
     limit: u32,
@@ -79,26 +81,8 @@ pub(super) async fn claim(
     handlers: &[&str],
 ) -> Result<Vec<Claim>, Error> {
     let token = crate::operations::lease_token();
-    let sql = format!(
-        "WITH c AS (
-             SELECT ctid FROM keel_deliveries
-             WHERE status = 'pending' AND next_attempt_at <= now() AND ordering_key IS NULL
-               AND (leased_until IS NULL OR leased_until < now()) AND handler = ANY ($4)
-             ORDER BY next_attempt_at LIMIT $1
-             FOR UPDATE SKIP LOCKED),
-         u AS (
-             UPDATE keel_deliveries d
-             SET leased_until = clock_timestamp() + $2 * interval '1 millisecond', leased_by = $3,
-                 attempts = d.attempts + 1
-             WHERE d.ctid = ANY (ARRAY(SELECT ctid FROM c))
-             RETURNING d.event_id AS claimed_id, d.handler AS claimed_handler,
-                       d.attempts AS claimed_attempts, d.retried_from AS claimed_retried_from)
-         SELECT u.claimed_id, u.claimed_handler, u.claimed_attempts, u.claimed_retried_from,
-                {EVENT_COLUMNS}
-         FROM u LEFT JOIN keel_events e ON e.id = u.claimed_id"
-    );
     let mut conn = db.acquire().await?;
-    let rows = sqlx::query(AssertSqlSafe(sql))
+    let rows = sqlx::query("SELECT * FROM keel_claim($1, $2, $3, $4)")
         .bind(i64::from(limit))
         .bind(millis(lease))
         .bind(token)

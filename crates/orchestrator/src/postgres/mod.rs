@@ -79,6 +79,7 @@ impl Store for Postgres {
         "0005_done_log.sql",
         "0006_headers.sql",
         "0007_relays.sql",
+        "0008_claim.sql",
     );
 
     async fn run_migrations(
