@@ -19,6 +19,23 @@ async fn notified(observer: &mut PgListener, within: Duration) -> bool {
     tokio::time::timeout(within, observer.recv()).await.is_ok()
 }
 
+/// Listens to the relays' channel, as every relay does.
+async fn observer(db: &super::Database) -> PgListener {
+    let mut observer = PgListener::connect(db.url()).await.unwrap();
+    observer.listen("keel_outbox").await.unwrap();
+    observer
+}
+
+/// Another process's relay as the server sees it: a connection named like its listener.
+async fn other_process_relay(db: &super::Database) -> sqlx::PgConnection {
+    PgConnectOptions::from_str(db.url())
+        .unwrap()
+        .application_name("keel-relay other-service")
+        .connect()
+        .await
+        .unwrap()
+}
+
 async fn relays_listening(db: &super::Database) -> i64 {
     scalar(
         db,
@@ -35,8 +52,7 @@ async fn commits_notify_only_when_another_process_relay_listens() {
     };
     let db = test_db.database().clone();
     schema(&db).await;
-    let mut observer = PgListener::connect(db.url()).await.unwrap();
-    observer.listen("keel_outbox").await.unwrap();
+    let mut observer = observer(&db).await;
     // `produce(…, n, 1)` records event number n - 1 in a unit of work of its own.
     let mut producer = db.clone();
 
@@ -44,13 +60,8 @@ async fn commits_notify_only_when_another_process_relay_listens() {
     produce(&mut producer, 1, 1).await.unwrap();
     assert!(!notified(&mut observer, Duration::from_millis(500)).await);
 
-    // Another process's relay (its listening connection, as the server sees it).
-    let other = PgConnectOptions::from_str(db.url())
-        .unwrap()
-        .application_name("keel-relay other-service")
-        .connect()
-        .await
-        .unwrap();
+    // Another process's relay.
+    let other = other_process_relay(&db).await;
     tokio::time::sleep(RECHECK).await;
     produce(&mut producer, 2, 1).await.unwrap();
     assert!(
@@ -92,14 +103,8 @@ async fn accepted_messages_wake_another_process_relay() {
     };
     let db = test_db.database().clone();
     schema(&db).await;
-    let mut observer = PgListener::connect(db.url()).await.unwrap();
-    observer.listen("keel_outbox").await.unwrap();
-    let other = PgConnectOptions::from_str(db.url())
-        .unwrap()
-        .application_name("keel-relay other-service")
-        .connect()
-        .await
-        .unwrap();
+    let mut observer = observer(&db).await;
+    let other = other_process_relay(&db).await;
     tokio::time::sleep(RECHECK).await;
     // This process accepts and runs no relay of its own.
     let dispatcher = keel::postgres::Dispatcher::new(
