@@ -172,17 +172,25 @@ async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
     let (orders_database, billing_database) = services().await;
     let (orders_db, billing_db) = (orders_database.database(), billing_database.database());
     let stream = format!("CRASH{}", uuid::Uuid::now_v7().simple());
-    let mut kills = 0;
-    while kills < KILLS {
-        let mut orders = spawn("orders", orders_db, &stream);
-        let mut billing = spawn("billing", billing_db, &stream);
+    // Each side killed KILLS times (a side that ran to its end is not killed again).
+    let mut kills = [0; 2];
+    while kills.iter().any(|k| *k < KILLS) {
+        let mut children = [
+            spawn("orders", orders_db, &stream),
+            spawn("billing", billing_db, &stream),
+        ];
         tokio::time::sleep(Duration::from_millis(fastrand::u64(300..1_500))).await;
-        for child in [&mut orders, &mut billing] {
-            if child.try_wait().unwrap().is_none() {
+        let mut killed = false;
+        for (child, kills) in children.iter_mut().zip(&mut kills) {
+            if *kills < KILLS && child.try_wait().unwrap().is_none() {
                 child.kill().unwrap(); // SIGKILL
-                kills += 1;
+                *kills += 1;
+                killed = true;
             }
             child.wait().unwrap();
+        }
+        if !killed {
+            break;
         }
     }
     let started = Instant::now();
@@ -193,8 +201,14 @@ async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
         assert!(status.success(), "a child failed: {status}");
     }
     eprintln!(
-        "kill -9 on both sides: {kills} kills, recovery took {:?}",
+        "kill -9 on both sides: {} and {} kills, recovery took {:?}",
+        kills[0],
+        kills[1],
         started.elapsed()
+    );
+    assert!(
+        kills.iter().all(|k| *k >= KILLS),
+        "each side must be killed {KILLS} times: {kills:?} (one ran to its end first)"
     );
     assert_eq!(
         scalar(orders_db, "SELECT produced FROM progress").await,
