@@ -107,7 +107,8 @@ fn patient() -> RetryPolicy {
 }
 
 /// Records events up to `total`, resuming from the `progress` row so that a crash never
-/// produces a number twice.
+/// produces a number twice, at a steady pace (25 every 20 ms at most): the producing
+/// service lives long enough to be killed ten times while it produces, on either backend.
 async fn produce(app: &App, total: i64) {
     loop {
         let done = app
@@ -132,6 +133,7 @@ async fn produce(app: &App, total: i64) {
         if done {
             return;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -214,10 +216,22 @@ async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
         scalar(orders_db, "SELECT produced FROM progress").await,
         EVENTS
     );
-    assert_eq!(
-        scalar(billing_db, "SELECT COUNT(*) FROM effects").await,
-        EVENTS * 2
-    );
+    let effects = scalar(billing_db, "SELECT COUNT(*) FROM effects").await;
+    if effects != EVENTS * 2 {
+        let mut conn = billing_db.acquire().await.unwrap();
+        let doubled: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT seq, handler, count(*), min(pid), max(pid) FROM effects
+             GROUP BY seq, handler HAVING count(*) > 1 LIMIT 10",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        panic!(
+            "{effects} effects for {} expected; doubled (seq, handler, times, first and \
+             last writing process): {doubled:?}",
+            EVENTS * 2
+        );
+    }
     for handler in ["effect_a", "effect_b"] {
         let distinct = if handler == "effect_a" {
             scalar(
