@@ -107,7 +107,7 @@ fn patient() -> RetryPolicy {
 }
 
 /// Records events up to `total`, resuming from the `progress` row so that a crash never
-/// produces a number twice, at a steady pace (25 every 20 ms at most): the producing
+/// produces a number twice, at a steady pace (25 every 40 ms at most): the producing
 /// service lives long enough to be killed ten times while it produces, on either backend.
 async fn produce(app: &App, total: i64) {
     loop {
@@ -133,7 +133,7 @@ async fn produce(app: &App, total: i64) {
         if done {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
     }
 }
 
