@@ -12,7 +12,7 @@ use keel::{DeliveryOptions, Error, GroupCommit, UnitOfWorkOptions, sqlx};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 use super::support::*;
-use super::{App, Database, Handler, HandlerContext, Registry};
+use super::{App, B, Database, Handler, HandlerContext, Registry};
 
 /// How a member misbehaves on its first attempt.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +34,20 @@ static ELSEWHERE: std::sync::Mutex<Option<Database>> = std::sync::Mutex::new(Non
 /// Held by the test that uses [`ELSEWHERE`], as two tests of this module do.
 static ELSEWHERE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The effect of one delivery: one row per run that commits.
+async fn write_effect(
+    tx: &mut keel::Tx<'_, B>,
+    order_id: i64,
+    event_id: &str,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO effects (order_id, event_id) VALUES ($1, $2)")
+        .bind(order_id)
+        .bind(event_id)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
 /// Every tenth order misbehaves on its first attempt, as `FAULT` says; the others write
 /// their effect.
 async fn handle(event: &OrderPlaced, ctx: &mut HandlerContext, fault: Fault) -> Result<(), Error> {
@@ -47,22 +61,13 @@ async fn handle(event: &OrderPlaced, ctx: &mut HandlerContext, fault: Fault) -> 
             UnitOfWorkOptions::named("elsewhere").processing(ctx.event_id(), ctx.handler());
         elsewhere
             .unit_of_work_with(&options, async |tx| {
-                sqlx::query("INSERT INTO effects (order_id, event_id) VALUES ($1, $2)")
-                    .bind(order_id)
-                    .bind(event_id.as_str())
-                    .execute(tx.conn())
-                    .await?;
-                Ok(())
+                write_effect(tx, order_id, event_id).await
             })
             .await?
             .into_value();
     }
     ctx.unit_of_work(async |tx| {
-        sqlx::query("INSERT INTO effects (order_id, event_id) VALUES ($1, $2)")
-            .bind(order_id)
-            .bind(event_id.as_str())
-            .execute(tx.conn())
-            .await?;
+        write_effect(tx, order_id, event_id).await?;
         match fault {
             _ if !faulty => {}
             Fault::None | Fault::DoneElsewhere => {}
