@@ -18,6 +18,44 @@ export SQLX_OFFLINE=true
 # (the NATS tests, which are CPU-bound, take turns two at a time whatever this says).
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 
+# What the servers need and this machine lacks (PostgreSQL, nats-server, and libfaketime,
+# which the clock-skew test starts relays under) installs in the background while step 0
+# compiles: on a fresh machine apt-get mostly waits on the network.
+workdir=$(mktemp -d /tmp/keel-pg.XXXXXX)
+install_pid=""
+started=0
+nats_pid=""
+cleanup() {
+  status=$?
+  # apt-get is never interrupted: a half-done install leaves dpkg to repair.
+  if [ -n "$install_pid" ]; then
+    wait "$install_pid" 2>/dev/null || true
+  fi
+  if [ -n "$nats_pid" ]; then
+    kill "$nats_pid" 2>/dev/null || true
+    wait "$nats_pid" 2>/dev/null || true
+  fi
+  if [ "$started" = 1 ]; then
+    stop_postgres "$workdir"
+  fi
+  rm -rf "$workdir"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+missing=$(missing_packages nats-server:nats-server pkg:libfaketime | xargs)
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing, and not root to install it: apt-get install $missing" >&2
+    exit 1
+  fi
+  # shellcheck disable=SC2086
+  install $missing >"$workdir/apt-get.log" 2>&1 &
+  install_pid=$!
+  say "installing $missing with apt-get, in the background"
+fi
+
 # 0. Formatting, lints, documentation, and a build without SQLite (full runs only).
 if [ $# -eq 0 ]; then
   say "cargo fmt --check"
@@ -34,38 +72,22 @@ if [ $# -eq 0 ]; then
   fi
 fi
 
-# 1. PostgreSQL binaries and nats-server, and libfaketime, which the clock-skew test starts
-#    relays under; apt-get installs what is missing.
-ensure_postgres
-if ! command -v nats-server >/dev/null 2>&1; then
-  install nats-server "nats-server (NATS JetStream)"
+# 1. The installs done.
+if [ -n "$install_pid" ]; then
+  say "waiting for apt-get"
+  pid=$install_pid
+  install_pid=""
+  if ! wait "$pid"; then
+    echo "apt-get install $missing failed; its output follows" >&2
+    cat "$workdir/apt-get.log" >&2
+    exit 1
+  fi
 fi
-faketime_lib() { dpkg -L libfaketime 2>/dev/null | grep -m1 'libfaketime\.so\.1$'; }
-if ! faketime=$(faketime_lib) || [ -z "$faketime" ]; then
-  install faketime libfaketime
-  faketime=$(faketime_lib)
-fi
-export KEEL_TEST_FAKETIME="$faketime"
+bindir=$(pg_bindir)
+export KEEL_TEST_FAKETIME
+KEEL_TEST_FAKETIME=$(dpkg -L libfaketime | grep -m1 'libfaketime\.so\.1$')
 
 # 2. A throwaway cluster in a directory the postgres user owns, on a free port.
-workdir=$(mktemp -d /tmp/keel-pg.XXXXXX)
-started=0
-nats_pid=""
-cleanup() {
-  status=$?
-  if [ -n "$nats_pid" ]; then
-    kill "$nats_pid" 2>/dev/null || true
-    wait "$nats_pid" 2>/dev/null || true
-  fi
-  if [ "$started" = 1 ]; then
-    stop_postgres "$workdir"
-  fi
-  rm -rf "$workdir"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
 # Marked started first: a start that timed out may still bring the server up; stopping a
 # server that is not running is harmless.
 started=1

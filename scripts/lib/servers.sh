@@ -8,28 +8,49 @@ as_postgres() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-install() {  # install PACKAGE WHAT
+# install PACKAGE… : apt-get installs them, after one `apt-get update` for all.
+install() {
   if [ "$(id -u)" != 0 ]; then
-    echo "$2 not found and not root: install the $1 package" >&2
+    echo "missing, and not root to install it: apt-get install $*" >&2
     exit 1
   fi
-  say "$2 not found: installing $1 with apt-get"
+  say "not found here: installing $* with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q "$1" >/dev/null
+  apt-get install -y -q "$@" >/dev/null
 }
 
-# PostgreSQL's server binaries (Debian keeps them off the PATH; pg_config says where): sets
-# `bindir`.
+pg_bindir() { command -v pg_config >/dev/null 2>&1 && pg_config --bindir; }
+
+# The packages among PostgreSQL's server, openssl (the test server's certificate) and
+# EXTRA… (`command:package` pairs, or `pkg:package` for a package without a command) that
+# this machine lacks, one per line.
+missing_packages() {
+  local bin
+  if ! bin=$(pg_bindir) || [ ! -x "$bin/initdb" ] || [ ! -x "$bin/pg_ctl" ]; then
+    echo postgresql
+  fi
+  command -v openssl >/dev/null 2>&1 || echo openssl
+  local pair
+  for pair in "$@"; do
+    case "$pair" in
+      pkg:*) dpkg-query -W -f '${Status}' "${pair#pkg:}" 2>/dev/null | grep -q 'ok installed' \
+               || echo "${pair#pkg:}" ;;
+      *) command -v "${pair%%:*}" >/dev/null 2>&1 || echo "${pair#*:}" ;;
+    esac
+  done
+}
+
+# PostgreSQL's server binaries (Debian keeps them off the PATH; pg_config says where), and
+# openssl: apt-get installs what is missing. Sets `bindir`.
 ensure_postgres() {
-  pg_bindir() { command -v pg_config >/dev/null 2>&1 && pg_config --bindir; }
-  if ! bindir=$(pg_bindir) || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl" ]; then
-    install postgresql "PostgreSQL server binaries"
-    bindir=$(pg_bindir)
+  local missing
+  missing=$(missing_packages)
+  if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    install $missing
   fi
-  if ! command -v openssl >/dev/null 2>&1; then
-    install openssl "openssl (for the test server's certificate)"
-  fi
+  bindir=$(pg_bindir)
 }
 
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
