@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
-use keel::Error;
+use keel::{Error, Incoming, sqlx};
 use keel_testing::TestDatabase;
 use tokio::sync::Barrier;
 
-use super::B;
 use super::inbox::{pending_delivery, process};
 use super::support::*;
+use super::{B, Dispatcher, Handler};
 
 /// Two deliveries of one event running at the same moment (PostgreSQL: the second waits
 /// on the first's mark, then finds it): the effects happen once.
@@ -47,4 +48,76 @@ async fn concurrent_duplicates_commit_effects_once() {
     assert!(matches!(second, Error::AlreadyProcessed { .. }), "{second}");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM effects").await, 1);
+}
+
+/// A message accepted again (a broker's redelivery) while its first copy's delivery
+/// completes: the second accept began before the first committed, then waited (here on a
+/// third accept of another message) while the handler ran and committed. The delivery
+/// must not be created again, or the handler would run a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_accepted_again_while_its_delivery_completes_is_not_delivered_again() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    schema(&db).await;
+    let dispatcher = Dispatcher::new(
+        db.clone(),
+        registry(vec![Handler::new::<Ticked, _>("effect_a", effect_a)]),
+    );
+    let message = |seq| Incoming {
+        envelope: keel::Envelope::wrap(&Ticked { seq }).unwrap(),
+        dead: None,
+        ordered: false,
+    };
+    let (other, again) = (message(1), message(2));
+    let delivery = "INSERT INTO keel_deliveries (event_id, handler) VALUES ($1, 'effect_a')";
+    // Two accepts not yet committed: one of another message, the first of this one.
+    let mut third = db.connect_again().await.unwrap().acquire().await.unwrap();
+    let mut first = db.connect_again().await.unwrap().acquire().await.unwrap();
+    for (conn, incoming) in [(&mut third, &other), (&mut first, &again)] {
+        sqlx::raw_sql("BEGIN").execute(&mut **conn).await.unwrap();
+        sqlx::query(delivery)
+            .bind(incoming.envelope.id.as_uuid())
+            .execute(&mut **conn)
+            .await
+            .unwrap();
+    }
+    // The redelivery is accepted, and waits on the other message's accept.
+    let second = tokio::spawn(async move { dispatcher.accept("effect_a", &[other, again]).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while scalar(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .await
+        == 0
+    {
+        if second.is_finished() || Instant::now() > deadline {
+            panic!("the second accept never waited: {:?}", second.await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile the first accept commits and the handler's unit of work marks it done.
+    sqlx::raw_sql("COMMIT").execute(&mut *first).await.unwrap();
+    sqlx::raw_sql(
+        "WITH d AS (DELETE FROM keel_deliveries WHERE handler = 'effect_a' RETURNING event_id,
+                    handler, attempts)
+         INSERT INTO keel_done (event_id, handler, attempts) SELECT * FROM d",
+    )
+    .execute(&mut *first)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ROLLBACK").execute(&mut *third).await.unwrap();
+    assert_eq!(second.await.unwrap().unwrap(), 1, "only the other message is new");
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM keel_deliveries d JOIN keel_done f USING (event_id, handler)"
+        )
+        .await,
+        0,
+        "a delivery already done was created again: its handler would run twice"
+    );
 }

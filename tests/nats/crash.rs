@@ -10,7 +10,7 @@ use keel::nats::{ConsumerOptions, Consumers, JetStream, StreamOptions};
 use keel::{DeliveryOptions, RetryPolicy, sqlx};
 
 use super::support::*;
-use super::{App, B, Database, Registry};
+use super::{App, B, Database, POSTGRES, Registry};
 use keel_testing::TestDatabase;
 
 const EVENTS: i64 = 10_000;
@@ -109,15 +109,20 @@ fn patient() -> RetryPolicy {
 /// Records events up to `total`, resuming from the `progress` row so that a crash never
 /// produces a number twice, at a steady pace (25 every 40 ms at most): the producing
 /// service lives long enough to be killed ten times while it produces, on either backend.
+/// On PostgreSQL the row is read locked: a killed process's `COMMIT` may still land after
+/// the next process has started, and an unlocked read would number the same events again
+/// (SQLite's write lock, taken at `BEGIN`, already serializes them).
 async fn produce(app: &App, total: i64) {
     loop {
         let done = app
             .session()
             .unit_of_work(async |tx| {
-                let (produced,): (i64,) =
-                    sqlx::query_as("SELECT produced FROM progress WHERE id = 1")
-                        .fetch_one(tx.conn())
-                        .await?;
+                let read = if POSTGRES {
+                    "SELECT produced FROM progress WHERE id = 1 FOR UPDATE"
+                } else {
+                    "SELECT produced FROM progress WHERE id = 1"
+                };
+                let (produced,): (i64,) = sqlx::query_as(read).fetch_one(tx.conn()).await?;
                 let upto = (produced + 25).min(total);
                 for seq in produced..upto {
                     tx.record(Ticked { seq })?;
@@ -215,6 +220,11 @@ async fn kill_9_on_both_sides_loses_nothing_and_doubles_nothing() {
     assert_eq!(
         scalar(orders_db, "SELECT produced FROM progress").await,
         EVENTS
+    );
+    assert_eq!(
+        scalar(orders_db, "SELECT COUNT(*) FROM keel_events").await,
+        EVENTS,
+        "the producing service recorded some events twice"
     );
     let effects = scalar(billing_db, "SELECT COUNT(*) FROM effects").await;
     if effects != EVENTS * 2 {

@@ -47,6 +47,7 @@ pub mod turns {
 #[path = "."]
 mod postgres {
     pub type B = keel::sqlx::Postgres;
+    pub const POSTGRES: bool = true;
     pub use keel::postgres::{App, Database, Handler, HandlerContext, Registry};
 
     mod commands;
@@ -59,6 +60,7 @@ mod postgres {
 #[path = "."]
 mod sqlite {
     pub type B = keel::sqlx::Sqlite;
+    pub const POSTGRES: bool = false;
     pub use keel::sqlite::{App, Database, Handler, HandlerContext, Registry};
 
     mod commands;

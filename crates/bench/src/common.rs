@@ -143,6 +143,13 @@ pub async fn reset(pool: &sqlx::PgPool) -> Result<(), String> {
         .execute(pool)
         .await
         .map_err(|e| format!("resetting the tables: {e}"))?;
+    settle(pool).await
+}
+
+/// Lets PostgreSQL settle: dead rows vacuumed, statistics fresh, dirty pages written
+/// (`VACUUM ANALYZE`, `CHECKPOINT`), so that a measured phase does not pay for the one
+/// before it (an autovacuum of the last phase's deletes, a checkpoint in the middle).
+pub async fn settle(pool: &sqlx::PgPool) -> Result<(), String> {
     for statement in ["VACUUM ANALYZE", "CHECKPOINT"] {
         sqlx::raw_sql(statement)
             .execute(pool)

@@ -222,7 +222,7 @@ impl<B: Backend> Database<B> {
         }
         let group = Arc::new(Group {
             settings,
-            marker: uuid::Uuid::now_v7(),
+            marker: crate::marker::new(),
             state: std::sync::Mutex::new(State {
                 joined: 1,
                 running: 1,

@@ -62,6 +62,7 @@ mod error;
 mod group;
 mod guard;
 mod lock;
+mod marker;
 mod migrations;
 mod notify;
 pub mod operations;

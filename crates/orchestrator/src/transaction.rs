@@ -81,7 +81,7 @@ impl<B: Backend> Database<B> {
     where
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
-        let marker = uuid::Uuid::now_v7();
+        let marker = crate::marker::new();
         open.ended = false;
         B::begin(
             &mut open.conn,

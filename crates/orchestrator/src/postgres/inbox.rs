@@ -3,11 +3,12 @@
 //!
 //! A message received again while its delivery runs must not get a second delivery. The
 //! running handler's unit of work deletes the delivery and appends to `keel_done` when it
-//! commits; a single statement checking `keel_done` would read a snapshot taken before that
-//! commit, then find the deleted delivery gone and insert a new one. So the transaction
-//! first locks the deliveries that exist (waiting for a handler's unit of work that is
-//! deleting one), and only then, in a new statement with a new snapshot, checks the done
-//! log and inserts.
+//! commits. The insert checks `keel_done` with the snapshot its statement began with; if
+//! the handler commits after that (the insert waits for it on the delivery's key, or on
+//! another accept's row before it), the insert finds the deleted delivery gone and the done
+//! log not yet written, and creates the delivery again. So a second statement, with a new
+//! snapshot that sees every such commit, removes the deliveries just created that the done
+//! log has, before the accept commits.
 //!
 //! A command keeps its ordering key. An ordered one is numbered on from the key's counter,
 //! in the order received, as the outbox write numbers them in commit order (the key's row
@@ -21,9 +22,6 @@ use super::outbox::stored_headers;
 use crate::options::internal;
 use crate::outbox::{DEAD, Incoming, PENDING};
 use crate::{Database, Error};
-
-const LOCK: &str = "SELECT 1 FROM keel_deliveries WHERE handler = $1 AND event_id = ANY ($2)
-                    FOR UPDATE";
 
 /// The events are written routed: their only delivery is the one accepted here (other
 /// handlers of this service receive their own copies). A delivery is not created again
@@ -72,7 +70,12 @@ const ACCEPT: &str = "
         INSERT INTO keel_delivery_errors (event_id, handler, attempt, error)
         SELECT event_id, $9, 0, last_error FROM d WHERE status = 'dead'
         ON CONFLICT DO NOTHING)
-    SELECT count(*) FROM d";
+    SELECT event_id FROM d";
+
+/// The deliveries just created (`$2`) whose handler completed them meanwhile.
+const DONE_MEANWHILE: &str = "DELETE FROM keel_deliveries d
+    WHERE d.handler = $1 AND d.event_id = ANY ($2)
+      AND EXISTS (SELECT 1 FROM keel_done f WHERE f.event_id = d.event_id AND f.handler = $1)";
 
 pub(super) async fn accept(
     db: &Database<Postgres>,
@@ -107,15 +110,10 @@ pub(super) async fn accept(
     }
     let ids: Vec<Uuid> = ids;
     let ids = &ids;
-    let created: i64 = db
+    let created = db
         .clone()
         .unit_of_work_with(&internal("keel_accept"), async |tx| {
-            sqlx::query(LOCK)
-                .bind(handler)
-                .bind(ids)
-                .execute(tx.conn())
-                .await?;
-            let created: i64 = sqlx::query_scalar(ACCEPT)
+            let created: Vec<Uuid> = sqlx::query_scalar(ACCEPT)
                 .bind(ids)
                 .bind(&names)
                 .bind(&types)
@@ -130,9 +128,18 @@ pub(super) async fn accept(
                 .bind(&keys)
                 .bind(&ordered_keys)
                 .bind(&headers)
-                .fetch_one(tx.conn())
+                .fetch_all(tx.conn())
                 .await?;
-            Ok(created)
+            if created.is_empty() {
+                return Ok(0);
+            }
+            let removed = sqlx::query(DONE_MEANWHILE)
+                .bind(handler)
+                .bind(&created)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+            Ok(created.len() as u64 - removed)
         })
         .await?
         .into_value();
@@ -144,5 +151,5 @@ pub(super) async fn accept(
             db.notify_relays(&mut conn).await;
         }
     }
-    Ok(created.max(0) as u64)
+    Ok(created)
 }

@@ -81,7 +81,13 @@ pub(super) async fn begin(
         Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
         Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
     };
-    let mut sql = format!("{begin}; SET LOCAL {MARKER} = '{marker}'");
+    let mut sql = String::with_capacity(128);
+    sql.push_str(begin);
+    sql.push_str("; SET LOCAL ");
+    sql.push_str(MARKER);
+    sql.push_str(" = '");
+    sql.push_str(marker.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    sql.push('\'');
     if let Some(timeout) = lock_timeout {
         sql.push_str(&format!(
             "; SET LOCAL lock_timeout = '{}ms'",
