@@ -80,11 +80,7 @@ async fn likes(db: &Database) -> Result<i64, String> {
 
 /// Raw sqlx, the hot-row transaction pgbench would run, for `BASELINE_FOR`.
 async fn baseline(url: &str) -> Result<f64, String> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(CONCURRENCY as u32)
-        .connect(url)
-        .await
-        .map_err(|e| e.to_string())?;
+    let pool = crate::common::raw_pool(url, CONCURRENCY as u32).await?;
     let deadline = Instant::now() + BASELINE_FOR;
     let started = Instant::now();
     let mut tasks = Vec::new();
