@@ -109,8 +109,15 @@ async fn a_message_accepted_again_while_its_delivery_completes_is_not_delivered_
     .execute(&mut *first)
     .await
     .unwrap();
-    sqlx::raw_sql("ROLLBACK").execute(&mut *third).await.unwrap();
-    assert_eq!(second.await.unwrap().unwrap(), 1, "only the other message is new");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *third)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.await.unwrap().unwrap(),
+        1,
+        "only the other message is new"
+    );
     assert_eq!(
         scalar(
             &db,

@@ -86,7 +86,11 @@ pub(super) async fn begin(
     sql.push_str("; SET LOCAL ");
     sql.push_str(MARKER);
     sql.push_str(" = '");
-    sql.push_str(marker.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    sql.push_str(
+        marker
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
     sql.push('\'');
     if let Some(timeout) = lock_timeout {
         sql.push_str(&format!(
