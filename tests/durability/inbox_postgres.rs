@@ -83,11 +83,13 @@ async fn a_message_accepted_again_while_its_delivery_completes_is_not_delivered_
             .await
             .unwrap();
     }
-    // The redelivery is accepted, and waits on the other message's accept.
+    // The redelivery is accepted, and waits on the other message's accept (watched from a
+    // pool of its own: the accept may hold the only connection of `db`'s).
+    let watcher = db.connect_again().await.unwrap();
     let second = tokio::spawn(async move { dispatcher.accept("effect_a", &[other, again]).await });
     let deadline = Instant::now() + Duration::from_secs(10);
     while scalar(
-        &db,
+        &watcher,
         "SELECT count(*) FROM pg_stat_activity
          WHERE datname = current_database() AND wait_event_type = 'Lock'",
     )
