@@ -8,7 +8,7 @@
 //! another accept's row before it), the insert finds the deleted delivery gone and the done
 //! log not yet written, and creates the delivery again. So a second statement, with a new
 //! snapshot that sees every such commit, removes the deliveries just created that the done
-//! log has, before the accept commits.
+//! log has, before the accept commits (`keel_drop_done`, migration `0009_accept.sql`).
 //!
 //! A command keeps its ordering key. An ordered one is numbered on from the key's counter,
 //! in the order received, as the outbox write numbers them in commit order (the key's row
@@ -72,10 +72,10 @@ const ACCEPT: &str = "
         ON CONFLICT DO NOTHING)
     SELECT event_id FROM d";
 
-/// The deliveries just created (`$2`) whose handler completed them meanwhile.
-const DONE_MEANWHILE: &str = "DELETE FROM keel_deliveries d
-    WHERE d.handler = $1 AND d.event_id = ANY ($2)
-      AND EXISTS (SELECT 1 FROM keel_done f WHERE f.event_id = d.event_id AND f.handler = $1)";
+/// Removes the deliveries just created (`$2`) whose handler completed them meanwhile;
+/// returns how many (migration `0009_accept.sql`: a function, so that the done log is only
+/// ever looked up by key).
+const DROP_DONE: &str = "SELECT keel_drop_done($1, $2)";
 
 pub(super) async fn accept(
     db: &Database<Postgres>,
@@ -133,13 +133,12 @@ pub(super) async fn accept(
             if created.is_empty() {
                 return Ok(0);
             }
-            let removed = sqlx::query(DONE_MEANWHILE)
+            let removed: i64 = sqlx::query_scalar(DROP_DONE)
                 .bind(handler)
                 .bind(&created)
-                .execute(tx.conn())
-                .await?
-                .rows_affected();
-            Ok(created.len() as u64 - removed)
+                .fetch_one(tx.conn())
+                .await?;
+            Ok(created.len() as u64 - removed.max(0) as u64)
         })
         .await?
         .into_value();

@@ -96,6 +96,7 @@ impl Store for Postgres {
         "0006_headers.sql",
         "0007_relays.sql",
         "0008_claim.sql",
+        "0009_accept.sql",
     );
 
     async fn run_migrations(
