@@ -24,8 +24,11 @@ use crate::outbox::{DEAD, Incoming, PENDING};
 use crate::{Database, Error};
 
 /// The events are written routed: their only delivery is the one accepted here (other
-/// handlers of this service receive their own copies). A delivery is not created again
-/// once done (`keel_done`), nor when it exists (`ON CONFLICT`). Ordered commands (`$13`:
+/// handlers of this service receive their own copies). A delivery is not created when it
+/// exists (`ON CONFLICT`); one already done is removed by [`DROP_DONE`] after this
+/// statement, except a dead arrival (with its error row), which this statement checks
+/// against the done log itself (for pending arrivals, an anti-join with the log, planned
+/// from lagging statistics, scanned the whole log at every accept). Ordered commands (`$13`:
 /// their keys) are numbered per key, in the order received, on from the key's counter;
 /// every key (`$12`) gets its row.
 const ACCEPT: &str = "
@@ -63,7 +66,8 @@ const ACCEPT: &str = "
         SELECT i, $9, s, m, q_key, q_seq
         FROM UNNEST($1::uuid[], $10::text[], $11::text[]) AS u (i, s, m)
         LEFT JOIN q ON q_id = i
-        WHERE NOT EXISTS (SELECT 1 FROM keel_done f WHERE f.event_id = u.i AND f.handler = $9)
+        WHERE s <> 'dead'
+           OR NOT EXISTS (SELECT 1 FROM keel_done f WHERE f.event_id = u.i AND f.handler = $9)
         ON CONFLICT DO NOTHING
         RETURNING event_id, status, last_error),
     x AS (
