@@ -97,6 +97,7 @@ impl Store for Postgres {
         "0007_relays.sql",
         "0008_claim.sql",
         "0009_accept.sql",
+        "0010_mark_done.sql",
     );
 
     async fn run_migrations(

@@ -251,7 +251,7 @@ pub(super) async fn mark_done(
     event_ids: &[EventId],
     handler: &str,
 ) -> Result<usize, Error> {
-    Ok(mark_done_sql(conn, MARK_DONE, event_ids, handler).await? as usize)
+    Ok(mark_done_sql(conn, false, event_ids, handler).await? as usize)
 }
 
 /// Marks done outside any transaction, in a statement of its own: a plain append to
@@ -264,7 +264,7 @@ pub(super) async fn mark_done_alone(
     event_ids: &[EventId],
     handler: &str,
 ) -> Result<usize, Error> {
-    match mark_done_sql(&mut *conn, MARK_DONE_APPEND, event_ids, handler).await {
+    match mark_done_sql(&mut *conn, true, event_ids, handler).await {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             mark_done(conn, event_ids, handler).await
         }
@@ -272,36 +272,22 @@ pub(super) async fn mark_done_alone(
     }
 }
 
-/// Moves pending deliveries to the done log, keeping the latest attempt count of a
-/// delivery done again.
-const MARK_DONE: &str = "WITH d AS (
-        DELETE FROM keel_deliveries
-        WHERE handler = $1 AND status = 'pending' AND event_id = ANY ($2)
-        RETURNING event_id, handler, attempts)
-    INSERT INTO keel_done (event_id, handler, attempts) SELECT * FROM d
-    ON CONFLICT (event_id, handler)
-    DO UPDATE SET attempts = EXCLUDED.attempts, done_at = EXCLUDED.done_at";
-
-/// [`MARK_DONE`] without the conflict check.
-const MARK_DONE_APPEND: &str = "WITH d AS (
-        DELETE FROM keel_deliveries
-        WHERE handler = $1 AND status = 'pending' AND event_id = ANY ($2)
-        RETURNING event_id, handler, attempts)
-    INSERT INTO keel_done (event_id, handler, attempts) SELECT * FROM d";
-
+/// Moves pending deliveries to the done log (`append`: without the conflict check), in
+/// the function `keel_mark_done` (migration `0010_mark_done.sql`), whose plan looks each
+/// delivery up by key whatever the table's statistics say.
 async fn mark_done_sql(
     conn: &mut PgConnection,
-    sql: &'static str,
+    append: bool,
     event_ids: &[EventId],
     handler: &str,
-) -> Result<u64, sqlx::Error> {
+) -> Result<i64, sqlx::Error> {
     let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| *id.as_uuid()).collect();
-    Ok(sqlx::query(sql)
+    sqlx::query_scalar("SELECT keel_mark_done($1, $2, $3)")
         .bind(handler)
         .bind(ids)
-        .execute(conn)
-        .await?
-        .rows_affected())
+        .bind(append)
+        .fetch_one(conn)
+        .await
 }
 
 #[cfg(test)]
