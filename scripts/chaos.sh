@@ -22,7 +22,7 @@ service_bin=target/debug/examples/assessment_completion
 keel_bin=target/debug/keel
 
 ensure_postgres
-command -v curl >/dev/null 2>&1 || install curl curl
+command -v curl >/dev/null 2>&1 || install curl
 workdir=$(mktemp -d /tmp/keel-chaos.XXXXXX)
 service_pid=""
 clients=""

@@ -29,6 +29,7 @@ cleanup() {
   status=$?
   # apt-get is never interrupted: a half-done install leaves dpkg to repair.
   if [ -n "$install_pid" ]; then
+    echo "waiting for apt-get to finish before exiting…" >&2
     wait "$install_pid" 2>/dev/null || true
   fi
   if [ -n "$nats_pid" ]; then
@@ -75,17 +76,22 @@ fi
 # 1. The installs done.
 if [ -n "$install_pid" ]; then
   say "waiting for apt-get"
-  pid=$install_pid
+  installed=0
+  wait "$install_pid" || installed=$?
   install_pid=""
-  if ! wait "$pid"; then
+  if [ "$installed" != 0 ]; then
     echo "apt-get install $missing failed; its output follows" >&2
     cat "$workdir/apt-get.log" >&2
     exit 1
   fi
 fi
 bindir=$(pg_bindir)
-export KEEL_TEST_FAKETIME
-KEEL_TEST_FAKETIME=$(dpkg -L libfaketime | grep -m1 'libfaketime\.so\.1$')
+# (grep reads the whole list: stopping at the first match could fail dpkg with SIGPIPE.)
+if ! faketime=$(dpkg -L libfaketime 2>/dev/null | grep 'libfaketime\.so\.1$'); then
+  echo "libfaketime is installed but its libfaketime.so.1 was not found (dpkg -L libfaketime)" >&2
+  exit 1
+fi
+export KEEL_TEST_FAKETIME="${faketime%%$'\n'*}"
 
 # 2. A throwaway cluster in a directory the postgres user owns, on a free port.
 # Marked started first: a start that timed out may still bring the server up; stopping a

@@ -56,6 +56,17 @@ async fn concurrent_duplicates_commit_effects_once() {
 /// must not be created again, or the handler would run a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_accepted_again_while_its_delivery_completes_is_not_delivered_again() {
+    accepted_again_while_its_delivery_completes(None).await;
+}
+
+/// The same race when the copy received again cannot be read (a dead arrival): neither its
+/// dead delivery nor the error row written for it stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_copy_accepted_while_its_delivery_completes_leaves_nothing() {
+    accepted_again_while_its_delivery_completes(Some("cannot be read")).await;
+}
+
+async fn accepted_again_while_its_delivery_completes(dead: Option<&str>) {
     let Some(test_db) = TestDatabase::<B>::new().await else {
         return;
     };
@@ -70,7 +81,8 @@ async fn a_message_accepted_again_while_its_delivery_completes_is_not_delivered_
         dead: None,
         ordered: false,
     };
-    let (other, again) = (message(1), message(2));
+    let (other, mut again) = (message(1), message(2));
+    again.dead = dead.map(str::to_owned);
     let delivery = "INSERT INTO keel_deliveries (event_id, handler) VALUES ($1, 'effect_a')";
     // Two accepts not yet committed: one of another message, the first of this one.
     let mut third = db.connect_again().await.unwrap().acquire().await.unwrap();
@@ -128,5 +140,10 @@ async fn a_message_accepted_again_while_its_delivery_completes_is_not_delivered_
         .await,
         0,
         "a delivery already done was created again: its handler would run twice"
+    );
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM keel_delivery_errors").await,
+        0,
+        "an error row was left for a delivery already done"
     );
 }

@@ -127,22 +127,11 @@ pub async fn keel_database(url: &str, connections: u32) -> Result<Database, Stri
     Ok(db)
 }
 
-/// A raw sqlx PostgreSQL pool (the baselines use no Keel code), set as Keel's own pool is:
-/// a connection is tested on its way out of the pool only after a second idle (sqlx
-/// tests it on its way back in any case), so that a baseline makes the round trips Keel
-/// makes, not one more per transaction.
+/// A raw sqlx PostgreSQL pool (the baselines use no Keel code), with sqlx's defaults, as
+/// Keel's own pool.
 pub async fn raw_pool(url: &str, connections: u32) -> Result<sqlx::PgPool, String> {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(connections)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= Duration::from_secs(1) {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
         .connect(url)
         .await
         .map_err(|e| e.to_string())

@@ -174,11 +174,6 @@ async fn run(scenario: &str, url: &str, args: &Args) -> Result<Report, String> {
             .close()
             .await
             .map_err(|e| e.to_string())?;
-        // In `all`, what the scenario before left (dead rows, dirty pages) is cleaned up
-        // before this one starts, not while it runs.
-        let pool = common::raw_pool(url, 1).await?;
-        common::settle(&pool).await?;
-        pool.close().await;
     }
     match scenario {
         "uow" => uow::run(url, args.events).await,

@@ -19,11 +19,18 @@ AS $$
 DECLARE
     removed BIGINT;
 BEGIN
-    DELETE FROM keel_deliveries d
-    WHERE d.handler = the_handler AND d.event_id = ANY (created)
-      AND EXISTS (SELECT 1 FROM keel_done f
-                  WHERE f.event_id = d.event_id AND f.handler = the_handler);
-    GET DIAGNOSTICS removed = ROW_COUNT;
+    -- A dead arrival removed here takes the error row the accept wrote for it.
+    WITH r AS (
+        DELETE FROM keel_deliveries d
+        WHERE d.handler = the_handler AND d.event_id = ANY (created)
+          AND EXISTS (SELECT 1 FROM keel_done f
+                      WHERE f.event_id = d.event_id AND f.handler = the_handler)
+        RETURNING d.event_id, d.status),
+    x AS (
+        DELETE FROM keel_delivery_errors e USING r
+        WHERE r.status = 'dead' AND e.event_id = r.event_id AND e.handler = the_handler
+          AND e.attempt = 0)
+    SELECT count(*) INTO removed FROM r;
     RETURN removed;
 END
 $$;

@@ -25,11 +25,10 @@ use crate::{Database, Error};
 
 /// The events are written routed: their only delivery is the one accepted here (other
 /// handlers of this service receive their own copies). A delivery is not created when it
-/// exists (`ON CONFLICT`); one already done is removed by [`DROP_DONE`] after this
-/// statement, except a dead arrival (with its error row), which this statement checks
-/// against the done log itself (for pending arrivals, an anti-join with the log, planned
-/// from lagging statistics, scanned the whole log at every accept). Ordered commands (`$13`:
-/// their keys) are numbered per key, in the order received, on from the key's counter;
+/// exists (`ON CONFLICT`). One already done is removed by [`DROP_DONE`] after this
+/// statement: the check for pending arrivals lives there only, because as an anti-join here
+/// it was planned as a sequential scan of the done log. Dead arrivals are also checked here,
+/// which spares their error rows in the common case. Ordered commands (`$13`: their keys) are numbered per key, in the order received, on from the key's counter;
 /// every key (`$12`) gets its row.
 const ACCEPT: &str = "
     WITH ku AS (
@@ -117,7 +116,7 @@ pub(super) async fn accept(
     let created = db
         .clone()
         .unit_of_work_with(&internal("keel_accept"), async |tx| {
-            let created: Vec<Uuid> = sqlx::query_scalar(ACCEPT)
+            let inserted: Vec<Uuid> = sqlx::query_scalar(ACCEPT)
                 .bind(ids)
                 .bind(&names)
                 .bind(&types)
@@ -134,15 +133,15 @@ pub(super) async fn accept(
                 .bind(&headers)
                 .fetch_all(tx.conn())
                 .await?;
-            if created.is_empty() {
+            if inserted.is_empty() {
                 return Ok(0);
             }
             let removed: i64 = sqlx::query_scalar(DROP_DONE)
                 .bind(handler)
-                .bind(&created)
+                .bind(&inserted)
                 .fetch_one(tx.conn())
                 .await?;
-            Ok(created.len() as u64 - removed.max(0) as u64)
+            Ok(inserted.len() as u64 - removed.max(0) as u64)
         })
         .await?
         .into_value();

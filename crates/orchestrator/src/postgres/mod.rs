@@ -33,9 +33,6 @@ use crate::store::{Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
-/// How long a pooled connection may have been idle before it is tested on its way out.
-const TEST_AFTER_IDLE: Duration = Duration::from_secs(1);
-
 impl Store for Postgres {
     const ONE_WRITER: bool = false;
     const NOTIFIES: bool = true;
@@ -63,19 +60,6 @@ impl Store for Postgres {
         PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            // sqlx tests a connection when it returns to the pool, and by default again
-            // when it leaves: a round trip per unit of work, claim and done mark. Only a
-            // connection idle for a while is tested again (the server may have restarted
-            // or dropped it meanwhile), as sqlx's documentation shows.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= TEST_AFTER_IDLE {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
             .connect_with(connect)
             .await
             .map_err(|source| match source {
