@@ -47,10 +47,9 @@ trap 'exit 130' INT TERM
 
 missing=$(missing_packages nats-server:nats-server pkg:libfaketime | xargs)
 if [ -n "$missing" ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing, and not root to install it: apt-get install $missing" >&2
-    exit 1
-  fi
+  # Checked here too, so that a user without root learns it before the compile checks.
+  # shellcheck disable=SC2086
+  can_install $missing
   # shellcheck disable=SC2086
   install $missing >"$workdir/apt-get.log" 2>&1 &
   install_pid=$!

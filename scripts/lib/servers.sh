@@ -8,12 +8,17 @@ as_postgres() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# install PACKAGE… : apt-get installs them, after one `apt-get update` for all.
-install() {
+# can_install PACKAGE… : exits with the command to run when only root could install them.
+can_install() {
   if [ "$(id -u)" != 0 ]; then
     echo "missing, and not root to install it: apt-get install $*" >&2
     exit 1
   fi
+}
+
+# install PACKAGE… : apt-get installs them, after one `apt-get update` for all.
+install() {
+  can_install "$@"
   say "not found here: installing $* with apt-get"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null

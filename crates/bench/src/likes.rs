@@ -50,23 +50,19 @@ async fn count_votes(votes: &[VoteForPost], ctx: &mut HandlerContext) -> Result<
     .await
 }
 
-async fn reset(db: &Database) -> Result<(), String> {
-    db.execute_script(
+/// The post back to no likes and the outbox empty, then the database settled.
+async fn reset(pool: &sqlx::PgPool) -> Result<(), String> {
+    sqlx::raw_sql(
         "DROP TABLE IF EXISTS posts;
          CREATE TABLE posts (id BIGINT PRIMARY KEY, likes BIGINT NOT NULL);
          INSERT INTO posts VALUES (1, 0);
          DELETE FROM keel_delivery_errors; DELETE FROM keel_deliveries; DELETE FROM keel_done;
          DELETE FROM keel_events; DELETE FROM keel_keys;",
     )
+    .execute(pool)
     .await
-    .map_err(|e| e.to_string())?;
-    // As `common::settle` does (each statement alone: neither runs in a transaction).
-    for statement in ["VACUUM ANALYZE", "CHECKPOINT"] {
-        db.execute_script(statement)
-            .await
-            .map_err(|e| format!("{statement}: {e}"))?;
-    }
-    Ok(())
+    .map_err(|e| format!("resetting the likes: {e}"))?;
+    crate::common::settle(pool).await
 }
 
 async fn likes(db: &Database) -> Result<i64, String> {
@@ -313,19 +309,20 @@ pub async fn run(url: &str, n: u32) -> Result<Report, String> {
         .map_err(|e| e.to_string())?;
     db.migrate().await.map_err(|e| e.to_string())?;
     let expected = (n as usize / CONCURRENCY * CONCURRENCY) as i64;
+    let admin = crate::common::raw_pool(url, 1).await?;
 
-    reset(&db).await?;
+    reset(&admin).await?;
     let base = baseline(url).await?;
-    reset(&db).await?;
+    reset(&admin).await?;
     let (a, a_retries) = direct(&db, n).await?;
     let a_likes = likes(&db).await?;
-    reset(&db).await?;
+    reset(&admin).await?;
     let (b, b_accept) = bus(&db, n).await?;
     let b_likes = likes(&db).await?;
-    reset(&db).await?;
+    reset(&admin).await?;
     let b_drain = drain(&db, n).await?;
     let drained = likes(&db).await?;
-    reset(&db).await?;
+    reset(&admin).await?;
     let (c, c_send) = through_broker(&db, n).await?;
     let c_likes = likes(&db).await?;
     if a_likes != expected || b_likes != expected || drained != expected || c_likes != expected {

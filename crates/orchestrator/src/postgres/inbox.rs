@@ -28,7 +28,8 @@ use crate::{Database, Error};
 /// exists (`ON CONFLICT`). One already done is removed by [`DROP_DONE`] after this
 /// statement: the check for pending arrivals lives there only, because as an anti-join here
 /// it was planned as a sequential scan of the done log. Dead arrivals are also checked here,
-/// which spares their error rows in the common case. Ordered commands (`$13`: their keys) are numbered per key, in the order received, on from the key's counter;
+/// so that outside the race no error row is written for them. Ordered commands (`$13`:
+/// their keys) are numbered per key, in the order received, on from the key's counter;
 /// every key (`$12`) gets its row.
 const ACCEPT: &str = "
     WITH ku AS (
