@@ -38,6 +38,7 @@ async fn tracked(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_relays_share_the_work_without_overlap() {
+    let _turn = crate::turns::Turn::take();
     let Some(test_db) = TestDatabase::<B>::new().await else {
         return;
     };

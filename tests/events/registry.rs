@@ -32,9 +32,15 @@ keel::register_handler!(OrderPlaced => audit_order, retry = keel::RetryPolicy::n
 /// The module of this copy of the file, and of the other backend's copy.
 const fn modules() -> (&'static str, &'static str) {
     if POSTGRES {
-        ("events::postgres::registry", "events::sqlite::registry")
+        (
+            "integration::events::postgres::registry",
+            "integration::events::sqlite::registry",
+        )
     } else {
-        ("events::sqlite::registry", "events::postgres::registry")
+        (
+            "integration::events::sqlite::registry",
+            "integration::events::postgres::registry",
+        )
     }
 }
 

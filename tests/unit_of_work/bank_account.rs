@@ -2,10 +2,11 @@
 //! and 80. Exactly one may succeed and the balance never goes negative; once with row
 //! locks, once with versions and retries.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use keel::{Aggregate, Error, Locked, RetryPolicy, RowLock, UnitOfWorkOptions, Version, sqlx};
+use tokio::sync::Barrier;
 
 use super::support::{accounts_with, scalar};
 use super::{B, Database, POSTGRES, Tx};
@@ -91,14 +92,29 @@ async fn debit_with_row_lock(db: Database, amount: i64) -> Result<(), Error> {
     .map(keel::Committed::into_value)
 }
 
-async fn debit_with_version(db: Database, amount: i64, attempts: &AtomicU32) -> Result<(), Error> {
+/// A debit that saves with an optimistic version check. With `both_read`, its first attempt
+/// waits there after reading until the other debit has read too (PostgreSQL only: SQLite
+/// takes its write lock at `BEGIN`, so the other could never read).
+async fn debit_with_version(
+    db: Database,
+    amount: i64,
+    attempts: &AtomicU32,
+    both_read: Option<&Barrier>,
+) -> Result<(), Error> {
     let mut db = db.connect_again().await?;
     let options = UnitOfWorkOptions::named("debit_optimistic")
         .retry(RetryPolicy::default().base_delay(Duration::from_millis(5)));
+    let first = AtomicBool::new(true);
+    let first = &first;
     db.unit_of_work_with(&options, async |tx| {
         attempts.fetch_add(1, Ordering::SeqCst);
         let mut account = load(tx, 1).await?;
-        tokio::time::sleep(THINK).await;
+        match both_read {
+            Some(both_read) if first.swap(false, Ordering::SeqCst) => {
+                both_read.wait().await;
+            }
+            _ => tokio::time::sleep(THINK).await,
+        }
         account.debit(amount)?;
         account.version = tx.save_version("accounts", &account).await?;
         store_balance(tx, &account).await
@@ -132,9 +148,10 @@ async fn concurrent_debits_with_row_locks(db: Database) {
 async fn concurrent_debits_with_versions_and_retry(db: Database) {
     accounts_with(&db, 100).await;
     let attempts = Box::leak(Box::new(AtomicU32::new(0)));
+    let both_read = POSTGRES.then(|| &*Box::leak(Box::new(Barrier::new(2))));
     let (a, b) = tokio::join!(
-        tokio::spawn(debit_with_version(db.clone(), 50, attempts)),
-        tokio::spawn(debit_with_version(db.clone(), 80, attempts)),
+        tokio::spawn(debit_with_version(db.clone(), 50, attempts, both_read)),
+        tokio::spawn(debit_with_version(db.clone(), 80, attempts, both_read)),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     exactly_one_succeeded([&a, &b]);

@@ -3,8 +3,5 @@
 //! executor, and (on PostgreSQL) the checked `query!` macros built from the offline query
 //! data in `.sqlx/`.
 
-// A test or example crate has no public API: `pub` only shares items between its modules.
-#![allow(unreachable_pub)]
-
 mod postgres;
 mod sqlite;

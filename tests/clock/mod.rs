@@ -9,9 +9,6 @@
 //! true clock. PostgreSQL only: SQLite's clock is the machine's, shared by every process
 //! that opens the file.
 
-// A test or example crate has no public API: `pub` only shares items between its modules.
-#![allow(unreachable_pub)]
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -108,10 +105,16 @@ async fn skewed_relay() {
     app.shutdown().await.unwrap();
 }
 
-/// Runs the ignored test `child` of this binary in a process whose clock is off by `offset`.
+/// Runs the ignored test `child` of this module in a process whose clock is off by `offset`.
 fn spawn_child(child: &str, url: &str, faketime: &str, offset: &str) -> Child {
+    let (_crate_name, module) = module_path!().split_once("::").unwrap();
     Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", child, "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            &format!("{module}::{child}"),
+            "--test-threads=1",
+        ])
         .env(CHILD_URL, url)
         .env("LD_PRELOAD", faketime)
         .env("FAKETIME", offset)

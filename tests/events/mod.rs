@@ -3,8 +3,6 @@
 //! Each file is compiled once per backend, in module `postgres` and module `sqlite`,
 //! against that backend's aliases; files named `…_postgres` hold what only PostgreSQL has.
 
-// A test or example crate has no public API: `pub` only shares items between its modules.
-#![allow(unreachable_pub)]
 // The same files, compiled once per backend.
 #![allow(clippy::duplicate_mod)]
 

@@ -3,8 +3,6 @@
 //! module `sqlite`, against that backend's aliases (`Database`, `Tx`); files named
 //! `…_postgres` / `…_sqlite` hold what only one backend has.
 
-// A test or example crate has no public API: `pub` only shares items between its modules.
-#![allow(unreachable_pub)]
 // The same files, compiled once per backend.
 #![allow(clippy::duplicate_mod)]
 

@@ -7,8 +7,6 @@
 //! process the kill -9 test starts, the second restarts the shared PostgreSQL server and
 //! runs on its own (`scripts/test.sh` runs it after the suite).
 
-// A test or example crate has no public API: `pub` only shares items between its modules.
-#![allow(unreachable_pub)]
 // The same files, compiled once per backend.
 #![allow(clippy::duplicate_mod)]
 

@@ -1,0 +1,60 @@
+//! Keel's integration tests, on a real PostgreSQL, on SQLite and through a real NATS
+//! JetStream server. One test binary for all of them: each binary links the whole
+//! dependency tree again, and tests that wait (on a lease, a clock, a child process) run
+//! beside tests that work instead of after them. Each directory is one area:
+//!
+//! - `unit_of_work`: commit, rollback, retries, locks, optimistic versions;
+//! - `native_types`: the driver's own types, `FromRow`, repositories and `query!`;
+//! - `events`: events after commit, delivered to each handler, grouped, traced;
+//! - `commands`: the command bus, per-key order, batches;
+//! - `durability`: crashes, restarts, competing relays, bad input, deploys;
+//! - `clock`: leases and due times under skewed process clocks;
+//! - `nats` (with the `nats` feature): services exchanging events through JetStream.
+//!
+//! Run one area with a filter: `cargo test --test integration durability::`.
+
+// A test crate has no public API: `pub` only shares items between its modules.
+#![allow(unreachable_pub)]
+
+mod clock;
+mod commands;
+mod durability;
+mod events;
+mod native_types;
+#[cfg(feature = "nats")]
+mod nats;
+mod unit_of_work;
+
+/// At most two heavy tests at once, whatever the test thread count: the tests that are
+/// CPU-bound (a broker, child processes that are killed and restarted) take turns, while
+/// the rest of the suite, which mostly waits on the database, runs beside them.
+pub mod turns {
+    use std::sync::{Condvar, Mutex, PoisonError};
+
+    const AT_ONCE: usize = 2;
+    static RUNNING: Mutex<usize> = Mutex::new(0);
+    static FREED: Condvar = Condvar::new();
+
+    /// A test's turn; the next waiting test starts when it is dropped.
+    #[derive(Debug)]
+    pub struct Turn(());
+
+    impl Turn {
+        /// Waits (blocking the test's thread) until fewer than two tests hold a turn.
+        pub fn take() -> Self {
+            let mut running = RUNNING.lock().unwrap_or_else(PoisonError::into_inner);
+            while *running >= AT_ONCE {
+                running = FREED.wait(running).unwrap_or_else(PoisonError::into_inner);
+            }
+            *running += 1;
+            Turn(())
+        }
+    }
+
+    impl Drop for Turn {
+        fn drop(&mut self) {
+            *RUNNING.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+            FREED.notify_one();
+        }
+    }
+}
