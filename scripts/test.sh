@@ -14,9 +14,11 @@ cd "$(dirname "$0")/.."
 
 # The checked queries build from the offline data in .sqlx/, never from a live database.
 export SQLX_OFFLINE=true
-# Four tests at once per binary: most wait on the database, so this beats one per core
-# (the NATS tests, which are CPU-bound, take turns two at a time whatever this says).
+# Four tests at once: most wait on the database, so this beats one per core (the heavy
+# tests, CPU-bound, take turns two at a time whatever this says).
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+# CI builds from nothing, where incremental compilation only adds work.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 
 # What the servers need and this machine lacks (PostgreSQL, nats-server, and libfaketime,
 # which the clock-skew test starts relays under) installs in the background while step 0
@@ -56,7 +58,8 @@ if [ -n "$missing" ]; then
   say "installing $missing with apt-get, in the background"
 fi
 
-# 0. Formatting, lints, documentation, and a build without SQLite (full runs only).
+# 0. Formatting, lints, documentation, a build without SQLite, and the build of
+#    everything the steps below run (full runs only).
 if [ $# -eq 0 ]; then
   say "cargo fmt --check"
   cargo fmt --all --check
@@ -70,6 +73,11 @@ if [ $# -eq 0 ]; then
     echo "keel with only the postgres feature still depends on SQLite" >&2
     exit 1
   fi
+  # Every test, then the examples as step 4 runs them (the facade's features alone, not
+  # the workspace's: a build of their own), while apt-get may still be running.
+  say "cargo build --all-targets, and the examples"
+  cargo build -q --workspace --features nats --all-targets
+  cargo build -q --features nats --examples
 fi
 
 # 1. The installs done.
@@ -156,8 +164,8 @@ if [ $# -eq 0 ]; then
 fi
 
 # 4. The flagship example, as a user runs it: SQLite by default, then PostgreSQL. With the
-#    suite's features, so nothing is built twice: `nats` only adds a module these examples
-#    do not use, and building the facade again without it would cost most of a minute.
+#    `nats` feature, as step 0 built them: it only adds a module these examples do not
+#    use, and building the facade once more without it would cost most of a minute.
 if [ $# -eq 0 ]; then
   say "example assessment_completion on SQLite"
   cargo run -q --features nats --example assessment_completion
