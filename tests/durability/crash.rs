@@ -38,7 +38,7 @@ async fn child() {
 }
 
 /// The exact path of [`child`] in this test binary, for this backend's copy:
-/// `postgres::crash::child` or `sqlite::crash::child`.
+/// `durability::postgres::crash::child` or `durability::sqlite::crash::child`.
 fn child_test_path() -> String {
     let module = module_path!();
     let (_crate_name, path) = module

@@ -2,7 +2,7 @@
 //! refused.
 //!
 //! This file is compiled once per backend: each copy registers its own backend's handlers,
-//! named by their path (`events::postgres::registry::…`, `events::sqlite::registry::…`),
+//! named by their path (`integration::events::postgres::registry::…`, and `sqlite` likewise),
 //! and `Registry::<B>::global()` finds those of backend `B` only.
 
 use keel::{Error, RegistryError};

@@ -228,7 +228,8 @@ fn traced_registry() -> Registry {
 /// span off for every thread.
 fn otel_subscriber() {
     use tracing_subscriber::layer::SubscriberExt;
-    // The same file is compiled once per backend: the first test to get here installs it.
+    // Installed by the first test to get here (this file has a copy per backend, and
+    // `nats/flows.rs` installs the same one): the others find it installed.
     let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer());
     let _ = tracing::subscriber::set_global_default(subscriber);
 }

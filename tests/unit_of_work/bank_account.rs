@@ -111,7 +111,9 @@ async fn debit_with_version(
         let mut account = load(tx, 1).await?;
         match both_read {
             Some(both_read) if first.swap(false, Ordering::SeqCst) => {
-                both_read.wait().await;
+                tokio::time::timeout(Duration::from_secs(10), both_read.wait())
+                    .await
+                    .expect("the other debit never read");
             }
             _ => tokio::time::sleep(THINK).await,
         }
