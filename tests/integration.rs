@@ -58,3 +58,20 @@ pub mod turns {
         }
     }
 }
+
+/// The OpenTelemetry layer for the whole test binary, for the tests that read spans through
+/// it (installed by the first of them; the others find it installed). Global, not per
+/// thread: `tracing` decides once per span site, for every thread, whether anyone listens,
+/// and a test thread without a subscriber would switch Keel's spans off for every thread.
+/// Only Keel's spans and the tests' own: every other test in the binary runs beside it, and
+/// should not pay for sqlx's event per query.
+pub fn otel_subscriber() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    let only = tracing_subscriber::filter::Targets::new()
+        .with_target("keel", tracing::Level::TRACE)
+        .with_target("integration", tracing::Level::TRACE);
+    let subscriber =
+        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_filter(only));
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}

@@ -12,6 +12,7 @@ use metrics_util::{CompositeKey, MetricKind};
 
 use super::support::OrderPlaced;
 use super::{App, Database, Handler, HandlerContext, Registry};
+use crate::otel_subscriber;
 
 async fn ok(_: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Error> {
     Ok(())
@@ -220,18 +221,6 @@ fn traced_registry() -> Registry {
         .register(Handler::new::<OrderPlaced, _>("traced", traced))
         .unwrap();
     registry
-}
-
-/// An OpenTelemetry layer for the whole test binary (Keel's spans are DEBUG, and must be
-/// seen). Global, not per thread: `tracing` caches whether a span is wanted the first time
-/// any thread reaches it, and a test thread without a subscriber would switch the delivery
-/// span off for every thread.
-fn otel_subscriber() {
-    use tracing_subscriber::layer::SubscriberExt;
-    // Installed by the first test to get here (this file has a copy per backend, and
-    // `nats/flows.rs` installs the same one): the others find it installed.
-    let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer());
-    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// Records order `order_id` inside a request span that continues [`TRACE`].

@@ -340,13 +340,8 @@ async fn the_recording_span_s_trace_reaches_the_other_service_s_handler() {
     use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    use tracing_subscriber::layer::SubscriberExt;
 
-    // For the whole test binary: `tracing` caches whether a span is wanted the first time
-    // any thread reaches it, and a thread without a subscriber would switch the delivery
-    // span off for every thread.
-    let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer());
-    let _ = tracing::subscriber::set_global_default(subscriber);
+    crate::otel_subscriber();
     let Some(broker) = broker().await else { return };
     let (orders_db, billing_db) = (database().await, database().await);
     let (orders_db, billing_db) = (orders_db.database(), billing_db.database());
