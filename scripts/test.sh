@@ -58,8 +58,8 @@ if [ -n "$missing" ]; then
   say "installing $missing with apt-get, in the background"
 fi
 
-# 0. Formatting, lints, documentation, a build without SQLite, and the build of
-#    everything the steps below run (full runs only).
+# 0. Formatting, lints, documentation, a check that a PostgreSQL-only build pulls in no
+#    SQLite, and the build of everything the steps below run (full runs only).
 if [ $# -eq 0 ]; then
   say "cargo fmt --check"
   cargo fmt --all --check
