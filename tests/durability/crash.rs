@@ -13,6 +13,7 @@ use super::{App, B, Database};
 const EVENTS: i64 = 10_000;
 const KILLS: usize = 20;
 const CHILD_URL: &str = "KEEL_CRASH_CHILD_URL";
+const CHILD_PACED: &str = "KEEL_CRASH_CHILD_PACED";
 
 /// The child: produce what is left, deliver everything (fast path and relay), exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,13 +29,31 @@ async fn child() {
         .lease(Duration::from_secs(1));
     let app = App::builder(db, both_effects()).delivery(options).start();
     let mut producer = app.database().clone();
-    produce(&mut producer, EVENTS, 25).await.unwrap();
+    if std::env::var(CHILD_PACED).is_ok() {
+        produce_paced(&mut producer).await;
+    } else {
+        produce(&mut producer, EVENTS, 25).await.unwrap();
+    }
     while !app
         .wait_until_delivered(Duration::from_secs(60))
         .await
         .unwrap()
     {}
     app.shutdown().await.unwrap();
+}
+
+/// What is left of the events, 25 per unit of work and one unit every 40 ms at most, for
+/// the children that are killed: they then outlive `KILLS` kills however idle the machine
+/// (unpaced, a child alone on the machine produced all 10,000 before the 18th kill).
+async fn produce_paced(db: &mut Database) {
+    loop {
+        let produced = scalar(db, "SELECT produced FROM progress").await;
+        if produced >= EVENTS {
+            return;
+        }
+        produce(db, (produced + 25).min(EVENTS), 25).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
 }
 
 /// The exact path of [`child`] in this test binary, for this backend's copy:
@@ -47,8 +66,13 @@ fn child_test_path() -> String {
     format!("{path}::child")
 }
 
-fn spawn_child(url: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+/// A child; `paced`, one that is to be killed (see [`produce_paced`]).
+fn spawn_child(url: &str, paced: bool) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if paced {
+        command.env(CHILD_PACED, "1");
+    }
+    command
         .args([
             "--ignored",
             "--exact",
@@ -76,7 +100,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing(db: Database) {
     let url = db.url().to_owned();
     let mut kills = 0;
     while kills < KILLS {
-        let mut child = spawn_child(&url);
+        let mut child = spawn_child(&url, true);
         tokio::time::sleep(Duration::from_millis(fastrand::u64(150..900))).await;
         if child.try_wait().unwrap().is_some() {
             break; // finished before being killed
@@ -88,7 +112,7 @@ async fn kill_9_loses_nothing_and_doubles_nothing(db: Database) {
     let produced_when_killing_stopped = scalar(&db, "SELECT produced FROM progress").await;
     let started = Instant::now();
     loop {
-        let status = spawn_child(&url).wait().unwrap();
+        let status = spawn_child(&url, false).wait().unwrap();
         assert!(status.success(), "the child failed: {status}");
         if scalar(&db, "SELECT produced FROM progress").await == EVENTS {
             break;

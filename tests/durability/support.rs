@@ -94,17 +94,21 @@ pub fn app(db: &Database, registry: Registry) -> App {
     App::builder(db.clone(), registry).delivery(quick()).start()
 }
 
-/// Records `count` events from `first` on, `per_tx` per unit of work, through `db` (with
-/// or without routing), resuming from the `progress` row so that a crash never produces a
-/// number twice.
+/// Records events up to number `total`, `per_tx` per unit of work, through `db` (with or
+/// without routing), resuming from the `progress` row so that a crash never produces a
+/// number twice. On PostgreSQL the row is read locked: a killed process's `COMMIT` may
+/// still land after the next process has started, and an unlocked read would number the
+/// same events again (SQLite's write lock, taken at `BEGIN`, already serializes them).
 pub async fn produce(db: &mut Database, total: i64, per_tx: i64) -> Result<(), Error> {
+    let read = if super::POSTGRES {
+        "SELECT produced FROM progress WHERE id = 1 FOR UPDATE"
+    } else {
+        "SELECT produced FROM progress WHERE id = 1"
+    };
     loop {
         let done = db
             .unit_of_work(async |tx| {
-                let (produced,): (i64,) =
-                    sqlx::query_as("SELECT produced FROM progress WHERE id = 1")
-                        .fetch_one(tx.conn())
-                        .await?;
+                let (produced,): (i64,) = sqlx::query_as(read).fetch_one(tx.conn()).await?;
                 let next = (produced + per_tx).min(total);
                 for seq in produced..next {
                     tx.record(Ticked { seq })?;
