@@ -73,8 +73,9 @@ if [ $# -eq 0 ]; then
     echo "keel with only the postgres feature still depends on SQLite" >&2
     exit 1
   fi
-  # Every test, then the examples as step 4 runs them (the facade's features alone, not
-  # the workspace's: a build of their own), while apt-get may still be running.
+  # Every test, then the examples as step 4 runs them (the facade's features alone; the
+  # root Cargo.toml aligns them with the workspace's, so this adds no compilation), while
+  # apt-get may still be running.
   say "cargo build --all-targets, and the examples"
   cargo build -q --workspace --features nats --all-targets
   cargo build -q --features nats --examples

@@ -78,6 +78,9 @@ fn spawn_child(url: &str, paced: bool) -> Child {
             "--exact",
             &child_test_path(),
             "--test-threads=1",
+            // A panic's message straight to stderr: captured, libtest would print it on
+            // stdout, which is discarded.
+            "--nocapture",
         ])
         .env(CHILD_URL, url)
         .env("RUST_LOG", "off")

@@ -183,10 +183,14 @@ pub fn spawn_child(module: &str, env: &[(&str, String)]) -> std::process::Child 
             "--exact",
             &format!("{path}::child"),
             "--test-threads=1",
+            // A panic's message straight to stderr: captured, libtest would print it on
+            // stdout, which is discarded.
+            "--nocapture",
         ])
         .env("RUST_LOG", "off")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        // A child that fails says why (panics only: its logs are off).
+        .stderr(std::process::Stdio::inherit());
     for (name, value) in env {
         command.env(name, value);
     }
