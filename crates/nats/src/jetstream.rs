@@ -7,7 +7,7 @@
 //! (pull requests outstanding), so a message is handed over as soon as it arrives.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -111,8 +111,12 @@ pub struct JetStream {
     context: jetstream::Context,
     stream: stream::Stream,
     options: StreamOptions,
-    /// The message streams of the consumers used so far, by consumer name.
-    consumers: Arc<Mutex<HashMap<String, MessageStream>>>,
+    /// The message streams of the consumers used so far, by consumer name: one per
+    /// consumer, shared by every receive of this connection. Held while a stream is
+    /// created, so that two receives starting together do not each create one (the one
+    /// replaced would be dropped with the messages it had pulled, which the broker then
+    /// holds until its ack wait ends).
+    consumers: Arc<tokio::sync::Mutex<HashMap<String, MessageStream>>>,
 }
 
 /// A consumer's message stream, read by one receive at a time.
@@ -180,7 +184,8 @@ impl JetStream {
         batch: usize,
     ) -> Result<MessageStream, TransportError> {
         let name = subscription.durable.as_str();
-        if let Some(messages) = self.cache().get(name).cloned() {
+        let mut cache = self.consumers.lock().await;
+        if let Some(messages) = cache.get(name).cloned() {
             return Ok(messages);
         }
         let consumer: consumer::Consumer<consumer::pull::Config> = self
@@ -209,12 +214,13 @@ impl JetStream {
             .await
             .map_err(|e| TransportError::new("receiving", e))?;
         let messages = Arc::new(tokio::sync::Mutex::new(messages));
-        self.cache().insert(name.to_owned(), messages.clone());
+        cache.insert(name.to_owned(), messages.clone());
         Ok(messages)
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, MessageStream>> {
-        self.consumers.lock().unwrap_or_else(|e| e.into_inner())
+    /// Forgets a consumer's message stream after an error: the next receive makes another.
+    async fn forget(&self, consumer: &str) {
+        self.consumers.lock().await.remove(consumer);
     }
 
     /// The options the stream was set up with.
@@ -260,11 +266,11 @@ impl Transport for JetStream {
             Err(_waited) => return Ok(Vec::new()),
             Ok(Some(Ok(message))) => message,
             Ok(Some(Err(error))) => {
-                self.cache().remove(consumer);
+                self.forget(consumer).await;
                 return Err(TransportError::new("receiving", error));
             }
             Ok(None) => {
-                self.cache().remove(consumer);
+                self.forget(consumer).await;
                 return Err(TransportError::new("receiving", "the message stream ended"));
             }
         };
@@ -345,5 +351,44 @@ impl Received for JetStreamMessage {
             .ack_with(AckKind::Nak(Some(delay)))
             .await
             .map_err(|e| TransportError::new("handing a message back", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two receives of one consumer starting together (two consumers started at once on
+    /// one connection) get the same message stream: a second one would replace the first,
+    /// which would be dropped with the messages it had pulled, held by the broker until
+    /// its ack wait ends (a minute by default).
+    #[tokio::test]
+    async fn receives_starting_together_share_one_message_stream() {
+        let Ok(url) = std::env::var("KEEL_TEST_NATS_URL") else {
+            assert!(
+                std::env::var("KEEL_REQUIRE_NATS").as_deref() != Ok("1"),
+                "KEEL_TEST_NATS_URL is not set and KEEL_REQUIRE_NATS=1"
+            );
+            eprintln!("note: KEEL_TEST_NATS_URL is not set; skipping a NATS test");
+            return;
+        };
+        let name = format!("SHARED{}", uuid::Uuid::now_v7().simple());
+        let options = StreamOptions::default()
+            .name(name.clone())
+            .prefix(name.to_lowercase());
+        let jetstream = JetStream::connect(&url, options).await.unwrap();
+        let subscription = Subscription {
+            durable: "shared".to_owned(),
+            subject: jetstream.subjects().all(),
+            in_order: false,
+        };
+        let other = jetstream.clone();
+        let (first, second) = tokio::join!(
+            jetstream.message_stream(&subscription, 10),
+            other.message_stream(&subscription, 10)
+        );
+        let same = Arc::ptr_eq(&first.unwrap(), &second.unwrap());
+        let _ = jetstream.context.delete_stream(&name).await;
+        assert!(same, "two message streams for one consumer");
     }
 }
