@@ -111,3 +111,39 @@ async fn a_done_mark_reads_what_it_marks_whatever_the_statistics() {
         );
     }
 }
+
+/// A mark of a few deliveries (the function without planner settings) reads only them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_of_a_few_reads_only_them_whatever_the_statistics() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    let mut conn = db.acquire().await.unwrap();
+    backlog_after_a_quiet_spell(&mut conn).await;
+
+    for append in [true, false] {
+        let mut tx = conn.begin().await.unwrap();
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT event_id FROM keel_deliveries WHERE status = 'pending' LIMIT 5",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let before = rows_read(&mut tx).await;
+        let marked: i64 = sqlx::query_scalar("SELECT keel_mark_done_few('tick_handler', $1, $2)")
+            .bind(ids)
+            .bind(append)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let read = rows_read(&mut tx).await - before;
+        tx.commit().await.unwrap();
+        assert_eq!(marked, 5);
+        assert!(
+            read < 50,
+            "marking 5 of {BACKLOG} deliveries done (append: {append}) read {read} rows: \
+             the mark's plan depends on the table's statistics"
+        );
+    }
+}

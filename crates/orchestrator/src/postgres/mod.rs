@@ -82,6 +82,7 @@ impl Store for Postgres {
         "0008_claim.sql",
         "0009_accept.sql",
         "0010_mark_done.sql",
+        "0011_mark_few.sql",
     );
 
     async fn run_migrations(

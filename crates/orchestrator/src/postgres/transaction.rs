@@ -272,9 +272,15 @@ pub(super) async fn mark_done_alone(
     }
 }
 
-/// Moves pending deliveries to the done log (`append`: without the conflict check), in
-/// the function `keel_mark_done` (migration `0010_mark_done.sql`), whose plan looks each
-/// delivery up by key whatever the table's statistics say.
+/// Deliveries marked at most per call of `keel_mark_done_few`; larger marks go to
+/// `keel_mark_done`.
+const FEW_MARKS: usize = 8;
+
+/// Moves pending deliveries to the done log (`append`: without the conflict check), each
+/// looked up by key whatever the table's statistics say: up to [`FEW_MARKS`] in the
+/// function `keel_mark_done_few` (migration `0011_mark_few.sql`: one lookup per id, no
+/// planner settings to save and restore at each call), more in `keel_mark_done`
+/// (migration `0010_mark_done.sql`: one set-based statement, its plan pinned by settings).
 async fn mark_done_sql(
     conn: &mut PgConnection,
     append: bool,
@@ -282,7 +288,12 @@ async fn mark_done_sql(
     handler: &str,
 ) -> Result<i64, sqlx::Error> {
     let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| *id.as_uuid()).collect();
-    sqlx::query_scalar("SELECT keel_mark_done($1, $2, $3)")
+    let sql = if ids.len() <= FEW_MARKS {
+        "SELECT keel_mark_done_few($1, $2, $3)"
+    } else {
+        "SELECT keel_mark_done($1, $2, $3)"
+    };
+    sqlx::query_scalar(sql)
         .bind(handler)
         .bind(ids)
         .bind(append)
