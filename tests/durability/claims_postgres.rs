@@ -79,42 +79,18 @@ async fn a_claim_reads_what_it_claims_whatever_the_statistics() {
 /// A batch of 200 marked done reads its 200 rows, with the conflict check or without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_mark_reads_what_it_marks_whatever_the_statistics() {
-    let Some(test_db) = TestDatabase::<B>::new().await else {
-        return;
-    };
-    let db = test_db.database().clone();
-    let mut conn = db.acquire().await.unwrap();
-    backlog_after_a_quiet_spell(&mut conn).await;
-
-    for append in [true, false] {
-        let mut tx = conn.begin().await.unwrap();
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "SELECT event_id FROM keel_deliveries WHERE status = 'pending' LIMIT 200",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .unwrap();
-        let before = rows_read(&mut tx).await;
-        let marked: i64 = sqlx::query_scalar("SELECT keel_mark_done('tick_handler', $1, $2)")
-            .bind(ids)
-            .bind(append)
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-        let read = rows_read(&mut tx).await - before;
-        tx.commit().await.unwrap();
-        assert_eq!(marked, 200);
-        assert!(
-            read < 1_000,
-            "marking 200 of {BACKLOG} deliveries done (append: {append}) read {read} rows: \
-             the done mark's plan depends on the table's statistics again"
-        );
-    }
+    marks_read_what_they_mark("keel_mark_done", 200, 1_000).await;
 }
 
 /// A mark of a few deliveries (the function without planner settings) reads only them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mark_of_a_few_reads_only_them_whatever_the_statistics() {
+    marks_read_what_they_mark("keel_mark_done_few", 5, 50).await;
+}
+
+/// `function` marks `count` of the backlog done, appending and then with the conflict
+/// check, each time reading fewer than `most` rows.
+async fn marks_read_what_they_mark(function: &str, count: i64, most: i64) {
     let Some(test_db) = TestDatabase::<B>::new().await else {
         return;
     };
@@ -125,13 +101,15 @@ async fn a_mark_of_a_few_reads_only_them_whatever_the_statistics() {
     for append in [true, false] {
         let mut tx = conn.begin().await.unwrap();
         let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "SELECT event_id FROM keel_deliveries WHERE status = 'pending' LIMIT 5",
+            "SELECT event_id FROM keel_deliveries WHERE status = 'pending' LIMIT $1",
         )
+        .bind(count)
         .fetch_all(&mut *tx)
         .await
         .unwrap();
         let before = rows_read(&mut tx).await;
-        let marked: i64 = sqlx::query_scalar("SELECT keel_mark_done_few('tick_handler', $1, $2)")
+        let sql = format!("SELECT {function}('tick_handler', $1, $2)");
+        let marked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(ids)
             .bind(append)
             .fetch_one(&mut *tx)
@@ -139,11 +117,11 @@ async fn a_mark_of_a_few_reads_only_them_whatever_the_statistics() {
             .unwrap();
         let read = rows_read(&mut tx).await - before;
         tx.commit().await.unwrap();
-        assert_eq!(marked, 5);
+        assert_eq!(marked, count);
         assert!(
-            read < 50,
-            "marking 5 of {BACKLOG} deliveries done (append: {append}) read {read} rows: \
-             the mark's plan depends on the table's statistics"
+            read < most,
+            "marking {count} of {BACKLOG} deliveries done with {function} (append: \
+             {append}) read {read} rows: its plan depends on the table's statistics again"
         );
     }
 }
