@@ -125,8 +125,10 @@ fn spawn_child(child: &str, url: &str, faketime: &str, offset: &str) -> Child {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_skewed_relay_follows_the_database_clock() {
+/// What a clock-skew test needs: the faketime library's path (`None`, skipping the test,
+/// when it is not set, which the README's test command never leaves unset) and a database
+/// with the `calls` table the handlers write to.
+async fn skew_setup() -> Option<(String, TestDatabase<B>)> {
     let Ok(faketime) = std::env::var(FAKETIME) else {
         assert!(
             std::env::var(keel_testing::REQUIRE_POSTGRES_VAR).as_deref() != Ok("1"),
@@ -134,15 +136,23 @@ async fn a_skewed_relay_follows_the_database_clock() {
              faketime and sets it"
         );
         eprintln!("note: {FAKETIME} is not set; skipping the clock-skew test");
-        return;
+        return None;
     };
-    let Some(test_db) = TestDatabase::<B>::new().await else {
+    let test_db = TestDatabase::<B>::new().await?;
+    test_db
+        .database()
+        .execute_script("CREATE TABLE calls (handler TEXT, who TEXT, at TIMESTAMPTZ)")
+        .await
+        .unwrap();
+    Some((faketime, test_db))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_relay_follows_the_database_clock() {
+    let Some((faketime, test_db)) = skew_setup().await else {
         return;
     };
     let db = test_db.database().clone();
-    db.execute_script("CREATE TABLE calls (handler TEXT, who TEXT, at TIMESTAMPTZ)")
-        .await
-        .unwrap();
     // This process delivers on its fast path only: no relay.
     let app = App::builder(db.clone(), registry())
         .delivery(options())
@@ -295,17 +305,10 @@ async fn skewed_producer_that_dies() {
 /// true clock delivers after about 2 s, not ten minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skewed_process_that_dies_holds_its_lease_only_its_term() {
-    let Ok(faketime) = std::env::var(FAKETIME) else {
-        eprintln!("note: {FAKETIME} is not set; skipping the clock-skew test");
-        return;
-    };
-    let Some(test_db) = TestDatabase::<B>::new().await else {
+    let Some((faketime, test_db)) = skew_setup().await else {
         return;
     };
     let db = test_db.database().clone();
-    db.execute_script("CREATE TABLE calls (handler TEXT, who TEXT, at TIMESTAMPTZ)")
-        .await
-        .unwrap();
     let url = db.url().to_owned();
     let mut child = spawn_child("skewed_producer_that_dies", &url, &faketime, "+600s");
     assert!(!child.wait().unwrap().success(), "the child was to die");
