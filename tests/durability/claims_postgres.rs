@@ -3,7 +3,9 @@
 //! empty is the common case (a new service, a queue after a quiet night, messages accepted
 //! from a broker): planned for a tiny table, a claim read and sorted every due row to
 //! return a few, and a done mark of a batch walked every pending row, milliseconds each
-//! while the backlog lasted.
+//! while the backlog lasted. These functions keep their plans for the session (migration
+//! `0012_generic_plans.sql`), so a plan made on empty tables, as a service's first claim
+//! meets them, must also stay right once they are large.
 
 use keel::sqlx::{self, Connection};
 use keel_testing::TestDatabase;
@@ -14,10 +16,16 @@ const BACKLOG: i64 = 5_000;
 
 /// Rows of `keel_deliveries` read so far by this connection's backend, by index or not.
 async fn rows_read(conn: &mut sqlx::PgConnection) -> i64 {
+    rows_read_of(conn, "keel_deliveries").await
+}
+
+/// Rows of `table` read so far by this connection's backend, by index or not.
+async fn rows_read_of(conn: &mut sqlx::PgConnection, table: &str) -> i64 {
     sqlx::query_scalar(
         "SELECT COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0)
-         FROM pg_stat_xact_user_tables WHERE relname = 'keel_deliveries'",
+         FROM pg_stat_xact_user_tables WHERE relname = $1",
     )
+    .bind(table)
     .fetch_one(conn)
     .await
     .unwrap()
@@ -76,6 +84,46 @@ async fn a_claim_reads_what_it_claims_whatever_the_statistics() {
     );
 }
 
+/// The claim keeps its plan for the session (migration `0012_generic_plans.sql`): a plan
+/// made by a relay's first claim, on empty tables, must still look each event up by its key
+/// once the tables are large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_planned_on_empty_tables_reads_what_it_claims() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    let mut conn = db.acquire().await.unwrap();
+    let claim =
+        "SELECT count(*) FROM keel_claim(10, 60000, gen_random_uuid(), ARRAY['tick_handler'])";
+    sqlx::raw_sql("ANALYZE keel_deliveries; ANALYZE keel_events")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let nothing: i64 = sqlx::query_scalar(claim)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(nothing, 0);
+    backlog_after_a_quiet_spell(&mut conn).await;
+
+    let mut tx = conn.begin().await.unwrap();
+    let before = (
+        rows_read(&mut tx).await,
+        rows_read_of(&mut tx, "keel_events").await,
+    );
+    let claimed: i64 = sqlx::query_scalar(claim).fetch_one(&mut *tx).await.unwrap();
+    let deliveries = rows_read(&mut tx).await - before.0;
+    let events = rows_read_of(&mut tx, "keel_events").await - before.1;
+    tx.commit().await.unwrap();
+    assert_eq!(claimed, 10);
+    assert!(
+        deliveries < 100 && events < 100,
+        "claiming 10 of {BACKLOG} deliveries with a plan made on empty tables read \
+         {deliveries} deliveries and {events} events"
+    );
+}
+
 /// A batch of 200 marked done reads its 200 rows, with the conflict check or without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_mark_reads_what_it_marks_whatever_the_statistics() {
@@ -96,6 +144,16 @@ async fn marks_read_what_they_mark(function: &str, count: i64, most: i64) {
     };
     let db = test_db.database().clone();
     let mut conn = db.acquire().await.unwrap();
+    // Planned first on empty tables, as a service's first marks are.
+    let sql = format!("SELECT {function}('tick_handler', $1, $2)");
+    for append in [true, false] {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(vec![uuid::Uuid::now_v7()])
+            .bind(append)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
     backlog_after_a_quiet_spell(&mut conn).await;
 
     for append in [true, false] {
@@ -108,8 +166,7 @@ async fn marks_read_what_they_mark(function: &str, count: i64, most: i64) {
         .await
         .unwrap();
         let before = rows_read(&mut tx).await;
-        let sql = format!("SELECT {function}('tick_handler', $1, $2)");
-        let marked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        let marked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
             .bind(ids)
             .bind(append)
             .fetch_one(&mut *tx)
@@ -124,4 +181,64 @@ async fn marks_read_what_they_mark(function: &str, count: i64, most: i64) {
              {append}) read {read} rows: its plan depends on the table's statistics again"
         );
     }
+}
+
+/// The accept's done check (`keel_drop_done`) keeps its plan for the session: made on
+/// empty tables, it must still look the done log and the error rows up by key once they are
+/// large.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accepts_done_check_reads_only_its_deliveries_after_the_done_log_grew() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    let mut conn = db.acquire().await.unwrap();
+    let check = "SELECT keel_drop_done('tick_handler', $1)";
+    sqlx::raw_sql("ANALYZE keel_deliveries; ANALYZE keel_done; ANALYZE keel_delivery_errors")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let dropped: i64 = sqlx::query_scalar(check)
+        .bind(vec![uuid::Uuid::now_v7()])
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(dropped, 0);
+    backlog_after_a_quiet_spell(&mut conn).await;
+    // The backlog done, but for 5 deliveries accepted again.
+    sqlx::raw_sql(
+        "WITH d AS (DELETE FROM keel_deliveries RETURNING event_id, handler, attempts)
+         INSERT INTO keel_done (event_id, handler, attempts) SELECT * FROM d;
+         INSERT INTO keel_deliveries (event_id, handler, status)
+         SELECT event_id, handler, 'pending' FROM keel_done LIMIT 5;
+         INSERT INTO keel_delivery_errors (event_id, handler, attempt, error)
+         SELECT event_id, handler, 0, 'arrived dead' FROM keel_done",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let again: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM keel_deliveries")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+
+    let mut tx = conn.begin().await.unwrap();
+    let before = (
+        rows_read_of(&mut tx, "keel_done").await,
+        rows_read_of(&mut tx, "keel_delivery_errors").await,
+    );
+    let dropped: i64 = sqlx::query_scalar(check)
+        .bind(&again)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let done = rows_read_of(&mut tx, "keel_done").await - before.0;
+    let errors = rows_read_of(&mut tx, "keel_delivery_errors").await - before.1;
+    tx.commit().await.unwrap();
+    assert_eq!(dropped, 5);
+    assert!(
+        done < 50 && errors < 50,
+        "checking 5 accepted deliveries against a done log of {BACKLOG} read {done} of its \
+         rows and {errors} error rows: the check kept a plan made on empty tables"
+    );
 }

@@ -19,6 +19,7 @@ mod postgres {
     mod registry;
     mod support;
     mod telemetry;
+    mod wakeups;
 }
 
 #[path = "."]
@@ -32,4 +33,5 @@ mod sqlite {
     mod registry;
     mod support;
     mod telemetry;
+    mod wakeups;
 }

@@ -182,7 +182,12 @@ impl<B: Backend> Dispatcher<B> {
                     token,
                     claimed_at: std::time::Instant::now(),
                 };
-                self.spawn_delivery(Group::one(claim), || {});
+                let ended = self.clone();
+                self.spawn_delivery(Group::one(claim), move || {
+                    if ended.claim_room() >= ended.claim_worth() {
+                        ended.inner.wake.room_freed();
+                    }
+                });
             }
         }
         Ok(value)
@@ -251,7 +256,7 @@ impl<B: Backend> Dispatcher<B> {
             .mark_done(&self.inner.db, event_ids, handler);
         // Waiting for its mark, a delivery no longer holds the relay's claim window.
         if self.claim_room() >= self.claim_worth() {
-            self.inner.wake.wake();
+            self.inner.wake.room_freed();
         }
         written.await
     }

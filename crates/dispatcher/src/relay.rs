@@ -16,6 +16,7 @@ use std::time::Instant;
 use keel_orchestrator::Backend;
 use keel_orchestrator::operations::{HEARTBEAT, host_name, this_process};
 use keel_orchestrator::outbox::Group;
+use keel_orchestrator::telemetry;
 use tokio::sync::watch;
 
 use crate::Dispatcher;
@@ -215,6 +216,7 @@ async fn claim_loop<B: Backend>(
             }
             let room = dispatcher.claim_room().min(left);
             if room < worth.min(left) {
+                wake.held_back(true);
                 return Ok::<_, keel_orchestrator::Error>((more_to_route, 0));
             }
             let limit = room.min(options.batch_size);
@@ -236,22 +238,29 @@ async fn claim_loop<B: Backend>(
                 Vec::new()
             };
             let room = room.saturating_sub(keyed.iter().map(|g| g.claims.len() as u32).sum());
-            let mut claimed = keyed;
             let limit = room.min(options.batch_size);
-            let mut full = false;
+            let mut unkeyed = Vec::new();
             if limit > 0 {
-                let claims = B::claim(&db, limit, lease, &names).await?;
-                full = claims.len() as u32 == limit;
-                claimed.extend(claims.into_iter().map(Group::one));
+                unkeyed = B::claim(&db, limit, lease, &names).await?;
             }
+            let full = limit > 0 && unkeyed.len() as u32 == limit;
+            wake.held_back(limit == 0 || full);
+            telemetry::relay_claim(keyed.len() + unkeyed.len());
+            let unkeyed = unkeyed.into_iter().map(Group::one);
+            let claimed = keyed.into_iter().map(|g| (g, true));
             let mut count = 0;
-            for group in claimed {
+            for (group, keyed) in claimed.chain(unkeyed.map(|g| (g, false))) {
                 count += group.claims.len() as u64;
                 let (wake, ended) = (wake.clone(), dispatcher.clone());
-                // A delivery that ends wakes the claim loops only when a claim is worth it.
+                // A keyed delivery that ends may have made its key's next one due; another
+                // frees room, worth a claim only if one was held back for want of it.
                 dispatcher.spawn_delivery(group, move || {
                     if ended.claim_room() >= worth {
-                        wake.wake();
+                        if keyed {
+                            wake.wake()
+                        } else {
+                            wake.room_freed()
+                        }
                     }
                 });
             }

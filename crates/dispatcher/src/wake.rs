@@ -5,8 +5,12 @@
 //! operator's retry. The other loops claim only alongside a backlog: they wake when a loop
 //! claimed a full batch. So an idle relay runs one claim per wake-up however many loops
 //! it has, and a backlog has them all claiming.
+//!
+//! A slot freed in the claim window (a delivery ended, or now waits only for its done mark)
+//! wakes the first loop only when a claim left due work behind for want of room: at low
+//! load every delivery ends in an empty window, and a claim per delivery would find nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -16,6 +20,8 @@ use tokio::sync::Notify;
 pub(crate) struct Wake {
     any: Signal,
     backlog: Signal,
+    /// The last claim may have left due work for want of room in the window.
+    held_back: AtomicBool,
 }
 
 impl Wake {
@@ -28,6 +34,20 @@ impl Wake {
     pub(crate) fn backlog(&self) {
         self.any.raise();
         self.backlog.raise();
+    }
+
+    /// Records whether a claim may have left due work behind for want of room (it took all
+    /// the room it had) or not (it found less than it could take).
+    pub(crate) fn held_back(&self, held_back: bool) {
+        self.held_back.store(held_back, Ordering::Release);
+    }
+
+    /// Room was freed in the claim window: wakes the first loop if a claim was held back
+    /// for want of it.
+    pub(crate) fn room_freed(&self) {
+        if self.held_back.load(Ordering::Acquire) {
+            self.wake();
+        }
     }
 
     /// The wake-ups so far of a loop (`first` or not); noted before its round.

@@ -101,6 +101,13 @@ pub fn delivery(
         .record(elapsed.as_secs_f64());
 }
 
+/// Records one claim of a relay, which found `found` deliveries (or batches) due. Claims
+/// that find nothing cost a statement each: their rate is the relay's idle polling.
+pub fn relay_claim(found: usize) {
+    let found = if found == 0 { "none" } else { "some" };
+    metrics::counter!("keel_relay_claims_total", "found" => found).increment(1);
+}
+
 /// Sets the gauges from a status read ([`crate::operations::Status`]).
 pub fn record_status(status: &Status) {
     for h in &status.handlers {

@@ -83,6 +83,7 @@ impl Store for Postgres {
         "0009_accept.sql",
         "0010_mark_done.sql",
         "0011_mark_few.sql",
+        "0012_generic_plans.sql",
     );
 
     async fn run_migrations(
