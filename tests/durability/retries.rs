@@ -263,7 +263,48 @@ async fn a_failure_that_says_when_is_retried_then(db: Database) {
     app.shutdown().await.unwrap();
 }
 
+/// A retry runs when it is due, not at the relay's next poll: the process that scheduled
+/// it wakes its relay then.
+async fn a_retry_runs_when_due_not_at_the_next_poll(db: Database) {
+    schema(&db).await;
+    let registry = registry(vec![
+        Handler::new::<Ticked, _>("busy_once", busy_once).retry(
+            RetryPolicy::default()
+                .base_delay(Duration::from_millis(10))
+                .jitter(0.0),
+        ),
+    ]);
+    let app = super::App::builder(db.clone(), registry)
+        .delivery(DeliveryOptions::default().poll_interval(Duration::from_secs(30)))
+        .start();
+    tick(&mut app.session(), 1).await;
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap()
+    );
+    let waited_ms = scalar(
+        &db,
+        if POSTGRES {
+            "SELECT CAST(EXTRACT(EPOCH FROM (d.done_at - e.failed_at)) * 1000 AS BIGINT)
+             FROM keel_done d JOIN keel_delivery_errors e
+               ON e.event_id = d.event_id AND e.handler = d.handler"
+        } else {
+            "SELECT d.done_at - e.failed_at FROM keel_done d JOIN keel_delivery_errors e
+               ON e.event_id = d.event_id AND e.handler = d.handler"
+        },
+    )
+    .await;
+    assert!(
+        (600..3_000).contains(&waited_ms),
+        "retried {waited_ms} ms after a failure that asked for 600 ms (the relay polls every \
+         30 s)"
+    );
+    app.shutdown().await.unwrap();
+}
+
 keel_testing::backend_tests!(
+    a_retry_runs_when_due_not_at_the_next_poll,
     a_failure_that_says_when_is_retried_then,
     retried_with_backoff_then_dead_then_retried_from_the_api,
     a_delay_beyond_any_clock_is_recorded_not_a_panic

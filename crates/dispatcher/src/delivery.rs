@@ -270,11 +270,16 @@ fn finish_failed<'a, B: Backend>(
                 telemetry::delivery(label, 1, Outcome::Retried, started.elapsed());
                 Next::RetryIn(delay)
             };
-            if let Err(failure) = B::record_failure(&db, claim, &error, next).await {
-                tracing::warn!(
+            match B::record_failure(&db, claim, &error, next).await {
+                Ok(()) => {
+                    if let Next::RetryIn(delay) = next {
+                        dispatcher.wake_relay_in(delay);
+                    }
+                }
+                Err(failure) => tracing::warn!(
                     handler = %claim.handler, event_id = %claim.event_id, %failure,
                     "could not record the failed attempt; the delivery is retried when its lease expires"
-                );
+                ),
             }
         }
         dispatcher.wake_relay();

@@ -19,6 +19,10 @@ use crate::running::Running;
 use crate::wake::Wake;
 use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
 
+/// The longest retry delay for which the process that scheduled the retry wakes its relay
+/// at the due time.
+const TIMED_WAKE_MAX: Duration = Duration::from_secs(60);
+
 /// Delivers the events of committed units of work to their handlers.
 ///
 /// Every recorded event is in the outbox, written by the unit of work's own transaction,
@@ -340,6 +344,24 @@ impl<B: Backend> Dispatcher<B> {
     /// Wakes the relay now (e.g. a retry was scheduled, a dead delivery was retried).
     pub fn wake_relay(&self) {
         self.inner.wake.wake();
+    }
+
+    /// Wakes the relay when a retry scheduled `delay` from now is due, so that it runs
+    /// then rather than at the next poll. Retries further off than [`TIMED_WAKE_MAX`] are
+    /// left to the polls, a small delay beside theirs.
+    pub(crate) fn wake_relay_in(&self, delay: Duration) {
+        if delay > TIMED_WAKE_MAX {
+            return;
+        }
+        let wake = self.inner.wake.clone();
+        let mut stop = self.inner.stop.subscribe();
+        tokio::spawn(async move {
+            // The database set the due time when it recorded the failure, before this.
+            tokio::select! {
+                () = tokio::time::sleep(delay + Duration::from_millis(1)) => wake.wake(),
+                _ = stop.wait_for(|stopping| *stopping) => {}
+            }
+        });
     }
 
     pub(crate) fn wake_handle(&self) -> Arc<Wake> {
