@@ -18,7 +18,7 @@ use sqlx::pool::PoolConnection;
 use crate::{Backend, Database};
 
 /// Commits of one pool within this many milliseconds share one notification.
-const WINDOW_MS: u64 = 5;
+const WINDOW_MS: u64 = 2;
 
 /// How long the answer to "does a relay of another process listen?" is trusted.
 pub(crate) const LISTENERS_CHECK_MS: u64 = 500;
