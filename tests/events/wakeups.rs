@@ -1,6 +1,7 @@
 //! A relay claims when something may be due, not whenever a delivery ends: at low load
-//! every delivery ends in an empty claim window, and a claim then would find nothing. The
-//! claims are counted by their metric, from a recorder local to the test's thread.
+//! every delivery ends in an empty claim window, and a claim then would find nothing (the
+//! claims are counted by their metric, from a recorder local to the test's thread); with a
+//! backlog beyond the window, ending deliveries wake it for the rest.
 
 use std::time::Duration;
 
@@ -50,7 +51,7 @@ async fn run(db: Database) {
     // Polls rare enough to count little: nearly every claim is a wake-up's (a poll also
     // finds a delivery whose notification was missed, as under load it can be).
     let app = App::builder(db.clone(), registry)
-        .delivery(DeliveryOptions::default().poll_interval(Duration::from_secs(2)))
+        .delivery(DeliveryOptions::default().poll_interval(Duration::from_secs(5)))
         .start();
     // Committed by another process (a pool of its own): claimed by the relay. A
     // notification wakes it on PostgreSQL; SQLite relays poll, so the test wakes it.
@@ -99,6 +100,54 @@ async fn run(db: Database) {
          though no claim was held back",
         2 * EVENTS
     );
+}
+
+/// Waits a little, so that deliveries end one after another.
+async fn slow(_: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Error> {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    Ok(())
+}
+
+/// A backlog larger than the claim window: each claim takes what fits, and deliveries
+/// that end wake the relay for the rest, without waiting for its polls.
+async fn backlog(db: Database) {
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<OrderPlaced, _>("slow", slow))
+        .unwrap();
+    let window = DeliveryOptions::default()
+        .max_in_flight(2)
+        .batch_size(4)
+        .poll_interval(Duration::from_secs(60));
+    let app = App::builder(db.clone(), registry).delivery(window).start();
+    let mut other = db.connect_again().await.unwrap();
+    let _receipt = other
+        .unit_of_work(async |tx| {
+            for order_id in 0..60 {
+                tx.record(OrderPlaced { order_id })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    if !POSTGRES {
+        app.dispatcher().wake_relay();
+    }
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap(),
+        "deliveries left for the relay's poll (a minute away): ending deliveries did not \
+         wake it for the rest of the backlog"
+    );
+    app.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_beyond_the_claim_window_is_claimed_as_room_frees() {
+    if let Some(test) = keel_testing::TestDatabase::<super::B>::new().await {
+        backlog(test.database().clone()).await;
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]

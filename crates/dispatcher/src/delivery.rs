@@ -271,18 +271,17 @@ fn finish_failed<'a, B: Backend>(
                 Next::RetryIn(delay)
             };
             match B::record_failure(&db, claim, &error, next).await {
-                Ok(()) => {
-                    if let Next::RetryIn(delay) = next {
-                        dispatcher.wake_relay_in(delay);
-                    }
-                }
+                Ok(()) => match next {
+                    Next::RetryIn(delay) => dispatcher.wake_relay_in(delay),
+                    // A dead keyed delivery lets its key's next one run.
+                    Next::Dead => dispatcher.wake_relay(),
+                },
                 Err(failure) => tracing::warn!(
                     handler = %claim.handler, event_id = %claim.event_id, %failure,
                     "could not record the failed attempt; the delivery is retried when its lease expires"
                 ),
             }
         }
-        dispatcher.wake_relay();
     })
 }
 

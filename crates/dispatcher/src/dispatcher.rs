@@ -350,18 +350,10 @@ impl<B: Backend> Dispatcher<B> {
     /// then rather than at the next poll. Retries further off than [`TIMED_WAKE_MAX`] are
     /// left to the polls, a small delay beside theirs.
     pub(crate) fn wake_relay_in(&self, delay: Duration) {
-        if delay > TIMED_WAKE_MAX {
-            return;
-        }
-        let wake = self.inner.wake.clone();
-        let mut stop = self.inner.stop.subscribe();
-        tokio::spawn(async move {
+        if delay <= TIMED_WAKE_MAX {
             // The database set the due time when it recorded the failure, before this.
-            tokio::select! {
-                () = tokio::time::sleep(delay + Duration::from_millis(1)) => wake.wake(),
-                _ = stop.wait_for(|stopping| *stopping) => {}
-            }
-        });
+            self.inner.wake.wake_in(delay, self.inner.stop.subscribe());
+        }
     }
 
     pub(crate) fn wake_handle(&self) -> Arc<Wake> {

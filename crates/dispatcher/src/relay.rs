@@ -214,10 +214,13 @@ async fn claim_loop<B: Backend>(
                 more_to_route = routed >= options.batch_size as usize;
                 last_route = (!more_to_route).then(Instant::now);
             }
+            let held = wake.held_back_state();
             let room = dispatcher.claim_room().min(left);
             if room < worth.min(left) {
-                wake.held_back(true);
-                return Ok::<_, keel_orchestrator::Error>((more_to_route, 0));
+                wake.held_back();
+                // A delivery that ended before the line above saw nothing held back.
+                let freed = dispatcher.claim_room().min(left) >= worth.min(left);
+                return Ok::<_, keel_orchestrator::Error>((more_to_route || freed, 0));
             }
             let limit = room.min(options.batch_size);
             let lease = options.lease_duration();
@@ -244,7 +247,11 @@ async fn claim_loop<B: Backend>(
                 unkeyed = B::claim(&db, limit, lease, &names).await?;
             }
             let full = limit > 0 && unkeyed.len() as u32 == limit;
-            wake.held_back(limit == 0 || full);
+            if limit == 0 || full {
+                wake.held_back();
+            } else {
+                wake.claimed_all_due(held);
+            }
             telemetry::relay_claim(keyed.len() + unkeyed.len());
             let unkeyed = unkeyed.into_iter().map(Group::one);
             let claimed = keyed.into_iter().map(|g| (g, true));
@@ -252,15 +259,16 @@ async fn claim_loop<B: Backend>(
             for (group, keyed) in claimed.chain(unkeyed.map(|g| (g, false))) {
                 count += group.claims.len() as u64;
                 let (wake, ended) = (wake.clone(), dispatcher.clone());
-                // A keyed delivery that ends may have made its key's next one due; another
-                // frees room, worth a claim only if one was held back for want of it.
+                // A keyed delivery that ends may have made its key's next one due (claimed
+                // when room frees, if there is none now); another frees room, worth a
+                // claim only if one was held back for want of it.
                 dispatcher.spawn_delivery(group, move || {
-                    if ended.claim_room() >= worth {
-                        if keyed {
-                            wake.wake()
-                        } else {
-                            wake.room_freed()
-                        }
+                    let room = ended.claim_room() >= worth;
+                    match (keyed, room) {
+                        (true, true) => wake.wake(),
+                        (true, false) => wake.held_back(),
+                        (false, true) => wake.room_freed(),
+                        (false, false) => {}
                     }
                 });
             }

@@ -9,19 +9,44 @@
 //! A slot freed in the claim window (a delivery ended, or now waits only for its done mark)
 //! wakes the first loop only when a claim left due work behind for want of room: at low
 //! load every delivery ends in an empty window, and a claim per delivery would find nothing.
+//! A retry this process scheduled wakes the first loop when it is due.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+
+/// Retries due within this long of each other share one timed wake-up.
+const TIMED_WAKE_SLOT_MS: u64 = 10;
 
 /// The wake-ups of a relay's claim loops.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Wake {
     any: Signal,
     backlog: Signal,
-    /// The last claim may have left due work for want of room in the window.
-    held_back: AtomicBool,
+    /// Whether a claim may have left due work for want of room in the window (the low
+    /// bit), and how many times that was recorded (the other bits), so that a claim begun
+    /// before another loop recorded it does not clear it.
+    held_back: AtomicU64,
+    /// Timed wake-ups pending, by due slot (ms since `started`).
+    timed: Mutex<BTreeSet<u64>>,
+    /// The origin of the timed wake-ups' slots.
+    started: Instant,
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Wake {
+            any: Signal::default(),
+            backlog: Signal::default(),
+            held_back: AtomicU64::new(0),
+            timed: Mutex::default(),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl Wake {
@@ -36,18 +61,58 @@ impl Wake {
         self.backlog.raise();
     }
 
-    /// Records whether a claim may have left due work behind for want of room (it took all
-    /// the room it had) or not (it found less than it could take).
-    pub(crate) fn held_back(&self, held_back: bool) {
-        self.held_back.store(held_back, Ordering::Release);
+    /// Notes the held-back state before a claim, for [`Wake::claimed_all_due`].
+    pub(crate) fn held_back_state(&self) -> u64 {
+        self.held_back.load(Ordering::Acquire)
+    }
+
+    /// Records that due work may be left for want of room in the claim window: a claim
+    /// took all the room it had, or found none, or a keyed delivery ended without room.
+    pub(crate) fn held_back(&self) {
+        let _ = self
+            .held_back
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(((v >> 1) + 1) << 1 | 1)
+            });
+    }
+
+    /// A claim begun at `state` found less than it could take: nothing more was due then,
+    /// unless another loop recorded work held back since.
+    pub(crate) fn claimed_all_due(&self, state: u64) {
+        let _ =
+            self.held_back
+                .compare_exchange(state, state & !1, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Room was freed in the claim window: wakes the first loop if a claim was held back
     /// for want of it.
     pub(crate) fn room_freed(&self) {
-        if self.held_back.load(Ordering::Acquire) {
+        if self.held_back.load(Ordering::Acquire) & 1 == 1 {
             self.wake();
         }
+    }
+
+    /// Wakes the first loop in `delay` (a retry then due), unless `stop` says the relay is
+    /// stopping. Retries due within [`TIMED_WAKE_SLOT_MS`] of each other share one timer.
+    pub(crate) fn wake_in(self: &Arc<Self>, delay: Duration, mut stop: watch::Receiver<bool>) {
+        let started = self.started;
+        let due = started.elapsed() + delay;
+        let slot = (due.as_millis() as u64).div_ceil(TIMED_WAKE_SLOT_MS) + 1;
+        let mut timed = self.timed.lock().unwrap_or_else(|e| e.into_inner());
+        if !timed.insert(slot) {
+            return;
+        }
+        drop(timed);
+        let at = started + Duration::from_millis(slot * TIMED_WAKE_SLOT_MS);
+        let wake = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep_until(at.into()) => wake.wake(),
+                _ = stop.wait_for(|stopping| *stopping) => {}
+            }
+            let mut timed = wake.timed.lock().unwrap_or_else(|e| e.into_inner());
+            timed.remove(&slot);
+        });
     }
 
     /// The wake-ups so far of a loop (`first` or not); noted before its round.
