@@ -83,7 +83,11 @@ async fn commits_notify_only_when_another_process_relay_listens() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(relays_listening(&db).await, 1, "the relay listens after 20 s");
+    assert_eq!(
+        relays_listening(&db).await,
+        1,
+        "the relay listens after 20 s"
+    );
     tokio::time::sleep(RECHECK).await;
     while notified(&mut observer, Duration::from_millis(100)).await {}
     produce(&mut producer, 3, 1).await.unwrap();
