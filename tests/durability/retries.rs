@@ -208,6 +208,22 @@ async fn retried_with_backoff_then_dead_then_retried_from_the_api(db: Database) 
     app.shutdown().await.unwrap();
 }
 
+/// Milliseconds between the one failed attempt and the delivery's completion.
+async fn waited_for_the_retry_ms(db: &Database) -> i64 {
+    scalar(
+        db,
+        if POSTGRES {
+            "SELECT CAST(EXTRACT(EPOCH FROM (d.done_at - e.failed_at)) * 1000 AS BIGINT)
+             FROM keel_done d JOIN keel_delivery_errors e
+               ON e.event_id = d.event_id AND e.handler = d.handler"
+        } else {
+            "SELECT d.done_at - e.failed_at FROM keel_done d JOIN keel_delivery_errors e
+               ON e.event_id = d.event_id AND e.handler = d.handler"
+        },
+    )
+    .await
+}
+
 /// The partner answers "busy, try again in 600 ms" once.
 async fn busy_once(event: &Ticked, ctx: &mut HandlerContext) -> Result<(), Error> {
     if ctx.attempt() == 1 {
@@ -247,18 +263,7 @@ async fn a_failure_that_says_when_is_retried_then(db: Database) {
         .await,
         2
     );
-    let waited_ms = scalar(
-        &db,
-        if POSTGRES {
-            "SELECT CAST(EXTRACT(EPOCH FROM (d.done_at - e.failed_at)) * 1000 AS BIGINT)
-             FROM keel_done d JOIN keel_delivery_errors e
-               ON e.event_id = d.event_id AND e.handler = d.handler"
-        } else {
-            "SELECT d.done_at - e.failed_at FROM keel_done d JOIN keel_delivery_errors e
-               ON e.event_id = d.event_id AND e.handler = d.handler"
-        },
-    )
-    .await;
+    let waited_ms = waited_for_the_retry_ms(&db).await;
     assert!(waited_ms >= 600, "retried {waited_ms} ms after the failure");
     app.shutdown().await.unwrap();
 }
@@ -283,18 +288,7 @@ async fn a_retry_runs_when_due_not_at_the_next_poll(db: Database) {
             .await
             .unwrap()
     );
-    let waited_ms = scalar(
-        &db,
-        if POSTGRES {
-            "SELECT CAST(EXTRACT(EPOCH FROM (d.done_at - e.failed_at)) * 1000 AS BIGINT)
-             FROM keel_done d JOIN keel_delivery_errors e
-               ON e.event_id = d.event_id AND e.handler = d.handler"
-        } else {
-            "SELECT d.done_at - e.failed_at FROM keel_done d JOIN keel_delivery_errors e
-               ON e.event_id = d.event_id AND e.handler = d.handler"
-        },
-    )
-    .await;
+    let waited_ms = waited_for_the_retry_ms(&db).await;
     assert!(
         (600..3_000).contains(&waited_ms),
         "retried {waited_ms} ms after a failure that asked for 600 ms (the relay polls every \
