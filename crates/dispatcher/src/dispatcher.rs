@@ -1,6 +1,6 @@
 //! Delivering released events: the fast path, the relay, and the in-flight count.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,21 @@ use crate::routing::RoutingTable;
 use crate::running::Running;
 use crate::wake::Wake;
 use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
+
+/// The claim buffer's largest size, in batches (see [`Dispatcher::claim_room`]).
+const MAX_BUFFER_BATCHES: u32 = 8;
+
+/// The claim buffer for batches of `batch`: what the slots get through during two claims'
+/// round trips, at least one batch and at most [`MAX_BUFFER_BATCHES`].
+fn buffer_for(batch: u32, ended_per_sec: f64, claim_secs: f64) -> u32 {
+    let covering = ended_per_sec * claim_secs * 2.0;
+    let covering = if covering.is_finite() {
+        covering.clamp(0.0, f64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
+    covering.clamp(batch, batch.saturating_mul(MAX_BUFFER_BATCHES))
+}
 
 /// The longest retry delay for which the process that scheduled the retry wakes its relay
 /// at the due time.
@@ -64,6 +79,8 @@ struct Inner<B: Backend> {
     relay: Mutex<Option<JoinHandle<WorkerReport>>>,
     /// Whether the relay's last claim failed (the database did not answer).
     relay_failing: AtomicBool,
+    /// Claimed deliveries the relay keeps ready beyond the slots (see `claim_room`).
+    buffer: AtomicU32,
     marks: Marks,
 }
 
@@ -108,6 +125,7 @@ impl<B: Backend> Dispatcher<B> {
     /// A dispatcher with explicit delivery options.
     pub fn with_options(db: Database<B>, registry: Registry<B>, options: DeliveryOptions) -> Self {
         let permits = Arc::new(Semaphore::new(options.max_in_flight));
+        let batch_size = options.batch_size;
         let lease = options.fast_path.then(|| options.lease_duration());
         let wake = Arc::new(Wake::default());
         let routing = Arc::new(RoutingTable::new(&registry, lease, wake.clone()));
@@ -122,6 +140,7 @@ impl<B: Backend> Dispatcher<B> {
                 stop: watch::Sender::new(false),
                 relay: Mutex::new(None),
                 relay_failing: AtomicBool::new(false),
+                buffer: AtomicU32::new(batch_size),
                 marks: Marks::new(),
             }),
         }
@@ -266,17 +285,31 @@ impl<B: Backend> Dispatcher<B> {
     }
 
     /// Room left in the relay's claim window: claimed deliveries wait in a local buffer for
-    /// a free slot, up to one batch beyond the slots, so the slots never idle while the
-    /// next claim runs. Deliveries that wait only for their done mark hold no room, up to
-    /// one batch of them: their marks are written together while the next claim runs. (A
-    /// larger allowance measured no faster: every claim scans past the rows leased and not
-    /// yet done.)
+    /// a free slot, so the slots never idle while the next claim runs. The buffer holds
+    /// one batch, or what the slots get through during two claims' round trips when that
+    /// is more (fast handlers), up to [`MAX_BUFFER_BATCHES`] batches: enough to cover a
+    /// claim, and no more, so that a process does not hoard deliveries other processes
+    /// could run. Deliveries that wait only for their done mark hold no room, up to one
+    /// buffer of them: their marks are written together while the next claim runs.
     pub(crate) fn claim_room(&self) -> u32 {
         let options = &self.inner.options;
-        let window = (options.max_in_flight as u32).saturating_add(options.batch_size);
-        let marking = self.inner.marks.pending().min(options.batch_size as usize);
+        let buffer = self.inner.buffer.load(Ordering::Relaxed);
+        let window = (options.max_in_flight as u32).saturating_add(buffer);
+        let marking = self.inner.marks.pending().min(buffer as usize);
         let holding = self.inner.running.count().saturating_sub(marking);
         window.saturating_sub(holding.min(u32::MAX as usize) as u32)
+    }
+
+    /// Sizes the claim buffer from the deliveries ended per second and a claim's round
+    /// trip (see [`Dispatcher::claim_room`]).
+    pub(crate) fn pace_buffer(&self, ended_per_sec: f64, claim_secs: f64) {
+        let buffer = buffer_for(self.inner.options.batch_size, ended_per_sec, claim_secs);
+        self.inner.buffer.store(buffer, Ordering::Relaxed);
+    }
+
+    /// Deliveries ended in this process so far.
+    pub(crate) fn deliveries_ended(&self) -> u64 {
+        self.inner.running.ended()
     }
 
     /// The least room worth a claim: a claim of a handful of rows costs the server nearly
@@ -424,5 +457,22 @@ pub(crate) async fn purge_all<B: Backend>(
         }
         total += removed;
         progress(total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buffer_for;
+
+    #[test]
+    fn the_claim_buffer_covers_two_claims_of_fast_handlers_and_one_batch_of_slow_ones() {
+        // Slow handlers (64 slots of 100 ms) and a 5 ms claim: one batch, as before.
+        assert_eq!(buffer_for(250, 640.0, 0.005), 250);
+        // A drain at 60,000 a second with 10 ms claims: what two claims' round trips take.
+        assert_eq!(buffer_for(250, 60_000.0, 0.010), 1_200);
+        // Never more than 8 batches, however fast, and nothing odd before any measure.
+        assert_eq!(buffer_for(250, 1e9, 1.0), 2_000);
+        assert_eq!(buffer_for(250, 0.0, 0.0), 250);
+        assert_eq!(buffer_for(250, f64::NAN, 0.01), 250);
     }
 }

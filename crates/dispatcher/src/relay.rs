@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keel_orchestrator::Backend;
 use keel_orchestrator::operations::{HEARTBEAT, host_name, this_process};
@@ -186,6 +186,7 @@ async fn claim_loop<B: Backend>(
     let mut last_route: Option<Instant> = None;
     let mut failing_since: Option<Instant> = None;
     let worth = dispatcher.claim_worth();
+    let mut pace = Pace::new(dispatcher.deliveries_ended());
     loop {
         let seen = wake.seen(purges);
         let taken = counter.load(Ordering::Relaxed);
@@ -244,7 +245,9 @@ async fn claim_loop<B: Backend>(
             let limit = room.min(options.batch_size);
             let mut unkeyed = Vec::new();
             if limit > 0 {
+                let claiming = Instant::now();
                 unkeyed = B::claim(&db, limit, lease, &names).await?;
+                pace.claimed(&dispatcher, claiming.elapsed());
             }
             let full = limit > 0 && unkeyed.len() as u32 == limit;
             if limit == 0 || full {
@@ -336,5 +339,41 @@ async fn claim_loop<B: Backend>(
     // The other loops sleep until a backlog: woken, they see the time limit too.
     if purges {
         wake.backlog();
+    }
+}
+
+/// How fast this process gets through its deliveries and how long a claim takes, measured
+/// by a claim loop to size the relay's claim buffer ([`Dispatcher::pace_buffer`]).
+struct Pace {
+    since: Instant,
+    ended: u64,
+    ended_per_sec: f64,
+    claim_secs: f64,
+}
+
+impl Pace {
+    /// Rates are measured over at least this long.
+    const SAMPLE: Duration = Duration::from_millis(20);
+
+    fn new(ended: u64) -> Self {
+        Pace {
+            since: Instant::now(),
+            ended,
+            ended_per_sec: 0.0,
+            claim_secs: 0.0,
+        }
+    }
+
+    /// A claim took `took`: updates the averages, then the buffer.
+    fn claimed<B: Backend>(&mut self, dispatcher: &Dispatcher<B>, took: Duration) {
+        self.claim_secs = 0.8 * self.claim_secs + 0.2 * took.as_secs_f64();
+        let elapsed = self.since.elapsed();
+        if elapsed >= Self::SAMPLE {
+            let ended = dispatcher.deliveries_ended();
+            let rate = ended.saturating_sub(self.ended) as f64 / elapsed.as_secs_f64();
+            self.ended_per_sec = 0.5 * self.ended_per_sec + 0.5 * rate;
+            (self.since, self.ended) = (Instant::now(), ended);
+        }
+        dispatcher.pace_buffer(self.ended_per_sec, self.claim_secs);
     }
 }

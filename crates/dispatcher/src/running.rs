@@ -5,13 +5,15 @@
 //! touches one atomic, and only the last one to end wakes the waiters (a `watch` woke every
 //! waiter at every change, a visible cost at tens of thousands of deliveries per second).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 pub(crate) struct Running {
     count: AtomicUsize,
+    /// Deliveries ended since the process started, for the relay's pace.
+    ended: AtomicU64,
     idle: Notify,
 }
 
@@ -23,6 +25,7 @@ impl Running {
 
     /// One delivery ended; the last one wakes whoever waits for idleness.
     pub(crate) fn end(&self) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
         if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
@@ -31,6 +34,11 @@ impl Running {
     /// The deliveries running now.
     pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::Acquire)
+    }
+
+    /// The deliveries ended so far.
+    pub(crate) fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// Returns once no delivery runs.
