@@ -206,11 +206,7 @@ impl<B: Backend> Dispatcher<B> {
                     claimed_at: std::time::Instant::now(),
                 };
                 let ended = self.clone();
-                self.spawn_delivery(Group::one(claim), move || {
-                    if ended.claim_room() >= ended.claim_worth() {
-                        ended.inner.wake.room_freed();
-                    }
-                });
+                self.spawn_delivery(Group::one(claim), move || ended.room_freed(false));
             }
         }
         Ok(value)
@@ -278,9 +274,7 @@ impl<B: Backend> Dispatcher<B> {
             .marks
             .mark_done(&self.inner.db, event_ids, handler);
         // Waiting for its mark, a delivery no longer holds the relay's claim window.
-        if self.claim_room() >= self.claim_worth() {
-            self.inner.wake.room_freed();
-        }
+        self.room_freed(false);
         written.await
     }
 
@@ -298,6 +292,20 @@ impl<B: Backend> Dispatcher<B> {
         let marking = self.inner.marks.pending().min(buffer as usize);
         let holding = self.inner.running.count().saturating_sub(marking);
         window.saturating_sub(holding.min(u32::MAX as usize) as u32)
+    }
+
+    /// A delivery ended, or now waits only for its done mark: the room it frees is worth a
+    /// claim only if one was held back for want of it. A `keyed` one may also have made its
+    /// key's next delivery due: it wakes the relay, or, with no room yet, records work held
+    /// back so that the next delivery freeing room does.
+    pub(crate) fn room_freed(&self, keyed: bool) {
+        let wake = &self.inner.wake;
+        match (keyed, self.claim_room() >= self.claim_worth()) {
+            (true, true) => wake.wake(),
+            (true, false) => wake.held_back(),
+            (false, true) => wake.room_freed(),
+            (false, false) => {}
+        }
     }
 
     /// Sizes the claim buffer from the deliveries ended per second and a claim's round

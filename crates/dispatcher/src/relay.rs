@@ -261,19 +261,8 @@ async fn claim_loop<B: Backend>(
             let mut count = 0;
             for (group, keyed) in claimed.chain(unkeyed.map(|g| (g, false))) {
                 count += group.claims.len() as u64;
-                let (wake, ended) = (wake.clone(), dispatcher.clone());
-                // A keyed delivery that ends may have made its key's next one due (claimed
-                // when room frees, if there is none now); another frees room, worth a
-                // claim only if one was held back for want of it.
-                dispatcher.spawn_delivery(group, move || {
-                    let room = ended.claim_room() >= worth;
-                    match (keyed, room) {
-                        (true, true) => wake.wake(),
-                        (true, false) => wake.held_back(),
-                        (false, true) => wake.room_freed(),
-                        (false, false) => {}
-                    }
-                });
+                let ended = dispatcher.clone();
+                dispatcher.spawn_delivery(group, move || ended.room_freed(keyed));
             }
             Ok((full || more_to_route, count))
         }

@@ -95,15 +95,14 @@ impl Wake {
     /// Wakes the first loop in `delay` (a retry then due), unless `stop` says the relay is
     /// stopping. Retries due within [`TIMED_WAKE_SLOT_MS`] of each other share one timer.
     pub(crate) fn wake_in(self: &Arc<Self>, delay: Duration, mut stop: watch::Receiver<bool>) {
-        let started = self.started;
-        let due = started.elapsed() + delay;
+        let due = self.started.elapsed() + delay;
         let slot = (due.as_millis() as u64).div_ceil(TIMED_WAKE_SLOT_MS) + 1;
         let mut timed = self.timed.lock().unwrap_or_else(|e| e.into_inner());
         if !timed.insert(slot) {
             return;
         }
         drop(timed);
-        let at = started + Duration::from_millis(slot * TIMED_WAKE_SLOT_MS);
+        let at = self.started + Duration::from_millis(slot * TIMED_WAKE_SLOT_MS);
         let wake = self.clone();
         tokio::spawn(async move {
             tokio::select! {

@@ -102,7 +102,7 @@ pub fn delivery(
 }
 
 /// Records one claim of a relay, which found `found` deliveries (or batches) due. Claims
-/// that find nothing cost a statement each: their rate is the relay's idle polling.
+/// that find nothing still cost the database a claim: their rate is the relay's idle polling.
 pub fn relay_claim(found: usize) {
     let found = if found == 0 { "none" } else { "some" };
     metrics::counter!("keel_relay_claims_total", "found" => found).increment(1);
