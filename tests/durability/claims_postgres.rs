@@ -69,7 +69,7 @@ async fn a_claim_reads_what_it_claims_whatever_the_statistics() {
     let mut tx = conn.begin().await.unwrap();
     let before = rows_read(&mut tx).await;
     let claimed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM keel_claim(10, 60000, gen_random_uuid(), ARRAY['tick_handler'])",
+        "SELECT count(*) FROM keel_claim(10, 60000, gen_random_uuid(), ARRAY['tick_handler'], NULL)",
     )
     .fetch_one(&mut *tx)
     .await
@@ -94,8 +94,7 @@ async fn a_claim_planned_on_empty_tables_reads_what_it_claims() {
     };
     let db = test_db.database().clone();
     let mut conn = db.acquire().await.unwrap();
-    let claim =
-        "SELECT count(*) FROM keel_claim(10, 60000, gen_random_uuid(), ARRAY['tick_handler'])";
+    let claim = "SELECT count(*) FROM keel_claim(10, 60000, gen_random_uuid(), ARRAY['tick_handler'], NULL)";
     sqlx::raw_sql("ANALYZE keel_deliveries; ANALYZE keel_events")
         .execute(&mut *conn)
         .await
@@ -121,6 +120,68 @@ async fn a_claim_planned_on_empty_tables_reads_what_it_claims() {
         deliveries < 100 && events < 100,
         "claiming 10 of {BACKLOG} deliveries with a plan made on empty tables read \
          {deliveries} deliveries and {events} events"
+    );
+}
+
+/// A claim from the relay's cursor (migration `0013_claim_from.sql`) starts past the
+/// deliveries the relay leased, where a claim from the first due reads each of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_from_the_cursor_does_not_read_the_deliveries_leased_before_it() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    let mut conn = db.acquire().await.unwrap();
+    backlog_after_a_quiet_spell(&mut conn).await;
+    // Due one after another, as commits over time make them.
+    sqlx::raw_sql(
+        "UPDATE keel_deliveries d SET next_attempt_at = now() - interval '1 hour'
+                                      + n.r * interval '1 millisecond'
+         FROM (SELECT event_id, row_number() OVER (ORDER BY event_id) AS r
+               FROM keel_deliveries) n
+         WHERE d.event_id = n.event_id; ANALYZE keel_deliveries",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let leased: Option<time::OffsetDateTime> = sqlx::query_scalar(
+        "SELECT max(claimed_due)
+         FROM keel_claim(2000, 60000, gen_random_uuid(), ARRAY['tick_handler'], NULL)",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+
+    let mut claim_10_from = async |from: Option<time::OffsetDateTime>| {
+        let mut tx = conn.begin().await.unwrap();
+        let before = rows_read(&mut tx).await;
+        let due: Vec<time::OffsetDateTime> = sqlx::query_scalar(
+            "SELECT claimed_due
+             FROM keel_claim(10, 60000, gen_random_uuid(), ARRAY['tick_handler'], $1)",
+        )
+        .bind(from)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+        let read = rows_read(&mut tx).await - before;
+        tx.commit().await.unwrap();
+        assert_eq!(due.len(), 10);
+        assert!(
+            due.iter().all(|due| Some(*due) > leased),
+            "claimed a leased delivery"
+        );
+        read
+    };
+    let from_first = claim_10_from(None).await;
+    let from_cursor = claim_10_from(leased).await;
+    assert!(
+        from_first >= 2000,
+        "from the first due, the claim read {from_first} rows: it should walk past the \
+         2,000 leased"
+    );
+    assert!(
+        from_cursor < 100,
+        "from the cursor, claiming 10 read {from_cursor} rows"
     );
 }
 

@@ -16,6 +16,7 @@ mod postgres {
     mod delivery;
     mod grouping;
     mod incident_postgres;
+    mod late_due;
     mod registry;
     mod support;
     mod telemetry;
@@ -30,6 +31,7 @@ mod sqlite {
 
     mod delivery;
     mod grouping;
+    mod late_due;
     mod registry;
     mod support;
     mod telemetry;

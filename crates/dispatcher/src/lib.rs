@@ -42,6 +42,7 @@
 mod admin;
 mod backfill;
 mod context;
+mod cursor;
 mod dead_letter;
 mod delivery;
 mod dispatcher;

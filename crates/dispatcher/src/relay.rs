@@ -6,8 +6,9 @@
 //! processes, share the work without ever running one (event, handler) twice at the same
 //! time while its lease holds. Claims select by due time, not by position in the table: a
 //! row committed late (a transaction that got a lower id but committed after a higher one)
-//! is claimed like any other, never skipped. An idle relay sleeps until a PostgreSQL
-//! `NOTIFY`, a local wake-up (a retry was scheduled) or its poll interval.
+//! is claimed like any other, never skipped (under a backlog, within 100 ms: see
+//! [`crate::cursor`]). An idle relay sleeps until a PostgreSQL `NOTIFY`, a local wake-up
+//! (a retry was scheduled) or its poll interval.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use keel_orchestrator::telemetry;
 use tokio::sync::watch;
 
 use crate::Dispatcher;
+use crate::cursor::ClaimCursor;
 
 /// When a worker stops on its own, like Messenger's `--limit` and `--time-limit`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,6 +73,7 @@ pub(crate) async fn run<B: Backend>(
     };
     tracing::info!(backend = B::NAME, loops, "relay started");
     let taken = Arc::new(AtomicU64::new(0));
+    let cursor = Arc::new(ClaimCursor::default());
     let mut tasks = Vec::with_capacity(loops);
     for n in 0..loops {
         let (dispatcher, stop, taken) = (dispatcher.clone(), stop.clone(), taken.clone());
@@ -80,6 +83,7 @@ pub(crate) async fn run<B: Backend>(
             stop,
             limits,
             taken,
+            cursor.clone(),
             first,
             first && handles_commands,
         )));
@@ -174,6 +178,7 @@ async fn claim_loop<B: Backend>(
     mut stop: watch::Receiver<bool>,
     limits: WorkerLimits,
     counter: Arc<AtomicU64>,
+    cursor: Arc<ClaimCursor>,
     purges: bool,
     claims_keys: bool,
 ) {
@@ -246,7 +251,7 @@ async fn claim_loop<B: Backend>(
             let mut unkeyed = Vec::new();
             if limit > 0 {
                 let claiming = Instant::now();
-                unkeyed = B::claim(&db, limit, lease, &names).await?;
+                unkeyed = cursor.claim(&db, limit, lease, &names).await?;
                 pace.claimed(&dispatcher, claiming.elapsed());
             }
             let full = limit > 0 && unkeyed.len() as u32 == limit;

@@ -197,6 +197,16 @@ impl Claim {
     }
 }
 
+/// What one claim of deliveries without ordering key leased.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The deliveries leased.
+    pub claims: Vec<Claim>,
+    /// The latest due time among them (`None` when nothing was claimed): where a next
+    /// claim can start, past the deliveries this one leased.
+    pub last_due: Option<OffsetDateTime>,
+}
+
 /// Deliveries claimed together: one delivery, or a batch of commands of one ordering
 /// key (whose key lease, `key`, is released when the group ends).
 #[derive(Debug)]

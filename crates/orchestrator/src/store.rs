@@ -17,9 +17,10 @@ use std::time::Duration;
 use keel_domain::EventId;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
+use time::OffsetDateTime;
 
 use crate::operations::{DeadFilter, Status};
-use crate::outbox::{Claim, DeadLetter, Group, Incoming, Next, Outgoing};
+use crate::outbox::{Claim, Claimed, DeadLetter, Group, Incoming, Next, Outgoing};
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
 /// The driver connection of backend `B`: `PgConnection` or `SqliteConnection`.
@@ -204,13 +205,15 @@ pub trait Store: sqlx::Database {
 
     // ---- the delivery side -----------------------------------------------------------
 
-    /// Claims up to `limit` due deliveries without ordering key, leased for `lease`.
+    /// Claims up to `limit` due deliveries without ordering key, leased for `lease`, the
+    /// earliest due first, none due before `due_from` (from the first when `None`).
     fn claim(
         db: &Database<Self>,
         limit: u32,
         lease: Duration,
         handlers: &[&str],
-    ) -> impl Future<Output = Result<Vec<Claim>, Error>> + Send;
+        due_from: Option<OffsetDateTime>,
+    ) -> impl Future<Output = Result<Claimed, Error>> + Send;
 
     /// Claims the next commands of up to `max_keys` free ordering keys whose head (first
     /// pending command) is due and for one of `handlers`, each key once whatever its

@@ -7,10 +7,11 @@ use std::time::Duration;
 use keel_domain::{Envelope, EventId};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Postgres, Row};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::options::internal;
-use crate::outbox::{Claim, Group};
+use crate::outbox::{Claim, Claimed, Group};
 use crate::store::millis;
 use crate::{Database, Error};
 
@@ -70,26 +71,34 @@ fn claim_from(row: &PgRow, token: Uuid) -> Result<Claim, Error> {
 }
 
 /// One statement leases the rows and returns them joined with their events: the
-/// `keel_claim` function (migration `0008_claim.sql`), whose plan holds whatever the
-/// table's statistics say. The rows locked are updated by their physical address (`ctid`,
-/// stable while locked), and the lease leaves every indexed column alone, so PostgreSQL
-/// updates them in place (HOT).
+/// `keel_claim` function (migrations `0012_generic_plans.sql`, `0013_claim_from.sql`),
+/// whose plan holds whatever the table's statistics say. The rows locked are updated by
+/// their physical address (`ctid`, stable while locked), and the lease leaves every indexed
+/// column alone, so PostgreSQL updates them in place (HOT).
 pub(super) async fn claim(
     db: &Database<Postgres>,
     limit: u32,
     lease: Duration,
     handlers: &[&str],
-) -> Result<Vec<Claim>, Error> {
+    due_from: Option<OffsetDateTime>,
+) -> Result<Claimed, Error> {
     let token = crate::operations::lease_token();
     let mut conn = db.acquire().await?;
-    let rows = sqlx::query("SELECT * FROM keel_claim($1, $2, $3, $4)")
+    let rows = sqlx::query("SELECT * FROM keel_claim($1, $2, $3, $4, $5)")
         .bind(i64::from(limit))
         .bind(millis(lease))
         .bind(token)
         .bind(handlers)
+        .bind(due_from)
         .fetch_all(&mut *conn)
         .await?;
-    rows.iter().map(|row| claim_from(row, token)).collect()
+    let mut claimed = Claimed::default();
+    for row in &rows {
+        let due: OffsetDateTime = row.try_get("claimed_due")?;
+        claimed.last_due = claimed.last_due.max(Some(due));
+        claimed.claims.push(claim_from(row, token)?);
+    }
+    Ok(claimed)
 }
 
 /// Keys whose head (first pending command) is due, free and for one of `handlers`, each

@@ -24,11 +24,12 @@ use sqlx::Postgres;
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPoolOptions};
+use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::database::invalid;
 use crate::operations::DeadFilter;
-use crate::outbox::{Claim, DeadLetter, Group, Incoming, NOTIFY_CHANNEL, Next, Outgoing};
+use crate::outbox::{Claim, Claimed, DeadLetter, Group, Incoming, NOTIFY_CHANNEL, Next, Outgoing};
 use crate::store::{Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
@@ -84,6 +85,7 @@ impl Store for Postgres {
         "0010_mark_done.sql",
         "0011_mark_few.sql",
         "0012_generic_plans.sql",
+        "0013_claim_from.sql",
     );
 
     async fn run_migrations(
@@ -224,8 +226,9 @@ impl Store for Postgres {
         limit: u32,
         lease: Duration,
         handlers: &[&str],
-    ) -> Result<Vec<Claim>, Error> {
-        claims::claim(db, limit, lease, handlers).await
+        due_from: Option<OffsetDateTime>,
+    ) -> Result<Claimed, Error> {
+        claims::claim(db, limit, lease, handlers, due_from).await
     }
 
     async fn claim_keyed(

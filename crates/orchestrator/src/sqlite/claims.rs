@@ -7,10 +7,11 @@ use std::time::Duration;
 use keel_domain::{Envelope, EventId};
 use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
+use time::OffsetDateTime;
 
 use super::{CHUNK, now};
 use crate::options::internal;
-use crate::outbox::{Claim, Group};
+use crate::outbox::{Claim, Claimed, Group};
 use crate::store::millis;
 use crate::{Database, Error};
 
@@ -109,8 +110,12 @@ pub(super) async fn claim(
     limit: u32,
     lease: Duration,
     handlers: &[&str],
-) -> Result<Vec<Claim>, Error> {
+    due_from: Option<OffsetDateTime>,
+) -> Result<Claimed, Error> {
     let handlers = &serde_json::to_string(handlers).expect("names serialize");
+    let due_from = due_from.map_or(i64::MIN, |at| {
+        (at.unix_timestamp_nanos() / 1_000_000) as i64
+    });
     db.clone()
         .unit_of_work_with(&internal("keel_claim"), async |tx| {
             let token = crate::operations::lease_token();
@@ -120,25 +125,31 @@ pub(super) async fn claim(
                  SET leased_until = $1, leased_by = $2, attempts = attempts + 1
                  WHERE (event_id, handler) IN (
                      SELECT event_id, handler FROM keel_deliveries
-                     WHERE status = 'pending' AND next_attempt_at <= $3 AND ordering_key IS NULL
+                     WHERE status = 'pending' AND next_attempt_at <= $3
+                       AND next_attempt_at >= $6 AND ordering_key IS NULL
                        AND (leased_until IS NULL OR leased_until < $3)
                        AND handler IN (SELECT value FROM json_each($5))
                      ORDER BY next_attempt_at LIMIT $4)
-                 RETURNING event_id, handler, attempts, retried_from",
+                 RETURNING event_id, handler, attempts, retried_from, next_attempt_at",
             )
             .bind(now + millis(lease))
             .bind(token.to_string())
             .bind(now)
             .bind(i64::from(limit))
             .bind(handlers.as_str())
+            .bind(due_from)
             .fetch_all(tx.conn())
             .await?;
-            let mut claims = rows
-                .iter()
-                .map(|row| claim_from(row, token))
-                .collect::<Result<Vec<_>, _>>()?;
-            load_events(tx.conn(), &mut claims).await?;
-            Ok(claims)
+            let mut claimed = Claimed::default();
+            for row in &rows {
+                let due: i64 = row.try_get("next_attempt_at")?;
+                let due = OffsetDateTime::from_unix_timestamp_nanos(i128::from(due) * 1_000_000)
+                    .map_err(|e| Error::rejected(std::io::Error::other(e)))?;
+                claimed.last_due = claimed.last_due.max(Some(due));
+                claimed.claims.push(claim_from(row, token)?);
+            }
+            load_events(tx.conn(), &mut claimed.claims).await?;
+            Ok(claimed)
         })
         .await
         .map(|receipt| receipt.into_value())

@@ -24,11 +24,12 @@ use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnection, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Executor, Sqlite};
+use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::database::invalid;
 use crate::operations::DeadFilter;
-use crate::outbox::{Claim, DeadLetter, Group, Incoming, Next, Outgoing};
+use crate::outbox::{Claim, Claimed, DeadLetter, Group, Incoming, Next, Outgoing};
 use crate::store::{Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
@@ -231,8 +232,9 @@ impl Store for Sqlite {
         limit: u32,
         lease: Duration,
         handlers: &[&str],
-    ) -> Result<Vec<Claim>, Error> {
-        claims::claim(db, limit, lease, handlers).await
+        due_from: Option<OffsetDateTime>,
+    ) -> Result<Claimed, Error> {
+        claims::claim(db, limit, lease, handlers, due_from).await
     }
 
     async fn claim_keyed(
