@@ -22,10 +22,11 @@ use crate::{DeadLetters, DeliveryOptions, Session, delivery, relay};
 /// The claim buffer's largest size, in batches (see [`Dispatcher::claim_room`]).
 const MAX_BUFFER_BATCHES: u32 = 8;
 
-/// The claim buffer for batches of `batch`: what the slots get through during two claims'
-/// round trips, at least one batch and at most [`MAX_BUFFER_BATCHES`].
+/// The claim buffer for batches of `batch`: what the slots get through during four claims'
+/// round trips (an average claim time, and claims vary), at least one batch and at most
+/// [`MAX_BUFFER_BATCHES`].
 fn buffer_for(batch: u32, ended_per_sec: f64, claim_secs: f64) -> u32 {
-    let covering = ended_per_sec * claim_secs * 2.0;
+    let covering = ended_per_sec * claim_secs * 4.0;
     let covering = if covering.is_finite() {
         covering.clamp(0.0, f64::from(u32::MAX)) as u32
     } else {
@@ -280,7 +281,7 @@ impl<B: Backend> Dispatcher<B> {
 
     /// Room left in the relay's claim window: claimed deliveries wait in a local buffer for
     /// a free slot, so the slots never idle while the next claim runs. The buffer holds
-    /// one batch, or what the slots get through during two claims' round trips when that
+    /// one batch, or what the slots get through during four claims' round trips when that
     /// is more (fast handlers), up to [`MAX_BUFFER_BATCHES`] batches: enough to cover a
     /// claim, and no more, so that a process does not hoard deliveries other processes
     /// could run. Deliveries that wait only for their done mark hold no room, up to one
@@ -473,11 +474,11 @@ mod tests {
     use super::buffer_for;
 
     #[test]
-    fn the_claim_buffer_covers_two_claims_of_fast_handlers_and_one_batch_of_slow_ones() {
+    fn the_claim_buffer_covers_four_claims_of_fast_handlers_and_one_batch_of_slow_ones() {
         // Slow handlers (64 slots of 100 ms) and a 5 ms claim: one batch, as before.
         assert_eq!(buffer_for(250, 640.0, 0.005), 250);
-        // A drain at 60,000 a second with 10 ms claims: what two claims' round trips take.
-        assert_eq!(buffer_for(250, 60_000.0, 0.010), 1_200);
+        // A drain at 30,000 a second with 10 ms claims: what four claims' round trips take.
+        assert_eq!(buffer_for(250, 30_000.0, 0.010), 1_200);
         // Never more than 8 batches, however fast, and nothing odd before any measure.
         assert_eq!(buffer_for(250, 1e9, 1.0), 2_000);
         assert_eq!(buffer_for(250, 0.0, 0.0), 250);
