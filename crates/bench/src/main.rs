@@ -145,7 +145,8 @@ scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
   nats      commit -> handler start in another service through NATS JetStream (a throwaway
             nats-server; goal p99 <= 20 ms), then 1, 2 and 4 consumer processes sharing
             the work of a 5 ms handler (goal: 4 processes >= 3.5x one)
-  sqlite    uow and delivery on SQLite vs raw sqlx on SQLite
+  sqlite    uow and delivery on SQLite vs raw sqlx on SQLite (goals: uow ratio <= 1.05,
+            delivery vs_raw >= 0.9)
   all       every scenario above, in this order
 
 options:
