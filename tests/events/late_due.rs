@@ -9,17 +9,18 @@ use std::time::Duration;
 
 use keel::{DeliveryOptions, Error};
 
-use super::support::OrderPlaced;
+use super::support::{OrderPlaced, commit_elsewhere};
 use super::{App, Handler, HandlerContext, POSTGRES, Registry};
 
 const BACKLOG: i64 = 800;
-const LATE: i64 = -1;
-
-/// Order ids in the order their handler ran.
+/// Order ids in the order their handler ran (the tests of a module share it: each has
+/// ids of its own, from `base`, the late ones negative).
 static RAN: Mutex<Vec<i64>> = Mutex::new(Vec::new());
 
-fn ran() -> Vec<i64> {
-    RAN.lock().unwrap().clone()
+fn ran(base: i64) -> Vec<i64> {
+    let mine =
+        |id: &&i64| (base..base + BACKLOG).contains(*id) || (-base - 1000..-base).contains(*id);
+    RAN.lock().unwrap().iter().filter(mine).copied().collect()
 }
 
 async fn slow(event: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Error> {
@@ -28,8 +29,9 @@ async fn slow(event: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Error> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_due_before_the_claims_cursor_does_not_wait_for_the_backlog() {
+/// Runs a backlog, then makes `late` deliveries due before the claims' cursor, and checks
+/// that each ran within 200 deliveries of it.
+async fn late_deliveries_run_within_the_interval(base: i64, late: i64) {
     let Some(test) = keel_testing::TestDatabase::<super::B>::new().await else {
         return;
     };
@@ -38,55 +40,52 @@ async fn a_delivery_due_before_the_claims_cursor_does_not_wait_for_the_backlog()
     registry
         .register(Handler::new::<OrderPlaced, _>("slow", slow))
         .unwrap();
-    // Small claims, each full while the backlog lasts; no poll to rescue the late one.
+    // Small claims, each full while the backlog lasts; no poll to rescue the late ones.
     let options = DeliveryOptions::default()
         .max_in_flight(4)
         .batch_size(4)
         .poll_interval(Duration::from_secs(60));
     let app = App::builder(db.clone(), registry).delivery(options).start();
     let mut other = db.connect_again().await.unwrap();
-    let _receipt = other
-        .unit_of_work(async |tx| {
-            for order_id in 0..BACKLOG {
-                tx.record(OrderPlaced { order_id })?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
-    if !POSTGRES {
-        app.dispatcher().wake_relay();
-    }
-    while ran().len() < 40 {
+    let _receipt = commit_elsewhere(&app, &mut other, base..base + BACKLOG).await;
+    let started = std::time::Instant::now();
+    while ran(base).len() < 40 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the backlog did not start"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
     // Committed now, then made due an hour ago: before every delivery of the backlog, so
     // before the point the relay's claims start from.
-    let late = other
-        .unit_of_work(async |tx| tx.record(OrderPlaced { order_id: LATE }))
-        .await
-        .unwrap();
+    let receipt = commit_elsewhere(&app, &mut other, -base - late..-base).await;
+    let ids: Vec<String> = receipt.events().iter().map(|e| e.id.to_string()).collect();
     let backdate = if POSTGRES {
         "UPDATE keel_deliveries SET next_attempt_at = next_attempt_at - interval '1 hour'
-         WHERE event_id = $1::uuid"
+         WHERE event_id = ANY (CAST($1 AS uuid[])) AND leased_until IS NULL"
     } else {
         "UPDATE keel_deliveries SET next_attempt_at = next_attempt_at - 3600000
-         WHERE event_id = $1"
+         WHERE event_id IN (SELECT value FROM json_each($1)) AND leased_until IS NULL"
+    };
+    let ids = if POSTGRES {
+        format!("{{{}}}", ids.join(","))
+    } else {
+        serde_json::to_string(&ids).unwrap()
     };
     let mut conn = db.acquire().await.unwrap();
     let backdated = keel::sqlx::query(backdate)
-        .bind(late.events()[0].id.to_string())
+        .bind(ids)
         .execute(&mut *conn)
         .await
         .unwrap()
         .rows_affected();
     drop(conn);
     assert_eq!(
-        backdated, 1,
-        "the late delivery was claimed before it was due first"
+        backdated, late as u64,
+        "late deliveries were claimed before they were due first"
     );
-    let at_backdate = ran().len();
+    let at_backdate = ran(base).len();
 
     assert!(
         app.wait_until_delivered(Duration::from_secs(60))
@@ -94,16 +93,27 @@ async fn a_delivery_due_before_the_claims_cursor_does_not_wait_for_the_backlog()
             .unwrap()
     );
     app.shutdown().await.unwrap();
-    let ran = ran();
-    let position = ran
-        .iter()
-        .position(|id| *id == LATE)
-        .expect("the late one ran");
+    let ran = ran(base);
+    let is_late = |id: &i64| *id < 0;
+    let last_late = ran.iter().rposition(is_late).expect("the late ones ran");
+    assert_eq!(ran.iter().filter(|id| is_late(id)).count(), late as usize);
     assert!(
-        position < at_backdate + 200,
-        "the delivery due before the claims' cursor ran {} deliveries after it was due (of \
-         {} left): it waited for the backlog",
-        position - at_backdate,
+        last_late < at_backdate + 200,
+        "the last of {late} deliveries due before the claims' cursor ran {} deliveries \
+         after they were due (of {} left): they waited for the backlog",
+        last_late - at_backdate,
         BACKLOG as usize - at_backdate
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_due_before_the_claims_cursor_does_not_wait_for_the_backlog() {
+    late_deliveries_run_within_the_interval(0, 1).await;
+}
+
+/// Ten batches due before the cursor at once (a crashed process's leases expiring) are
+/// swept in a row, not one batch per interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_deliveries_due_before_the_claims_cursor_are_swept_at_once() {
+    late_deliveries_run_within_the_interval(10_000, 40).await;
 }

@@ -104,6 +104,29 @@ pub fn app_with(db: Database, handlers: Vec<Handler>) -> App {
         .start()
 }
 
+/// Commits one unit of work recording `OrderPlaced` for each of `order_ids` on `other` (a
+/// pool of another process: no fast path), and wakes `app`'s relay for it (a notification
+/// does on PostgreSQL; SQLite relays poll, so the test wakes it).
+pub async fn commit_elsewhere(
+    app: &App,
+    other: &mut Database,
+    order_ids: std::ops::Range<i64>,
+) -> keel::Committed<()> {
+    let committed = other
+        .unit_of_work(async |tx| {
+            for order_id in order_ids.clone() {
+                tx.record(OrderPlaced { order_id })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    if !super::POSTGRES {
+        app.dispatcher().wake_relay();
+    }
+    committed
+}
+
 /// Waits until every delivery is done or dead.
 pub async fn delivered(app: &App) {
     assert!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use keel::{DeliveryOptions, Error};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
-use super::support::OrderPlaced;
+use super::support::{OrderPlaced, commit_elsewhere};
 use super::{App, Database, Handler, HandlerContext, POSTGRES, Registry};
 
 const EVENTS: i64 = 10;
@@ -121,18 +121,7 @@ async fn backlog(db: Database) {
         .poll_interval(Duration::from_secs(60));
     let app = App::builder(db.clone(), registry).delivery(window).start();
     let mut other = db.connect_again().await.unwrap();
-    let _receipt = other
-        .unit_of_work(async |tx| {
-            for order_id in 0..60 {
-                tx.record(OrderPlaced { order_id })?;
-            }
-            Ok(())
-        })
-        .await
-        .unwrap();
-    if !POSTGRES {
-        app.dispatcher().wake_relay();
-    }
+    let _receipt = commit_elsewhere(&app, &mut other, 0..60).await;
     assert!(
         app.wait_until_delivered(Duration::from_secs(20))
             .await

@@ -35,6 +35,11 @@ fn buffer_for(batch: u32, ended_per_sec: f64, claim_secs: f64) -> u32 {
     covering.clamp(batch, batch.saturating_mul(MAX_BUFFER_BATCHES))
 }
 
+/// The most one claim takes: a batch, or a quarter of a buffer grown larger.
+fn claim_size_for(batch: u32, buffer: u32) -> u32 {
+    batch.max(buffer / 4)
+}
+
 /// The longest retry delay for which the process that scheduled the retry wakes its relay
 /// at the due time.
 const TIMED_WAKE_MAX: Duration = Duration::from_secs(60);
@@ -321,11 +326,21 @@ impl<B: Backend> Dispatcher<B> {
         self.inner.running.ended()
     }
 
+    /// The most the next claim takes: a batch, or a quarter of the claim buffer when fast
+    /// handlers have grown it, so that a relay keeping thousands of deliveries ahead pays
+    /// fewer claims (each a round trip and a commit) for them.
+    pub(crate) fn claim_size(&self) -> u32 {
+        claim_size_for(
+            self.inner.options.batch_size,
+            self.inner.buffer.load(Ordering::Relaxed),
+        )
+    }
+
     /// The least room worth a claim: a claim of a handful of rows costs the server nearly
-    /// what a full batch does, so the relay claims when half a batch fits. The buffer
-    /// still holds the other half then, so the slots do not idle while the claim runs.
+    /// what a full one does, so the relay claims when half a claim fits. The buffer still
+    /// holds the other half then, so the slots do not idle while the claim runs.
     pub(crate) fn claim_worth(&self) -> u32 {
-        (self.inner.options.batch_size / 2).max(1)
+        (self.claim_size() / 2).max(1)
     }
 
     /// Removes finished deliveries older than `older_than` (and events left without
@@ -471,7 +486,15 @@ pub(crate) async fn purge_all<B: Backend>(
 
 #[cfg(test)]
 mod tests {
-    use super::buffer_for;
+    use super::{buffer_for, claim_size_for};
+
+    #[test]
+    fn a_claim_takes_a_batch_or_a_quarter_of_a_grown_buffer() {
+        // Slow handlers keep one batch ahead: claims of a batch, as before.
+        assert_eq!(claim_size_for(250, 250), 250);
+        // A fast drain keeping 8 batches ahead claims 2 batches at a time.
+        assert_eq!(claim_size_for(250, 2_000), 500);
+    }
 
     #[test]
     fn the_claim_buffer_covers_four_claims_of_fast_handlers_and_one_batch_of_slow_ones() {

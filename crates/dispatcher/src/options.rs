@@ -104,7 +104,8 @@ impl DeliveryOptions {
     /// How many deliveries a relay claims per query (default 250). Claimed deliveries wait
     /// in the relay for a free slot (see [`max_in_flight`](Self::max_in_flight)), under
     /// their lease: one batch beyond the slots is claimed ahead, or, when handlers are fast,
-    /// what the slots get through during four claims' round trips, up to 8 batches.
+    /// what the slots get through during four claims' round trips, up to 8 batches; a
+    /// claim then takes up to a quarter of that (2 batches at most).
     #[must_use]
     pub fn batch_size(mut self, size: u32) -> Self {
         self.batch_size = size.max(1);

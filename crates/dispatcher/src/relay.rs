@@ -190,7 +190,6 @@ async fn claim_loop<B: Backend>(
     let mut last_purge = Instant::now();
     let mut last_route: Option<Instant> = None;
     let mut failing_since: Option<Instant> = None;
-    let worth = dispatcher.claim_worth();
     let mut pace = Pace::new(dispatcher.deliveries_ended());
     loop {
         let seen = wake.seen(purges);
@@ -220,6 +219,7 @@ async fn claim_loop<B: Backend>(
                 more_to_route = routed >= options.batch_size as usize;
                 last_route = (!more_to_route).then(Instant::now);
             }
+            let worth = dispatcher.claim_worth();
             let held = wake.held_back_state();
             let room = dispatcher.claim_room().min(left);
             if room < worth.min(left) {
@@ -247,7 +247,7 @@ async fn claim_loop<B: Backend>(
                 Vec::new()
             };
             let room = room.saturating_sub(keyed.iter().map(|g| g.claims.len() as u32).sum());
-            let limit = room.min(options.batch_size);
+            let limit = room.min(dispatcher.claim_size());
             let mut unkeyed = Vec::new();
             if limit > 0 {
                 let claiming = Instant::now();

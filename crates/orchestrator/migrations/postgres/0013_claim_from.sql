@@ -1,23 +1,17 @@
--- The claim starts where the relay's last claim ended, and does not wait for its commit
--- to reach the disk.
+-- The claim starts where the relay's last claim ended.
 --
 -- `due_from`: a claim walks the due index in due order and reads, then skips, every
 -- delivery leased and not yet done. Under a backlog the relay's own leased deliveries (its
 -- claim buffer, up to 8 batches) sit at the head of that order, and every claim read them
--- again: about 1.1 ms of a claim to skip 2,000. The relay passes the latest due time of its
--- last full claim, and claims from the start at least every 100 ms and whenever a claim
--- from there comes back short (see the dispatcher's `cursor` module). NULL: from the start.
+-- again: about 1.1 ms of a claim to skip 2,000. The relay passes the latest due time its
+-- claims leased, claims from the first due (NULL) at least every 100 ms and whenever a
+-- claim from there comes back short, and moves back to where a full claim from the first
+-- due ended (see the dispatcher's `cursor` module).
 --
 -- `claimed_due`: each claimed delivery's due time, for the relay's next `due_from`.
 --
--- `synchronous_commit = off` for the claim's own transaction: a lease lost in a server
--- crash (at most the last few hundred milliseconds of them) only lets the delivery be
--- claimed again, its attempt counted once less, which the crash of the server allows anyway (delivery is at least once;
--- a handler's effects in the database run once whatever the leases). Any later commit that
--- waits for the disk (a done mark, a handler's unit of work) carries the claim with it.
--- Waiting for the disk took about 5 % of the drain's rate.
-DROP FUNCTION keel_claim(BIGINT, BIGINT, UUID, TEXT[]);
-
+-- The four-argument `keel_claim` of `0012_generic_plans` stays: relays of the previous
+-- version call it while a rolling deploy replaces them.
 CREATE FUNCTION keel_claim(claim_limit BIGINT, lease_ms BIGINT, token UUID, handlers TEXT[],
                            due_from TIMESTAMPTZ)
 RETURNS TABLE (
@@ -47,7 +41,6 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY
     WITH c AS (
         SELECT ctid FROM keel_deliveries
