@@ -1,8 +1,8 @@
-//! Under a backlog the relay's claims start where its last full claim ended, past the
-//! deliveries it leased (see the dispatcher's `cursor` module). A delivery due before that
-//! point (a lease that expired, a lease released, a commit whose transaction began before
-//! others) must not wait for the end of the backlog: a claim starts from the first due
-//! delivery at least every 100 ms.
+//! Under a backlog the relay's claims start where its claims got to, past the deliveries
+//! it leased (see the dispatcher's `cursor` module). Deliveries due before that point (a
+//! lease that expired, a lease released, a commit whose transaction began before others)
+//! must not wait for the end of the backlog: a claim starts from the first due delivery at
+//! least every 100 ms, and a full one moves the cursor back, so many are swept at once.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use super::support::{OrderPlaced, commit_elsewhere};
 use super::{App, Handler, HandlerContext, POSTGRES, Registry};
 
 const BACKLOG: i64 = 800;
+
 /// Order ids in the order their handler ran (the tests of a module share it: each has
 /// ids of its own, from `base`, the late ones negative).
 static RAN: Mutex<Vec<i64>> = Mutex::new(Vec::new());
