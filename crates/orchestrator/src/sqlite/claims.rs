@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 
-use super::{CHUNK, now};
+use super::{CHUNK, from_ms, now, to_ms};
 use crate::options::internal;
 use crate::outbox::{Claim, Claimed, Group};
 use crate::store::millis;
@@ -113,9 +113,7 @@ pub(super) async fn claim(
     due_from: Option<OffsetDateTime>,
 ) -> Result<Claimed, Error> {
     let handlers = &serde_json::to_string(handlers).expect("names serialize");
-    let due_from = due_from.map_or(i64::MIN, |at| {
-        (at.unix_timestamp_nanos() / 1_000_000) as i64
-    });
+    let due_from = due_from.map_or(i64::MIN, to_ms);
     db.clone()
         .unit_of_work_with(&internal("keel_claim"), async |tx| {
             let token = crate::operations::lease_token();
@@ -142,9 +140,7 @@ pub(super) async fn claim(
             .await?;
             let mut claimed = Claimed::default();
             for row in &rows {
-                let due: i64 = row.try_get("next_attempt_at")?;
-                let due = OffsetDateTime::from_unix_timestamp_nanos(i128::from(due) * 1_000_000)
-                    .map_err(|e| Error::rejected(std::io::Error::other(e)))?;
+                let due = from_ms(row.try_get("next_attempt_at")?);
                 claimed.last_due = claimed.last_due.max(Some(due));
                 claimed.claims.push(claim_from(row, token)?);
             }

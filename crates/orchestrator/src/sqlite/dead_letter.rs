@@ -3,7 +3,6 @@
 use keel_domain::EventId;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, Sqlite};
-use time::OffsetDateTime;
 
 use super::claims::envelope_from;
 use super::now_ms;
@@ -39,8 +38,7 @@ async fn letter(db: &Database<Sqlite>, row: &SqliteRow) -> Result<DeadLetter, Er
         .into_iter()
         .map(|(attempt, failed_at, error)| FailedAttempt {
             attempt: attempt.max(0) as u32,
-            failed_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(failed_at) * 1_000_000)
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            failed_at: super::from_ms(failed_at),
             error,
         })
         .collect();

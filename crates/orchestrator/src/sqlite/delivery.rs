@@ -333,7 +333,7 @@ pub(super) async fn backfill(
     since: time::OffsetDateTime,
     again: bool,
 ) -> Result<u64, Error> {
-    let since_ms = (since.unix_timestamp_nanos() / 1_000_000) as i64;
+    let since_ms = super::to_ms(since);
     let mut conn = db.acquire().await?;
     let created = sqlx::query(
         "INSERT INTO keel_deliveries (event_id, handler, ordering_key, key_seq)

@@ -53,6 +53,17 @@ pub(crate) use savepoint;
 /// Rows per multi-row statement (well under SQLite's bind-parameter limit).
 pub(crate) const CHUNK: usize = 500;
 
+/// A time as Keel's SQLite tables store it: milliseconds since the Unix epoch.
+pub(crate) fn to_ms(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// A time stored as milliseconds since the Unix epoch (the epoch itself if out of range).
+pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// The database's clock, read in the caller's transaction.
 pub(crate) async fn now(conn: &mut SqliteConnection) -> Result<i64, Error> {
     Ok(sqlx::query_scalar(concat!("SELECT ", now_ms!()))

@@ -1,7 +1,6 @@
 //! What operators read on SQLite: the status per handler, the relays, the schema.
 
 use sqlx::Sqlite;
-use time::OffsetDateTime;
 
 use super::now_ms;
 use crate::operations::{Counts, RelayStatus, Status};
@@ -65,10 +64,7 @@ async fn read_status(conn: &mut sqlx::SqliteConnection) -> Result<Status, Error>
                 process,
                 host,
                 pid,
-                started_at: OffsetDateTime::from_unix_timestamp_nanos(
-                    i128::from(started_ms) * 1_000_000,
-                )
-                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+                started_at: super::from_ms(started_ms),
                 silent_ms,
             })
             .collect(),
