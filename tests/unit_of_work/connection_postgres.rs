@@ -1,10 +1,14 @@
-//! A connection lost during a unit of work (server restart, failover, a proxy's idle cut)
-//! before `COMMIT` was sent: the server rolled the transaction back, so Keel runs the steps
-//! again on a fresh connection, and they commit once.
+//! Connections lost to the server (a restart, a failover, an operator's terminate).
+//!
+//! Lost during a unit of work before `COMMIT` was sent: the server rolled the transaction
+//! back, so Keel runs the steps again on a fresh connection, and they commit once. Lost
+//! while idle in the pool: a unit of work's `BEGIN` finds it and begins on another
+//! connection without spending an attempt; every other acquire is tested before use.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use keel::sqlx::{self, Connection};
+use keel::{RetryPolicy, UnitOfWorkOptions};
 use keel_testing::TestDatabase;
 
 use super::B;
@@ -50,4 +54,62 @@ async fn a_connection_cut_before_commit_is_retried_and_commits_once() {
         .await
         .unwrap();
     assert_eq!(rows, [(2,)], "the first attempt's insert was rolled back");
+}
+
+/// Ends every other session on the test's database, as a server restart would, and waits
+/// until they are gone.
+async fn end_idle_connections(url: &str) {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+}
+
+/// A database whose pool holds `n` idle connections.
+async fn warm(db: &keel::postgres::Database, n: usize) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(db.acquire().await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_while_idle_costs_a_unit_of_work_no_attempt() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let (mut db, url) = (test_db.database().clone(), test_db.url().to_owned());
+    warm(&db, 3).await;
+    end_idle_connections(&url).await;
+    let once = UnitOfWorkOptions::named("after_restart").retry(RetryPolicy::never());
+    let attempts = AtomicU32::new(0);
+    let _ = db
+        .unit_of_work_with(&once, async |tx| {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            sqlx::query("SELECT 1").execute(tx.conn()).await?;
+            Ok(())
+        })
+        .await
+        .expect("the unit of work begins on a live connection, with no retry allowed");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_while_idle_is_not_handed_out_by_acquire() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let (db, url) = (test_db.database().clone(), test_db.url().to_owned());
+    warm(&db, 3).await;
+    end_idle_connections(&url).await;
+    let mut conn = db.acquire().await.unwrap();
+    sqlx::query("SELECT 1")
+        .execute(&mut *conn)
+        .await
+        .expect("an acquired connection was tested before it was handed out");
 }

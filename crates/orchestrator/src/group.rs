@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use keel_domain::EventId;
 
 use crate::outbox::Outgoing;
+use crate::store::GroupEnd;
 use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions};
 
 /// How units of work that run at the same time share one commit (see the module
@@ -262,8 +263,13 @@ impl<B: Backend> Database<B> {
             member.leave(None);
             return Membership::Undone;
         }
-        if slot.conn.is_none() {
-            match self.open_group_transaction(options, group.marker).await {
+        // The member that opens the transaction is begun with it.
+        let opener = slot.conn.is_none();
+        if opener {
+            match self
+                .open_group_transaction(options, group.marker, settings.savepoints)
+                .await
+            {
                 Ok(opened) => *slot = opened,
                 Err(error) => {
                     member.leave(Some(Undo::Rollback));
@@ -276,7 +282,7 @@ impl<B: Backend> Database<B> {
         };
         member.working = true;
         let savepoint = settings.savepoints || B::MARKS_WITH_SAVEPOINT;
-        if let Err(error) = B::member_begin(conn, settings.savepoints).await {
+        if !opener && let Err(error) = B::member_begin(conn, settings.savepoints).await {
             member.working = false;
             member.leave(Some(Undo::Rollback));
             return Membership::Ran(Err(error));
@@ -368,11 +374,13 @@ impl<B: Backend> Database<B> {
         }
     }
 
-    /// The group's connection, its transaction begun (and, on SQLite, the write lock).
+    /// The group's connection, its transaction and its first member begun (and, on SQLite,
+    /// the write lock).
     async fn open_group_transaction(
         &self,
         options: &UnitOfWorkOptions,
         marker: uuid::Uuid,
+        savepoints: bool,
     ) -> Result<Slot<B>, Error> {
         let writer = if B::ONE_WRITER {
             let wait = self.options().lock_timeout;
@@ -388,38 +396,15 @@ impl<B: Backend> Database<B> {
         } else {
             None
         };
-        let mut conn = match self.pool().acquire().await {
-            Ok(conn) => conn,
-            Err(error) => return Err(self.exhausted(options.name, None, error).await),
-        };
-        if let Err(error) = B::begin(&mut conn, Isolation::default(), None, marker).await {
-            conn.close_on_drop();
-            return Err(error);
-        }
+        // Groupable options: the default isolation, no lock timeout of their own.
+        let conn = self
+            .begun(options.name, None, options, marker, savepoints)
+            .await?;
         Ok(Slot {
             conn: Some(conn),
             _writer: writer,
         })
     }
-}
-
-/// The processed markers of a group's members: whether every delivery was still pending
-/// (an error counts as not: the group is undone, and its members run again alone).
-async fn mark_all_done<B: Backend>(
-    conn: &mut B::Connection,
-    marks: &[(&'static str, Vec<EventId>)],
-) -> bool {
-    for (handler, event_ids) in marks {
-        match B::mark_done(conn, event_ids, handler).await {
-            Ok(done) if done == event_ids.len() => {}
-            Ok(_) => return false,
-            Err(error) => {
-                tracing::debug!(%error, handler, "a group could not mark its deliveries done; its members run again alone");
-                return false;
-            }
-        }
-    }
-    true
 }
 
 /// Closes `group` when it is full, or when its window passed and no member runs, or as
@@ -452,12 +437,6 @@ async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
         let marks = std::mem::take(&mut state.marks);
         (state.undo, state.relay_work, state.joined, marks)
     };
-    if undo.is_none()
-        && let Some(conn) = slot.conn.as_mut()
-        && !mark_all_done::<B>(conn, &marks).await
-    {
-        undo = Some(Undo::Rollback);
-    }
     let ended = match (slot.conn.take(), undo) {
         (None, _) => Ended::Undone,
         (Some(mut conn), Some(Undo::Close)) => {
@@ -470,25 +449,31 @@ async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
             }
             Ended::Undone
         }
-        (Some(mut conn), None) => {
-            match B::commit(&mut conn, group.marker, Isolation::default(), false).await {
-                Ok(true) => {
-                    if relay_work {
-                        db.notify_relays(&mut conn).await;
-                    }
-                    Ended::Committed
+        (Some(mut conn), None) => match B::commit_group(&mut conn, group.marker, &marks).await {
+            Ok(GroupEnd::Committed) => {
+                if relay_work {
+                    db.notify_relays(&mut conn).await;
                 }
-                Err(Error::ConnectionLost(source)) => {
-                    conn.close_on_drop();
-                    Ended::Unknown(Arc::new(source))
-                }
-                // Replaced (members check it; never expected) or refused: nothing committed.
-                Ok(false) | Err(_) => {
-                    conn.close_on_drop();
-                    Ended::Undone
-                }
+                Ended::Committed
             }
-        }
+            // Its members run again alone, where a delivery done already does not run.
+            Ok(GroupEnd::AlreadyDone) => {
+                undo = Some(Undo::Rollback);
+                if B::rollback(&mut conn).await.is_err() {
+                    conn.close_on_drop();
+                }
+                Ended::Undone
+            }
+            Err(Error::ConnectionLost(source)) => {
+                conn.close_on_drop();
+                Ended::Unknown(Arc::new(source))
+            }
+            // Replaced (members check it; never expected) or refused: nothing committed.
+            Ok(GroupEnd::Replaced) | Err(_) => {
+                conn.close_on_drop();
+                Ended::Undone
+            }
+        },
     };
     match ended {
         Ended::Committed => crate::telemetry::group_commit(members, true),

@@ -69,6 +69,7 @@ pub mod operations;
 mod options;
 #[doc(hidden)]
 pub mod outbox;
+mod pool;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod retry;

@@ -31,6 +31,19 @@ pub(crate) fn millis(duration: Duration) -> i64 {
     duration.as_millis().min(i64::MAX as u128) as i64
 }
 
+/// How a group's commit ended ([`Store::commit_group`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupEnd {
+    /// The done marks written and the transaction committed.
+    Committed,
+    /// A delivery was found done already (another process ran it): nothing committed, the
+    /// transaction is left to roll back.
+    AlreadyDone,
+    /// The transaction is not the one begun (ended or replaced by hand): nothing
+    /// committed, and the connection's state is unknown.
+    Replaced,
+}
+
 /// What an optimistic version save found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Saved {
@@ -99,12 +112,15 @@ pub trait Store: sqlx::Database {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Opens a unit of work's transaction on `conn`, marked with `marker` so that its end
-    /// can tell whether it still is the transaction it began.
+    /// can tell whether it still is the transaction it began. For a group's transaction,
+    /// its first member is begun too, as [`Store::member_begin`] would with
+    /// `member_savepoint` (in the same round trip).
     fn begin(
         conn: &mut Connection<Self>,
         isolation: Isolation,
         lock_timeout: Option<Duration>,
         marker: uuid::Uuid,
+        member_savepoint: bool,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// After steps that recorded nothing: whether `conn` is still in the transaction
@@ -125,6 +141,15 @@ pub trait Store: sqlx::Database {
         isolation: Isolation,
         verified: bool,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Ends a group: marks its members' deliveries done (`marks`, by handler) and commits,
+    /// if the transaction still is the one begun with `marker` and every delivery was
+    /// still pending (on PostgreSQL, checks, marks and `COMMIT` in one round trip).
+    fn commit_group(
+        conn: &mut Connection<Self>,
+        marker: uuid::Uuid,
+        marks: &[(&'static str, Vec<EventId>)],
+    ) -> impl Future<Output = Result<GroupEnd, Error>> + Send;
 
     /// Rolls the transaction back.
     fn rollback(conn: &mut Connection<Self>) -> impl Future<Output = Result<(), Error>> + Send;

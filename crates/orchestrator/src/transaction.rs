@@ -46,19 +46,14 @@ impl<B: Backend> Database<B> {
         } else {
             None
         };
-        let conn = match self.pool().acquire().await {
-            Ok(conn) => conn,
-            Err(error) => {
-                return Err(self
-                    .exhausted(options.name, Some(holding.id()), error)
-                    .await);
-            }
-        };
-        let mut open = Open { conn, ended: true };
-        if let Some(timeout) = options.lock_timeout {
-            B::before_begin(&mut open.conn, timeout).await?;
-        }
-        let outcome = self.transaction(&mut open, options, attempt, steps).await;
+        let marker = crate::marker::new();
+        let conn = self
+            .begun(options.name, Some(holding.id()), options, marker, false)
+            .await?;
+        let mut open = Open { conn, ended: false };
+        let outcome = self
+            .transaction(&mut open, marker, options, attempt, steps)
+            .await;
         if options.lock_timeout.is_some()
             && open.ended
             && let Err(error) = B::after_end(&mut open.conn, self.options()).await
@@ -69,11 +64,69 @@ impl<B: Backend> Database<B> {
         outcome
     }
 
-    /// The transaction of one attempt: begin, the steps, the outbox, then commit or
-    /// rollback. Commits only the transaction it began, on the connection it began it on.
+    /// A pooled connection with the unit of work's transaction begun on it, marked with
+    /// `marker`. The connection is taken untested: the `BEGIN` tests it, and when it finds
+    /// the connection lost (a server restart, an operator's terminate), nothing began, so
+    /// it is closed and the transaction begun on a tested connection instead (see the
+    /// module documentation of `pool`). `member_savepoint`: see [`Store::begin`].
+    pub(crate) async fn begun(
+        &self,
+        name: &'static str,
+        holder: Option<u64>,
+        options: &UnitOfWorkOptions,
+        marker: uuid::Uuid,
+        member_savepoint: bool,
+    ) -> Result<PoolConnection<B>, Error> {
+        let mut tested = false;
+        loop {
+            let acquired = if tested {
+                self.pool().acquire().await
+            } else {
+                crate::pool::acquire_untested(self.pool()).await
+            };
+            let mut conn = match acquired {
+                Ok(conn) => conn,
+                Err(error) => return Err(self.exhausted(name, holder, error).await),
+            };
+            let begun = match options.lock_timeout {
+                Some(timeout) => B::before_begin(&mut conn, timeout).await,
+                None => Ok(()),
+            };
+            let begun = match begun {
+                Ok(()) => {
+                    B::begin(
+                        &mut conn,
+                        options.isolation,
+                        options.lock_timeout,
+                        marker,
+                        member_savepoint,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            match begun {
+                Ok(()) => return Ok(conn),
+                Err(Error::ConnectionLost(error)) if !tested => {
+                    tracing::debug!(%error, "a pooled connection was lost; beginning on another");
+                    conn.close_on_drop();
+                    tested = true;
+                }
+                Err(error) => {
+                    conn.close_on_drop();
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// The transaction of one attempt, begun with `marker`: the steps, the outbox, then
+    /// commit or rollback. Commits only the transaction it began, on the connection it
+    /// began it on.
     async fn transaction<T, F>(
         &self,
         open: &mut Open<B>,
+        marker: uuid::Uuid,
         options: &UnitOfWorkOptions,
         attempt: u32,
         steps: &mut F,
@@ -81,15 +134,6 @@ impl<B: Backend> Database<B> {
     where
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
-        let marker = crate::marker::new();
-        open.ended = false;
-        B::begin(
-            &mut open.conn,
-            options.isolation,
-            options.lock_timeout,
-            marker,
-        )
-        .await?;
         let outcome = match &options.processes {
             Some((event_ids, handler)) => {
                 mark_processed::<B>(&mut open.conn, event_ids, handler).await

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use crate::database::invalid;
 use crate::operations::DeadFilter;
 use crate::outbox::{Claim, Claimed, DeadLetter, Group, Incoming, NOTIFY_CHANNEL, Next, Outgoing};
-use crate::store::{Saved, Store};
+use crate::store::{GroupEnd, Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
@@ -58,7 +58,7 @@ impl Store for Postgres {
             .map_err(|e: sqlx::Error| invalid(url, &e.to_string()))?;
         let lock_timeout = format!("{}ms", options.lock_timeout.as_millis());
         let connect = connect.options([("lock_timeout", lock_timeout.as_str())]);
-        PgPoolOptions::new()
+        crate::pool::tested_unless_beginning(PgPoolOptions::new())
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
@@ -138,8 +138,9 @@ impl Store for Postgres {
         isolation: Isolation,
         lock_timeout: Option<Duration>,
         marker: uuid::Uuid,
+        member_savepoint: bool,
     ) -> Result<(), Error> {
-        transaction::begin(conn, isolation, lock_timeout, marker).await
+        transaction::begin(conn, isolation, lock_timeout, marker, member_savepoint).await
     }
 
     /// The marker is checked by the outbox write and by the commit themselves, in their
@@ -155,6 +156,14 @@ impl Store for Postgres {
         verified: bool,
     ) -> Result<bool, Error> {
         transaction::commit(conn, marker, isolation, verified).await
+    }
+
+    async fn commit_group(
+        conn: &mut PgConnection,
+        marker: uuid::Uuid,
+        marks: &[(&'static str, Vec<EventId>)],
+    ) -> Result<GroupEnd, Error> {
+        transaction::commit_group(conn, marker, marks).await
     }
 
     async fn rollback(conn: &mut PgConnection) -> Result<(), Error> {

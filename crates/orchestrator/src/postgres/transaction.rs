@@ -9,7 +9,7 @@ use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Postgres};
 
 use crate::lock::{LockMode, is_identifier};
-use crate::store::Saved;
+use crate::store::{GroupEnd, Saved};
 use crate::{Error, Isolation, Key, LockWait, Locked, RowLock};
 
 /// The setting that marks a unit of work's transaction (`SET LOCAL`, so it ends with it).
@@ -36,10 +36,18 @@ pub(super) fn isolation_level(isolation: Isolation) -> &'static str {
 pub(super) const REPLACED: &str = "keel.transaction_replaced";
 
 pub(super) fn is_replaced(error: &sqlx::Error) -> bool {
+    fails_on(error, REPLACED)
+}
+
+/// The setting whose lookup fails when a group finds one of its deliveries done already.
+const ALREADY_DONE: &str = "keel.delivery_already_done";
+
+/// Whether `error` is the failed lookup of `setting`, a check's way to stop a simple query.
+fn fails_on(error: &sqlx::Error, setting: &str) -> bool {
     error
         .as_database_error()
         .and_then(|db| db.try_downcast_ref::<PgDatabaseError>())
-        .is_some_and(|pg| pg.code() == "42704" && pg.message().contains(REPLACED))
+        .is_some_and(|pg| pg.code() == "42704" && pg.message().contains(setting))
 }
 
 fn bind_key<'q>(
@@ -75,6 +83,7 @@ pub(super) async fn begin(
     isolation: Isolation,
     lock_timeout: Option<Duration>,
     marker: uuid::Uuid,
+    member_savepoint: bool,
 ) -> Result<(), Error> {
     let begin = match isolation {
         Isolation::ReadCommitted => "BEGIN",
@@ -98,6 +107,10 @@ pub(super) async fn begin(
             timeout.as_millis().max(1)
         ));
     }
+    if member_savepoint {
+        sql.push_str("; ");
+        sql.push_str(SAVEPOINT);
+    }
     sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
     Ok(())
 }
@@ -119,15 +132,8 @@ pub(super) async fn commit(
             .await?;
         return Ok(true);
     }
-    let level = isolation_level(isolation);
-    // `current_setting` of an unknown name raises: a check that fails at execution,
-    // never at planning (constant folding would evaluate a failing cast too early).
-    let sql = format!(
-        "SELECT CASE WHEN current_setting('{MARKER}', true) = '{marker}'
-                      AND current_setting('transaction_isolation') = '{level}'
-                 THEN '' ELSE current_setting('{REPLACED}') END; COMMIT; {}",
-        reset!()
-    );
+    let mut sql = check(marker, isolation);
+    sql.push_str(concat!("COMMIT; ", reset!()));
     match sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await {
         Ok(_) => Ok(true),
         Err(error) if is_replaced(&error) => Ok(false),
@@ -135,15 +141,70 @@ pub(super) async fn commit(
     }
 }
 
+/// The statement that stops a simple query unless its transaction is the one begun with
+/// `marker` at `isolation`. `current_setting` of an unknown name raises: a check that fails
+/// at execution, never at planning (constant folding would evaluate a failing cast too
+/// early).
+fn check(marker: uuid::Uuid, isolation: Isolation) -> String {
+    let level = isolation_level(isolation);
+    format!(
+        "SELECT CASE WHEN current_setting('{MARKER}', true) = '{marker}'
+                      AND current_setting('transaction_isolation') = '{level}'
+                 THEN '' ELSE current_setting('{REPLACED}') END; "
+    )
+}
+
+/// A group's end in one round trip: the check of [`commit`], then each handler's done
+/// marks, each stopping the query unless every one of its deliveries was still pending,
+/// then `COMMIT` and the reset. The marks are the statements [`mark_done`] prepares,
+/// spelled with literals: a simple query takes no parameters.
+pub(super) async fn commit_group(
+    conn: &mut PgConnection,
+    marker: uuid::Uuid,
+    marks: &[(&'static str, Vec<EventId>)],
+) -> Result<GroupEnd, Error> {
+    let mut sql = check(marker, Isolation::default());
+    for (handler, event_ids) in marks {
+        let function = if event_ids.len() <= FEW_MARKS {
+            "keel_mark_done_few"
+        } else {
+            "keel_mark_done"
+        };
+        let ids: Vec<String> = event_ids.iter().map(|id| id.to_string()).collect();
+        sql.push_str(&format!(
+            "SELECT CASE WHEN {function}({}, '{{{}}}'::uuid[], false) = {} \
+             THEN '' ELSE current_setting('{ALREADY_DONE}') END; ",
+            literal(handler),
+            ids.join(","),
+            event_ids.len()
+        ));
+    }
+    sql.push_str(concat!("COMMIT; ", reset!()));
+    match sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await {
+        Ok(_) => Ok(GroupEnd::Committed),
+        Err(error) if is_replaced(&error) => Ok(GroupEnd::Replaced),
+        Err(error) if fails_on(&error, ALREADY_DONE) => Ok(GroupEnd::AlreadyDone),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// `text` as an SQL string literal, whatever `standard_conforming_strings` says (an `E''`
+/// string always reads backslashes as escapes).
+fn literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 pub(super) async fn rollback(conn: &mut PgConnection) -> Result<(), Error> {
     sqlx::raw_sql("ROLLBACK").execute(conn).await?;
     Ok(())
 }
 
+const SAVEPOINT: &str = "SAVEPOINT keel_member";
+
 /// A group member's savepoint. Members take turns, so the name is reused: `ROLLBACK TO`
 /// names the newest one, the running member's.
 pub(super) async fn savepoint(conn: &mut PgConnection) -> Result<(), Error> {
-    sqlx::raw_sql("SAVEPOINT keel_member").execute(conn).await?;
+    sqlx::raw_sql(SAVEPOINT).execute(conn).await?;
     Ok(())
 }
 
@@ -304,6 +365,12 @@ async fn mark_done_sql(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        assert_eq!(literal("plain"), "E'plain'");
+        assert_eq!(literal(r"it's a\b"), r"E'it''s a\\b'");
+    }
 
     #[test]
     fn lock_sql_spells_each_mode() {

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use crate::database::invalid;
 use crate::operations::DeadFilter;
 use crate::outbox::{Claim, Claimed, DeadLetter, Group, Incoming, Next, Outgoing};
-use crate::store::{Saved, Store};
+use crate::store::{GroupEnd, Saved, Store};
 use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
@@ -82,7 +82,7 @@ impl Store for Sqlite {
 
     async fn open(url: &str, options: &DatabaseOptions) -> Result<sqlx::SqlitePool, Error> {
         let busy_ms = options.lock_timeout.as_millis();
-        SqlitePoolOptions::new()
+        crate::pool::tested_unless_beginning(SqlitePoolOptions::new())
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |conn, _meta| {
@@ -162,7 +162,9 @@ impl Store for Sqlite {
         _: Isolation,
         _: Option<Duration>,
         _: uuid::Uuid,
+        _: bool,
     ) -> Result<(), Error> {
+        // Its savepoint marks the group's first member as well.
         transaction::begin(conn).await
     }
 
@@ -177,6 +179,21 @@ impl Store for Sqlite {
         _: bool,
     ) -> Result<bool, Error> {
         transaction::commit(conn).await
+    }
+
+    async fn commit_group(
+        conn: &mut SqliteConnection,
+        _: uuid::Uuid,
+        marks: &[(&'static str, Vec<EventId>)],
+    ) -> Result<GroupEnd, Error> {
+        // Each member released its savepoint: the transaction is the group's.
+        for (handler, event_ids) in marks {
+            if transaction::mark_done(conn, event_ids, handler).await? != event_ids.len() {
+                return Ok(GroupEnd::AlreadyDone);
+            }
+        }
+        transaction::commit(conn).await?;
+        Ok(GroupEnd::Committed)
     }
 
     async fn rollback(conn: &mut SqliteConnection) -> Result<(), Error> {
