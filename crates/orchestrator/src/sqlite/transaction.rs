@@ -127,23 +127,24 @@ pub(super) async fn mark_done(
     event_ids: &[EventId],
     handler: &str,
 ) -> Result<usize, Error> {
-    // One writer: the append and the delete see the same rows.
+    // One batch of two statements (one hand-off to the connection's thread). One writer:
+    // the append and the delete see the same rows, one change each (an append that
+    // updates a conflicting row counts once), so the batch's changes are twice the marks.
     let mut done = 0;
     for chunk in event_ids.chunks(CHUNK) {
-        let mut append = QueryBuilder::<Sqlite>::new(
+        let mut batch = QueryBuilder::<Sqlite>::new(
             "INSERT INTO keel_done (event_id, handler, attempts) \
              SELECT event_id, handler, attempts FROM keel_deliveries",
         );
-        pending_of(&mut append, handler, chunk);
-        append.push(concat!(
+        pending_of(&mut batch, handler, chunk);
+        batch.push(concat!(
             " ON CONFLICT (event_id, handler) DO UPDATE SET attempts = excluded.attempts, \
              done_at = ",
-            now_ms!()
+            now_ms!(),
+            "; DELETE FROM keel_deliveries"
         ));
-        append.build().execute(&mut *conn).await?;
-        let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM keel_deliveries");
-        pending_of(&mut delete, handler, chunk);
-        done += delete.build().execute(&mut *conn).await?.rows_affected() as usize;
+        pending_of(&mut batch, handler, chunk);
+        done += batch.build().execute(&mut *conn).await?.rows_affected() as usize / 2;
     }
     Ok(done)
 }
