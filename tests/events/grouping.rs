@@ -27,6 +27,11 @@ enum Fault {
     /// Its delivery is processed by another process first (one whose lease it took over):
     /// that process writes the effect and marks the delivery done, then this one runs.
     DoneElsewhere,
+    /// Writes its effect, then ends the group's transaction with a `ROLLBACK` by hand and
+    /// returns `Ok`: the members after it must not write outside the transaction.
+    RolledBackByHand,
+    /// Writes its effect, then commits the group's transaction by hand and returns `Ok`.
+    CommittedByHand,
 }
 
 /// The other process of [`Fault::DoneElsewhere`]: a second pool on the test's database.
@@ -80,6 +85,12 @@ async fn handle(event: &OrderPlaced, ctx: &mut HandlerContext, fault: Fault) -> 
                     .await?;
             }
             Fault::TimesOut => tokio::time::sleep(Duration::from_secs(5)).await,
+            Fault::RolledBackByHand => {
+                sqlx::raw_sql("ROLLBACK").execute(tx.conn()).await?;
+            }
+            Fault::CommittedByHand => {
+                sqlx::raw_sql("COMMIT").execute(tx.conn()).await?;
+            }
         }
         Ok(())
     })
@@ -111,6 +122,12 @@ async fn slow(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
 async fn raced(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
     handle(e, ctx, Fault::DoneElsewhere).await
 }
+async fn rolls_back(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    handle(e, ctx, Fault::RolledBackByHand).await
+}
+async fn commits(e: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Error> {
+    handle(e, ctx, Fault::CommittedByHand).await
+}
 
 fn app(db: Database, grouping: GroupCommit, fault: Fault) -> App {
     let mut registry = Registry::new();
@@ -120,6 +137,8 @@ fn app(db: Database, grouping: GroupCommit, fault: Fault) -> App {
         Fault::RefusedStatement => Handler::new::<OrderPlaced, _>("effects", refused),
         Fault::TimesOut => Handler::new::<OrderPlaced, _>("effects", slow),
         Fault::DoneElsewhere => Handler::new::<OrderPlaced, _>("effects", raced),
+        Fault::RolledBackByHand => Handler::new::<OrderPlaced, _>("effects", rolls_back),
+        Fault::CommittedByHand => Handler::new::<OrderPlaced, _>("effects", commits),
     };
     registry.register(handler.retry(quick_retry(3))).unwrap();
     App::builder(db, registry)
@@ -201,6 +220,10 @@ async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
         // wait for the group's connection: some time out too, and run again. (Counted from
         // the done log's attempts: a failure is not recorded once its lease has expired,
         // which a loaded machine with a pool of one connection reaches.)
+        // The members after it may fail to begin in the ended transaction, and run again.
+        Fault::RolledBackByHand | Fault::CommittedByHand => {
+            assert!(failed >= 20, "{failed} failed attempts")
+        }
         Fault::TimesOut => {
             let retried = count(&db, "SELECT COUNT(*) FROM keel_done WHERE attempts > 1").await;
             assert!(retried >= 20, "{retried} deliveries ran more than once");
@@ -235,7 +258,8 @@ async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
 }
 
 macro_rules! grouping_tests {
-    ($($name:ident: $grouping:expr, $fault:expr;)+) => {$(
+    ($($(#[$attr:meta])* $name:ident: $grouping:expr, $fault:expr;)+) => {$(
+        $(#[$attr])*
         #[tokio::test(flavor = "current_thread")]
         async fn $name() {
             if let Some(test) = keel_testing::TestDatabase::<super::B>::new().await {
@@ -256,4 +280,16 @@ grouping_tests! {
     optimistic_survives_a_member_timing_out: GroupCommit::optimistic(), Fault::TimesOut;
     savepoints_undo_a_group_whose_member_was_done_elsewhere: GroupCommit::savepoints(), Fault::DoneElsewhere;
     optimistic_undoes_a_group_whose_member_was_done_elsewhere: GroupCommit::optimistic(), Fault::DoneElsewhere;
+    savepoints_refuse_a_member_that_rolls_back_by_hand: GroupCommit::savepoints(), Fault::RolledBackByHand;
+    // Known holes of group commit (see the delivery guide): the members' done marks are
+    // written at the group's end, so a `COMMIT` by hand commits the effects of the members
+    // before it without their marks, and after a `ROLLBACK` by hand the statements of an
+    // optimistic group's next members commit one by one on PostgreSQL. Their members then
+    // run again alone, and an effect happens twice.
+    #[ignore = "known hole: a ROLLBACK by hand in an optimistic group on PostgreSQL"]
+    optimistic_refuses_a_member_that_rolls_back_by_hand: GroupCommit::optimistic(), Fault::RolledBackByHand;
+    #[ignore = "known hole: a COMMIT by hand inside a group"]
+    savepoints_refuse_a_member_that_commits_by_hand: GroupCommit::savepoints(), Fault::CommittedByHand;
+    #[ignore = "known hole: a COMMIT by hand inside a group"]
+    optimistic_refuses_a_member_that_commits_by_hand: GroupCommit::optimistic(), Fault::CommittedByHand;
 }

@@ -140,6 +140,11 @@ struct Slot<B: sqlx::Database> {
     conn: Option<PoolConnection<B>>,
     /// SQLite's process-wide write lock, held for the whole group.
     _writer: Option<OwnedMutexGuard<()>>,
+    /// The last member recorded nothing and left its check ([`Store::verify`]) to the
+    /// next round trip: the next member's begin, or the group's commit.
+    ///
+    /// [`Store::verify`]: crate::store::Store::verify
+    unchecked: bool,
 }
 
 /// How a group ended, for its members waiting on it.
@@ -233,6 +238,7 @@ impl<B: Backend> Database<B> {
             conn: Arc::new(tokio::sync::Mutex::new(Slot {
                 conn: None,
                 _writer: None,
+                unchecked: false,
             })),
             ended: watch::Sender::new(None),
         });
@@ -277,15 +283,28 @@ impl<B: Backend> Database<B> {
                 }
             }
         }
+        let unchecked = std::mem::take(&mut slot.unchecked);
         let Some(conn) = slot.conn.as_mut() else {
             return Membership::Undone;
         };
         member.working = true;
         let savepoint = settings.savepoints || B::MARKS_WITH_SAVEPOINT;
-        if !opener && let Err(error) = B::member_begin(conn, settings.savepoints).await {
-            member.working = false;
-            member.leave(Some(Undo::Rollback));
-            return Membership::Ran(Err(error));
+        if !opener {
+            match B::member_begin(conn, settings.savepoints, unchecked).await {
+                Ok(true) => {}
+                // The member before this one ended the transaction: nothing of the group
+                // commits, and each member runs again alone (that one fails there).
+                Ok(false) => {
+                    member.working = false;
+                    member.leave(Some(Undo::Close));
+                    return Membership::Undone;
+                }
+                Err(error) => {
+                    member.working = false;
+                    member.leave(Some(Undo::Rollback));
+                    return Membership::Ran(Err(error));
+                }
+            }
         }
         // The same steps as alone (`transaction.rs`), but the processed marker, which the
         // group writes for all its members before it commits: the steps, the check that
@@ -309,11 +328,11 @@ impl<B: Backend> Database<B> {
             Ok(value) if writes => B::write_outbox(conn, &outgoing)
                 .await
                 .map(|kept| kept.then_some(value)),
-            Ok(value) => B::verify(conn, group.marker)
-                .await
-                .map(|kept| kept.then_some(value)),
+            // Checked in the group's next round trip, which writes nothing before the check.
+            Ok(value) => Ok(Some(value)),
             Err(error) => Err(error),
         };
+        let unchecked = matches!(checked, Ok(Some(_))) && !writes;
         let value = match checked {
             Ok(Some(value)) => value,
             Ok(None) => {
@@ -334,6 +353,7 @@ impl<B: Backend> Database<B> {
             }
         };
         member.working = false;
+        slot.unchecked = unchecked;
         {
             let mut state = group.state();
             if writes && outgoing.leaves_for_relay() {
@@ -403,6 +423,7 @@ impl<B: Backend> Database<B> {
         Ok(Slot {
             conn: Some(conn),
             _writer: writer,
+            unchecked: false,
         })
     }
 }
@@ -432,6 +453,7 @@ async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
     // Members queued for the connection take their turn first (the lock is fair); they see
     // an undone group and leave.
     let mut slot = group.conn.clone().lock_owned().await;
+    let unchecked = slot.unchecked;
     let (mut undo, relay_work, members, marks) = {
         let mut state = group.state();
         let marks = std::mem::take(&mut state.marks);
@@ -449,31 +471,33 @@ async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
             }
             Ended::Undone
         }
-        (Some(mut conn), None) => match B::commit_group(&mut conn, group.marker, &marks).await {
-            Ok(GroupEnd::Committed) => {
-                if relay_work {
-                    db.notify_relays(&mut conn).await;
+        (Some(mut conn), None) => {
+            match B::commit_group(&mut conn, group.marker, &marks, unchecked).await {
+                Ok(GroupEnd::Committed) => {
+                    if relay_work {
+                        db.notify_relays(&mut conn).await;
+                    }
+                    Ended::Committed
                 }
-                Ended::Committed
-            }
-            // Its members run again alone, where a delivery done already does not run.
-            Ok(GroupEnd::AlreadyDone) => {
-                undo = Some(Undo::Rollback);
-                if B::rollback(&mut conn).await.is_err() {
+                // Its members run again alone, where a delivery done already does not run.
+                Ok(GroupEnd::AlreadyDone) => {
+                    undo = Some(Undo::Rollback);
+                    if B::rollback(&mut conn).await.is_err() {
+                        conn.close_on_drop();
+                    }
+                    Ended::Undone
+                }
+                Err(Error::ConnectionLost(source)) => {
                     conn.close_on_drop();
+                    Ended::Unknown(Arc::new(source))
                 }
-                Ended::Undone
+                // Replaced (members check it; never expected) or refused: nothing committed.
+                Ok(GroupEnd::Replaced) | Err(_) => {
+                    conn.close_on_drop();
+                    Ended::Undone
+                }
             }
-            Err(Error::ConnectionLost(source)) => {
-                conn.close_on_drop();
-                Ended::Unknown(Arc::new(source))
-            }
-            // Replaced (members check it; never expected) or refused: nothing committed.
-            Ok(GroupEnd::Replaced) | Err(_) => {
-                conn.close_on_drop();
-                Ended::Undone
-            }
-        },
+        }
     };
     match ended {
         Ended::Committed => crate::telemetry::group_commit(members, true),
@@ -483,6 +507,7 @@ async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
     *slot = Slot {
         conn: None,
         _writer: None,
+        unchecked: false,
     };
     drop(slot);
     group.ended.send_replace(Some(ended));

@@ -145,10 +145,12 @@ pub trait Store: sqlx::Database {
     /// Ends a group: marks its members' deliveries done (`marks`, by handler) and commits,
     /// if the transaction still is the one begun with `marker` and every delivery was
     /// still pending (on PostgreSQL, checks, marks and `COMMIT` in one round trip).
+    /// `unchecked`: as for [`Store::member_begin`], for the last member.
     fn commit_group(
         conn: &mut Connection<Self>,
         marker: uuid::Uuid,
         marks: &[(&'static str, Vec<EventId>)],
+        unchecked: bool,
     ) -> impl Future<Output = Result<GroupEnd, Error>> + Send;
 
     /// Rolls the transaction back.
@@ -159,11 +161,14 @@ pub trait Store: sqlx::Database {
     const MARKS_WITH_SAVEPOINT: bool;
 
     /// Starts a member of a group inside the group's transaction: in a savepoint of its own
-    /// when `savepoint` (or when [`Store::MARKS_WITH_SAVEPOINT`]).
+    /// when `savepoint` (or when [`Store::MARKS_WITH_SAVEPOINT`]). `unchecked`: the member
+    /// before it recorded nothing, and its [`Store::verify`] comes in this round trip;
+    /// `Ok(false)`, beginning nothing, when that member's steps ended the transaction.
     fn member_begin(
         conn: &mut Connection<Self>,
         savepoint: bool,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+        unchecked: bool,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Undoes what the member begun last wrote, back to its savepoint.
     fn member_rollback(

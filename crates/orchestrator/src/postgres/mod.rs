@@ -162,6 +162,7 @@ impl Store for Postgres {
         conn: &mut PgConnection,
         marker: uuid::Uuid,
         marks: &[(&'static str, Vec<EventId>)],
+        _: bool,
     ) -> Result<GroupEnd, Error> {
         transaction::commit_group(conn, marker, marks).await
     }
@@ -172,11 +173,16 @@ impl Store for Postgres {
 
     const MARKS_WITH_SAVEPOINT: bool = false;
 
-    async fn member_begin(conn: &mut PgConnection, savepoint: bool) -> Result<(), Error> {
+    /// [`Store::verify`] has nothing to check here: `unchecked` needs no statement.
+    async fn member_begin(
+        conn: &mut PgConnection,
+        savepoint: bool,
+        _: bool,
+    ) -> Result<bool, Error> {
         if savepoint {
             transaction::savepoint(conn).await?;
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn member_rollback(conn: &mut PgConnection) -> Result<(), Error> {

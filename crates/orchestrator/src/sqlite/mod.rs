@@ -185,15 +185,9 @@ impl Store for Sqlite {
         conn: &mut SqliteConnection,
         _: uuid::Uuid,
         marks: &[(&'static str, Vec<EventId>)],
+        unchecked: bool,
     ) -> Result<GroupEnd, Error> {
-        // Each member released its savepoint: the transaction is the group's.
-        for (handler, event_ids) in marks {
-            if transaction::mark_done(conn, event_ids, handler).await? != event_ids.len() {
-                return Ok(GroupEnd::AlreadyDone);
-            }
-        }
-        transaction::commit(conn).await?;
-        Ok(GroupEnd::Committed)
+        transaction::commit_group(conn, marks, unchecked).await
     }
 
     async fn rollback(conn: &mut SqliteConnection) -> Result<(), Error> {
@@ -202,8 +196,12 @@ impl Store for Sqlite {
 
     const MARKS_WITH_SAVEPOINT: bool = true;
 
-    async fn member_begin(conn: &mut SqliteConnection, _: bool) -> Result<(), Error> {
-        transaction::member_begin(conn).await
+    async fn member_begin(
+        conn: &mut SqliteConnection,
+        _: bool,
+        unchecked: bool,
+    ) -> Result<bool, Error> {
+        transaction::member_begin(conn, unchecked).await
     }
 
     async fn member_rollback(conn: &mut SqliteConnection) -> Result<(), Error> {

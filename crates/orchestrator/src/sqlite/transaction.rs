@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 
 use super::{CHUNK, now_ms, savepoint};
 use crate::lock::is_identifier;
-use crate::store::Saved;
+use crate::store::{GroupEnd, Saved};
 use crate::{Error, Key, Locked, RowLock};
 
 fn bind_key<'q>(
@@ -33,12 +33,28 @@ pub(super) async fn begin(conn: &mut SqliteConnection) -> Result<(), Error> {
     Ok(())
 }
 
-/// A group member's marker, which [`verify`] releases like a unit of work's own.
-pub(super) async fn member_begin(conn: &mut SqliteConnection) -> Result<(), Error> {
-    sqlx::raw_sql(concat!("SAVEPOINT ", savepoint!()))
-        .execute(conn)
-        .await?;
-    Ok(())
+/// A group member's marker, which [`verify`] releases like a unit of work's own; when the
+/// member before it is `unchecked`, its release comes first, in the same batch: `Ok(false)`
+/// when that member's steps ended the transaction.
+pub(super) async fn member_begin(
+    conn: &mut SqliteConnection,
+    unchecked: bool,
+) -> Result<bool, Error> {
+    let sql = if unchecked {
+        concat!("RELEASE ", savepoint!(), "; SAVEPOINT ", savepoint!())
+    } else {
+        concat!("SAVEPOINT ", savepoint!())
+    };
+    match sqlx::raw_sql(sql).execute(conn).await {
+        Ok(_) => Ok(true),
+        Err(error) if is_unmarked(&error) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Whether `error` says the unit of work's savepoint is gone: its transaction ended.
+fn is_unmarked(error: &sqlx::Error) -> bool {
+    error.to_string().contains("no such savepoint")
 }
 
 /// `ROLLBACK TO` keeps the savepoint; the release ends it.
@@ -60,9 +76,54 @@ pub(super) async fn verify(conn: &mut SqliteConnection) -> Result<bool, Error> {
         .await
     {
         Ok(_) => Ok(true),
-        Err(error) if error.to_string().contains("no such savepoint") => Ok(false),
+        Err(error) if is_unmarked(&error) => Ok(false),
         Err(error) => Err(error.into()),
     }
+}
+
+/// A group's end: the last member's release when it is `unchecked`, every done mark in one
+/// batch (several when the marks exceed a chunk), then `COMMIT`. The release is a round
+/// trip of its own: in a batch, a statement that is not a write reports the changes of
+/// the write before it, which would blur the count of marks.
+pub(super) async fn commit_group(
+    conn: &mut SqliteConnection,
+    marks: &[(&'static str, Vec<EventId>)],
+    unchecked: bool,
+) -> Result<GroupEnd, Error> {
+    if unchecked && !verify(&mut *conn).await? {
+        return Ok(GroupEnd::Replaced);
+    }
+    let mut batches = Vec::new();
+    let mut batch = QueryBuilder::<Sqlite>::new("");
+    let (mut in_batch, mut statements) = (0, 0);
+    let mut expected = 0;
+    for (handler, event_ids) in marks {
+        for chunk in event_ids.chunks(CHUNK) {
+            if in_batch > 0 && in_batch + chunk.len() > CHUNK {
+                batches.push(std::mem::replace(&mut batch, QueryBuilder::new("")));
+                (in_batch, statements) = (0, 0);
+            }
+            if statements > 0 {
+                batch.push("; ");
+            }
+            push_marks(&mut batch, handler, chunk);
+            (in_batch, statements) = (in_batch + chunk.len(), statements + 2);
+            expected += chunk.len() as u64;
+        }
+    }
+    if statements > 0 {
+        batches.push(batch);
+    }
+    let mut changes = 0;
+    for mut batch in batches {
+        changes += batch.build().execute(&mut *conn).await?.rows_affected();
+    }
+    // Two changes per mark (see `mark_done`).
+    if changes != 2 * expected {
+        return Ok(GroupEnd::AlreadyDone);
+    }
+    commit(conn).await?;
+    Ok(GroupEnd::Committed)
 }
 
 pub(super) async fn commit(conn: &mut SqliteConnection) -> Result<bool, Error> {
@@ -127,26 +188,32 @@ pub(super) async fn mark_done(
     event_ids: &[EventId],
     handler: &str,
 ) -> Result<usize, Error> {
-    // One batch of two statements (one hand-off to the connection's thread). One writer:
-    // the append and the delete see the same rows, one change each (an append that
-    // updates a conflicting row counts once), so the batch's changes are twice the marks.
     let mut done = 0;
     for chunk in event_ids.chunks(CHUNK) {
-        let mut batch = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO keel_done (event_id, handler, attempts) \
-             SELECT event_id, handler, attempts FROM keel_deliveries",
-        );
-        pending_of(&mut batch, handler, chunk);
-        batch.push(concat!(
-            " ON CONFLICT (event_id, handler) DO UPDATE SET attempts = excluded.attempts, \
-             done_at = ",
-            now_ms!(),
-            "; DELETE FROM keel_deliveries"
-        ));
-        pending_of(&mut batch, handler, chunk);
+        let mut batch = QueryBuilder::<Sqlite>::new("");
+        push_marks(&mut batch, handler, chunk);
         done += batch.build().execute(&mut *conn).await?.rows_affected() as usize / 2;
     }
     Ok(done)
+}
+
+/// The done marks of `event_ids` to `handler` as two statements of a batch (one hand-off
+/// to the connection's thread). One writer: the append and the delete see the same rows,
+/// one change each (an append that updates a conflicting row counts once), so the
+/// statements make two changes per delivery marked.
+fn push_marks(batch: &mut QueryBuilder<Sqlite>, handler: &str, event_ids: &[EventId]) {
+    batch.push(
+        "INSERT INTO keel_done (event_id, handler, attempts) \
+         SELECT event_id, handler, attempts FROM keel_deliveries",
+    );
+    pending_of(batch, handler, event_ids);
+    batch.push(concat!(
+        " ON CONFLICT (event_id, handler) DO UPDATE SET attempts = excluded.attempts, \
+         done_at = ",
+        now_ms!(),
+        "; DELETE FROM keel_deliveries"
+    ));
+    pending_of(batch, handler, event_ids);
 }
 
 /// ` WHERE` the pending deliveries of `event_ids` to `handler`.
