@@ -418,7 +418,7 @@ impl<B: Backend> Database<B> {
         };
         // Groupable options: the default isolation, no lock timeout of their own.
         let conn = self
-            .begun(options.name, None, options, marker, savepoints)
+            .begun(options.name, None, options, marker, Some(savepoints))
             .await?;
         Ok(Slot {
             conn: Some(conn),

@@ -112,15 +112,16 @@ pub trait Store: sqlx::Database {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Opens a unit of work's transaction on `conn`, marked with `marker` so that its end
-    /// can tell whether it still is the transaction it began. For a group's transaction,
-    /// its first member is begun too, as [`Store::member_begin`] would with
-    /// `member_savepoint` (in the same round trip).
+    /// can tell whether it still is the transaction it began. `group`: `None` for a unit of
+    /// work alone; for a group's transaction, whether its members run in savepoints. A
+    /// group's transaction is guarded (a `COMMIT` run by hand fails), and its first member
+    /// is begun too, as [`Store::member_begin`] would (in the same round trip).
     fn begin(
         conn: &mut Connection<Self>,
         isolation: Isolation,
         lock_timeout: Option<Duration>,
         marker: uuid::Uuid,
-        member_savepoint: bool,
+        group: Option<bool>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// After steps that recorded nothing: whether `conn` is still in the transaction

@@ -48,7 +48,7 @@ impl<B: Backend> Database<B> {
         };
         let marker = crate::marker::new();
         let conn = self
-            .begun(options.name, Some(holding.id()), options, marker, false)
+            .begun(options.name, Some(holding.id()), options, marker, None)
             .await?;
         let mut open = Open { conn, ended: false };
         let outcome = self
@@ -68,14 +68,14 @@ impl<B: Backend> Database<B> {
     /// `marker`. The connection is taken untested: the `BEGIN` tests it, and when it finds
     /// the connection lost (a server restart, an operator's terminate), nothing began, so
     /// it is closed and the transaction begun on a tested connection instead (see the
-    /// module documentation of `pool`). `member_savepoint`: see [`Store::begin`].
+    /// module documentation of `pool`). `group`: see [`Store::begin`].
     pub(crate) async fn begun(
         &self,
         name: &'static str,
         holder: Option<u64>,
         options: &UnitOfWorkOptions,
         marker: uuid::Uuid,
-        member_savepoint: bool,
+        group: Option<bool>,
     ) -> Result<PoolConnection<B>, Error> {
         let mut tested = false;
         loop {
@@ -99,7 +99,7 @@ impl<B: Backend> Database<B> {
                         options.isolation,
                         options.lock_timeout,
                         marker,
-                        member_savepoint,
+                        group,
                     )
                     .await
                 }

@@ -86,6 +86,7 @@ impl Store for Postgres {
         "0011_mark_few.sql",
         "0012_generic_plans.sql",
         "0013_claim_from.sql",
+        "0014_group_guard.sql",
     );
 
     async fn run_migrations(
@@ -138,9 +139,9 @@ impl Store for Postgres {
         isolation: Isolation,
         lock_timeout: Option<Duration>,
         marker: uuid::Uuid,
-        member_savepoint: bool,
+        group: Option<bool>,
     ) -> Result<(), Error> {
-        transaction::begin(conn, isolation, lock_timeout, marker, member_savepoint).await
+        transaction::begin(conn, isolation, lock_timeout, marker, group).await
     }
 
     /// The marker is checked by the outbox write and by the commit themselves, in their

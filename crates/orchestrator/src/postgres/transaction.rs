@@ -78,19 +78,23 @@ fn lock_sql(lock: &RowLock) -> String {
 }
 
 /// `BEGIN`, the marker and the lock timeout in one round trip (a simple query).
+///
+/// A group's transaction (`group`: whether its members run in savepoints) also holds a row
+/// of `keel_group_guard`, which makes any `COMMIT` but the group's own fail (migration
+/// `0014_group_guard.sql`), and begins its first member.
 pub(super) async fn begin(
     conn: &mut PgConnection,
     isolation: Isolation,
     lock_timeout: Option<Duration>,
     marker: uuid::Uuid,
-    member_savepoint: bool,
+    group: Option<bool>,
 ) -> Result<(), Error> {
     let begin = match isolation {
         Isolation::ReadCommitted => "BEGIN",
         Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
         Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
     };
-    let mut sql = String::with_capacity(128);
+    let mut sql = String::with_capacity(256);
     sql.push_str(begin);
     sql.push_str("; SET LOCAL ");
     sql.push_str(MARKER);
@@ -107,9 +111,15 @@ pub(super) async fn begin(
             timeout.as_millis().max(1)
         ));
     }
-    if member_savepoint {
-        sql.push_str("; ");
-        sql.push_str(SAVEPOINT);
+    if let Some(savepoint) = group {
+        sql.push_str(&format!(
+            "; INSERT INTO keel_group_guard (marker, missing) VALUES ('{marker}', '{}')",
+            uuid::Uuid::nil()
+        ));
+        if savepoint {
+            sql.push_str("; ");
+            sql.push_str(SAVEPOINT);
+        }
     }
     sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
     Ok(())
@@ -164,6 +174,9 @@ pub(super) async fn commit_group(
     marks: &[(&'static str, Vec<EventId>)],
 ) -> Result<GroupEnd, Error> {
     let mut sql = check(marker, Isolation::default());
+    sql.push_str(&format!(
+        "DELETE FROM keel_group_guard WHERE marker = '{marker}'; "
+    ));
     for (handler, event_ids) in marks {
         let function = if event_ids.len() <= FEW_MARKS {
             "keel_mark_done_few"

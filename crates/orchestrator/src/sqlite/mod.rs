@@ -114,6 +114,7 @@ impl Store for Sqlite {
         "0005_done_log.sql",
         "0006_headers.sql",
         "0007_relays.sql",
+        "0008_group_guard.sql",
     );
 
     async fn run_migrations(
@@ -161,11 +162,11 @@ impl Store for Sqlite {
         conn: &mut SqliteConnection,
         _: Isolation,
         _: Option<Duration>,
-        _: uuid::Uuid,
-        _: bool,
+        marker: uuid::Uuid,
+        group: Option<bool>,
     ) -> Result<(), Error> {
         // Its savepoint marks the group's first member as well.
-        transaction::begin(conn).await
+        transaction::begin(conn, group.map(|_| marker)).await
     }
 
     async fn verify(conn: &mut SqliteConnection, _: uuid::Uuid) -> Result<bool, Error> {
@@ -183,11 +184,11 @@ impl Store for Sqlite {
 
     async fn commit_group(
         conn: &mut SqliteConnection,
-        _: uuid::Uuid,
+        marker: uuid::Uuid,
         marks: &[(&'static str, Vec<EventId>)],
         unchecked: bool,
     ) -> Result<GroupEnd, Error> {
-        transaction::commit_group(conn, marks, unchecked).await
+        transaction::commit_group(conn, marker, marks, unchecked).await
     }
 
     async fn rollback(conn: &mut SqliteConnection) -> Result<(), Error> {
