@@ -11,3 +11,22 @@ CREATE UNLOGGED TABLE keel_group_guard (
     marker UUID PRIMARY KEY,
     missing UUID NOT NULL REFERENCES keel_group_guard (marker) DEFERRABLE INITIALLY DEFERRED
 );
+
+-- The guard's writes, in functions so that their plans are kept per session (a group sends
+-- them in simple queries, which PostgreSQL would otherwise plan at every call).
+CREATE FUNCTION keel_guard_group(the_marker UUID) RETURNS VOID
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO keel_group_guard (marker, missing)
+    VALUES (the_marker, '00000000-0000-0000-0000-000000000000');
+END
+$$;
+
+CREATE FUNCTION keel_unguard_group(the_marker UUID) RETURNS VOID
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    DELETE FROM keel_group_guard WHERE marker = the_marker;
+END
+$$;

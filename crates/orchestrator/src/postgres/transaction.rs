@@ -112,10 +112,7 @@ pub(super) async fn begin(
         ));
     }
     if let Some(savepoint) = group {
-        sql.push_str(&format!(
-            "; INSERT INTO keel_group_guard (marker, missing) VALUES ('{marker}', '{}')",
-            uuid::Uuid::nil()
-        ));
+        sql.push_str(&format!("; SELECT keel_guard_group('{marker}')"));
         if savepoint {
             sql.push_str("; ");
             sql.push_str(SAVEPOINT);
@@ -174,9 +171,7 @@ pub(super) async fn commit_group(
     marks: &[(&'static str, Vec<EventId>)],
 ) -> Result<GroupEnd, Error> {
     let mut sql = check(marker, Isolation::default());
-    sql.push_str(&format!(
-        "DELETE FROM keel_group_guard WHERE marker = '{marker}'; "
-    ));
+    sql.push_str(&format!("SELECT keel_unguard_group('{marker}'); "));
     for (handler, event_ids) in marks {
         let function = if event_ids.len() <= FEW_MARKS {
             "keel_mark_done_few"

@@ -25,28 +25,24 @@ fn bind_key<'q>(
 /// `BEGIN IMMEDIATE` takes the write lock up front, so two writers never deadlock
 /// upgrading a read lock (SQLite transactions are serializable). The savepoint marks
 /// the transaction: it vanishes with a `COMMIT` or `ROLLBACK` run by hand, and another
-/// connection does not have it. A group's transaction (`group`: its marker) also holds a
-/// row of `keel_group_guard`, whose missing reference makes any `COMMIT` but the group's
-/// own fail (migration `0008_group_guard.sql`); it is written before the savepoint, so a
-/// member rolled back to it keeps the guard.
-pub(super) async fn begin(
-    conn: &mut SqliteConnection,
-    group: Option<uuid::Uuid>,
-) -> Result<(), Error> {
-    match group {
-        None => {
-            sqlx::raw_sql(concat!("BEGIN IMMEDIATE; SAVEPOINT ", savepoint!()))
-                .execute(conn)
-                .await?;
-        }
-        Some(marker) => {
-            let sql = format!(
-                "BEGIN IMMEDIATE; INSERT INTO keel_group_guard (marker, missing) \
-                 VALUES ('{marker}', ''); SAVEPOINT {}",
-                savepoint!()
-            );
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
-        }
+/// connection does not have it. A group's transaction (`group`) also holds the row of
+/// `keel_group_guard` (a temporary table of each connection, see `open`), whose missing
+/// reference makes any `COMMIT` but the group's own fail; it is written before the
+/// savepoint, so a member rolled back to it keeps the guard. Its statements have a fixed
+/// text, kept prepared by the driver (a connection runs one transaction at a time).
+pub(super) async fn begin(conn: &mut SqliteConnection, group: bool) -> Result<(), Error> {
+    if group {
+        sqlx::query(concat!(
+            "BEGIN IMMEDIATE; INSERT INTO keel_group_guard (marker, missing) ",
+            "VALUES ('group', ''); SAVEPOINT ",
+            savepoint!()
+        ))
+        .execute(conn)
+        .await?;
+    } else {
+        sqlx::raw_sql(concat!("BEGIN IMMEDIATE; SAVEPOINT ", savepoint!()))
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }
@@ -105,7 +101,6 @@ pub(super) async fn verify(conn: &mut SqliteConnection) -> Result<bool, Error> {
 /// the write before it, which would blur the count of marks.
 pub(super) async fn commit_group(
     conn: &mut SqliteConnection,
-    marker: uuid::Uuid,
     marks: &[(&'static str, Vec<EventId>)],
     unchecked: bool,
 ) -> Result<GroupEnd, Error> {
@@ -141,8 +136,9 @@ pub(super) async fn commit_group(
     if changes != 2 * expected {
         return Ok(GroupEnd::AlreadyDone);
     }
-    let end = format!("DELETE FROM keel_group_guard WHERE marker = '{marker}'; COMMIT");
-    sqlx::raw_sql(AssertSqlSafe(end)).execute(conn).await?;
+    sqlx::query("DELETE FROM keel_group_guard WHERE marker = 'group'; COMMIT")
+        .execute(conn)
+        .await?;
     Ok(GroupEnd::Committed)
 }
 
