@@ -7,9 +7,15 @@
 -- (`DEFERRABLE INITIALLY DEFERRED`): any `COMMIT` fails while the row is there, and the
 -- group deletes it in the round trip of its own `COMMIT`. Unlogged: the row never outlives
 -- its transaction, so it needs no WAL.
+--
+-- The reference points at a table that stays empty, not at the guard itself: deleting a
+-- guard row then checks nothing (a row of a referenced table would be looked up in every
+-- referencing row, a scan at every commit).
+CREATE UNLOGGED TABLE keel_group_guard_none (id UUID PRIMARY KEY);
+
 CREATE UNLOGGED TABLE keel_group_guard (
     marker UUID PRIMARY KEY,
-    missing UUID NOT NULL REFERENCES keel_group_guard (marker) DEFERRABLE INITIALLY DEFERRED
+    missing UUID NOT NULL REFERENCES keel_group_guard_none (id) DEFERRABLE INITIALLY DEFERRED
 );
 
 -- The guard's writes, in functions so that their plans are kept per session (a group sends
