@@ -128,7 +128,7 @@ struct Inner<B: sqlx::Database> {
     /// SQLite allows one writer: units of work of this process queue here instead of
     /// spinning in SQLite's busy handler.
     writer: Arc<tokio::sync::Mutex<()>>,
-    /// The group of units of work taking members (see `group.rs`).
+    /// The group of units of work taking members (see the `group` module).
     open_group: crate::group::OpenGroup<B>,
     /// Kept to open an independent pool (`connect_again`); holds the unredacted URL, so
     /// it is never printed.

@@ -28,77 +28,20 @@
 //! members run, and closes as soon as none is left: a lone unit of work is not delayed, and
 //! groups grow with the load.
 
+mod end;
+mod settings;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use tokio::sync::{Notify, OwnedMutexGuard, watch};
-use tokio::time::Instant;
 
 use keel_domain::EventId;
 
 use crate::outbox::Outgoing;
-use crate::store::GroupEnd;
 use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions};
-
-/// How units of work that run at the same time share one commit (see the module
-/// documentation of `group`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GroupCommit {
-    pub(crate) max_members: usize,
-    pub(crate) window: Duration,
-    pub(crate) savepoints: bool,
-}
-
-impl GroupCommit {
-    /// Each member in a savepoint: a failing member is rolled back alone, at one extra round
-    /// trip per member. Up to [`GroupCommit::MEMBERS`] members, no window.
-    pub fn savepoints() -> Self {
-        GroupCommit {
-            max_members: Self::MEMBERS,
-            window: Duration::ZERO,
-            savepoints: true,
-        }
-    }
-
-    /// No savepoints: a failing member rolls the whole group back, and its other members
-    /// run again, each alone. Up to [`GroupCommit::MEMBERS`] members, no window.
-    pub fn optimistic() -> Self {
-        GroupCommit {
-            max_members: Self::MEMBERS,
-            window: Duration::ZERO,
-            savepoints: false,
-        }
-    }
-
-    /// The default size of a group. Members take turns on one connection, so a large group
-    /// makes its last members wait for the others' statements: with 8 concurrent groups of
-    /// 8 rather than 1 group of 64, the benchmark delivered twice as fast (`docs/benchmarks.md`).
-    pub const MEMBERS: usize = 8;
-
-    /// The most members a group takes (at least 1); with savepoints, at most 60
-    /// (PostgreSQL keeps 64 subtransactions per transaction in shared memory; beyond that
-    /// every snapshot on the server slows down).
-    #[must_use]
-    pub fn max_members(mut self, members: usize) -> Self {
-        let cap = if self.savepoints { 60 } else { usize::MAX };
-        self.max_members = members.clamp(1, cap);
-        self
-    }
-
-    /// How long a group stays open for more members after its first one: the latency a
-    /// unit of work may gain. Zero: a group closes as soon as no member is running.
-    #[must_use]
-    pub fn window(mut self, window: Duration) -> Self {
-        self.window = window;
-        self
-    }
-
-    /// Whether members run in savepoints.
-    pub fn uses_savepoints(&self) -> bool {
-        self.savepoints
-    }
-}
+use end::drive;
+pub use settings::GroupCommit;
 
 /// The open group of a database, if any (one per [`Database`] and its clones).
 pub(crate) type OpenGroup<B> = std::sync::Mutex<Option<Arc<Group<B>>>>;
@@ -426,89 +369,4 @@ impl<B: Backend> Database<B> {
             unchecked: false,
         })
     }
-}
-
-/// Closes `group` when it is full, or when its window passed and no member runs, or as
-/// soon as a member undid it; then commits or rolls back, and tells the members.
-async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
-    let deadline = Instant::now() + group.settings.window;
-    loop {
-        let changed = group.changed.notified();
-        {
-            let mut state = group.state();
-            let full = state.joined >= group.settings.max_members;
-            let due = full || Instant::now() >= deadline;
-            if full || state.undo.is_some() || (due && state.running == 0) {
-                state.closed = true;
-            }
-            if state.closed && (state.running == 0 || state.undo.is_some()) {
-                break;
-            }
-        }
-        tokio::select! {
-            () = changed => {}
-            () = tokio::time::sleep_until(deadline), if Instant::now() < deadline => {}
-        }
-    }
-    // Members queued for the connection take their turn first (the lock is fair); they see
-    // an undone group and leave.
-    let mut slot = group.conn.clone().lock_owned().await;
-    let unchecked = slot.unchecked;
-    let (mut undo, relay_work, members, marks) = {
-        let mut state = group.state();
-        let marks = std::mem::take(&mut state.marks);
-        (state.undo, state.relay_work, state.joined, marks)
-    };
-    let ended = match (slot.conn.take(), undo) {
-        (None, _) => Ended::Undone,
-        (Some(mut conn), Some(Undo::Close)) => {
-            conn.close_on_drop();
-            Ended::Undone
-        }
-        (Some(mut conn), Some(Undo::Rollback)) => {
-            if B::rollback(&mut conn).await.is_err() {
-                conn.close_on_drop();
-            }
-            Ended::Undone
-        }
-        (Some(mut conn), None) => {
-            match B::commit_group(&mut conn, group.marker, &marks, unchecked).await {
-                Ok(GroupEnd::Committed) => {
-                    if relay_work {
-                        db.notify_relays(&mut conn).await;
-                    }
-                    Ended::Committed
-                }
-                // Its members run again alone, where a delivery done already does not run.
-                Ok(GroupEnd::AlreadyDone) => {
-                    undo = Some(Undo::Rollback);
-                    if B::rollback(&mut conn).await.is_err() {
-                        conn.close_on_drop();
-                    }
-                    Ended::Undone
-                }
-                Err(Error::ConnectionLost(source)) => {
-                    conn.close_on_drop();
-                    Ended::Unknown(Arc::new(source))
-                }
-                // Replaced (members check it; never expected) or refused: nothing committed.
-                Ok(GroupEnd::Replaced) | Err(_) => {
-                    conn.close_on_drop();
-                    Ended::Undone
-                }
-            }
-        }
-    };
-    match ended {
-        Ended::Committed => crate::telemetry::group_commit(members, true),
-        Ended::Undone if undo.is_some() => crate::telemetry::group_commit(members, false),
-        _ => {}
-    }
-    *slot = Slot {
-        conn: None,
-        _writer: None,
-        unchecked: false,
-    };
-    drop(slot);
-    group.ended.send_replace(Some(ended));
 }

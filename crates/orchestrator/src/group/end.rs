@@ -1,0 +1,94 @@
+//! A group's end: it closes, then commits or rolls back, and tells its members.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{Ended, Group, Slot, Undo};
+use crate::store::GroupEnd;
+use crate::{Backend, Database, Error};
+
+/// Closes `group` when it is full, or when its window passed and no member runs, or as
+/// soon as a member undid it; then commits or rolls back, and tells the members.
+pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
+    let deadline = Instant::now() + group.settings.window;
+    loop {
+        let changed = group.changed.notified();
+        {
+            let mut state = group.state();
+            let full = state.joined >= group.settings.max_members;
+            let due = full || Instant::now() >= deadline;
+            if full || state.undo.is_some() || (due && state.running == 0) {
+                state.closed = true;
+            }
+            if state.closed && (state.running == 0 || state.undo.is_some()) {
+                break;
+            }
+        }
+        tokio::select! {
+            () = changed => {}
+            () = tokio::time::sleep_until(deadline), if Instant::now() < deadline => {}
+        }
+    }
+    // Members queued for the connection take their turn first (the lock is fair); they see
+    // an undone group and leave.
+    let mut slot = group.conn.clone().lock_owned().await;
+    let unchecked = slot.unchecked;
+    let (mut undo, relay_work, members, marks) = {
+        let mut state = group.state();
+        let marks = std::mem::take(&mut state.marks);
+        (state.undo, state.relay_work, state.joined, marks)
+    };
+    let ended = match (slot.conn.take(), undo) {
+        (None, _) => Ended::Undone,
+        (Some(mut conn), Some(Undo::Close)) => {
+            conn.close_on_drop();
+            Ended::Undone
+        }
+        (Some(mut conn), Some(Undo::Rollback)) => {
+            if B::rollback(&mut conn).await.is_err() {
+                conn.close_on_drop();
+            }
+            Ended::Undone
+        }
+        (Some(mut conn), None) => {
+            match B::commit_group(&mut conn, group.marker, &marks, unchecked).await {
+                Ok(GroupEnd::Committed) => {
+                    if relay_work {
+                        db.notify_relays(&mut conn).await;
+                    }
+                    Ended::Committed
+                }
+                // Its members run again alone, where a delivery done already does not run.
+                Ok(GroupEnd::AlreadyDone) => {
+                    undo = Some(Undo::Rollback);
+                    if B::rollback(&mut conn).await.is_err() {
+                        conn.close_on_drop();
+                    }
+                    Ended::Undone
+                }
+                Err(Error::ConnectionLost(source)) => {
+                    conn.close_on_drop();
+                    Ended::Unknown(Arc::new(source))
+                }
+                // Replaced (members check it; never expected) or refused: nothing committed.
+                Ok(GroupEnd::Replaced) | Err(_) => {
+                    conn.close_on_drop();
+                    Ended::Undone
+                }
+            }
+        }
+    };
+    match ended {
+        Ended::Committed => crate::telemetry::group_commit(members, true),
+        Ended::Undone if undo.is_some() => crate::telemetry::group_commit(members, false),
+        _ => {}
+    }
+    *slot = Slot {
+        conn: None,
+        _writer: None,
+        unchecked: false,
+    };
+    drop(slot);
+    group.ended.send_replace(Some(ended));
+}

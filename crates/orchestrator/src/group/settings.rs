@@ -1,0 +1,62 @@
+//! The settings of group commit (see the module documentation of `group`).
+
+use std::time::Duration;
+
+/// How units of work that run at the same time share one commit (see the module
+/// documentation of `group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCommit {
+    pub(crate) max_members: usize,
+    pub(crate) window: Duration,
+    pub(crate) savepoints: bool,
+}
+
+impl GroupCommit {
+    /// Each member in a savepoint: a failing member is rolled back alone, at one extra round
+    /// trip per member. Up to [`GroupCommit::MEMBERS`] members, no window.
+    pub fn savepoints() -> Self {
+        GroupCommit {
+            max_members: Self::MEMBERS,
+            window: Duration::ZERO,
+            savepoints: true,
+        }
+    }
+
+    /// No savepoints: a failing member rolls the whole group back, and its other members
+    /// run again, each alone. Up to [`GroupCommit::MEMBERS`] members, no window.
+    pub fn optimistic() -> Self {
+        GroupCommit {
+            max_members: Self::MEMBERS,
+            window: Duration::ZERO,
+            savepoints: false,
+        }
+    }
+
+    /// The default size of a group. Members take turns on one connection, so a large group
+    /// makes its last members wait for the others' statements: with 8 concurrent groups of
+    /// 8 rather than 1 group of 64, the benchmark delivered twice as fast (`docs/benchmarks.md`).
+    pub const MEMBERS: usize = 8;
+
+    /// The most members a group takes (at least 1); with savepoints, at most 60
+    /// (PostgreSQL keeps 64 subtransactions per transaction in shared memory; beyond that
+    /// every snapshot on the server slows down).
+    #[must_use]
+    pub fn max_members(mut self, members: usize) -> Self {
+        let cap = if self.savepoints { 60 } else { usize::MAX };
+        self.max_members = members.clamp(1, cap);
+        self
+    }
+
+    /// How long a group stays open for more members after its first one: the latency a
+    /// unit of work may gain. Zero: a group closes as soon as no member is running.
+    #[must_use]
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Whether members run in savepoints.
+    pub fn uses_savepoints(&self) -> bool {
+        self.savepoints
+    }
+}
