@@ -48,7 +48,7 @@ impl<B: Backend> Database<B> {
         };
         let marker = crate::marker::new();
         let conn = self
-            .begun(options.name, Some(holding.id()), options, marker, None)
+            .begun(options, Some(holding.id()), marker, None)
             .await?;
         let mut open = Open { conn, ended: false };
         let outcome = self
@@ -71,9 +71,8 @@ impl<B: Backend> Database<B> {
     /// module documentation of `pool`). `group`: see [`Store::begin`].
     pub(crate) async fn begun(
         &self,
-        name: &'static str,
-        holder: Option<u64>,
         options: &UnitOfWorkOptions,
+        holder: Option<u64>,
         marker: uuid::Uuid,
         group: Option<bool>,
     ) -> Result<PoolConnection<B>, Error> {
@@ -86,7 +85,7 @@ impl<B: Backend> Database<B> {
             };
             let mut conn = match acquired {
                 Ok(conn) => conn,
-                Err(error) => return Err(self.exhausted(name, holder, error).await),
+                Err(error) => return Err(self.exhausted(options.name, holder, error).await),
             };
             let begun = match options.lock_timeout {
                 Some(timeout) => B::before_begin(&mut conn, timeout).await,

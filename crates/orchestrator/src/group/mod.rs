@@ -360,9 +360,7 @@ impl<B: Backend> Database<B> {
             None
         };
         // Groupable options: the default isolation, no lock timeout of their own.
-        let conn = self
-            .begun(options.name, None, options, marker, Some(savepoints))
-            .await?;
+        let conn = self.begun(options, None, marker, Some(savepoints)).await?;
         Ok(Slot {
             conn: Some(conn),
             _writer: writer,

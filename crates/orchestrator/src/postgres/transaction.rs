@@ -1,6 +1,7 @@
 //! The statements of a unit of work on Postgres: begin, verify, commit, locks, versions, the
 //! processed marker.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use keel_domain::EventId;
@@ -178,14 +179,15 @@ pub(super) async fn commit_group(
         } else {
             "keel_mark_done"
         };
-        let ids: Vec<String> = event_ids.iter().map(|id| id.to_string()).collect();
-        sql.push_str(&format!(
-            "SELECT CASE WHEN {function}({}, '{{{}}}'::uuid[], false) = {} \
-             THEN '' ELSE current_setting('{ALREADY_DONE}') END; ",
-            literal(handler),
-            ids.join(","),
+        let _ = write!(sql, "SELECT CASE WHEN {function}({}, '{{", literal(handler));
+        for (n, id) in event_ids.iter().enumerate() {
+            let _ = write!(sql, "{}{id}", if n == 0 { "" } else { "," });
+        }
+        let _ = write!(
+            sql,
+            "}}'::uuid[], false) = {} THEN '' ELSE current_setting('{ALREADY_DONE}') END; ",
             event_ids.len()
-        ));
+        );
     }
     sql.push_str(concat!("COMMIT; ", reset!()));
     match sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await {

@@ -109,23 +109,24 @@ pub(super) async fn commit_group(
     }
     let mut batches = Vec::new();
     let mut batch = QueryBuilder::<Sqlite>::new("");
-    let (mut in_batch, mut statements) = (0, 0);
+    // Deliveries in the batch being built (chunks are never empty).
+    let mut in_batch = 0;
     let mut expected = 0;
     for (handler, event_ids) in marks {
         for chunk in event_ids.chunks(CHUNK) {
             if in_batch > 0 && in_batch + chunk.len() > CHUNK {
                 batches.push(std::mem::replace(&mut batch, QueryBuilder::new("")));
-                (in_batch, statements) = (0, 0);
+                in_batch = 0;
             }
-            if statements > 0 {
+            if in_batch > 0 {
                 batch.push("; ");
             }
             push_marks(&mut batch, handler, chunk);
-            (in_batch, statements) = (in_batch + chunk.len(), statements + 2);
+            in_batch += chunk.len();
             expected += chunk.len() as u64;
         }
     }
-    if statements > 0 {
+    if in_batch > 0 {
         batches.push(batch);
     }
     let mut changes = 0;
