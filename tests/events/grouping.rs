@@ -282,10 +282,6 @@ grouping_tests! {
     savepoints_undo_a_group_whose_member_was_done_elsewhere: GroupCommit::savepoints(), Fault::DoneElsewhere;
     optimistic_undoes_a_group_whose_member_was_done_elsewhere: GroupCommit::optimistic(), Fault::DoneElsewhere;
     savepoints_refuse_a_member_that_rolls_back_by_hand: GroupCommit::savepoints(), Fault::RolledBackByHand;
-    // On PostgreSQL, after a `ROLLBACK` by hand in an optimistic group, the next members'
-    // statements commit one by one, outside the group: refused only with savepoints (see
-    // the delivery guide). SQLite marks every member with a savepoint and refuses it.
-    #[ignore = "known limit: a ROLLBACK by hand in an optimistic group on PostgreSQL"]
     optimistic_refuses_a_member_that_rolls_back_by_hand: GroupCommit::optimistic(), Fault::RolledBackByHand;
     savepoints_refuse_a_member_that_commits_by_hand: GroupCommit::savepoints(), Fault::CommittedByHand;
     optimistic_refuses_a_member_that_commits_by_hand: GroupCommit::optimistic(), Fault::CommittedByHand;

@@ -78,11 +78,23 @@ fn lock_sql(lock: &RowLock) -> String {
     )
 }
 
+/// Before an optimistic group's `BEGIN`, in a transaction of its own: the session's
+/// transactions are read-only by default until the group's end resets it. The group's
+/// transaction is begun `READ WRITE`; if a member ends it by hand (`ROLLBACK`), the next
+/// members' statements would each commit on their own, outside the group, and now fail
+/// instead: the group is undone and its members run again alone. (With savepoints, the
+/// next member's `SAVEPOINT` fails outside a transaction.) `client_min_messages` keeps
+/// PostgreSQL from warning that the `COMMIT` of an implicit transaction has none in
+/// progress.
+const OPTIMISTIC_GROUP_DEFAULT: &str = "SET default_transaction_read_only = on; \
+     SET LOCAL client_min_messages = error; COMMIT; ";
+
 /// `BEGIN`, the marker and the lock timeout in one round trip (a simple query).
 ///
 /// A group's transaction (`group`: whether its members run in savepoints) also holds a row
 /// of `keel_group_guard`, which makes any `COMMIT` but the group's own fail (migration
-/// `0014_group_guard.sql`), and begins its first member.
+/// `0014_group_guard.sql`), and begins its first member. An optimistic group's is also
+/// protected against a `ROLLBACK` by hand ([`OPTIMISTIC_GROUP_DEFAULT`]).
 pub(super) async fn begin(
     conn: &mut PgConnection,
     isolation: Isolation,
@@ -95,8 +107,14 @@ pub(super) async fn begin(
         Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
         Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
     };
-    let mut sql = String::with_capacity(256);
+    let mut sql = String::with_capacity(320);
+    if group == Some(false) {
+        sql.push_str(OPTIMISTIC_GROUP_DEFAULT);
+    }
     sql.push_str(begin);
+    if group == Some(false) {
+        sql.push_str(" READ WRITE");
+    }
     sql.push_str("; SET LOCAL ");
     sql.push_str(MARKER);
     sql.push_str(" = '");
@@ -204,8 +222,12 @@ fn literal(text: &str) -> String {
     format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
 }
 
+/// `ROLLBACK`, and the reset of what a group's transaction set for the session before it
+/// began ([`OPTIMISTIC_GROUP_DEFAULT`]), as its commit resets it.
 pub(super) async fn rollback(conn: &mut PgConnection) -> Result<(), Error> {
-    sqlx::raw_sql("ROLLBACK").execute(conn).await?;
+    sqlx::raw_sql(concat!("ROLLBACK; ", reset!()))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
