@@ -35,6 +35,8 @@ mod story;
 mod telemetry;
 mod use_cases;
 
+#[cfg(all(test, feature = "postgres"))]
+mod outage_tests;
 #[cfg(test)]
 mod service_tests;
 #[cfg(test)]
