@@ -45,6 +45,28 @@ impl<T: ?Sized> Id<T> {
     }
 }
 
+/// The UUID, to bind in a `uuid` column: `.bind(Uuid::from(ctx.event_id()))`.
+///
+/// ```
+/// use keel_domain::Id;
+/// struct Post;
+/// let id: Id<Post> = Id::new();
+/// let uuid = uuid::Uuid::from(id);
+/// assert_eq!(Id::<Post>::from(uuid), id);
+/// ```
+impl<T: ?Sized> From<Id<T>> for Uuid {
+    fn from(id: Id<T>) -> Self {
+        id.uuid
+    }
+}
+
+/// An id read from a `uuid` column.
+impl<T: ?Sized> From<Uuid> for Id<T> {
+    fn from(uuid: Uuid) -> Self {
+        Id::from_uuid(uuid)
+    }
+}
+
 impl<T: ?Sized> Default for Id<T> {
     fn default() -> Self {
         Self::new()
