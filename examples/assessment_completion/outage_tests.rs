@@ -83,18 +83,7 @@ async fn an_outage_answers_503_then_recovers(db: Database<sqlx::Postgres>, url: 
         .unwrap();
     crate::seed_demo_data(&proxied).await.unwrap();
     stub();
-    let app = crate::start(proxied).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::http::serve(
-        app,
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-        LIMITS,
-    ));
+    let (base, stop, server) = crate::tests::serve(crate::start(proxied).unwrap()).await;
     let client = reqwest::Client::new();
     let complete = |id: i64| {
         client

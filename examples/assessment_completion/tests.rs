@@ -48,6 +48,30 @@ pub const LIMITS: crate::http::Limits = crate::http::Limits {
 };
 
 /// The test database (Keel's tables migrated) with the example's tables and seed data.
+/// What [`serve`] gives back: the base URL, the sender that stops the server, its task.
+pub(crate) type Served = (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+);
+
+/// Serves `app`'s HTTP adapter on a free local port, with the test limits, until the
+/// returned sender fires.
+pub(crate) async fn serve<B: Schema>(app: App<B>) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::http::serve(
+        app,
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+        LIMITS,
+    ));
+    (base, stop, server)
+}
+
 async fn app<B: Schema>(db: &Database<B>) -> App<B> {
     stub();
     db.run_migrations(B::migrations()).await.unwrap();
@@ -200,18 +224,7 @@ async fn fifty_concurrent_completions_commit_once<B: Schema>(db: Database<B>) {
 
 /// The HTTP adapter, on a real server and a real client.
 async fn the_http_service_maps_every_outcome<B: Schema>(db: Database<B>) {
-    let app = app(&db).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::http::serve(
-        app,
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-        LIMITS,
-    ));
+    let (base, stop, server) = serve(app(&db).await).await;
     let client = reqwest::Client::new();
     let post = |path: &str| client.post(format!("{base}{path}")).send();
     let get = |path: &str| client.get(format!("{base}{path}")).send();
