@@ -110,10 +110,10 @@ pub(super) async fn begin(
     let mut sql = String::with_capacity(320);
     if group == Some(false) {
         sql.push_str(OPTIMISTIC_GROUP_DEFAULT);
-    }
-    sql.push_str(begin);
-    if group == Some(false) {
+        sql.push_str(begin);
         sql.push_str(" READ WRITE");
+    } else {
+        sql.push_str(begin);
     }
     sql.push_str("; SET LOCAL ");
     sql.push_str(MARKER);
