@@ -301,8 +301,57 @@ keel_testing::backend_tests!(
     a_retry_runs_when_due_not_at_the_next_poll,
     a_failure_that_says_when_is_retried_then,
     retried_with_backoff_then_dead_then_retried_from_the_api,
+    a_retry_is_never_due_before_its_delay_after_the_stamped_failure,
     a_delay_beyond_any_clock_is_recorded_not_a_panic
 );
+
+/// Each failure's stamp (`failed_at`, what operators and the dead letter show) and its
+/// retry's due time come from one reading of the database's clock: the retry is never due
+/// sooner after the stamped failure than the policy's delay, not even by a millisecond.
+async fn a_retry_is_never_due_before_its_delay_after_the_stamped_failure(db: Database) {
+    const EVENTS: i64 = 200;
+    schema(&db).await;
+    let app = app(
+        &db,
+        registry(vec![
+            Handler::new::<Ticked, _>("always_fails", always_fails).retry(
+                RetryPolicy::default()
+                    .base_delay(Duration::from_secs(3600))
+                    .jitter(0.0),
+            ),
+        ]),
+    );
+    for seq in 1..=EVENTS {
+        tick(&mut app.session(), seq).await;
+    }
+    let failed = "SELECT COUNT(*) FROM keel_delivery_errors";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while scalar(&db, failed).await < EVENTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every delivery failed once"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let early = scalar(
+        &db,
+        if POSTGRES {
+            "SELECT COUNT(*) FROM keel_deliveries d JOIN keel_delivery_errors f
+                 ON f.event_id = d.event_id AND f.handler = d.handler
+             WHERE d.next_attempt_at < f.failed_at + interval '1 hour'"
+        } else {
+            "SELECT COUNT(*) FROM keel_deliveries d JOIN keel_delivery_errors f
+                 ON f.event_id = d.event_id AND f.handler = d.handler
+             WHERE d.next_attempt_at < f.failed_at + 3600000"
+        },
+    )
+    .await;
+    assert_eq!(
+        early, 0,
+        "retries due before their delay after the stamped failure"
+    );
+    app.shutdown().await.unwrap();
+}
 
 async fn always_fails(_: &Ticked, _: &mut HandlerContext) -> Result<(), Error> {
     Err(Error::Database(sqlx::Error::Protocol(

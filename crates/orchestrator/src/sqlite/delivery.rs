@@ -66,6 +66,7 @@ pub(super) async fn record_failure(
                     &claim.handler,
                     claim.attempt,
                     error,
+                    Some(now),
                 )
                 .await?;
             }
@@ -75,22 +76,28 @@ pub(super) async fn record_failure(
         .map(|receipt| receipt.into_value())
 }
 
+/// Stamped `failed_at` with the reading of the clock its retry's due time was computed
+/// from, when there is one: the clock read a statement later could be a millisecond past.
 async fn insert_error(
     conn: &mut SqliteConnection,
     event_id: &str,
     handler: &str,
     attempt: u32,
     error: &str,
+    failed_at: Option<i64>,
 ) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO keel_delivery_errors (event_id, handler, attempt, error)
-         VALUES ($1, $2, $3, $4) ON CONFLICT (event_id, handler, attempt)
-         DO UPDATE SET error = keel_delivery_errors.error || char(10) || excluded.error",
-    )
+    sqlx::query(concat!(
+        "INSERT INTO keel_delivery_errors (event_id, handler, attempt, error, failed_at)
+         VALUES ($1, $2, $3, $4, COALESCE($5, ",
+        now_ms!(),
+        ")) ON CONFLICT (event_id, handler, attempt)
+         DO UPDATE SET error = keel_delivery_errors.error || char(10) || excluded.error"
+    ))
     .bind(event_id)
     .bind(handler)
     .bind(attempt as i32)
     .bind(error)
+    .bind(failed_at)
     .execute(conn)
     .await?;
     Ok(())
@@ -155,7 +162,7 @@ pub(super) async fn route_unrouted(
                     let error = no_handler_error(name);
                     insert_delivery(tx.conn(), id, NO_HANDLER, DEAD, Some(&error), None, None)
                         .await?;
-                    insert_error(tx.conn(), id, NO_HANDLER, 0, &error).await?;
+                    insert_error(tx.conn(), id, NO_HANDLER, 0, &error, None).await?;
                 }
                 for handler in handlers {
                     insert_delivery(tx.conn(), id, handler, PENDING, None, key, *seq).await?;
