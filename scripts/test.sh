@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a real PostgreSQL, on SQLite and through a real NATS JetStream.
 #
-# Checks formatting, lints, the API documentation and a PostgreSQL-only build; starts a
+# Checks formatting, lints, the API documentation and single-backend builds; starts a
 # throwaway PostgreSQL cluster and a throwaway JetStream server (installing PostgreSQL and
 # nats-server with apt-get if they are missing), runs `cargo test --workspace` against them
 # and against SQLite, runs the flagship example on both backends, and stops both servers on
@@ -73,6 +73,11 @@ if [ $# -eq 0 ]; then
     echo "keel with only the postgres feature still depends on SQLite" >&2
     exit 1
   fi
+  say "single-backend builds (postgres alone, sqlite alone) compile and lint clean"
+  for backend in postgres sqlite; do
+    cargo clippy -q -p keel --all-targets --no-default-features --features "$backend" \
+      -- -D warnings
+  done
   # Every test, then the examples as step 4 runs them (the facade's features alone; the
   # root Cargo.toml aligns them with the workspace's, so this adds no compilation), while
   # apt-get may still be running.
