@@ -129,7 +129,7 @@ const USAGE: &str = "usage: keel-bench <scenario> [--json FILE] [--svg DIR] [opt
 
 scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
   uow       a unit of work (UPDATE one row + record one event) vs the same statements in
-            raw sqlx, 8 tasks: ratio = Keel/raw time per op (goal <= 1.05)
+            raw sqlx, 8 tasks: ratio = Keel/raw time per op (goal <= 1.02)
   delivery  events/s from commit to handler effect, N producers: Keel vs a hand-written
             sqlx pipeline (the ceiling), Keel's producers alone (no delivery), sqlxmq,
             apalis and Graphile Worker (goals: vs_raw >= 0.8, vs_producer_only >= 0.9,
