@@ -1,4 +1,5 @@
-//! `latency`: time from commit to handler start.
+//! `latency`: time from commit to handler start (and, in `grouping`, to the handler's
+//! effect committed).
 //!
 //! - in-process (fast path): the producer's process delivers its own commit. The clock
 //!   starts when the unit of work returns its receipt (the `COMMIT` has completed) and stops
@@ -23,6 +24,7 @@ use keel::{DeliveryOptions, Error, sqlx};
 use crate::Report;
 use crate::chart;
 use crate::common::{self, Touched};
+use crate::grouping;
 use crate::uow::verdict;
 
 /// Pause between two events.
@@ -279,5 +281,6 @@ pub async fn run(url: &str, n: u64, svg: Option<&Path>) -> Result<Report, String
     report.set("in_process_p99_ms", l99);
     report.set("cross_process_p50_ms", r50);
     report.set("cross_process_p99_ms", r99);
+    grouping::run(url, n, &mut report).await?;
     Ok(report)
 }

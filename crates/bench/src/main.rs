@@ -17,6 +17,7 @@ mod cluster;
 mod common;
 mod delivery;
 mod drain;
+mod grouping;
 mod latency;
 mod likes;
 mod nats;
@@ -32,7 +33,7 @@ use std::process::ExitCode;
 /// Figures of one scenario, printed as the `RESULT` line and written as JSON.
 pub struct Report {
     scenario: &'static str,
-    figures: BTreeMap<&'static str, f64>,
+    figures: BTreeMap<String, f64>,
 }
 
 impl Report {
@@ -43,8 +44,8 @@ impl Report {
         }
     }
 
-    fn set(&mut self, key: &'static str, value: f64) {
-        self.figures.insert(key, value);
+    fn set(&mut self, key: impl Into<String>, value: f64) {
+        self.figures.insert(key.into(), value);
     }
 
     fn result_line(&self) -> String {
@@ -141,7 +142,9 @@ scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
   likes     N users like one post: unit of work + row lock (A) vs the command bus with
             batches (B), against the hot-row SELECT ... FOR UPDATE; UPDATE rate (goal B >= 5x)
   latency   commit -> handler start, p50/p99, in-process and cross-process (goals: p50 <= 1 ms
-            in-process, p99 <= 20 ms cross-process); with --svg, the distribution
+            in-process, p99 <= 20 ms cross-process); with --svg, the distribution. Then
+            commit -> handler's effect committed with group commit off, with savepoints
+            and optimistic, one producer and four (what grouping costs in latency)
   nats      commit -> handler start in another service through NATS JetStream (a throwaway
             nats-server; goal p99 <= 20 ms), then 1, 2 and 4 consumer processes sharing
             the work of a 5 ms handler (goal: 4 processes >= 3.5x one)
