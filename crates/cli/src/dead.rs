@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use crate::args::{Bulk, DeadAction, Output, Select};
 use crate::failure::Failure;
 use crate::status::table;
+use crate::stdout::{out, outln};
 
 /// What `list` and `show` print when `--limit` is not given.
 const SHOWN: u32 = 100;
@@ -22,8 +23,8 @@ pub(crate) async fn run<B: Backend>(
         DeadAction::List(select) => {
             let letters = find(admin, &select, SHOWN).await?;
             match out {
-                Output::Json => println!("{}", Value::Array(letters.iter().map(to_json).collect())),
-                Output::Text => print!("{}", list_text(&letters)),
+                Output::Json => outln!("{}", Value::Array(letters.iter().map(to_json).collect())),
+                Output::Text => out!("{}", list_text(&letters)),
             }
             Ok(())
         }
@@ -33,8 +34,8 @@ pub(crate) async fn run<B: Backend>(
                 return Err(Failure::nothing("no dead delivery matches"));
             }
             match out {
-                Output::Json => println!("{}", Value::Array(letters.iter().map(to_json).collect())),
-                Output::Text => letters.iter().for_each(|l| print!("{}", show_text(l))),
+                Output::Json => outln!("{}", Value::Array(letters.iter().map(to_json).collect())),
+                Output::Text => letters.iter().for_each(|l| out!("{}", show_text(l))),
             }
             Ok(())
         }
@@ -126,12 +127,12 @@ async fn apply<B: Backend>(
                 .iter()
                 .map(|l| json!({ "event_id": l.event_id.to_string(), "handler": l.handler }))
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 json!({ act.done(): changed.len(), "deliveries": deliveries })
             );
         }
-        Output::Text => println!("{} {}", act.done(), deliveries(changed.len())),
+        Output::Text => outln!("{} {}", act.done(), deliveries(changed.len())),
     }
     Ok(())
 }

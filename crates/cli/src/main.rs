@@ -14,6 +14,7 @@ mod dead;
 mod failure;
 mod maintain;
 mod status;
+mod stdout;
 
 use std::process::ExitCode;
 

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::args::{Output, PurgeArgs, RepublishArgs};
 use crate::failure::Failure;
+use crate::stdout::outln;
 
 /// The prefix of the handler names of the forwarders to the broker (`keel::nats`).
 const FORWARDER_PREFIX: &str = "forward:";
@@ -23,9 +24,9 @@ pub(crate) async fn migrate<B: Backend>(db: &Database<B>, json: bool) -> Result<
         SchemaState::Current | SchemaState::Newer { .. } => "already up to date".to_owned(),
     };
     if json {
-        println!("{}", json!({ "migrated": applied }));
+        outln!("{}", json!({ "migrated": applied }));
     } else {
-        println!("{applied} on {}", db.url());
+        outln!("{applied} on {}", db.url());
     }
     Ok(())
 }
@@ -52,8 +53,8 @@ pub(crate) async fn purge<B: Backend>(
         .await
         .map_err(Failure::database("purge"))?;
     match out {
-        Output::Json => println!("{}", json!({ "removed": removed })),
-        Output::Text => println!("purged {removed} rows"),
+        Output::Json => outln!("{}", json!({ "removed": removed })),
+        Output::Text => outln!("purged {removed} rows"),
     }
     Ok(())
 }
@@ -101,11 +102,11 @@ pub(crate) async fn republish<B: Backend>(
                 .iter()
                 .map(|(handler, count)| ((*handler).clone(), json!(count)))
                 .collect();
-            println!("{}", json!({ "republished": per }));
+            outln!("{}", json!({ "republished": per }));
         }
         Output::Text => {
             for (handler, count) in created {
-                println!("{handler}: {count} events to publish again");
+                outln!("{handler}: {count} events to publish again");
             }
         }
     }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::args::{Output, StatusArgs};
 use crate::failure::Failure;
+use crate::stdout::{out, outln};
 
 pub(crate) async fn run<B: Backend>(
     admin: &Admin<B>,
@@ -24,7 +25,7 @@ pub(crate) async fn run<B: Backend>(
     loop {
         let status = read(admin).await?;
         if clear {
-            print!("\x1b[2J\x1b[H");
+            out!("\x1b[2J\x1b[H");
         }
         print(&status, out);
         tokio::select! {
@@ -43,8 +44,8 @@ async fn read<B: Backend>(admin: &Admin<B>) -> Result<Status, Failure> {
 
 fn print(status: &Status, out: Output) {
     match out {
-        Output::Json => println!("{}", to_json(status)),
-        Output::Text => print!("{}", to_text(status)),
+        Output::Json => outln!("{}", to_json(status)),
+        Output::Text => out!("{}", to_text(status)),
     }
 }
 

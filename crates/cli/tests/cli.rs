@@ -301,6 +301,49 @@ async fn errors<B: TestBackend>() {
     );
 }
 
+/// `keel status --watch` piped into a reader that stops after the first line (`| head -1`):
+/// the next write finds the pipe closed, and the command ends quietly with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_ends_quietly_when_its_reader_goes() {
+    use std::io::Read;
+    let Some(test) = TestDatabase::<keel::sqlx::Sqlite>::new().await else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["status", "--watch", "1"])
+        .env("DATABASE_URL", test.url())
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the keel binary runs");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).expect("a first table");
+    drop(stdout);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keel status --watch kept running after its reader went"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.is_empty(), "stderr: {stderr}");
+}
+
 mod postgres {
     type B = keel::sqlx::Postgres;
 
