@@ -45,6 +45,30 @@ async fn an_unreachable_server_is_reported_without_the_password() {
     assert!(!format!("{err:?}").contains("hunter2"));
 }
 
+/// A server that refuses the connection (no such database) is quoted in its own words,
+/// without the line of PostgreSQL's source code that the driver's message appends.
+#[tokio::test]
+async fn a_database_the_server_refuses_is_named_in_its_words() {
+    let Some(test) = keel_testing::TestDatabase::<Postgres>::new().await else {
+        return;
+    };
+    let (base, query) = test.url().split_once('?').unwrap_or((test.url(), ""));
+    let server = &base[..base.rfind('/').expect("a database in the URL")];
+    let url = format!("{server}/keel_no_such_database?{query}");
+    let err = keel::DatabaseOptions::new(&url)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect::<Postgres>()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Unreachable { .. }), "{text}");
+    assert!(
+        text.contains("database \"keel_no_such_database\" does not exist"),
+        "{text}"
+    );
+    assert!(!text.contains(" at line "), "{text}");
+}
+
 #[tokio::test]
 async fn a_url_for_the_other_backend_is_refused_by_name() {
     let err = keel::Database::<Postgres>::connect("sqlite:data/x.db")

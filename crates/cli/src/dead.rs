@@ -26,12 +26,19 @@ pub(crate) async fn run<B: Backend>(
                 Output::Json => outln!("{}", Value::Array(letters.iter().map(to_json).collect())),
                 Output::Text => out!("{}", list_text(&letters)),
             }
+            if letters.is_empty() {
+                if let Some(hint) = handler_hint(admin, &select).await {
+                    eprintln!("note: {hint}");
+                }
+            } else if select.limit.is_none() && letters.len() == SHOWN as usize {
+                eprintln!("note: the first {SHOWN} shown; pass --limit N for more");
+            }
             Ok(())
         }
         DeadAction::Show(select) => {
             let letters = find(admin, &select, SHOWN).await?;
             if letters.is_empty() {
-                return Err(Failure::nothing("no dead delivery matches"));
+                return Err(nothing_matches(admin, &select, "").await);
             }
             match out {
                 Output::Json => outln!("{}", Value::Array(letters.iter().map(to_json).collect())),
@@ -54,6 +61,41 @@ async fn find<B: Backend>(
         .find(&select.filter(limit))
         .await
         .map_err(Failure::database("read the dead letter"))
+}
+
+/// "No dead delivery matches" (then `then`), with the hint of [`handler_hint`] if any.
+async fn nothing_matches<B: Backend>(admin: &Admin<B>, select: &Select, then: &str) -> Failure {
+    let hint = handler_hint(admin, select)
+        .await
+        .map(|hint| format!("; {hint}"))
+        .unwrap_or_default();
+    Failure::nothing(format!("no dead delivery matches{then}{hint}"))
+}
+
+/// When `--handler` names no handler of this database: which recorded handlers end with
+/// that name (a handler registered with `register_handler!` is named by its function's
+/// path, `my_service::handlers::notify_partner`).
+async fn handler_hint<B: Backend>(admin: &Admin<B>, select: &Select) -> Option<String> {
+    let name = select.handler.as_deref()?;
+    let status = admin.status().await.ok()?;
+    let mut names: Vec<&str> = status.handlers.iter().map(|h| h.handler.as_str()).collect();
+    if names.contains(&name) {
+        return None;
+    }
+    names.retain(|known| known.ends_with(&format!("::{name}")));
+    names.sort_unstable();
+    names.dedup();
+    Some(match names.as_slice() {
+        [] => format!("no handler is named `{name}` (`keel status` lists them)"),
+        _ => format!(
+            "no handler is named `{name}`; handler names are whole, did you mean {}?",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -93,9 +135,8 @@ async fn apply<B: Backend>(
     }
     let letters = find(admin, &bulk.select, u32::MAX).await?;
     if letters.is_empty() {
-        return Err(Failure::nothing(format!(
-            "no dead delivery matches: nothing to {verb}"
-        )));
+        let nothing_to = format!(": nothing to {verb}");
+        return Err(nothing_matches(admin, &bulk.select, &nothing_to).await);
     }
     if letters.len() > 1 && !bulk.yes {
         confirm(&format!("{verb} {}?", deliveries(letters.len())), verb)?;

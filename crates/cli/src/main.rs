@@ -121,7 +121,8 @@ async fn check_schema<B: Backend>(db: &Database<B>) -> Result<(), Failure> {
             db.url()
         ))),
         SchemaState::Behind { pending } => Err(Failure::failed(format!(
-            "{pending} of Keel's migrations are not applied to {}: run `keel migrate` first",
+            "{pending} of Keel's migrations {} not applied to {}: run `keel migrate` first",
+            if pending == 1 { "is" } else { "are" },
             db.url()
         ))),
         SchemaState::Newer { found, known } => Err(Failure::failed(format!(

@@ -54,7 +54,10 @@ pub(crate) async fn purge<B: Backend>(
         .map_err(Failure::database("purge"))?;
     match out {
         Output::Json => outln!("{}", json!({ "removed": removed })),
-        Output::Text => outln!("purged {removed} rows"),
+        Output::Text => outln!(
+            "purged {removed} rows (deliveries, their error history, events no delivery needs \
+             any more, idle ordering keys)"
+        ),
     }
     Ok(())
 }

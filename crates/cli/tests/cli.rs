@@ -34,6 +34,9 @@ impl DomainEvent for Noted {
     }
 }
 
+/// The name of `broken`'s handler: a path, as `register_handler!` names handlers.
+const BROKEN: &str = "partner::broken";
+
 /// The runs whose partner is fixed: `broken` fails until its run is in here.
 static FIXED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
@@ -159,7 +162,7 @@ async fn scenario<B: TestBackend>() {
         .register(Handler::new::<Noted, _>("ok", ok::<B>))
         .unwrap();
     registry
-        .register(Handler::new::<Noted, _>("broken", broken::<B>).retry(fast))
+        .register(Handler::new::<Noted, _>(BROKEN, broken::<B>).retry(fast))
         .unwrap();
     registry
         .register(Handler::new::<Noted, _>("later", later::<B>).retry(slow))
@@ -180,7 +183,7 @@ async fn scenario<B: TestBackend>() {
     }
     let admin = Admin::new(db.clone());
     wait_for(&admin, "the scenario", |s| {
-        figures(s, "ok").3 == 3 && figures(s, "broken").2 == 3 && figures(s, "later").1 == 3
+        figures(s, "ok").3 == 3 && figures(s, BROKEN).2 == 3 && figures(s, "later").1 == 3
     })
     .await;
 
@@ -188,7 +191,7 @@ async fn scenario<B: TestBackend>() {
     let status = json(&url, &["status", "--json"]);
     let (ok_row, broken_row, later_row) = (
         handler(&status, "ok"),
-        handler(&status, "broken"),
+        handler(&status, BROKEN),
         handler(&status, "later"),
     );
     assert_eq!(ok_row["message"], "cli.noted.v1");
@@ -210,13 +213,10 @@ async fn scenario<B: TestBackend>() {
         "this process's relay reports itself: {status}"
     );
     let text = run(&url, &["status"], 0);
-    assert!(
-        text.contains("broken") && text.contains("MESSAGE"),
-        "{text}"
-    );
+    assert!(text.contains(BROKEN) && text.contains("MESSAGE"), "{text}");
 
     // dead list and show
-    let listed = json(&url, &["dead", "list", "--json", "--handler", "broken"]);
+    let listed = json(&url, &["dead", "list", "--json", "--handler", BROKEN]);
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[0]["failures"].as_array().unwrap().len(), 2);
@@ -229,32 +229,46 @@ async fn scenario<B: TestBackend>() {
         .is_some_and(|l| l.len() == 1)
     );
     let first = listed[0]["event_id"].as_str().unwrap().to_owned();
-    let shown = run(&url, &["dead", "show", &first, "--handler", "broken"], 0);
+    let shown = run(&url, &["dead", "show", &first, "--handler", BROKEN], 0);
     assert!(shown.contains("#1") && shown.contains("#2"), "{shown}");
     assert!(shown.contains("partner refused note"), "{shown}");
     let unknown = keel::EventId::new().to_string();
     run(&url, &["dead", "show", &unknown], 3);
+    // A handler named by the end of its name is not found, and the message says its name.
+    let partial = run(&url, &["dead", "list", "--handler", "broken"], 0);
+    assert!(partial.contains("no dead deliveries"), "{partial}");
+    assert!(
+        partial.contains("did you mean `partner::broken`"),
+        "{partial}"
+    );
+    let partial = run(&url, &["dead", "show", "--handler", "broken"], 3);
+    assert!(
+        partial.contains("did you mean `partner::broken`"),
+        "{partial}"
+    );
+    let nobody = run(&url, &["dead", "retry", "--handler", "nobody", "--yes"], 3);
+    assert!(nobody.contains("no handler is named `nobody`"), "{nobody}");
 
     // retry: a bulk action is not taken unconfirmed; one delivery by id is
-    let refused = run(&url, &["dead", "retry", "--handler", "broken"], 2);
+    let refused = run(&url, &["dead", "retry", "--handler", BROKEN], 2);
     assert!(refused.contains("--yes"), "{refused}");
     assert_eq!(admin.dead_letters().count().await.unwrap(), 3);
     run(&url, &["dead", "retry"], 2);
     FIXED.lock().unwrap().insert(run_id.clone());
     let retried = json(
         &url,
-        &["dead", "retry", &first, "--handler", "broken", "--json"],
+        &["dead", "retry", &first, "--handler", BROKEN, "--json"],
     );
     assert_eq!(retried["retried"], 1);
     wait_for(&admin, "the retried delivery", |s| {
-        figures(s, "broken") == (0, 0, 2, 1)
+        figures(s, BROKEN) == (0, 0, 2, 1)
     })
     .await;
 
     // discard the rest in bulk
     let discarded = json(
         &url,
-        &["dead", "discard", "--handler", "broken", "--yes", "--json"],
+        &["dead", "discard", "--handler", BROKEN, "--yes", "--json"],
     );
     assert_eq!(discarded["discarded"], 2);
     assert_eq!(admin.dead_letters().count().await.unwrap(), 0);

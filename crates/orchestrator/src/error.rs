@@ -35,8 +35,9 @@ pub enum Error {
 
     /// The database could not be reached or refused the connection.
     #[error(
-        "cannot connect to the database at `{url}`: {source}; check that the server is running, \
-         that the URL names the right host, port and database, and the credentials"
+        "cannot connect to the database at `{url}`: {}; check that the server is running, \
+         that the URL names the right host, port and database, and the credentials",
+        server_words(source)
     )]
     Unreachable {
         /// The URL, with any password replaced by `***`.
@@ -408,6 +409,15 @@ impl From<sqlx::Error> for Error {
 impl From<sqlx::migrate::MigrateError> for Error {
     fn from(error: sqlx::migrate::MigrateError) -> Self {
         Error::Migration(error)
+    }
+}
+
+/// The driver's error as an operator reads it: a server's refusal in the server's words
+/// alone (sqlx appends the line of PostgreSQL's source code that raised it).
+fn server_words(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => format!("error returned from database: {}", db.message()),
+        other => other.to_string(),
     }
 }
 
