@@ -132,7 +132,10 @@ fn to_text(status: &Status) -> String {
     }
     text.push_str(&format!("\nunrouted events: {}\n", status.unrouted));
     if status.relays.is_empty() {
-        text.push_str("relays: none reported in the last day\n");
+        text.push_str(
+            "relays: none (a relay leaves this list when it stops, or a day after it last \
+             reported)\n",
+        );
     } else {
         let mut rows = vec![["PROCESS", "HOST", "PID", "LAST SEEN"].map(String::from)];
         for r in &status.relays {
