@@ -64,6 +64,9 @@ pub(crate) enum Command {
     /// Publishes again to the broker every kept event committed since a time (after the
     /// broker lost data): the forwarders' relays send them.
     Republish(RepublishArgs),
+    /// Gives a handler deployed after some events their deliveries: every kept event of its
+    /// message committed since a time that it has none of (run twice, it creates nothing).
+    Backfill(BackfillArgs),
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +170,16 @@ pub(crate) struct RepublishArgs {
     /// Only this forwarder (default: every `forward:*` handler recorded).
     #[arg(long)]
     pub(crate) handler: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BackfillArgs {
+    /// The handler, by its whole name (`keel status` lists them).
+    #[arg(long)]
+    pub(crate) handler: String,
+    /// From when: an RFC 3339 time (2026-12-01T08:00:00Z) or an age (2h: two hours ago).
+    #[arg(long, value_parser = parse_since)]
+    pub(crate) since: OffsetDateTime,
 }
 
 fn parse_since(text: &str) -> Result<OffsetDateTime, String> {

@@ -7,7 +7,8 @@
 //! Exit codes a script can rely on: 0 done; 1 the command failed (database unreachable,
 //! schema missing or outdated, a statement failed); 2 the command line is wrong, or a bulk
 //! action was not confirmed; 3 nothing matched (`dead show` of an unknown delivery, a
-//! retry or discard that selected nothing).
+//! retry or discard that selected nothing, `republish` without forwarders, `backfill` of a
+//! handler no relay has recorded).
 
 mod args;
 mod dead;
@@ -80,6 +81,7 @@ async fn run<B: Backend>(url: &str, cli: Cli) -> Result<(), Failure> {
         Command::Dead { action } => dead::run(&admin, action, out).await,
         Command::Purge(args) => maintain::purge(&admin, &args, out).await,
         Command::Republish(args) => maintain::republish(&admin, &args, out).await,
+        Command::Backfill(args) => maintain::backfill(&admin, &args, out).await,
         Command::Migrate => unreachable!("handled above"),
     }
 }

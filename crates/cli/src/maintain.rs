@@ -1,11 +1,11 @@
-//! `keel migrate`, `keel purge`, `keel republish`.
+//! `keel migrate`, `keel purge`, `keel republish`, `keel backfill`.
 
 use std::time::Instant;
 
 use keel::{Admin, Backend, Database, SchemaState};
 use serde_json::json;
 
-use crate::args::{Output, PurgeArgs, RepublishArgs};
+use crate::args::{BackfillArgs, Output, PurgeArgs, RepublishArgs};
 use crate::failure::Failure;
 use crate::stdout::outln;
 
@@ -112,6 +112,29 @@ pub(crate) async fn republish<B: Backend>(
                 outln!("{handler}: {count} events to publish again");
             }
         }
+    }
+    Ok(())
+}
+
+pub(crate) async fn backfill<B: Backend>(
+    admin: &Admin<B>,
+    args: &BackfillArgs,
+    out: Output,
+) -> Result<(), Failure> {
+    let created = admin
+        .create_deliveries(&args.handler, args.since, false)
+        .await
+        .map_err(|error| match error {
+            // No relay has recorded the handler: nothing to give deliveries to.
+            keel::Error::Rejected(_) => Failure::nothing(error.to_string()),
+            error => Failure::database("create the deliveries")(error),
+        })?;
+    match out {
+        Output::Json => outln!("{}", json!({ "created": created })),
+        Output::Text => outln!(
+            "{}: {created} deliveries created for events it had none of",
+            args.handler
+        ),
     }
     Ok(())
 }

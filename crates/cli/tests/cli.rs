@@ -274,6 +274,25 @@ async fn scenario<B: TestBackend>() {
     assert_eq!(admin.dead_letters().count().await.unwrap(), 0);
     run(&url, &["dead", "discard", "--all", "--yes"], 3);
 
+    // backfill: the two discarded deliveries come back (the partner is fixed now), once
+    let backfilled = json(
+        &url,
+        &["backfill", "--handler", BROKEN, "--since", "1h", "--json"],
+    );
+    assert_eq!(backfilled["created"], 2);
+    wait_for(&admin, "the backfilled deliveries", |s| {
+        figures(s, BROKEN) == (0, 0, 0, 3)
+    })
+    .await;
+    let again = run(&url, &["backfill", "--handler", BROKEN, "--since", "1h"], 0);
+    assert!(again.contains("0 deliveries created"), "{again}");
+    let nobody = run(
+        &url,
+        &["backfill", "--handler", "nobody", "--since", "1h"],
+        3,
+    );
+    assert!(nobody.contains("keel status"), "{nobody}");
+
     // A relay that stops cleanly is no longer listed.
     app.shutdown().await.unwrap();
     let relays = json(&url, &["status", "--json"])["relays"].clone();
