@@ -19,6 +19,10 @@ impl<B: Backend> Dispatcher<B> {
     /// running it twice is harmless.
     ///
     /// Reads every kept event of the message: an operator's action, not a request path.
+    ///
+    /// `since` is a [`time::OffsetDateTime`] (the `time` crate, which the facade also
+    /// offers as `keel::sqlx::types::time`): a week back is
+    /// `OffsetDateTime::now_utc() - time::Duration::days(7)`.
     pub async fn backfill(&self, handler: &str, since: OffsetDateTime) -> Result<u64, Error> {
         self.create_deliveries(handler, since, false).await
     }
