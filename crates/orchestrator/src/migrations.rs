@@ -16,6 +16,10 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 pub(crate) type File = (&'static str, &'static str);
 
 /// The files named, read from `migrations/<dir>/` at compile time.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite")),
+    allow(unused_macros)
+)]
 macro_rules! embed {
     ($dir:literal: $($file:literal),+ $(,)?) => {
         &[$((
@@ -24,6 +28,10 @@ macro_rules! embed {
         )),+]
     };
 }
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "sqlite")),
+    allow(unused_imports)
+)]
 pub(crate) use embed;
 
 /// A migrator for `files`, recording them in `table`.
