@@ -26,17 +26,23 @@ async fn malformed_and_unsupported_urls_are_named_without_their_password() {
     }
 }
 
-#[tokio::test]
-async fn an_unreachable_server_is_reported_without_the_password() {
-    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
-    // The pool retries a refused connection until its acquire timeout: keep it short.
-    let err = keel::DatabaseOptions::new("postgres://app:hunter2@127.0.0.1:1/app")
+/// Connecting to `url`, which must fail as [`Error::Unreachable`]: the error and its text.
+/// The pool retries a refused connection until its acquire timeout: kept short.
+async fn unreachable(url: &str) -> (Error, String) {
+    let err = keel::DatabaseOptions::new(url)
         .acquire_timeout(Duration::from_millis(500))
         .connect::<Postgres>()
         .await
         .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::Unreachable { .. }), "{text}");
+    (err, text)
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_reported_without_the_password() {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let (err, text) = unreachable("postgres://app:hunter2@127.0.0.1:1/app").await;
     assert!(
         text.contains("postgres://app:***@127.0.0.1:1/app"),
         "{text}"
@@ -55,13 +61,7 @@ async fn a_database_the_server_refuses_is_named_in_its_words() {
     let (base, query) = test.url().split_once('?').unwrap_or((test.url(), ""));
     let server = &base[..base.rfind('/').expect("a database in the URL")];
     let url = format!("{server}/keel_no_such_database?{query}");
-    let err = keel::DatabaseOptions::new(&url)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect::<Postgres>()
-        .await
-        .unwrap_err();
-    let text = err.to_string();
-    assert!(matches!(err, Error::Unreachable { .. }), "{text}");
+    let (_, text) = unreachable(&url).await;
     assert!(
         text.contains("database \"keel_no_such_database\" does not exist"),
         "{text}"

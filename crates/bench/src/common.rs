@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use keel::postgres::Database;
-use keel::{Backend, DatabaseOptions, Dispatcher, DomainEvent, Error, HandlerContext, sqlx};
+use keel::{Backend, DatabaseOptions, Dispatcher, DomainEvent, Error, HandlerContext, Tx, sqlx};
 use serde::{Deserialize, Serialize};
 
 /// The event every scenario records: row `row` was touched, the `seq`-th time overall.
@@ -64,6 +64,21 @@ where
     .await
 }
 
+/// The producers' step: row `row` is touched, and its event recorded.
+pub async fn touch<B: Backend>(tx: &mut Tx<'_, B>, row: i64, seq: i64) -> Result<(), Error>
+where
+    for<'c> &'c mut B::Connection: sqlx::Executor<'c, Database = B>,
+    B::Arguments: sqlx::IntoArguments<B>,
+    i64: sqlx::Type<B> + for<'q> sqlx::Encode<'q, B>,
+{
+    sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
+        .bind(row)
+        .execute(tx.conn())
+        .await?;
+    tx.record(Touched { row, seq })?;
+    Ok(())
+}
+
 /// Keel's producers: `tasks` tasks run `ops` units of work in all, each updating its
 /// task's row and recording one event (sequence numbers from `first_seq`).
 pub async fn produce<B: Backend>(
@@ -87,14 +102,7 @@ where
             for i in 0..n {
                 let seq = first_seq + (task * ops + i) as i64;
                 session
-                    .unit_of_work(async |tx| {
-                        sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
-                            .bind(row)
-                            .execute(tx.conn())
-                            .await?;
-                        tx.record(Touched { row, seq })?;
-                        Ok(())
-                    })
+                    .unit_of_work(async |tx| touch(tx, row, seq).await)
                     .await?;
             }
             Ok::<_, Error>(())

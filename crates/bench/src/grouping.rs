@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keel::postgres::{App, Handler, HandlerContext, Registry};
-use keel::{DeliveryOptions, Error, GroupCommit, sqlx};
+use keel::{DeliveryOptions, Error, GroupCommit};
 
 use crate::Report;
 use crate::common::{self, Touched};
@@ -80,14 +80,7 @@ async fn measure(
                 let receipt = app
                     .database()
                     .clone()
-                    .unit_of_work(async |tx| {
-                        sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1")
-                            .bind(row)
-                            .execute(tx.conn())
-                            .await?;
-                        tx.record(Touched { row, seq })?;
-                        Ok(())
-                    })
+                    .unit_of_work(async |tx| common::touch(tx, row, seq).await)
                     .await?;
                 committed.push((seq, Instant::now()));
                 app.dispatcher().dispatch(receipt)?;

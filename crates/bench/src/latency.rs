@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keel::postgres::{App, Handler, HandlerContext, Registry};
-use keel::{DeliveryOptions, Error, sqlx};
+use keel::{DeliveryOptions, Error};
 
 use crate::Report;
 use crate::chart;
@@ -69,13 +69,7 @@ pub(crate) fn registry() -> Registry {
 pub(crate) async fn produce_one(app: &App, seq: i64) -> Result<keel::Committed<()>, Error> {
     app.database()
         .clone()
-        .unit_of_work(async |tx| {
-            sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = 1")
-                .execute(tx.conn())
-                .await?;
-            tx.record(Touched { row: 1, seq })?;
-            Ok(())
-        })
+        .unit_of_work(async |tx| common::touch(tx, 1, seq).await)
         .await
 }
 
