@@ -47,7 +47,7 @@ pub use keel_dispatcher::{
     Admin, DeadFilter, DeadLetter, DeadLetters, DeliveryOptions, Dispatcher, FailedAttempt,
     Handler, HandlerContext, HandlerFn, HandlerKind, HandlerStatus, Incoming, LeaseHolder,
     NO_HANDLER, Registry, RegistryError, RelayHealth, RelayStatus, SchemaState, Session, Status,
-    WorkerLimits, WorkerReport, register_command_handler, register_handler,
+    Unsubscribed, WorkerLimits, WorkerReport, register_command_handler, register_handler,
 };
 pub use keel_domain::{
     Aggregate, Command, DecodeError, DomainEvent, Envelope, EventId, Id, Version,

@@ -67,6 +67,9 @@ pub(crate) enum Command {
     /// Gives a handler deployed after some events their deliveries: every kept event of its
     /// message committed since a time that it has none of (run twice, it creates nothing).
     Backfill(BackfillArgs),
+    /// Removes the subscriptions of a handler gone from every binary, with its pending
+    /// deliveries; its dead deliveries stay.
+    Unsubscribe(UnsubscribeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +183,16 @@ pub(crate) struct BackfillArgs {
     /// From when: an RFC 3339 time (2026-12-01T08:00:00Z) or an age (2h: two hours ago).
     #[arg(long, value_parser = parse_since)]
     pub(crate) since: OffsetDateTime,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UnsubscribeArgs {
+    /// The handler, by its whole name (`keel status` lists them).
+    #[arg(long)]
+    pub(crate) handler: String,
+    /// Do not ask for confirmation (for scripts).
+    #[arg(long, short = 'y')]
+    pub(crate) yes: bool,
 }
 
 fn parse_since(text: &str) -> Result<OffsetDateTime, String> {

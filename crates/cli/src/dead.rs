@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::args::{Bulk, DeadAction, Output, Select};
 use crate::failure::Failure;
-use crate::status::table;
+use crate::status::{name_hint, table};
 use crate::stdout::{out, outln};
 
 /// What `list` and `show` print when `--limit` is not given.
@@ -26,8 +26,8 @@ pub(crate) async fn run<B: Backend>(
                 Output::Json => outln!("{}", Value::Array(letters.iter().map(to_json).collect())),
                 Output::Text => out!("{}", list_text(&letters)),
             }
-            if letters.is_empty() {
-                if let Some(hint) = handler_hint(admin, &select).await {
+            if let (true, Some(name)) = (letters.is_empty(), &select.handler) {
+                if let Some(hint) = name_hint(admin, name).await {
                     eprintln!("note: {hint}");
                 }
             } else if select.limit.is_none() && letters.len() == SHOWN as usize {
@@ -63,39 +63,16 @@ async fn find<B: Backend>(
         .map_err(Failure::database("read the dead letter"))
 }
 
-/// "No dead delivery matches" (then `then`), with the hint of [`handler_hint`] if any.
+/// "No dead delivery matches" (then `then`), with the hint of [`name_hint`] if any.
 async fn nothing_matches<B: Backend>(admin: &Admin<B>, select: &Select, then: &str) -> Failure {
-    let hint = handler_hint(admin, select)
-        .await
-        .map(|hint| format!("; {hint}"))
-        .unwrap_or_default();
+    let hint = match &select.handler {
+        Some(name) => name_hint(admin, name)
+            .await
+            .map(|hint| format!("; {hint}"))
+            .unwrap_or_default(),
+        None => String::new(),
+    };
     Failure::nothing(format!("no dead delivery matches{then}{hint}"))
-}
-
-/// When `--handler` names no handler of this database: which recorded handlers end with
-/// that name (a handler registered with `register_handler!` is named by its function's
-/// path, `my_service::handlers::notify_partner`).
-async fn handler_hint<B: Backend>(admin: &Admin<B>, select: &Select) -> Option<String> {
-    let name = select.handler.as_deref()?;
-    let status = admin.status().await.ok()?;
-    let mut names: Vec<&str> = status.handlers.iter().map(|h| h.handler.as_str()).collect();
-    if names.contains(&name) {
-        return None;
-    }
-    names.retain(|known| known.ends_with(&format!("::{name}")));
-    names.sort_unstable();
-    names.dedup();
-    Some(match names.as_slice() {
-        [] => format!("no handler is named `{name}` (`keel status` lists them)"),
-        _ => format!(
-            "no handler is named `{name}`; handler names are whole, did you mean {}?",
-            names
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        ),
-    })
 }
 
 #[derive(Clone, Copy)]
@@ -187,7 +164,7 @@ fn deliveries(count: usize) -> String {
 }
 
 /// Asks on the terminal; refuses when standard input is not one.
-fn confirm(question: &str, verb: &str) -> Result<(), Failure> {
+pub(crate) fn confirm(question: &str, verb: &str) -> Result<(), Failure> {
     if !std::io::stdin().is_terminal() {
         return Err(Failure::usage(format!(
             "{question} Standard input is not a terminal: pass --yes to {verb} without asking"

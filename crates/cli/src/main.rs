@@ -7,8 +7,8 @@
 //! Exit codes a script can rely on: 0 done; 1 the command failed (database unreachable,
 //! schema missing or outdated, a statement failed); 2 the command line is wrong, or a bulk
 //! action was not confirmed; 3 nothing matched (`dead show` of an unknown delivery, a
-//! retry or discard that selected nothing, `republish` without forwarders, `backfill` of a
-//! handler no relay has recorded).
+//! retry or discard that selected nothing, `republish` without forwarders, `backfill` or
+//! `unsubscribe` of a handler no relay has recorded).
 
 mod args;
 mod dead;
@@ -82,6 +82,7 @@ async fn run<B: Backend>(url: &str, cli: Cli) -> Result<(), Failure> {
         Command::Purge(args) => maintain::purge(&admin, &args, out).await,
         Command::Republish(args) => maintain::republish(&admin, &args, out).await,
         Command::Backfill(args) => maintain::backfill(&admin, &args, out).await,
+        Command::Unsubscribe(args) => maintain::unsubscribe(&admin, &args, out).await,
         Command::Migrate => unreachable!("handled above"),
     }
 }

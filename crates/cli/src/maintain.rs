@@ -1,12 +1,14 @@
-//! `keel migrate`, `keel purge`, `keel republish`, `keel backfill`.
+//! `keel migrate`, `keel purge`, `keel republish`, `keel backfill`, `keel unsubscribe`.
 
 use std::time::Instant;
 
 use keel::{Admin, Backend, Database, SchemaState};
 use serde_json::json;
 
-use crate::args::{BackfillArgs, Output, PurgeArgs, RepublishArgs};
+use crate::args::{BackfillArgs, Output, PurgeArgs, RepublishArgs, UnsubscribeArgs};
+use crate::dead::confirm;
 use crate::failure::Failure;
+use crate::status::name_hint;
 use crate::stdout::outln;
 
 /// The prefix of the handler names of the forwarders to the broker (`keel::nats`).
@@ -134,6 +136,59 @@ pub(crate) async fn backfill<B: Backend>(
         Output::Text => outln!(
             "{}: {created} deliveries created for events it had none of",
             args.handler
+        ),
+    }
+    Ok(())
+}
+
+pub(crate) async fn unsubscribe<B: Backend>(
+    admin: &Admin<B>,
+    args: &UnsubscribeArgs,
+    out: Output,
+) -> Result<(), Failure> {
+    let name = args.handler.as_str();
+    let status = admin
+        .status()
+        .await
+        .map_err(Failure::database("read the status"))?;
+    let rows: Vec<_> = status
+        .handlers
+        .iter()
+        .filter(|h| h.handler == name)
+        .collect();
+    if rows.is_empty() {
+        let hint = name_hint(admin, name)
+            .await
+            .map(|hint| format!("; {hint}"))
+            .unwrap_or_default();
+        return Err(Failure::nothing(format!(
+            "no subscription of `{name}` is recorded: nothing to remove{hint}"
+        )));
+    }
+    let pending: i64 = rows
+        .iter()
+        .map(|h| h.pending + h.in_flight + h.retrying)
+        .sum();
+    if pending > 0 && !args.yes {
+        confirm(
+            &format!("unsubscribe `{name}` and remove its {pending} pending deliveries?"),
+            "unsubscribe",
+        )?;
+    }
+    let removed = admin
+        .unsubscribe(name)
+        .await
+        .map_err(Failure::database("unsubscribe"))?;
+    match out {
+        Output::Json => outln!(
+            "{}",
+            json!({ "subscriptions": removed.subscriptions, "deliveries": removed.deliveries })
+        ),
+        Output::Text => outln!(
+            "unsubscribed `{name}`: {} subscription(s) and {} pending deliveries removed; its \
+             dead deliveries stay",
+            removed.subscriptions,
+            removed.deliveries
         ),
     }
     Ok(())

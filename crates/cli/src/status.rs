@@ -185,3 +185,28 @@ pub(crate) fn table<const N: usize>(rows: &[[String; N]]) -> String {
     }
     text
 }
+
+/// When `name` (given to `--handler`) names no handler of this database: which recorded
+/// handlers end with that name (a handler registered with `register_handler!` is named by
+/// its function's path, `my_service::handlers::notify_partner`).
+pub(crate) async fn name_hint<B: Backend>(admin: &Admin<B>, name: &str) -> Option<String> {
+    let status = admin.status().await.ok()?;
+    let mut names: Vec<&str> = status.handlers.iter().map(|h| h.handler.as_str()).collect();
+    if names.contains(&name) {
+        return None;
+    }
+    names.retain(|known| known.ends_with(&format!("::{name}")));
+    names.sort_unstable();
+    names.dedup();
+    Some(match names.as_slice() {
+        [] => format!("no handler is named `{name}` (`keel status` lists them)"),
+        _ => format!(
+            "no handler is named `{name}`; handler names are whole, did you mean {}?",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    })
+}

@@ -297,6 +297,28 @@ async fn scenario<B: TestBackend>() {
     app.shutdown().await.unwrap();
     let relays = json(&url, &["status", "--json"])["relays"].clone();
     assert_eq!(relays, Value::Array(vec![]), "{relays}");
+
+    // unsubscribe: `later`, gone from the binaries, with its three retrying deliveries;
+    // not without a confirmation, and once
+    let refused = run(&url, &["unsubscribe", "--handler", "later"], 2);
+    assert!(refused.contains("--yes"), "{refused}");
+    let removed = json(
+        &url,
+        &["unsubscribe", "--handler", "later", "--yes", "--json"],
+    );
+    assert_eq!(
+        (
+            removed["subscriptions"].as_i64(),
+            removed["deliveries"].as_i64()
+        ),
+        (Some(1), Some(3))
+    );
+    let status = json(&url, &["status", "--json"]);
+    let handlers = status["handlers"].as_array().unwrap();
+    assert!(handlers.iter().all(|h| h["handler"] != "later"), "{status}");
+    assert_eq!(handler(&status, "ok")["done_last_minute"], 3, "{status}");
+    let again = run(&url, &["unsubscribe", "--handler", "later", "--yes"], 3);
+    assert!(again.contains("nothing to remove"), "{again}");
 }
 
 async fn errors<B: TestBackend>() {

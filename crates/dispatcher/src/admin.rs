@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use keel_orchestrator::operations::Status;
+use keel_orchestrator::operations::{Status, Unsubscribed};
 use keel_orchestrator::{Backend, Database, Error, ensure_outside_unit_of_work};
 use time::OffsetDateTime;
 
@@ -74,6 +74,16 @@ impl<B: Backend> Admin<B> {
     pub async fn subscriptions(&self) -> Result<Vec<(String, String)>, Error> {
         ensure_outside_unit_of_work("read the subscriptions")?;
         B::subscriptions(&self.db).await
+    }
+
+    /// Removes the subscriptions of `handler`, a handler gone from every binary, with its
+    /// pending deliveries (their error history, and their events when no other delivery
+    /// needs them), in one transaction: events committed from now on no longer wait for it.
+    /// Its dead deliveries stay, for the dead letter. A binary that still registers the
+    /// handler records its subscription again when its relay starts.
+    pub async fn unsubscribe(&self, handler: &str) -> Result<Unsubscribed, Error> {
+        ensure_outside_unit_of_work("unsubscribe a handler")?;
+        B::unsubscribe(&self.db, handler).await
     }
 
     /// Creates, for the subscribed handler `handler`, the deliveries its kept events

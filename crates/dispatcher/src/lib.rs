@@ -63,7 +63,7 @@ pub use dead_letter::DeadLetters;
 pub use dispatcher::{Dispatcher, RelayHealth};
 pub use handler::{Handler, HandlerArg, HandlerCall, HandlerFn, HandlerKind};
 pub use keel_orchestrator::operations::{
-    DeadFilter, HandlerStatus, LeaseHolder, RelayStatus, SchemaState, Status,
+    DeadFilter, HandlerStatus, LeaseHolder, RelayStatus, SchemaState, Status, Unsubscribed,
 };
 pub use keel_orchestrator::outbox::{DeadLetter, FailedAttempt, Incoming, NO_HANDLER};
 pub use options::DeliveryOptions;

@@ -70,6 +70,16 @@ pub struct Status {
     pub relays: Vec<RelayStatus>,
 }
 
+/// What removing a handler's subscriptions removed (`Admin::unsubscribe`,
+/// `keel unsubscribe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsubscribed {
+    /// Its (message, handler) subscriptions.
+    pub subscriptions: u64,
+    /// Its pending deliveries (dead ones stay).
+    pub deliveries: u64,
+}
+
 /// How often a relay reports that it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 

@@ -19,7 +19,7 @@ use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
 use time::OffsetDateTime;
 
-use crate::operations::{DeadFilter, Status};
+use crate::operations::{DeadFilter, Status, Unsubscribed};
 use crate::outbox::{Claim, Claimed, DeadLetter, Group, Incoming, Next, Outgoing};
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
@@ -410,6 +410,14 @@ pub trait Operations: sqlx::Database {
     fn subscriptions(
         db: &Database<Self>,
     ) -> impl Future<Output = Result<Vec<(String, String)>, Error>> + Send;
+
+    /// Removes `handler`'s subscriptions and its pending deliveries (their error history,
+    /// and their events when nothing else refers to them), in one transaction; its dead
+    /// deliveries stay.
+    fn unsubscribe(
+        db: &Database<Self>,
+        handler: &str,
+    ) -> impl Future<Output = Result<Unsubscribed, Error>> + Send;
 
     /// The versions of Keel's migrations applied, or `None` when the database has no Keel
     /// migration table.

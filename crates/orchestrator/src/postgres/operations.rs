@@ -3,7 +3,7 @@
 use sqlx::Postgres;
 use time::OffsetDateTime;
 
-use crate::operations::{Counts, RelayStatus, Status};
+use crate::operations::{Counts, RelayStatus, Status, Unsubscribed};
 use crate::store::Operations;
 use crate::{Database, Error};
 
@@ -140,5 +140,33 @@ impl Operations for Postgres {
         )
         .fetch_all(&mut *conn)
         .await?)
+    }
+
+    /// One statement: its parts see one snapshot, so the events' check ignores the
+    /// deliveries deleted alongside.
+    async fn unsubscribe(db: &Database<Postgres>, handler: &str) -> Result<Unsubscribed, Error> {
+        let mut conn = db.acquire().await?;
+        let (subscriptions, deliveries): (i64, i64) = sqlx::query_as(
+            "WITH p AS (
+                 DELETE FROM keel_deliveries WHERE handler = $1 AND status = 'pending'
+                 RETURNING event_id),
+             x AS (
+                 DELETE FROM keel_delivery_errors r USING p
+                 WHERE r.handler = $1 AND r.event_id = p.event_id),
+             v AS (
+                 DELETE FROM keel_events e WHERE e.id IN (SELECT event_id FROM p)
+                   AND NOT EXISTS (SELECT 1 FROM keel_deliveries k WHERE k.event_id = e.id
+                                     AND NOT (k.handler = $1 AND k.status = 'pending'))
+                   AND NOT EXISTS (SELECT 1 FROM keel_done k WHERE k.event_id = e.id)),
+             s AS (DELETE FROM keel_subscriptions WHERE handler = $1 RETURNING 1)
+             SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM p)",
+        )
+        .bind(handler)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(Unsubscribed {
+            subscriptions: subscriptions as u64,
+            deliveries: deliveries as u64,
+        })
     }
 }

@@ -3,7 +3,7 @@
 use sqlx::Sqlite;
 
 use super::now_ms;
-use crate::operations::{Counts, RelayStatus, Status};
+use crate::operations::{Counts, RelayStatus, Status, Unsubscribed};
 use crate::options::internal;
 use crate::store::Operations;
 use crate::{Database, Error};
@@ -152,5 +152,55 @@ impl Operations for Sqlite {
         )
         .fetch_all(&mut *conn)
         .await?)
+    }
+
+    async fn unsubscribe(db: &Database<Sqlite>, handler: &str) -> Result<Unsubscribed, Error> {
+        /// The events of the pending deliveries removed.
+        macro_rules! pending {
+            () => {
+                "SELECT event_id FROM keel_deliveries WHERE handler = $1 AND status = 'pending'"
+            };
+        }
+        db.clone()
+            .unit_of_work_with(&internal("keel_unsubscribe"), async |tx| {
+                sqlx::query(concat!(
+                    "DELETE FROM keel_delivery_errors WHERE handler = $1 AND event_id IN (",
+                    pending!(),
+                    ")"
+                ))
+                .bind(handler)
+                .execute(tx.conn())
+                .await?;
+                sqlx::query(concat!(
+                    "DELETE FROM keel_events WHERE id IN (",
+                    pending!(),
+                    ") AND NOT EXISTS (SELECT 1 FROM keel_deliveries k
+                                      WHERE k.event_id = keel_events.id
+                                        AND NOT (k.handler = $1 AND k.status = 'pending'))
+                      AND NOT EXISTS (SELECT 1 FROM keel_done k WHERE k.event_id = keel_events.id)"
+                ))
+                .bind(handler)
+                .execute(tx.conn())
+                .await?;
+                let deliveries = sqlx::query(
+                    "DELETE FROM keel_deliveries WHERE handler = $1 AND status = 'pending'",
+                )
+                .bind(handler)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
+                let subscriptions =
+                    sqlx::query("DELETE FROM keel_subscriptions WHERE handler = $1")
+                        .bind(handler)
+                        .execute(tx.conn())
+                        .await?
+                        .rows_affected();
+                Ok(Unsubscribed {
+                    subscriptions,
+                    deliveries,
+                })
+            })
+            .await
+            .map(|receipt| receipt.into_value())
     }
 }
