@@ -117,8 +117,9 @@ impl<B: Backend> App<B> {
         self.dispatcher.dead_letters()
     }
 
-    /// Waits until every delivery in the outbox is done or dead, or `timeout`; returns
-    /// whether everything was delivered.
+    /// Waits until every delivery to this app's handlers is done or dead (deliveries to
+    /// other services' handlers are theirs to wait for), or `timeout`; returns whether
+    /// everything was delivered. See [`Dispatcher::wait_until_delivered`].
     pub async fn wait_until_delivered(&self, timeout: Duration) -> Result<bool, Error> {
         self.dispatcher.wait_until_delivered(timeout).await
     }

@@ -112,13 +112,14 @@ impl<B: Backend> HandlerContext<B> {
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         let options = UnitOfWorkOptions::named(self.handler);
-        self.unit_of_work_with(options, steps).await
+        self.unit_of_work_with(&options, steps).await
     }
 
-    /// [`HandlerContext::unit_of_work`] with explicit options (the causation is added).
+    /// [`HandlerContext::unit_of_work`] with explicit options (the causation is added), as
+    /// [`Session::unit_of_work_with`](crate::Session::unit_of_work_with) takes them.
     pub async fn unit_of_work_with<T, F>(
         &mut self,
-        options: UnitOfWorkOptions,
+        options: &UnitOfWorkOptions,
         steps: F,
     ) -> Result<T, Error>
     where
@@ -133,6 +134,7 @@ impl<B: Backend> HandlerContext<B> {
         self.opened = true;
         let ids = self.envelopes.iter().map(|e| e.id).collect();
         let mut options = options
+            .clone()
             .caused_by(&self.envelopes[0])
             .processing_all(ids, self.handler);
         if let Some(grouping) = self.dispatcher.options().group_commit {
