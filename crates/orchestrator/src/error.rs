@@ -4,6 +4,9 @@ use std::error::Error as StdError;
 
 use keel_domain::Version;
 
+mod rejection;
+pub use rejection::Rejection;
+
 /// Everything that can go wrong when opening a database or running a unit of work.
 ///
 /// The variants fall in two classes, decided by [`Error::is_transient`]:
@@ -274,36 +277,6 @@ pub enum Error {
     /// Any other database error; never retried.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
-}
-
-/// Marks an application error type as a *rejection*: a domain rule that refused the
-/// operation. Returning one from a unit of work rolls it back and is never retried.
-///
-/// With this marker, `?` turns the error into [`Error::Rejected`], and
-/// [`Error::rejection`] gets it back, typed:
-///
-/// ```
-/// use keel_orchestrator::{Error, Rejection};
-///
-/// #[derive(Debug, thiserror::Error)]
-/// #[error("assessment {0} is already completed")]
-/// struct AlreadyCompleted(i64);
-/// impl Rejection for AlreadyCompleted {}
-///
-/// fn complete(id: i64) -> Result<(), Error> {
-///     Err(AlreadyCompleted(id))?
-/// }
-///
-/// let err = complete(7).unwrap_err();
-/// assert!(!err.is_transient());
-/// assert_eq!(err.rejection::<AlreadyCompleted>().unwrap().0, 7);
-/// ```
-pub trait Rejection: StdError + Send + Sync + 'static {}
-
-impl<R: Rejection> From<R> for Error {
-    fn from(rejection: R) -> Self {
-        Error::Rejected(Box::new(rejection))
-    }
 }
 
 impl Error {
