@@ -30,8 +30,8 @@ pub(crate) async fn run<B: Backend>(
                 if let Some(hint) = name_hint(admin, name).await {
                     eprintln!("note: {hint}");
                 }
-            } else if select.limit.is_none() && letters.len() == SHOWN as usize {
-                eprintln!("note: the first {SHOWN} shown; pass --limit N for more");
+            } else {
+                note_if_cut(&select, letters.len());
             }
             Ok(())
         }
@@ -44,6 +44,7 @@ pub(crate) async fn run<B: Backend>(
                 Output::Json => outln!("{}", Value::Array(letters.iter().map(to_json).collect())),
                 Output::Text => letters.iter().for_each(|l| out!("{}", show_text(l))),
             }
+            note_if_cut(&select, letters.len());
             Ok(())
         }
         DeadAction::Retry(bulk) => apply(admin, bulk, Act::Retry, out).await,
@@ -61,6 +62,14 @@ async fn find<B: Backend>(
         .find(&select.filter(limit))
         .await
         .map_err(Failure::database("read the dead letter"))
+}
+
+/// Says on standard error when `list` or `show` printed [`SHOWN`] without `--limit`:
+/// there may be more.
+fn note_if_cut(select: &Select, shown: usize) {
+    if select.limit.is_none() && shown == SHOWN as usize {
+        eprintln!("note: the first {SHOWN} shown; pass --limit N for more");
+    }
 }
 
 /// "No dead delivery matches" (then `then`), with the hint of [`name_hint`] if any.
