@@ -123,19 +123,17 @@ pub(crate) async fn backfill<B: Backend>(
     args: &BackfillArgs,
     out: Output,
 ) -> Result<(), Failure> {
+    ensure_recorded(admin, &args.handler, "nothing to give deliveries to").await?;
     let created = admin
         .create_deliveries(&args.handler, args.since, false)
         .await
-        .map_err(|error| match error {
-            // No relay has recorded the handler: nothing to give deliveries to.
-            keel::Error::Rejected(_) => Failure::nothing(error.to_string()),
-            error => Failure::database("create the deliveries")(error),
-        })?;
+        .map_err(Failure::database("create the deliveries"))?;
     match out {
         Output::Json => outln!("{}", json!({ "created": created })),
         Output::Text => outln!(
-            "{}: {created} deliveries created for events it had none of",
-            args.handler
+            "{}: {} created for events it had none of",
+            args.handler,
+            counted(created, "delivery", "deliveries")
         ),
     }
     Ok(())
@@ -147,26 +145,15 @@ pub(crate) async fn unsubscribe<B: Backend>(
     out: Output,
 ) -> Result<(), Failure> {
     let name = args.handler.as_str();
+    ensure_recorded(admin, name, "nothing to remove").await?;
     let status = admin
         .status()
         .await
         .map_err(Failure::database("read the status"))?;
-    let rows: Vec<_> = status
+    let pending: i64 = status
         .handlers
         .iter()
         .filter(|h| h.handler == name)
-        .collect();
-    if rows.is_empty() {
-        let hint = name_hint(admin, name)
-            .await
-            .map(|hint| format!("; {hint}"))
-            .unwrap_or_default();
-        return Err(Failure::nothing(format!(
-            "no subscription of `{name}` is recorded: nothing to remove{hint}"
-        )));
-    }
-    let pending: i64 = rows
-        .iter()
         .map(|h| h.pending + h.in_flight + h.retrying)
         .sum();
     if pending > 0 && !args.yes {
@@ -185,11 +172,40 @@ pub(crate) async fn unsubscribe<B: Backend>(
             json!({ "subscriptions": removed.subscriptions, "deliveries": removed.deliveries })
         ),
         Output::Text => outln!(
-            "unsubscribed `{name}`: {} subscription(s) and {} pending deliveries removed; its \
-             dead deliveries stay",
-            removed.subscriptions,
-            removed.deliveries
+            "unsubscribed `{name}`: {} and {} removed; its dead deliveries stay",
+            counted(removed.subscriptions, "subscription", "subscriptions"),
+            counted(removed.deliveries, "pending delivery", "pending deliveries")
         ),
     }
     Ok(())
+}
+
+/// Fails (exit code 3) unless a relay has recorded a subscription of the handler `name`,
+/// saying `then` and which recorded handlers end with that name.
+async fn ensure_recorded<B: Backend>(
+    admin: &Admin<B>,
+    name: &str,
+    then: &str,
+) -> Result<(), Failure> {
+    let recorded = admin
+        .subscriptions()
+        .await
+        .map_err(Failure::database("read the subscriptions"))?
+        .iter()
+        .any(|(_, handler)| handler == name);
+    if recorded {
+        return Ok(());
+    }
+    let hint = name_hint(admin, name)
+        .await
+        .map(|hint| format!("; {hint}"))
+        .unwrap_or_default();
+    Err(Failure::nothing(format!(
+        "no relay has recorded a handler named `{name}` on this database: {then}{hint}"
+    )))
+}
+
+/// `1 delivery`, `3 deliveries`.
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }

@@ -319,6 +319,14 @@ async fn scenario<B: TestBackend>() {
     assert_eq!(handler(&status, "ok")["done_last_minute"], 3, "{status}");
     let again = run(&url, &["unsubscribe", "--handler", "later", "--yes"], 3);
     assert!(again.contains("nothing to remove"), "{again}");
+    // A handler with nothing pending but recent history (its row still in `status`): its
+    // subscription goes, and a second run finds nothing.
+    let removed = run(&url, &["unsubscribe", "--handler", BROKEN], 0);
+    assert!(
+        removed.contains("1 subscription and 0 pending deliveries"),
+        "{removed}"
+    );
+    run(&url, &["unsubscribe", "--handler", BROKEN, "--yes"], 3);
 }
 
 async fn errors<B: TestBackend>() {

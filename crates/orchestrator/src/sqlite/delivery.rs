@@ -76,8 +76,9 @@ pub(super) async fn record_failure(
         .map(|receipt| receipt.into_value())
 }
 
-/// Stamped `failed_at` with the reading of the clock its retry's due time was computed
-/// from, when there is one: the clock read a statement later could be a millisecond past.
+/// Records a failed attempt, its `failed_at` the reading of the clock its retry's due time
+/// was computed from, when there is one (the clock read a statement later could be a
+/// millisecond past it).
 async fn insert_error(
     conn: &mut SqliteConnection,
     event_id: &str,
