@@ -74,6 +74,10 @@ async fn err_rolls_back_and_is_not_retried(mut db: Database) {
         .map(keel::Committed::into_value)
         .unwrap_err();
     assert!(matches!(err, Error::Database(_)), "{err}");
+    // In the server's words, without the line of PostgreSQL's source that raised it.
+    let text = err.to_string();
+    assert!(text.contains("UNIQUE") || text.contains("unique"), "{text}");
+    assert!(!text.contains(" at line "), "{text}");
     assert!(!err.is_transient());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM notes").await, 0);

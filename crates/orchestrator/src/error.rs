@@ -106,7 +106,8 @@ pub enum Error {
     /// steps again on a fresh connection.
     #[error(
         "the connection to the database was lost before the transaction committed (the \
-         database rolled it back): {0}"
+         database rolled it back): {}",
+        server_words(.0)
     )]
     ConnectionLost(#[source] sqlx::Error),
 
@@ -116,7 +117,8 @@ pub enum Error {
     /// trying again.
     #[error(
         "unit of work `{unit_of_work}`: the connection was lost during COMMIT, so whether it \
-         committed is unknown; check the data before trying again: {source}"
+         committed is unknown; check the data before trying again: {}",
+        server_words(source)
     )]
     CommitOutcomeUnknown {
         /// The unit of work's name.
@@ -127,11 +129,17 @@ pub enum Error {
     },
 
     /// The database broke a deadlock by aborting this transaction. Transient.
-    #[error("deadlock detected; the database aborted this transaction: {0}")]
+    #[error(
+        "deadlock detected; the database aborted this transaction: {}",
+        server_words(.0)
+    )]
     Deadlock(#[source] sqlx::Error),
 
     /// A `SERIALIZABLE` (or `REPEATABLE READ`) transaction could not be serialized. Transient.
-    #[error("serialization failure; the database aborted this transaction: {0}")]
+    #[error(
+        "serialization failure; the database aborted this transaction: {}",
+        server_words(.0)
+    )]
     SerializationFailure(#[source] sqlx::Error),
 
     /// Every attempt allowed by the retry policy failed with a transient error.
@@ -275,7 +283,7 @@ pub enum Error {
     Rejected(Box<dyn StdError + Send + Sync + 'static>),
 
     /// Any other database error; never retried.
-    #[error("database error: {0}")]
+    #[error("database error: {}", server_words(.0))]
     Database(#[source] sqlx::Error),
 }
 
@@ -385,8 +393,8 @@ impl From<sqlx::migrate::MigrateError> for Error {
     }
 }
 
-/// The driver's error as an operator reads it: a server's refusal in the server's words
-/// alone (sqlx appends the line of PostgreSQL's source code that raised it).
+/// The driver's error as a person reads it: a server's error in the server's words alone
+/// (sqlx appends the line of PostgreSQL's source code that raised it).
 fn server_words(error: &sqlx::Error) -> String {
     match error {
         sqlx::Error::Database(db) => format!("error returned from database: {}", db.message()),
