@@ -364,6 +364,60 @@ async fn errors<B: TestBackend>() {
     );
 }
 
+async fn refused<B: Backend>(event: &Noted, _: &mut HandlerContext<B>) -> Result<(), Error> {
+    Err(Error::rejected(std::io::Error::other(format!(
+        "note {} refused",
+        event.n
+    ))))
+}
+
+/// `dead list` prints the first 100 unless `--limit` says otherwise, and says so on
+/// standard error when there may be more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_list_says_when_it_shows_the_first_100_only() {
+    let Some(test) = TestDatabase::<keel::sqlx::Sqlite>::new().await else {
+        return;
+    };
+    let url = test.url().to_owned();
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<Noted, _>("refused", refused))
+        .unwrap();
+    let app = App::builder(test.database().clone(), registry).start();
+    app.session()
+        .unit_of_work(async |tx| {
+            for n in 0..101 {
+                tx.record(Noted {
+                    run: "cut".into(),
+                    n,
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let admin = Admin::new(test.database().clone());
+    wait_for(&admin, "101 dead letters", |s| {
+        figures(s, "refused").2 == 101
+    })
+    .await;
+    app.shutdown().await.unwrap();
+    let cut = keel(&url, &["dead", "list"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&cut.stdout),
+        String::from_utf8_lossy(&cut.stderr),
+    );
+    assert_eq!(stdout.lines().count(), 101, "a header and 100 rows");
+    assert!(stderr.contains("the first 100 shown"), "{stderr}");
+    let all = keel(&url, &["dead", "list", "--limit", "200"]);
+    assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 102);
+    assert!(
+        all.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+}
+
 /// `keel status --watch` piped into a reader that stops after the first line (`| head -1`):
 /// the next write finds the pipe closed, and the command ends quietly with status 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
