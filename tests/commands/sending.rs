@@ -72,8 +72,9 @@ async fn commands_commit_with_their_unit_of_work(db: Database) {
     assert!(matches!(err, Error::NoCommandHandler { .. }));
 
     // A producer that does not know the handlers: the worker dead-letters it with a reason.
+    // `send` returns the command's id, by which the dead letter finds it.
     let mut producer = db.clone();
-    producer.send(Unhandled).await.unwrap();
+    let id = producer.send(Unhandled).await.unwrap();
     assert!(
         app.wait_until_delivered(Duration::from_secs(20))
             .await
@@ -82,6 +83,9 @@ async fn commands_commit_with_their_unit_of_work(db: Database) {
     let dead = app.dead_letters().list(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].handler, NO_HANDLER);
+    assert_eq!(dead[0].event_id, id);
+    let shown = app.dead_letters().show(id, NO_HANDLER).await.unwrap();
+    assert!(shown.is_some(), "the dead letter of command {id}");
     app.shutdown().await.unwrap();
 }
 

@@ -212,7 +212,7 @@ async fn send_likes<S: Clone + std::marker::Send + Sync + 'static>(
 /// The likes sent through the local bus: one small transaction each.
 async fn send_all(app: &App, n: u32) -> Result<(), String> {
     send_likes(app, n, |app, vote| {
-        Box::pin(async move { app.session().send(vote).await })
+        Box::pin(async move { app.session().send(vote).await.map(|_| ()) })
     })
     .await
 }

@@ -76,8 +76,12 @@ impl<'a, B: Backend> Session<'a, B> {
     /// Sends a command to the bus, durably, at once; a worker handles it. Inside a unit
     /// of work, use `tx.send(command)` so that it commits with the unit of work.
     ///
-    /// Fails with [`Error::NoCommandHandler`] if no handler is registered for it.
-    pub async fn send<C: keel_domain::Command>(&mut self, command: C) -> Result<(), Error> {
+    /// Returns the command's id, by which the dead letter finds it if its handler refuses
+    /// it. Fails with [`Error::NoCommandHandler`] if no handler is registered for it.
+    pub async fn send<C: keel_domain::Command>(
+        &mut self,
+        command: C,
+    ) -> Result<keel_domain::EventId, Error> {
         self.db.send(command).await
     }
 

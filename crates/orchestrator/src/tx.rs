@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use keel_domain::{Aggregate, Command, DomainEvent, Envelope, Version};
+use keel_domain::{Aggregate, Command, DomainEvent, Envelope, EventId, Version};
 
 use crate::lock::is_identifier;
 use crate::options::Cause;
@@ -144,12 +144,14 @@ impl<'c, B: Backend> Tx<'c, B> {
     /// worker only if the unit of work commits; if the attempt rolls back or is retried,
     /// it is dropped with it.
     ///
-    /// Fails with [`Error::NoCommandHandler`] when this database handle knows the handlers
-    /// (it belongs to an app) and none is registered for the command.
-    pub fn send<C: Command>(&mut self, command: C) -> Result<(), Error> {
+    /// Returns the command's id, by which the dead letter finds it if its handler refuses
+    /// it. Fails with [`Error::NoCommandHandler`] when this database handle knows the
+    /// handlers (it belongs to an app) and none is registered for the command.
+    pub fn send<C: Command>(&mut self, command: C) -> Result<EventId, Error> {
         let sent = self.prepare(&command)?;
+        let id = sent.envelope.id;
         self.commands.push(sent);
-        Ok(())
+        Ok(id)
     }
 
     /// Checks and wraps a command for sending.

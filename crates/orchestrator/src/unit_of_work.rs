@@ -181,13 +181,18 @@ impl<B: Backend> Database<B> {
 
     /// Sends a command to the bus on its own, in a unit of work of its own: it is durable
     /// when this returns, and a worker handles it. Inside a unit of work, use
-    /// [`Tx::send`] instead, so that the command commits with the rest.
-    pub async fn send<C: keel_domain::Command>(&mut self, command: C) -> Result<(), Error> {
+    /// [`Tx::send`] instead, so that the command commits with the rest. Returns the
+    /// command's id, by which the dead letter finds it if its handler refuses it.
+    pub async fn send<C: keel_domain::Command>(
+        &mut self,
+        command: C,
+    ) -> Result<keel_domain::EventId, Error> {
         crate::tx::check_handled::<C>(self.routing())?;
         if B::ATOMIC_OUTBOX_WRITE {
             // One statement is atomic on its own: no BEGIN/COMMIT round trips.
             guard::ensure_outside("send a command outside the unit of work (use `tx.send`)")?;
             let sent = [crate::tx::prepare_command(&command, None)?];
+            let id = sent[0].envelope.id;
             let mut conn = self.pool().acquire().await?;
             let outgoing = Outgoing {
                 events: &[],
@@ -209,13 +214,14 @@ impl<B: Backend> Database<B> {
                 Err(error) => return Err(error),
             }
             self.after_commit(&mut conn, true).await;
-            return Ok(());
+            return Ok(id);
         }
         let sent = &command;
         self.unit_of_work_with(&UnitOfWorkOptions::named("send"), async |tx| {
             let prepared = tx.prepare(sent)?;
+            let id = prepared.envelope.id;
             tx.push_sent(prepared);
-            Ok(())
+            Ok(id)
         })
         .await
         .map(|receipt| receipt.into_value())
