@@ -25,6 +25,18 @@ pub(crate) fn invalid(url: &str, reason: &str) -> Error {
     }
 }
 
+/// What a failed connection to `url` is: a URL the driver cannot use, or a server away or
+/// refusing.
+pub(crate) fn not_connected(url: &str, source: sqlx::Error) -> Error {
+    match source {
+        sqlx::Error::Configuration(e) => invalid(url, &e.to_string()),
+        source => Error::Unreachable {
+            url: redact(url),
+            source,
+        },
+    }
+}
+
 /// A handle to the database on backend `B`: a connection pool plus what Keel keeps about
 /// it.
 ///

@@ -27,11 +27,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPoolOpti
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-use crate::database::invalid;
+use crate::database::{invalid, not_connected};
 use crate::operations::DeadFilter;
 use crate::outbox::{Claim, Claimed, DeadLetter, Group, Incoming, NOTIFY_CHANNEL, Next, Outgoing};
 use crate::store::{GroupEnd, Saved, Store};
-use crate::url::redact;
 use crate::{Database, DatabaseOptions, Error, Isolation, Key, Locked, RowLock};
 
 impl Store for Postgres {
@@ -63,13 +62,7 @@ impl Store for Postgres {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
-            .map_err(|source| match source {
-                sqlx::Error::Configuration(e) => invalid(url, &e.to_string()),
-                source => Error::Unreachable {
-                    url: redact(url),
-                    source,
-                },
-            })
+            .map_err(|source| not_connected(url, source))
     }
 
     const MIGRATIONS: &'static [crate::migrations::File] = crate::migrations::embed!("postgres":

@@ -6,8 +6,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnection, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Executor};
 
-use crate::database::invalid;
-use crate::url::redact;
+use crate::database::{invalid, not_connected};
 use crate::{DatabaseOptions, Error};
 
 /// The pool of `url`: WAL, the busy timeout of `options`, foreign keys, and the temporary
@@ -38,13 +37,7 @@ pub(super) async fn open(url: &str, options: &DatabaseOptions) -> Result<sqlx::S
         })
         .connect(url)
         .await
-        .map_err(|source| match source {
-            sqlx::Error::Configuration(e) => invalid(url, &e.to_string()),
-            source => Error::Unreachable {
-                url: redact(url),
-                source,
-            },
-        })
+        .map_err(|source| not_connected(url, source))
 }
 
 pub(super) async fn set_busy_timeout(
