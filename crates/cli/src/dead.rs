@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use crate::args::{Bulk, DeadAction, Output, Select};
 use crate::failure::Failure;
 use crate::status::{name_hint, table};
-use crate::stdout::{out, outln};
+use crate::stdout::{counted, out, outln};
 
 /// What `list` and `show` print when `--limit` is not given.
 const SHOWN: u32 = 100;
@@ -166,10 +166,7 @@ async fn apply<B: Backend>(
 
 /// `1 dead delivery`, `3 dead deliveries`.
 fn deliveries(count: usize) -> String {
-    match count {
-        1 => "1 dead delivery".to_owned(),
-        n => format!("{n} dead deliveries"),
-    }
+    counted(count as u64, "dead delivery", "dead deliveries")
 }
 
 /// Asks on the terminal; refuses when standard input is not one.

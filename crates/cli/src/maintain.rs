@@ -8,8 +8,8 @@ use serde_json::json;
 use crate::args::{BackfillArgs, Output, PurgeArgs, RepublishArgs, UnsubscribeArgs};
 use crate::dead::confirm;
 use crate::failure::Failure;
-use crate::status::name_hint;
-use crate::stdout::outln;
+use crate::status::did_you_mean;
+use crate::stdout::{counted, outln};
 
 /// The prefix of the handler names of the forwarders to the broker (`keel::nats`).
 const FORWARDER_PREFIX: &str = "forward:";
@@ -123,11 +123,18 @@ pub(crate) async fn backfill<B: Backend>(
     args: &BackfillArgs,
     out: Output,
 ) -> Result<(), Failure> {
-    ensure_recorded(admin, &args.handler, "nothing to give deliveries to").await?;
-    let created = admin
+    let created = match admin
         .create_deliveries(&args.handler, args.since, false)
         .await
-        .map_err(Failure::database("create the deliveries"))?;
+    {
+        Ok(created) => created,
+        // Its one refusal: no relay has recorded the handler.
+        Err(error @ keel::Error::Rejected(_)) => {
+            let hint = did_you_mean(admin, &args.handler).await;
+            return Err(Failure::nothing(format!("{error}{hint}")));
+        }
+        Err(error) => return Err(Failure::database("create the deliveries")(error)),
+    };
     match out {
         Output::Json => outln!("{}", json!({ "created": created })),
         Output::Text => outln!(
@@ -145,7 +152,7 @@ pub(crate) async fn unsubscribe<B: Backend>(
     out: Output,
 ) -> Result<(), Failure> {
     let name = args.handler.as_str();
-    ensure_recorded(admin, name, "nothing to remove").await?;
+    ensure_recorded(admin, name).await?;
     let status = admin
         .status()
         .await
@@ -180,13 +187,10 @@ pub(crate) async fn unsubscribe<B: Backend>(
     Ok(())
 }
 
-/// Fails (exit code 3) unless a relay has recorded a subscription of the handler `name`,
-/// saying `then` and which recorded handlers end with that name.
-async fn ensure_recorded<B: Backend>(
-    admin: &Admin<B>,
-    name: &str,
-    then: &str,
-) -> Result<(), Failure> {
+/// Fails (exit code 3), naming the recorded handlers that end with `name`, unless a relay
+/// has recorded a subscription of the handler `name`: `Admin::unsubscribe` removes what
+/// there is, so it has no such refusal of its own.
+async fn ensure_recorded<B: Backend>(admin: &Admin<B>, name: &str) -> Result<(), Failure> {
     let recorded = admin
         .subscriptions()
         .await
@@ -196,16 +200,9 @@ async fn ensure_recorded<B: Backend>(
     if recorded {
         return Ok(());
     }
-    let hint = name_hint(admin, name)
-        .await
-        .map(|hint| format!("; {hint}"))
-        .unwrap_or_default();
+    let hint = did_you_mean(admin, name).await;
     Err(Failure::nothing(format!(
-        "no relay has recorded a handler named `{name}` on this database: {then}{hint}"
+        "no relay has recorded a handler named `{name}` on this database: nothing to remove\
+         {hint}"
     )))
-}
-
-/// `1 delivery`, `3 deliveries`.
-fn counted(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }

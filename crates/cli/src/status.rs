@@ -186,27 +186,50 @@ pub(crate) fn table<const N: usize>(rows: &[[String; N]]) -> String {
     text
 }
 
-/// When `name` (given to `--handler`) names no handler of this database: which recorded
-/// handlers end with that name (a handler registered with `register_handler!` is named by
-/// its function's path, `my_service::handlers::notify_partner`).
-pub(crate) async fn name_hint<B: Backend>(admin: &Admin<B>, name: &str) -> Option<String> {
+/// The recorded handlers whose names end with `::name` (a handler registered with
+/// `register_handler!` is named by its function's path, `my_service::handlers::notify`),
+/// or `None` when `name` is a recorded handler's whole name.
+async fn ending_with<B: Backend>(admin: &Admin<B>, name: &str) -> Option<Vec<String>> {
     let status = admin.status().await.ok()?;
-    let mut names: Vec<&str> = status.handlers.iter().map(|h| h.handler.as_str()).collect();
-    if names.contains(&name) {
+    if status.handlers.iter().any(|h| h.handler == name) {
         return None;
     }
-    names.retain(|known| known.ends_with(&format!("::{name}")));
+    let mut names: Vec<String> = status
+        .handlers
+        .into_iter()
+        .map(|h| h.handler)
+        .filter(|known| known.ends_with(&format!("::{name}")))
+        .collect();
     names.sort_unstable();
     names.dedup();
-    Some(match names.as_slice() {
-        [] => format!("no handler is named `{name}` (`keel status` lists them)"),
-        _ => format!(
-            "no handler is named `{name}`; handler names are whole, did you mean {}?",
-            names
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        ),
+    Some(names)
+}
+
+/// "did you mean `a` or `b`?"
+fn suggest(names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    format!("did you mean {}?", quoted.join(" or "))
+}
+
+/// When `name` (given to `--handler`) names no handler of this database: that, and which
+/// recorded handlers end with that name.
+pub(crate) async fn name_hint<B: Backend>(admin: &Admin<B>, name: &str) -> Option<String> {
+    let names = ending_with(admin, name).await?;
+    Some(if names.is_empty() {
+        format!("no handler is named `{name}` (`keel status` lists them)")
+    } else {
+        format!(
+            "no handler is named `{name}`; handler names are whole, {}",
+            suggest(&names)
+        )
     })
+}
+
+/// For a message that already says `name` is unknown: `; did you mean …?` when recorded
+/// handlers end with `name`, else nothing.
+pub(crate) async fn did_you_mean<B: Backend>(admin: &Admin<B>, name: &str) -> String {
+    match ending_with(admin, name).await {
+        Some(names) if !names.is_empty() => format!("; {}", suggest(&names)),
+        _ => String::new(),
+    }
 }

@@ -34,3 +34,8 @@ macro_rules! outln {
 }
 
 pub(crate) use {out, outln};
+
+/// `1 delivery`, `3 deliveries`: a count with its noun.
+pub(crate) fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}

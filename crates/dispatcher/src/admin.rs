@@ -88,7 +88,8 @@ impl<B: Backend> Admin<B> {
 
     /// Creates, for the subscribed handler `handler`, the deliveries its kept events
     /// written since `since` lack; with `again`, those it has done too (only for handlers
-    /// whose receiver deduplicates, such as a forwarder to a broker). Returns how many.
+    /// whose receiver deduplicates, such as a forwarder to a broker). Returns how many;
+    /// [`Error::Rejected`] when no relay has recorded a handler of that name.
     /// See [`Dispatcher::backfill`](crate::Dispatcher::backfill).
     pub async fn create_deliveries(
         &self,
