@@ -10,6 +10,11 @@
 //!   its `UPDATE` and an outbox row (its payload in `jsonb`, as Keel keeps it); consumers
 //!   claim one row at a time with `FOR UPDATE SKIP LOCKED`, write the effect, delete the
 //!   row (the cheapest "done"), commit. The same two transactions per event.
+//! - raw, grouped: the same producers; consumers take up to 8 rows in one statement, write
+//!   each effect with its own statement (as a group of handlers does), commit once, and
+//!   pause 5 ms after a claim that came back short, so that groups are full. Beside
+//!   the same raw producers alone, it shows how much of the producers' rate any delivery
+//!   that runs one handler statement per event can keep on this machine.
 //! - producers only: the yardstick of the target, Keel's producers running the same units
 //!   of work with the handler registered (each commit writes its delivery row, as in the
 //!   Keel run) but nothing delivering them: no fast path, no relay. The clock stops when
@@ -32,10 +37,11 @@ use crate::common::{self, Touched};
 use crate::peers;
 use crate::uow::verdict;
 
-/// The peers, with the least ratio Keel aims for against each.
+/// The peers, with the least ratio Keel aims for against each (Step 12: 2× every peer
+/// but Graphile's defaults, which its batched mode outruns).
 const PEERS: &[peers::Rival] = &[
     (&peers::SQLXMQ, Some(2.0)),
-    (&peers::APALIS, Some(5.0)),
+    (&peers::APALIS, Some(2.0)),
     (&peers::GRAPHILE, None),
     (&peers::GRAPHILE_BATCHED, Some(2.0)),
 ];
@@ -105,47 +111,85 @@ pub async fn producers_only(url: &str, events: u64, producers: u64) -> Result<f6
     Ok(rate)
 }
 
-/// The hand-written ceiling: events per second.
-pub async fn raw(url: &str, events: u64, producers: u64) -> Result<f64, String> {
+/// What the hand-written pipeline's consumers do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Raw {
+    /// No consumer: the producers alone, the yardstick of [`Raw::Grouped`].
+    ProducersOnly,
+    /// One outbox row per transaction: the ceiling Keel's `vs_raw` is measured against.
+    OneAtATime,
+    /// Up to [`GROUP`] rows per transaction, each effect its own statement as a group of
+    /// handlers writes them, one commit, and a pause after a short claim so that groups
+    /// are full: what delivery costs at least, done by hand.
+    Grouped,
+}
+
+/// Rows a grouped raw consumer takes at once: the size of Keel's default groups.
+const GROUP: usize = 8;
+
+/// The hand-written pipeline: events per second (for [`Raw::ProducersOnly`], the rate at
+/// which the producers committed).
+pub async fn raw(url: &str, events: u64, producers: u64, consumers: Raw) -> Result<f64, String> {
     let pool = common::raw_pool(url, (producers + RAW_CONSUMERS) as u32 + 2).await?;
     common::reset(&pool).await?;
     let handled = Arc::new(AtomicI64::new(0));
     let started = Instant::now();
-    let mut consumers = Vec::new();
-    for _ in 0..RAW_CONSUMERS {
+    let mut tasks = Vec::new();
+    let claim = match consumers {
+        Raw::ProducersOnly => None,
+        Raw::OneAtATime => Some(
+            "DELETE FROM raw_outbox WHERE id = (
+                 SELECT id FROM raw_outbox ORDER BY id LIMIT 1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING payload"
+                .to_owned(),
+        ),
+        Raw::Grouped => Some(format!(
+            "DELETE FROM raw_outbox WHERE id = ANY(ARRAY(
+                 SELECT id FROM raw_outbox ORDER BY id LIMIT {GROUP}
+                 FOR UPDATE SKIP LOCKED))
+             RETURNING payload"
+        )),
+    };
+    // A grouped consumer waits after a claim that came back short, so that its groups
+    // fill up: the floor at its cheapest, paid in latency.
+    let idle = Duration::from_millis(if consumers == Raw::Grouped { 5 } else { 1 });
+    for _ in 0..claim.as_ref().map_or(0, |_| RAW_CONSUMERS) {
         let (pool, handled) = (pool.clone(), handled.clone());
+        let claim = claim.clone().unwrap_or_default();
         let events = events as i64;
-        consumers.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             while handled.load(Ordering::Relaxed) < events {
                 let mut tx = pool.begin().await?;
-                let claimed: Option<(Json<Touched>,)> = sqlx::query_as(
-                    "DELETE FROM raw_outbox WHERE id = (
-                         SELECT id FROM raw_outbox ORDER BY id LIMIT 1
-                         FOR UPDATE SKIP LOCKED)
-                     RETURNING payload",
-                )
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((payload,)) = claimed else {
+                let claimed: Vec<(Json<Touched>,)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(claim.as_str()))
+                        .fetch_all(&mut *tx)
+                        .await?;
+                if claimed.is_empty() {
                     tx.rollback().await?;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    tokio::time::sleep(idle).await;
                     continue;
-                };
-                sqlx::query("INSERT INTO bench_effects (seq) VALUES ($1)")
-                    .bind(payload.seq)
-                    .execute(&mut *tx)
-                    .await?;
+                }
+                for (payload,) in &claimed {
+                    sqlx::query("INSERT INTO bench_effects (seq) VALUES ($1)")
+                        .bind(payload.seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
-                handled.fetch_add(1, Ordering::Relaxed);
+                handled.fetch_add(claimed.len() as i64, Ordering::Relaxed);
+                if consumers == Raw::Grouped && claimed.len() < GROUP {
+                    tokio::time::sleep(idle).await;
+                }
             }
             Ok::<_, sqlx::Error>(())
         }));
     }
-    let mut tasks = Vec::new();
+    let mut producing = Vec::new();
     for task in 0..producers {
         let pool = pool.clone();
         let n = common::share(events, producers, task);
-        tasks.push(tokio::spawn(async move {
+        producing.push(tokio::spawn(async move {
             let row = task as i64 % 64 + 1;
             for i in 0..n {
                 let seq = (task * events + i) as i64;
@@ -164,10 +208,21 @@ pub async fn raw(url: &str, events: u64, producers: u64) -> Result<f64, String> 
             Ok::<_, sqlx::Error>(())
         }));
     }
+    common::join_all(producing).await?;
     common::join_all(tasks).await?;
-    common::join_all(consumers).await?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
-    check_rows(&pool, events).await?;
+    if consumers == Raw::ProducersOnly {
+        let updates = common::count(&pool, "SELECT sum(n)::BIGINT FROM bench_rows").await?;
+        let pending = common::count(&pool, "SELECT count(*) FROM raw_outbox").await?;
+        if updates != events as i64 || pending != events as i64 {
+            return Err(format!(
+                "raw producers only: expected {events} updates and outbox rows, found \
+                 {updates} and {pending}"
+            ));
+        }
+    } else {
+        check_rows(&pool, events).await?;
+    }
     Ok(rate)
 }
 
@@ -190,7 +245,9 @@ pub async fn run(
     svg: Option<&Path>,
     with_peers: bool,
 ) -> Result<Report, String> {
-    let raw_rate = raw(url, events, producers).await?;
+    let raw_rate = raw(url, events, producers, Raw::OneAtATime).await?;
+    let raw_producer_rate = raw(url, events, producers, Raw::ProducersOnly).await?;
+    let grouped_rate = raw(url, events, producers, Raw::Grouped).await?;
     let producer_rate = producers_only(url, events, producers).await?;
     let alone_rate = keel(url, events, producers, None).await?;
     let savepoints_rate = keel(url, events, producers, Some(GroupCommit::savepoints())).await?;
@@ -214,6 +271,18 @@ pub async fn run(
         raw_rate,
         "events/s",
         None,
+    );
+    common::row(
+        "raw producers alone (no consumer)",
+        raw_producer_rate,
+        "events/s",
+        None,
+    );
+    common::row(
+        &format!("raw, grouped consumers ({GROUP} per commit): the floor"),
+        grouped_rate,
+        "events/s",
+        Some((grouped_rate / raw_producer_rate, "its producers")),
     );
     common::row(
         "Keel producers only (no delivery): the target's yardstick",
@@ -248,6 +317,12 @@ pub async fn run(
     report.set("raw_events_per_s", raw_rate);
     report.set("vs_raw", keel_rate / raw_rate);
     report.set("producer_only_events_per_s", producer_rate);
+    report.set("raw_producer_only_events_per_s", raw_producer_rate);
+    report.set("raw_grouped_events_per_s", grouped_rate);
+    report.set(
+        "raw_grouped_vs_raw_producer_only",
+        grouped_rate / raw_producer_rate,
+    );
     report.set("vs_producer_only", keel_rate / producer_rate);
     let mut goals = vec![
         format!("vs_raw ≥ 0.8 {}", verdict(keel_rate / raw_rate >= 0.8)),
@@ -265,7 +340,7 @@ pub async fn run(
         let (mut keel_points, mut raw_points) = (Vec::new(), Vec::new());
         println!("\n  throughput vs producers ({points} events per point):");
         for p in counts {
-            let r = raw(url, points, p).await?;
+            let r = raw(url, points, p, Raw::OneAtATime).await?;
             let k = keel(url, points, p, DeliveryOptions::default().grouping()).await?;
             println!(
                 "    {p:>2} producers: raw {r:>8.0}/s, Keel {k:>8.0}/s ({:.2}×)",

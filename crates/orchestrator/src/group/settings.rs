@@ -32,10 +32,12 @@ impl GroupCommit {
         }
     }
 
-    /// The default size of a group. Members take turns on one connection, so a large group
-    /// makes its last members wait for the others' statements: with 8 concurrent groups of
-    /// 8 rather than 1 group of 64, the benchmark delivered twice as fast (`docs/benchmarks.md`).
-    pub const MEMBERS: usize = 8;
+    /// The default size of a group. A group's own round trips (`BEGIN`, then the done marks
+    /// with `COMMIT`) are shared by its members, but members take turns on one connection,
+    /// so a full group's last member waits for the others' statements. In the `delivery`
+    /// benchmark (64 deliveries at once), groups of up to 32 delivered about a sixth more
+    /// than groups of 8, and larger ones no more (`docs/benchmarks.md`).
+    pub const MEMBERS: usize = 32;
 
     /// The most members a group takes (at least 1); with savepoints, at most 60
     /// (PostgreSQL keeps 64 subtransactions per transaction in shared memory; beyond that
