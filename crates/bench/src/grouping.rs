@@ -3,7 +3,7 @@
 //! The clock starts when a producer's unit of work returns its receipt (its `COMMIT` has
 //! completed) and stops when the handler's unit of work returns (its effect and done mark
 //! committed, alone or with its group). In-process (fast path), PostgreSQL, at a steady
-//! pace from one producer and from four, with handlers committing alone, in groups with
+//! pace from one producer, four and eight, with handlers committing alone, in groups with
 //! savepoints (the default) and in optimistic groups. Grouping buys throughput under load
 //! (`delivery`); this shows what it charges each effect for it.
 
@@ -21,8 +21,9 @@ use crate::latency::{PACE, summary};
 /// When each event's effect committed, by sequence number.
 static COMMITTED: Mutex<Option<HashMap<i64, Instant>>> = Mutex::new(None);
 
-/// Producers of each load: one at a time, then four at once, each pausing [`PACE`].
-const LOADS: [u64; 2] = [1, 4];
+/// Producers of each load: one at a time, four, then eight at once (about what the
+/// handlers committing alone can take on the benchmark machine), each pausing [`PACE`].
+const LOADS: [u64; 3] = [1, 4, 8];
 
 /// The shapes compared, with their report keys.
 fn shapes() -> [(&'static str, &'static str, Option<GroupCommit>); 3] {
