@@ -133,7 +133,7 @@ scenarios (each prints a table and a last line RESULT <scenario> key=value ...):
             raw sqlx, 8 tasks: ratio = Keel/raw time per op (goal <= 1.02)
   delivery  events/s from commit to handler effect, N producers: Keel vs a hand-written
             sqlx pipeline (the ceiling), the same pipeline with grouped consumers beside
-            its producers alone (the floor), Keel's producers alone (no delivery), sqlxmq,
+            its producers alone, Keel's producers alone (no delivery), sqlxmq,
             apalis and Graphile Worker (goals: vs_raw >= 0.8, vs_producer_only >= 0.9,
             vs_apalis >= 2, vs_sqlxmq >= 2, vs_graphile_batched >= 2); with --svg,
             throughput vs producers

@@ -35,13 +35,14 @@ impl GroupCommit {
     /// The default size of a group. A group's own round trips (`BEGIN`, then the done marks
     /// with `COMMIT`) are shared by its members, but members take turns on one connection,
     /// so a full group's last member waits for the others' statements. In the `delivery`
-    /// benchmark (64 deliveries at once), groups of up to 32 delivered about a sixth more
+    /// benchmark (64 deliveries at once), groups of up to 32 delivered about a fifth more
     /// than groups of 8, and larger ones no more (`docs/benchmarks.md`).
     pub const MEMBERS: usize = 32;
 
     /// The most members a group takes (at least 1); with savepoints, at most 60
     /// (PostgreSQL keeps 64 subtransactions per transaction in shared memory; beyond that
-    /// every snapshot on the server slows down).
+    /// every snapshot on the server slows down). Members' savepoints are nested and kept
+    /// until the group commits, so savepoints a handler opens itself share what is left.
     #[must_use]
     pub fn max_members(mut self, members: usize) -> Self {
         let cap = if self.savepoints { 60 } else { usize::MAX };

@@ -365,8 +365,8 @@ pub(super) async fn mark_done_alone(
     }
 }
 
-/// Deliveries marked at most per call of `keel_mark_done_few`; larger marks go to
-/// `keel_mark_done`.
+/// Deliveries marked at most per call of `keel_mark_done_few`; larger marks (a group of
+/// more than 8 members of one handler, a batch of done marks) go to `keel_mark_done`.
 const FEW_MARKS: usize = 8;
 
 /// Moves pending deliveries to the done log (`append`: without the conflict check), each
