@@ -50,6 +50,7 @@ const PEERS: &[peers::Rival] = &[
 /// Consumers of the raw pipeline.
 const RAW_CONSUMERS: u64 = 8;
 const EFFECTS: &str = "SELECT count(*) FROM bench_effects";
+const UPDATES: &str = "SELECT sum(n)::BIGINT FROM bench_rows";
 
 /// Keel end to end: events per second.
 pub async fn keel(
@@ -96,7 +97,7 @@ pub async fn producers_only(url: &str, events: u64, producers: u64) -> Result<f6
     common::produce(app.dispatcher(), events, producers, 0).await?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
     app.shutdown().await.map_err(|e| e.to_string())?;
-    let updates = common::count(&pool, "SELECT sum(n)::BIGINT FROM bench_rows").await?;
+    let updates = common::count(&pool, UPDATES).await?;
     let pending = common::count(
         &pool,
         "SELECT count(*) FROM keel_deliveries WHERE status = 'pending'",
@@ -139,27 +140,29 @@ pub async fn raw(url: &str, events: u64, producers: u64, consumers: Raw) -> Resu
     let handled = Arc::new(AtomicI64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    let claim = match consumers {
-        Raw::ProducersOnly => String::new(),
-        Raw::OneAtATime => "DELETE FROM raw_outbox WHERE id = (
+    // A grouped consumer also waits after a claim that came back short, so that its
+    // groups fill up: the cheapest it gets, paid in latency.
+    let (count, claim, idle) = match consumers {
+        Raw::ProducersOnly => (0, String::new(), Duration::ZERO),
+        Raw::OneAtATime => (
+            RAW_CONSUMERS,
+            "DELETE FROM raw_outbox WHERE id = (
                  SELECT id FROM raw_outbox ORDER BY id LIMIT 1
                  FOR UPDATE SKIP LOCKED)
              RETURNING payload"
-            .to_owned(),
-        Raw::Grouped => format!(
-            "DELETE FROM raw_outbox WHERE id = ANY(ARRAY(
-                 SELECT id FROM raw_outbox ORDER BY id LIMIT {GROUP}
-                 FOR UPDATE SKIP LOCKED))
-             RETURNING payload"
+                .to_owned(),
+            Duration::from_millis(1),
         ),
-    };
-    // A grouped consumer waits after a claim that came back short, so that its groups
-    // fill up: the cheapest it gets, paid in latency.
-    let idle = Duration::from_millis(if consumers == Raw::Grouped { 5 } else { 1 });
-    let count = match consumers {
-        Raw::ProducersOnly => 0,
-        Raw::OneAtATime => RAW_CONSUMERS,
-        Raw::Grouped => GROUPED_CONSUMERS,
+        Raw::Grouped => (
+            GROUPED_CONSUMERS,
+            format!(
+                "DELETE FROM raw_outbox WHERE id = ANY(ARRAY(
+                     SELECT id FROM raw_outbox ORDER BY id LIMIT {GROUP}
+                     FOR UPDATE SKIP LOCKED))
+                 RETURNING payload"
+            ),
+            Duration::from_millis(5),
+        ),
     };
     for _ in 0..count {
         let (pool, handled) = (pool.clone(), handled.clone());
@@ -219,7 +222,7 @@ pub async fn raw(url: &str, events: u64, producers: u64, consumers: Raw) -> Resu
     common::join_all(tasks).await?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
     if consumers == Raw::ProducersOnly {
-        let updates = common::count(&pool, "SELECT sum(n)::BIGINT FROM bench_rows").await?;
+        let updates = common::count(&pool, UPDATES).await?;
         let pending = common::count(&pool, "SELECT count(*) FROM raw_outbox").await?;
         if updates != events as i64 || pending != events as i64 {
             return Err(format!(
@@ -235,7 +238,7 @@ pub async fn raw(url: &str, events: u64, producers: u64, consumers: Raw) -> Resu
 
 /// Every producer's update committed, every effect written once.
 async fn check_rows(pool: &sqlx::PgPool, events: u64) -> Result<(), String> {
-    let updates = common::count(pool, "SELECT sum(n)::BIGINT FROM bench_rows").await?;
+    let updates = common::count(pool, UPDATES).await?;
     let effects = common::count(pool, EFFECTS).await?;
     if updates != events as i64 || effects != events as i64 {
         return Err(format!(
