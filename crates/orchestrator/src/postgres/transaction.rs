@@ -192,12 +192,11 @@ pub(super) async fn commit_group(
     let mut sql = check(marker, Isolation::default());
     sql.push_str(&format!("SELECT keel_unguard_group('{marker}'); "));
     for (handler, event_ids) in marks {
-        let function = if event_ids.len() <= FEW_MARKS {
-            "keel_mark_done_few"
-        } else {
-            "keel_mark_done"
-        };
-        let _ = write!(sql, "SELECT CASE WHEN {function}({}, '{{", literal(handler));
+        let _ = write!(
+            sql,
+            "SELECT CASE WHEN keel_mark_done({}, '{{",
+            literal(handler)
+        );
         for (n, id) in event_ids.iter().enumerate() {
             let _ = write!(sql, "{}{id}", if n == 0 { "" } else { "," });
         }
@@ -365,15 +364,10 @@ pub(super) async fn mark_done_alone(
     }
 }
 
-/// Deliveries marked at most per call of `keel_mark_done_few`; larger marks (a group of
-/// more than 8 members of one handler, a batch of done marks) go to `keel_mark_done`.
-const FEW_MARKS: usize = 8;
-
 /// Moves pending deliveries to the done log (`append`: without the conflict check), each
-/// looked up by key whatever the table's statistics say: up to [`FEW_MARKS`] in the
-/// function `keel_mark_done_few` (migration `0011_mark_few.sql`: one lookup per id, no
-/// planner settings to save and restore at each call), more in `keel_mark_done`
-/// (migration `0010_mark_done.sql`: one set-based statement, its plan pinned by settings).
+/// looked up by key whatever the table's statistics say (`keel_mark_done`, migrations
+/// `0010_mark_done.sql` and `0012_generic_plans.sql`: one set-based statement, its plan
+/// pinned by settings and kept for the session).
 async fn mark_done_sql(
     conn: &mut PgConnection,
     append: bool,
@@ -381,12 +375,7 @@ async fn mark_done_sql(
     handler: &str,
 ) -> Result<i64, sqlx::Error> {
     let ids: Vec<uuid::Uuid> = event_ids.iter().map(|id| *id.as_uuid()).collect();
-    let sql = if ids.len() <= FEW_MARKS {
-        "SELECT keel_mark_done_few($1, $2, $3)"
-    } else {
-        "SELECT keel_mark_done($1, $2, $3)"
-    };
-    sqlx::query_scalar(sql)
+    sqlx::query_scalar("SELECT keel_mark_done($1, $2, $3)")
         .bind(handler)
         .bind(ids)
         .bind(append)
