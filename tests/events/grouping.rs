@@ -258,6 +258,77 @@ async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
     }
 }
 
+/// After a member fails, optimistic groups run their members in savepoints for a while:
+/// in 20 waves of 10 orders, 50 ms apart, each wave's group has one member that fails its
+/// first attempt; the first failing member undoes its group, and the later ones are undone
+/// alone, where each would undo its wave's group without savepoints.
+#[tokio::test(flavor = "current_thread")]
+async fn optimistic_groups_take_savepoints_after_a_member_fails() {
+    if !super::POSTGRES {
+        // SQLite marks every member with a savepoint: a failing one is always undone alone.
+        return;
+    }
+    let Some(test) = keel_testing::TestDatabase::<super::B>::new().await else {
+        return;
+    };
+    let db = test.database().clone();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
+    schema_with_effects(&db).await;
+    let app = app(
+        db.clone(),
+        GroupCommit::optimistic(),
+        Fault::ErrorAfterWriting,
+    );
+    for wave in 0..20_i64 {
+        let mut producers = Vec::new();
+        for i in 1..=10 {
+            let app = app.clone();
+            producers.push(tokio::spawn(async move {
+                let order_id = wave * 10 + i;
+                app.session()
+                    .unit_of_work(async |tx| {
+                        tx.record(OrderPlaced { order_id })?;
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }));
+        }
+        for producer in producers {
+            producer.await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    let effects = count(&db, "SELECT COUNT(*) FROM effects").await;
+    let distinct = count(&db, "SELECT COUNT(DISTINCT order_id) FROM effects").await;
+    assert_eq!((effects, distinct), (200, 200), "each order's effect once");
+    assert_eq!(failures(&db, "effects").await, 20);
+    app.shutdown().await.unwrap();
+    let undone = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(n) if key.key().name() == "keel_group_commits_undone_total" => {
+                Some(n)
+            }
+            _ => None,
+        })
+        .unwrap_or(0);
+    assert!(
+        (1..=3).contains(&undone),
+        "{undone} groups undone by 20 failing members in 20 waves: optimistic groups \
+         should run in savepoints after a failure"
+    );
+}
+
 macro_rules! grouping_tests {
     ($($(#[$attr:meta])* $name:ident: $grouping:expr, $fault:expr;)+) => {$(
         $(#[$attr])*

@@ -4,7 +4,7 @@
 //! completed) and stops when the handler's unit of work returns (its effect and done mark
 //! committed, alone or with its group). In-process (fast path), PostgreSQL, at a steady
 //! pace from one producer, four and eight, with handlers committing alone, in groups with
-//! savepoints (the default) and in optimistic groups. Grouping buys throughput under load
+//! savepoints and in optimistic groups (the default). Grouping buys throughput under load
 //! (`delivery`); this shows what it charges each effect for it.
 
 use std::collections::HashMap;
@@ -31,12 +31,12 @@ fn shapes() -> [(&'static str, &'static str, Option<GroupCommit>); 3] {
         ("alone", "each handler commits alone", None),
         (
             "savepoints",
-            "group commit with savepoints (default)",
+            "group commit with savepoints",
             Some(GroupCommit::savepoints()),
         ),
         (
             "optimistic",
-            "group commit, optimistic",
+            "group commit, optimistic (default)",
             Some(GroupCommit::optimistic()),
         ),
     ]

@@ -57,7 +57,7 @@ pub(crate) const GROUP_COMMIT_VAR: &str = "KEEL_GROUP_COMMIT";
 
 /// The default group commit, unless [`GROUP_COMMIT_VAR`] says otherwise.
 fn group_commit_from_env() -> Option<GroupCommit> {
-    let default = Some(GroupCommit::savepoints());
+    let default = Some(GroupCommit::optimistic());
     match std::env::var(GROUP_COMMIT_VAR) {
         Err(_) => default,
         Ok(value) => match value.trim().to_ascii_lowercase().as_str() {
@@ -169,7 +169,8 @@ impl DeliveryOptions {
     /// group costs is latency (up to its window, and the turns of the members before it)
     /// and row locks held until the group commits.
     ///
-    /// Default: [`GroupCommit::savepoints()`], unless the environment variable
+    /// Default: [`GroupCommit::optimistic()`] (no savepoints while members succeed, in
+    /// savepoints for a second after one fails), unless the environment variable
     /// `KEEL_GROUP_COMMIT` says `off`, `savepoints` or `optimistic`. Turn it off for
     /// handlers whose steps wait on something slow inside their unit of work.
     #[must_use]

@@ -65,8 +65,9 @@ struct Inner<B: sqlx::Database> {
     /// SQLite allows one writer: units of work of this process queue here instead of
     /// spinning in SQLite's busy handler.
     writer: Arc<tokio::sync::Mutex<()>>,
-    /// The group of units of work taking members (see the `group` module).
-    open_group: crate::group::OpenGroup<B>,
+    /// The group of units of work taking members, and when a member last failed (see the
+    /// `group` module).
+    groups: crate::group::Groups<B>,
     /// Kept to open an independent pool (`connect_again`); holds the unredacted URL, so
     /// it is never printed.
     options: DatabaseOptions,
@@ -146,7 +147,7 @@ impl<B: Backend> Database<B> {
                 pool,
                 url: shown,
                 writer: Arc::new(tokio::sync::Mutex::new(())),
-                open_group: std::sync::Mutex::new(None),
+                groups: crate::group::Groups::default(),
                 options,
                 notifier: Notifier::new(),
                 holders: std::sync::Mutex::new(Vec::new()),
@@ -371,8 +372,8 @@ impl<B: Backend> Database<B> {
         self.inner.writer.clone().lock_owned().await
     }
 
-    pub(crate) fn open_group(&self) -> &crate::group::OpenGroup<B> {
-        &self.inner.open_group
+    pub(crate) fn groups(&self) -> &crate::group::Groups<B> {
+        &self.inner.groups
     }
 }
 

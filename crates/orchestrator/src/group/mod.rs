@@ -11,10 +11,13 @@
 //! Nothing changes for the code that opened the unit of work: its call returns only after
 //! the group's commit, with the same receipt as alone. A member that fails is undone alone
 //! (with [`GroupCommit::savepoints`], it runs in a savepoint rolled back on failure), or
-//! undoes the whole group ([`GroupCommit::optimistic`]: no savepoint round trip; the other
-//! members then run again, each in a transaction of its own, which is what a retry would do
-//! anyway). A member cancelled mid-steps (a timeout) leaves its transaction in an unknown
-//! state: the group's connection is closed, and the others run again alone.
+//! undoes the whole group ([`GroupCommit::optimistic`]: no savepoint; the other members
+//! then run again, each in a transaction of its own, which is what a retry would do
+//! anyway). After a failure, optimistic groups run their members in savepoints for a while
+//! ([`GroupCommit::SAVEPOINTS_AFTER_FAILURE`]): failures come in runs (a partner down, a
+//! bad deploy), and each would otherwise undo a group. A member cancelled mid-steps (a
+//! timeout) leaves its transaction in an unknown state: the group's connection is closed,
+//! and the others run again alone.
 //!
 //! A handler's processed marker (its delivery's done mark) is not written by each member:
 //! the group marks its members' deliveries done in one statement per handler just before
@@ -32,6 +35,7 @@ mod end;
 mod settings;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::pool::PoolConnection;
 use tokio::sync::{Notify, OwnedMutexGuard, watch};
@@ -43,12 +47,44 @@ use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions};
 use end::drive;
 pub use settings::GroupCommit;
 
-/// The open group of a database, if any (one per [`Database`] and its clones).
-pub(crate) type OpenGroup<B> = std::sync::Mutex<Option<Arc<Group<B>>>>;
+/// A database's groups (one per [`Database`] and its clones): the open one, if any, and
+/// when a member last failed.
+pub(crate) struct Groups<B: sqlx::Database>(std::sync::Mutex<GroupsState<B>>);
+
+struct GroupsState<B: sqlx::Database> {
+    open: Option<Arc<Group<B>>>,
+    last_failure: Option<Instant>,
+}
+
+impl<B: sqlx::Database> Default for Groups<B> {
+    fn default() -> Self {
+        Groups(std::sync::Mutex::new(GroupsState {
+            open: None,
+            last_failure: None,
+        }))
+    }
+}
+
+impl<B: sqlx::Database> Groups<B> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupsState<B>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A member's steps failed: optimistic groups opened during the next
+    /// [`GroupCommit::SAVEPOINTS_AFTER_FAILURE`] run their members in savepoints.
+    fn member_failed(&self) {
+        self.lock().last_failure = Some(Instant::now());
+    }
+}
 
 /// One group: its transaction's connection, who is in it, and how it ended.
 pub(crate) struct Group<B: sqlx::Database> {
     settings: GroupCommit,
+    /// Whether its members run in savepoints: with [`GroupCommit::savepoints`], or for a
+    /// while after a member failed.
+    savepoints: bool,
+    /// The most members it takes (the settings', at most 60 with savepoints).
+    max_members: usize,
     marker: uuid::Uuid,
     state: std::sync::Mutex<State>,
     changed: Notify,
@@ -159,18 +195,28 @@ pub(crate) fn groupable(options: &UnitOfWorkOptions) -> Option<GroupCommit> {
 impl<B: Backend> Database<B> {
     /// Joins the open group, or opens one (and its driver) when there is none with room.
     fn join(&self, settings: GroupCommit) -> Arc<Group<B>> {
-        let mut open = self.open_group().lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(group) = open.as_ref().filter(|g| g.settings == settings) {
+        let mut groups = self.groups().lock();
+        if let Some(group) = groups.open.as_ref().filter(|g| g.settings == settings) {
             let mut state = group.state();
-            if !state.closed && state.joined < settings.max_members {
+            if !state.closed && state.joined < group.max_members {
                 state.joined += 1;
                 state.running += 1;
                 drop(state);
                 return group.clone();
             }
         }
+        let savepoints = settings.savepoints
+            || groups
+                .last_failure
+                .is_some_and(|at| at.elapsed() < GroupCommit::SAVEPOINTS_AFTER_FAILURE);
         let group = Arc::new(Group {
             settings,
+            savepoints,
+            max_members: if savepoints {
+                settings.max_members.min(GroupCommit::MOST_SAVEPOINTS)
+            } else {
+                settings.max_members
+            },
             marker: crate::marker::new(),
             state: std::sync::Mutex::new(State {
                 joined: 1,
@@ -185,7 +231,8 @@ impl<B: Backend> Database<B> {
             })),
             ended: watch::Sender::new(None),
         });
-        *open = Some(group.clone());
+        groups.open = Some(group.clone());
+        drop(groups);
         tokio::spawn(drive(self.clone(), group.clone()));
         group
     }
@@ -216,7 +263,7 @@ impl<B: Backend> Database<B> {
         let opener = slot.conn.is_none();
         if opener {
             match self
-                .open_group_transaction(options, group.marker, settings.savepoints)
+                .open_group_transaction(options, group.marker, group.savepoints)
                 .await
             {
                 Ok(opened) => *slot = opened,
@@ -231,9 +278,9 @@ impl<B: Backend> Database<B> {
             return Membership::Undone;
         };
         member.working = true;
-        let savepoint = settings.savepoints || B::MARKS_WITH_SAVEPOINT;
+        let savepoint = group.savepoints || B::MARKS_WITH_SAVEPOINT;
         if !opener {
-            match B::member_begin(conn, settings.savepoints, unchecked).await {
+            match B::member_begin(conn, group.savepoints, unchecked).await {
                 Ok(true) => {}
                 // The member before this one ended the transaction: nothing of the group
                 // commits, and each member runs again alone (that one fails there).
@@ -284,6 +331,7 @@ impl<B: Backend> Database<B> {
                 return Membership::Ran(Err(replaced()));
             }
             Err(error) => {
+                self.groups().member_failed();
                 // Undone alone in its savepoint; without one, it undoes the group.
                 let undo = if savepoint {
                     B::member_rollback(conn).await.err().map(|_| Undo::Rollback)

@@ -22,8 +22,16 @@ impl GroupCommit {
         }
     }
 
-    /// No savepoints: a failing member rolls the whole group back, and its other members
-    /// run again, each alone. Up to [`GroupCommit::MEMBERS`] members, no window.
+    /// No savepoints while members succeed: a failing member rolls the whole group back,
+    /// and its other members run again, each alone; the groups opened during the next
+    /// [`GroupCommit::SAVEPOINTS_AFTER_FAILURE`] run their members in savepoints, so a
+    /// handler that keeps failing undoes at most about one group a second. Up to
+    /// [`GroupCommit::MEMBERS`] members, no window.
+    ///
+    /// A savepoint costs more than its round trip on PostgreSQL: each member's writes get a
+    /// subtransaction id that every other transaction's snapshot carries while the group
+    /// runs. In the `delivery` benchmark optimistic groups delivered about a tenth more
+    /// (`docs/benchmarks.md`).
     pub fn optimistic() -> Self {
         GroupCommit {
             max_members: Self::MEMBERS,
@@ -39,13 +47,27 @@ impl GroupCommit {
     /// than groups of 8, and larger ones no more (`docs/benchmarks.md`).
     pub const MEMBERS: usize = 32;
 
-    /// The most members a group takes (at least 1); with savepoints, at most 60
-    /// (PostgreSQL keeps 64 subtransactions per transaction in shared memory; beyond that
-    /// every snapshot on the server slows down). Members' savepoints are nested and kept
-    /// until the group commits, so savepoints a handler opens itself share what is left.
+    /// How long after a member's failure optimistic groups run their members in
+    /// savepoints (see [`GroupCommit::optimistic`]).
+    pub const SAVEPOINTS_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+    /// The most members of a group that runs them in savepoints: PostgreSQL keeps 64
+    /// subtransactions per transaction in shared memory, and beyond that every snapshot on
+    /// the server slows down.
+    pub const MOST_SAVEPOINTS: usize = 60;
+
+    /// The most members a group takes (at least 1); with savepoints, at most
+    /// [`GroupCommit::MOST_SAVEPOINTS`] (an optimistic group running its members in
+    /// savepoints after a failure takes no more either). Members' savepoints are nested and
+    /// kept until the group commits, so savepoints a handler opens itself share what is
+    /// left.
     #[must_use]
     pub fn max_members(mut self, members: usize) -> Self {
-        let cap = if self.savepoints { 60 } else { usize::MAX };
+        let cap = if self.savepoints {
+            Self::MOST_SAVEPOINTS
+        } else {
+            usize::MAX
+        };
         self.max_members = members.clamp(1, cap);
         self
     }
@@ -58,7 +80,7 @@ impl GroupCommit {
         self
     }
 
-    /// Whether members run in savepoints.
+    /// Whether members always run in savepoints ([`GroupCommit::savepoints`]).
     pub fn uses_savepoints(&self) -> bool {
         self.savepoints
     }
