@@ -166,8 +166,13 @@ impl<B: Backend> Member<B> {
                 _ => undo,
             });
         }
+        // The group's driver waits for no member to be running, or for an undo; waking it
+        // for every member that leaves would cost a task switch each.
+        let wake = state.running == 0 || state.undo.is_some();
         drop(state);
-        self.group.changed.notify_one();
+        if wake {
+            self.group.changed.notify_one();
+        }
     }
 }
 
