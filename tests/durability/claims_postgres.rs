@@ -197,11 +197,12 @@ async fn a_done_mark_reads_what_it_marks_whatever_the_statistics() {
     marks_read_what_they_mark("keel_mark_done", 200, 1_000).await;
 }
 
-/// A mark of a few deliveries, as handlers that end a few milliseconds apart are marked,
+/// A mark of a few deliveries through `keel_mark_done_few`, which processes of an older
+/// build still call during a rolling deploy (migration `0015_mark_few_delegates.sql`),
 /// reads only them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mark_of_a_few_reads_only_them_whatever_the_statistics() {
-    marks_read_what_they_mark("keel_mark_done", 5, 50).await;
+    marks_read_what_they_mark("keel_mark_done_few", 5, 50).await;
 }
 
 /// `function` marks `count` of the backlog done, appending and then with the conflict

@@ -14,7 +14,7 @@
 //! undoes the whole group ([`GroupCommit::optimistic`]: no savepoint; the other members
 //! then run again, each in a transaction of its own, which is what a retry would do
 //! anyway). After a failure, optimistic groups run their members in savepoints for a while
-//! ([`GroupCommit::SAVEPOINTS_AFTER_FAILURE`]): failures come in runs (a partner down, a
+//! ([`GroupCommit::savepoints_after_failure`]): failures come in runs (a partner down, a
 //! bad deploy), and each would otherwise undo a group. A member cancelled mid-steps (a
 //! timeout) leaves its transaction in an unknown state: the group's connection is closed,
 //! and the others run again alone.
@@ -70,8 +70,8 @@ impl<B: sqlx::Database> Groups<B> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A member's steps failed: optimistic groups opened during the next
-    /// [`GroupCommit::SAVEPOINTS_AFTER_FAILURE`] run their members in savepoints.
+    /// A member's steps failed: optimistic groups opened for a while after run their
+    /// members in savepoints ([`GroupCommit::savepoints_after_failure`]).
     fn member_failed(&self) {
         self.lock().last_failure = Some(Instant::now());
     }
@@ -210,10 +210,12 @@ impl<B: Backend> Database<B> {
                 return group.clone();
             }
         }
+        // On SQLite members are undone alone anyway (`MARKS_WITH_SAVEPOINT`).
         let savepoints = settings.savepoints
-            || groups
-                .last_failure
-                .is_some_and(|at| at.elapsed() < GroupCommit::SAVEPOINTS_AFTER_FAILURE);
+            || (!B::MARKS_WITH_SAVEPOINT
+                && groups
+                    .last_failure
+                    .is_some_and(|at| at.elapsed() < settings.after_failure));
         let group = Arc::new(Group {
             settings,
             savepoints,

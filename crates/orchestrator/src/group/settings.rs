@@ -9,24 +9,29 @@ pub struct GroupCommit {
     pub(crate) max_members: usize,
     pub(crate) window: Duration,
     pub(crate) savepoints: bool,
+    pub(crate) after_failure: Duration,
 }
 
 impl GroupCommit {
     /// Each member in a savepoint: a failing member is rolled back alone, at one extra round
-    /// trip per member. Up to [`GroupCommit::MEMBERS`] members, no window.
+    /// trip per member and, on PostgreSQL, a subtransaction (see
+    /// [`GroupCommit::optimistic`]). Up to [`GroupCommit::MEMBERS`] members, no window.
     pub fn savepoints() -> Self {
         GroupCommit {
             max_members: Self::MEMBERS,
             window: Duration::ZERO,
             savepoints: true,
+            after_failure: Duration::ZERO,
         }
     }
 
     /// No savepoints while members succeed: a failing member rolls the whole group back,
-    /// and its other members run again, each alone; the groups opened during the next
-    /// [`GroupCommit::SAVEPOINTS_AFTER_FAILURE`] run their members in savepoints, so a
+    /// and its other members run again, each alone (their steps run a second time); the
+    /// groups opened during the next [`GroupCommit::SAVEPOINTS_AFTER_FAILURE`] (see
+    /// [`GroupCommit::savepoints_after_failure`]) run their members in savepoints, so a
     /// handler that keeps failing undoes at most about one group a second. Up to
-    /// [`GroupCommit::MEMBERS`] members, no window.
+    /// [`GroupCommit::MEMBERS`] members, no window. On SQLite members are always undone
+    /// alone (a unit of work there is marked by a savepoint).
     ///
     /// A savepoint costs more than its round trip on PostgreSQL: each member's writes get a
     /// subtransaction id that every other transaction's snapshot carries while the group
@@ -37,6 +42,7 @@ impl GroupCommit {
             max_members: Self::MEMBERS,
             window: Duration::ZERO,
             savepoints: false,
+            after_failure: Self::SAVEPOINTS_AFTER_FAILURE,
         }
     }
 
@@ -48,7 +54,7 @@ impl GroupCommit {
     pub const MEMBERS: usize = 32;
 
     /// How long after a member's failure optimistic groups run their members in
-    /// savepoints (see [`GroupCommit::optimistic`]).
+    /// savepoints by default (see [`GroupCommit::optimistic`]).
     pub const SAVEPOINTS_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
     /// The most members of a group that runs them in savepoints: PostgreSQL keeps 64
@@ -77,6 +83,17 @@ impl GroupCommit {
     #[must_use]
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
+        self
+    }
+
+    /// How long after a member's failure an optimistic group's members run in savepoints
+    /// (default [`GroupCommit::SAVEPOINTS_AFTER_FAILURE`]; zero: never). Without effect on
+    /// [`GroupCommit::savepoints`], whose members always do.
+    #[must_use]
+    pub fn savepoints_after_failure(mut self, after_failure: Duration) -> Self {
+        if !self.savepoints {
+            self.after_failure = after_failure;
+        }
         self
     }
 

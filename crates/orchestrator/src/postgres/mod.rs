@@ -80,7 +80,7 @@ impl Store for Postgres {
         "0012_generic_plans.sql",
         "0013_claim_from.sql",
         "0014_group_guard.sql",
-        "0015_drop_mark_few.sql",
+        "0015_mark_few_delegates.sql",
     );
 
     async fn run_migrations(
