@@ -35,7 +35,7 @@ impl GroupCommit {
     ///
     /// A savepoint costs more than its round trip on PostgreSQL: each member's writes get a
     /// subtransaction id that every other transaction's snapshot carries while the group
-    /// runs. In the `delivery` benchmark optimistic groups delivered about a tenth more
+    /// runs. In the `delivery` benchmark optimistic groups delivered up to a tenth more
     /// (`docs/benchmarks.md`).
     pub fn optimistic() -> Self {
         GroupCommit {
