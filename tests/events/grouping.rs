@@ -156,6 +156,31 @@ fn app(db: Database, grouping: GroupCommit, fault: Fault) -> App {
         .start()
 }
 
+/// Places orders from producers running at once, one per list, each placing its list's
+/// orders one after another.
+async fn place(app: &App, producers: impl Iterator<Item = Vec<i64>>) {
+    let producers: Vec<_> = producers
+        .map(|orders| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut session = app.session();
+                for order_id in orders {
+                    session
+                        .unit_of_work(async |tx| {
+                            tx.record(OrderPlaced { order_id })?;
+                            Ok(())
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await.unwrap();
+    }
+}
+
 /// 200 orders from 20 producers at once; every effect once, groups of several members.
 async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
     let recorder = DebuggingRecorder::new();
@@ -170,26 +195,11 @@ async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
         None
     };
     let app = app(db.clone(), grouping, fault);
-    let mut producers = Vec::new();
-    for p in 0..20_i64 {
-        let app = app.clone();
-        producers.push(tokio::spawn(async move {
-            let mut session = app.session();
-            for i in 0..10_i64 {
-                let order_id = 1 + p * 10 + i;
-                session
-                    .unit_of_work(async |tx| {
-                        tx.record(OrderPlaced { order_id })?;
-                        Ok(())
-                    })
-                    .await
-                    .unwrap();
-            }
-        }));
-    }
-    for producer in producers {
-        producer.await.unwrap();
-    }
+    place(
+        &app,
+        (0..20_i64).map(|p| (1 + p * 10..=10 + p * 10).collect()),
+    )
+    .await;
     assert!(
         app.wait_until_delivered(Duration::from_secs(30))
             .await
@@ -283,23 +293,7 @@ async fn optimistic_groups_take_savepoints_after_a_member_fails() {
         Fault::ErrorAfterWriting,
     );
     for wave in 0..20_i64 {
-        let mut producers = Vec::new();
-        for i in 1..=10 {
-            let app = app.clone();
-            producers.push(tokio::spawn(async move {
-                let order_id = wave * 10 + i;
-                app.session()
-                    .unit_of_work(async |tx| {
-                        tx.record(OrderPlaced { order_id })?;
-                        Ok(())
-                    })
-                    .await
-                    .unwrap();
-            }));
-        }
-        for producer in producers {
-            producer.await.unwrap();
-        }
+        place(&app, (1..=10).map(|i| vec![wave * 10 + i])).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
