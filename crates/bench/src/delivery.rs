@@ -17,9 +17,10 @@
 //!   its producers' rate a hand-written grouped delivery keeps on this machine: the
 //!   yardstick for Keel's share of its own producers' rate.
 //! - producers only: the yardstick of the target, Keel's producers running the same units
-//!   of work with the handler registered (each commit writes its delivery row, as in the
-//!   Keel run) but nothing delivering them: no fast path, no relay. The clock stops when
-//!   the last producer returns.
+//!   of work with the handler registered and its subscription recorded (each commit writes
+//!   its delivery row and looks the subscriptions up, as in the Keel run) but nothing
+//!   delivering them: no fast path, no relay. The clock stops when the last producer
+//!   returns.
 //! - sqlxmq, apalis and Graphile Worker (with its defaults, then batched): the same job
 //!   through those libraries (see `peers.rs`).
 
@@ -84,10 +85,24 @@ pub async fn keel(
 /// Keel's producers with no delivery at all: events per second. The same units of work
 /// as [`keel()`] and the same outbox rows (the handler is registered, so each commit writes
 /// its delivery), but the fast path is off and no relay runs, so the deliveries are left
-/// pending.
+/// pending. The handler's subscription is recorded first, as a relay records it in any
+/// deployment (and in [`keel()`]): each outbox write looks the subscriptions up, for the
+/// handlers of other processes.
 pub async fn producers_only(url: &str, events: u64, producers: u64) -> Result<f64, String> {
     let pool = common::raw_pool(url, 2).await?;
     common::reset(&pool).await?;
+    let registry: keel::postgres::Registry = crate::uow::registry();
+    for handler in registry.handlers() {
+        sqlx::query(
+            "INSERT INTO keel_subscriptions (message, handler) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(handler.event())
+        .bind(handler.name())
+        .execute(&pool)
+        .await
+        .map_err(|e| format!("recording the subscription: {e}"))?;
+    }
     let db = common::keel_database(url, producers as u32 + 16).await?;
     let app = App::builder(db, crate::uow::registry())
         .delivery(DeliveryOptions::default().fast_path(false))
