@@ -16,7 +16,7 @@ pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
         let changed = group.changed.notified();
         {
             let mut state = group.state();
-            let full = state.joined >= group.max_members;
+            let full = state.joined >= group.max_members();
             let due = full || Instant::now() >= deadline;
             if full || state.undo.is_some() || (due && state.running == 0) {
                 state.closed = true;

@@ -83,8 +83,6 @@ pub(crate) struct Group<B: sqlx::Database> {
     /// Whether its members run in savepoints: with [`GroupCommit::savepoints`], or for a
     /// while after a member failed.
     savepoints: bool,
-    /// The most members it takes (the settings', at most 60 with savepoints).
-    max_members: usize,
     marker: uuid::Uuid,
     state: std::sync::Mutex<State>,
     changed: Notify,
@@ -184,6 +182,16 @@ impl<B: Backend> Drop for Member<B> {
 }
 
 impl<B: Backend> Group<B> {
+    /// The most members it takes: the settings', at most
+    /// [`GroupCommit::MOST_SAVEPOINTS`] when they run in savepoints.
+    fn max_members(&self) -> usize {
+        if self.savepoints {
+            self.settings.max_members.min(GroupCommit::MOST_SAVEPOINTS)
+        } else {
+            self.settings.max_members
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -203,7 +211,7 @@ impl<B: Backend> Database<B> {
         let mut groups = self.groups().lock();
         if let Some(group) = groups.open.as_ref().filter(|g| g.settings == settings) {
             let mut state = group.state();
-            if !state.closed && state.joined < group.max_members {
+            if !state.closed && state.joined < group.max_members() {
                 state.joined += 1;
                 state.running += 1;
                 drop(state);
@@ -219,11 +227,6 @@ impl<B: Backend> Database<B> {
         let group = Arc::new(Group {
             settings,
             savepoints,
-            max_members: if savepoints {
-                settings.max_members.min(GroupCommit::MOST_SAVEPOINTS)
-            } else {
-                settings.max_members
-            },
             marker: crate::marker::new(),
             state: std::sync::Mutex::new(State {
                 joined: 1,
