@@ -69,6 +69,19 @@ async fn commits_notify_only_when_another_process_relay_listens() {
         "a relay of another process listens: the commit must wake it"
     );
     sqlx::Connection::close(other).await.unwrap();
+    // The server ends the other's backend after the client has gone: until then it still
+    // counts as a relay listening, and the count below would be its, not this relay's.
+    for _ in 0..200 {
+        if relays_listening(&db).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        relays_listening(&db).await,
+        0,
+        "the other process's relay still listens 10 s after it closed"
+    );
 
     // Only this process's own relay: woken in memory, no notification.
     let app = app(
