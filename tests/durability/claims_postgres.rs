@@ -7,10 +7,12 @@
 //! `0012_generic_plans.sql`), so a plan made on empty tables, as a service's first claim
 //! meets them, must also stay right once they are large.
 
+use keel::Error;
 use keel::sqlx::{self, Connection};
 use keel_testing::TestDatabase;
 
-use super::B;
+use super::support::{Ticked, quick, registry};
+use super::{App, B, Handler, HandlerContext};
 
 const BACKLOG: i64 = 5_000;
 
@@ -188,6 +190,77 @@ async fn a_claim_from_the_cursor_does_not_read_the_deliveries_leased_before_it()
     assert!(
         from_cursor < 100,
         "from the cursor, claiming 10 read {from_cursor} rows"
+    );
+}
+
+/// Holds the deliveries of [`a_claim_does_not_read_the_deliveries_reserved_for_the_fast_path`]
+/// until it ends.
+static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+async fn held(_: &Ticked, _: &mut HandlerContext) -> Result<(), Error> {
+    let _ = GATE.acquire().await;
+    Ok(())
+}
+
+/// A delivery reserved for its process's fast path is due when its lease ends: while the
+/// process runs it, relays' claims do not read it. (Due from its commit, every delivery in
+/// flight would head the due order, read then skipped by every claim of every relay.)
+/// Written by both forms of the outbox write: one event, and many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_does_not_read_the_deliveries_reserved_for_the_fast_path() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let db = test_db.database().clone();
+    let app = App::builder(
+        db.clone(),
+        registry(vec![Handler::new::<Ticked, _>("held", held)]),
+    )
+    .delivery(quick().max_in_flight(1))
+    .relay(false)
+    .start();
+    let mut session = app.session();
+    session
+        .unit_of_work(async |tx| {
+            for seq in 0..1_000 {
+                tx.record(Ticked { seq })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    for seq in 1_000..1_200 {
+        session
+            .unit_of_work(async |tx| tx.record(Ticked { seq }))
+            .await
+            .unwrap();
+    }
+
+    let mut conn = db.acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let reserved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM keel_deliveries WHERE leased_until > now() AND attempts = 1",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let before = rows_read(&mut tx).await;
+    let claimed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM keel_claim(10, 60000, gen_random_uuid(), ARRAY['held'], NULL)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let read = rows_read(&mut tx).await - before;
+    tx.commit().await.unwrap();
+    drop(conn);
+    GATE.add_permits(10_000);
+    app.shutdown().await.unwrap();
+    assert!(reserved >= 1_190, "{reserved} deliveries reserved");
+    assert_eq!(claimed, 0, "claimed a delivery reserved for the fast path");
+    assert!(
+        read < 50,
+        "a claim with {reserved} deliveries reserved for the fast path read {read} rows"
     );
 }
 

@@ -257,7 +257,8 @@ pub(super) async fn release(db: &Database<Postgres>, claims: &[Claim]) -> Result
     let mut conn = db.acquire().await?;
     sqlx::query(
         "UPDATE keel_deliveries d
-         SET leased_until = NULL, leased_by = NULL, attempts = greatest(d.attempts - 1, 0)
+         SET leased_until = NULL, leased_by = NULL, attempts = greatest(d.attempts - 1, 0),
+             next_attempt_at = least(d.next_attempt_at, now())
          FROM UNNEST($2::uuid[], $3::text[]) AS t (i, h)
          WHERE d.event_id = t.i AND d.handler = t.h AND d.leased_by = $1
            AND d.status = 'pending'",

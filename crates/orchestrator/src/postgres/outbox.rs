@@ -6,6 +6,26 @@ use super::transaction::{is_replaced, isolation_level};
 use crate::Error;
 use crate::outbox::Outgoing;
 
+/// The unit of work's check ending an outbox write: its marker (`$marker`) and isolation
+/// level (`$isolation`) still set, unless the marker is `NULL` (a write outside a unit of
+/// work). See [`write`].
+macro_rules! check {
+    ($marker:literal, $isolation:literal) => {
+        concat!(
+            "SELECT CASE WHEN ",
+            $marker,
+            "::text IS NULL
+                       OR (current_setting('keel.unit_of_work', true) = ",
+            $marker,
+            "
+                           AND current_setting('transaction_isolation') = ",
+            $isolation,
+            ")
+                THEN 1 ELSE current_setting('keel.transaction_replaced')::int END"
+        )
+    };
+}
+
 /// The events and deliveries of an outbox write, each row's key number given by `$seq`
 /// (an SQL expression of the message id `i`), then the unit of work's check.
 macro_rules! outbox_rows {
@@ -22,32 +42,62 @@ macro_rules! outbox_rows {
                  $6::jsonb[], $7::uuid[], $8::uuid[], $9::bool[], $10::text[], $19::jsonb[])
                  AS t (i, n, at, ai, oa, p, c, ca, r, k, hd)),
          d AS (
-             INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by,
-                 ordering_key, key_seq)
+             INSERT INTO keel_deliveries (event_id, handler, attempts, next_attempt_at,
+                 leased_until, leased_by, ordering_key, key_seq)
              SELECT t.i, h, CASE WHEN l THEN 1 ELSE 0 END,
-                    CASE WHEN l THEN clock_timestamp() + $13 * interval '1 millisecond' END,
+                    CASE WHEN l THEN u.until ELSE now() END, CASE WHEN l THEN u.until END,
                     CASE WHEN l THEN $14::uuid END, k, ",
             $seq,
             "
-             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k)
+             FROM UNNEST($11::uuid[], $12::text[], $15::bool[], $16::text[]) AS t (i, h, l, k),
+                  (SELECT clock_timestamp() + $13 * interval '1 millisecond') AS u (until)
              UNION ALL
-             SELECT t.i, s.handler, 0, NULL, NULL, t.k, ",
+             SELECT t.i, s.handler, 0, now(), NULL, NULL, t.k, ",
             $seq,
             "
              FROM UNNEST($1::uuid[], $2::text[], $10::text[]) AS t (i, n, k)
              JOIN keel_subscriptions s ON s.message = t.n
              WHERE NOT EXISTS (SELECT 1 FROM UNNEST($11::uuid[], $12::text[]) AS x (i, h)
                                WHERE x.i = t.i AND x.h = s.handler))
-         SELECT CASE WHEN $17::text IS NULL
-                       OR (current_setting('keel.unit_of_work', true) = $17
-                           AND current_setting('transaction_isolation') = $18)
-                THEN 1 ELSE current_setting('keel.transaction_replaced')::int END"
+         ",
+            check!("$17", "$18")
         )
     };
 }
 
 /// The outbox write of messages without ordering keys (events, unkeyed commands).
 const UNKEYED: &str = concat!("WITH ", outbox_rows!("NULL::bigint"));
+
+/// The outbox write of one message without an ordering key, the common case (a unit of
+/// work that records one event): the rows of [`UNKEYED`], the message's columns bound one
+/// by one. The array form costs more to run than to write the rows: each array is
+/// received, then unnested by a function scan that is set up and filled at every execution
+/// (see `docs/benchmarks.md`). `$11`: the message's handlers in this process, `$12`:
+/// whether their deliveries are reserved for its fast path, which makes them due when the
+/// lease ends.
+const ONE: &str = concat!(
+    "WITH e AS (
+         INSERT INTO keel_events (id, name, aggregate_type, aggregate_id, occurred_at,
+             payload, correlation_id, causation_id, routed, headers)
+         SELECT $1::uuid, $2::text, $3::text, $4::text, $5::timestamptz, $6::jsonb, $7::uuid,
+                $8::uuid,
+                $9 OR EXISTS (SELECT 1 FROM keel_subscriptions s WHERE s.message = $2::text),
+                $10::jsonb),
+     d AS (
+         INSERT INTO keel_deliveries (event_id, handler, attempts, next_attempt_at,
+             leased_until, leased_by)
+         SELECT $1::uuid, t.h, CASE WHEN $12 THEN 1 ELSE 0 END,
+                CASE WHEN $12 THEN u.until ELSE now() END, CASE WHEN $12 THEN u.until END,
+                CASE WHEN $12 THEN $14::uuid END
+         FROM UNNEST($11::text[]) AS t (h),
+              (SELECT clock_timestamp() + $13 * interval '1 millisecond') AS u (until)
+         UNION ALL
+         SELECT $1::uuid, s.handler, 0, now(), NULL, NULL
+         FROM keel_subscriptions s
+         WHERE s.message = $2::text AND s.handler <> ALL ($11::text[]))
+     ",
+    check!("$15", "$16")
+);
 
 /// The outbox write with ordering keys: each ordered key's row is upserted (and so locked
 /// until the transaction ends) and numbers the key's commands (`$20`: each message's key
@@ -80,15 +130,21 @@ const KEYED: &str = concat!(
 /// order is commit order. Unordered keys get their row without a lock.
 ///
 /// Deliveries go to this process's handlers (reserved for its fast path when it has one)
-/// and to every other subscription recorded in `keel_subscriptions`. Every column travels
-/// as one array (`UNNEST`), so the statement's text never changes and stays prepared.
-/// Inside a unit of work its last part checks that the transaction still carries the unit
+/// and to every other subscription recorded in `keel_subscriptions`; a reserved delivery is
+/// due when its lease ends, so relays' claims do not read it while this process runs it.
+/// One message without an ordering key, the common case, is written by [`ONE`]; more, each
+/// column as one array (`UNNEST`): either way the statement's text never changes and stays
+/// prepared. Inside a unit of work its last part checks that the transaction still carries the unit
 /// of work's marker and isolation level, and fails the whole statement otherwise (after a
 /// `COMMIT` run by hand, it would commit on its own): when it succeeds, the `COMMIT` that
 /// follows needs no check of its own.
 ///
 /// [`Sent::ordered`]: crate::outbox::Sent::ordered
 pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<bool, Error> {
+    let mut messages = outgoing.messages();
+    if let (Some((message, None)), None) = (messages.next(), messages.next()) {
+        return write_one(conn, outgoing, message).await;
+    }
     let mut ids = Vec::new();
     let mut names = Vec::new();
     let mut aggregate_types = Vec::new();
@@ -160,7 +216,49 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
     } else {
         query
     };
-    let written = query.execute(conn).await;
+    checked(query.execute(conn).await)
+}
+
+/// [`write`] of a single message without an ordering key ([`ONE`]).
+async fn write_one(
+    conn: &mut PgConnection,
+    outgoing: &Outgoing<'_>,
+    e: &keel_domain::Envelope,
+) -> Result<bool, Error> {
+    let handlers = outgoing.handlers_of(e);
+    // Event deliveries are reserved for this process's fast path (when it has one);
+    // command deliveries always go to workers.
+    let reserved = !outgoing.events.is_empty() && outgoing.lease.is_some();
+    let (token, lease_ms) = match outgoing.lease {
+        Some((token, lease)) => (Some(token), lease.as_millis() as i64),
+        None => (None, 0),
+    };
+    let query = sqlx::query(ONE)
+        .bind(e.id.as_uuid())
+        .bind(e.name.as_str())
+        .bind(e.aggregate_type.as_str())
+        .bind(e.aggregate_id.as_str())
+        .bind(e.occurred_at)
+        .bind(&e.payload)
+        .bind(e.correlation_id)
+        .bind(e.causation_id.map(|c| *c.as_uuid()))
+        .bind(!handlers.is_empty())
+        .bind(stored_headers(e))
+        .bind(handlers)
+        .bind(reserved)
+        .bind(lease_ms)
+        .bind(token)
+        .bind(outgoing.marker.map(|(marker, _)| marker.to_string()))
+        .bind(
+            outgoing
+                .marker
+                .map(|(_, isolation)| isolation_level(isolation)),
+        );
+    checked(query.execute(conn).await)
+}
+
+/// An outbox write's outcome: `false` when the unit of work's check failed.
+fn checked(written: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> Result<bool, Error> {
     match written {
         Ok(_) => Ok(true),
         Err(error) if is_replaced(&error) => Ok(false),

@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteConnection, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 
-use super::{CHUNK, from_ms, now, to_ms};
+use super::{CHUNK, from_ms, now, now_ms, to_ms};
 use crate::options::internal;
 use crate::outbox::{Claim, Claimed, Group};
 use crate::store::millis;
@@ -296,11 +296,14 @@ pub(super) async fn release(db: &Database<Sqlite>, claims: &[Claim]) -> Result<(
     db.clone()
         .unit_of_work_with(&internal("keel_release_leases"), async |tx| {
             for claim in claims {
-                sqlx::query(
+                sqlx::query(concat!(
                     "UPDATE keel_deliveries
-                     SET leased_until = NULL, leased_by = NULL, attempts = max(attempts - 1, 0)
+                     SET leased_until = NULL, leased_by = NULL, attempts = max(attempts - 1, 0),
+                         next_attempt_at = min(next_attempt_at, ",
+                    now_ms!(),
+                    ")
                      WHERE event_id = $1 AND handler = $2 AND leased_by = $3 AND status = 'pending'",
-                )
+                ))
                 .bind(claim.event_id.to_string())
                 .bind(claim.handler.as_str())
                 .bind(claim.token.to_string())

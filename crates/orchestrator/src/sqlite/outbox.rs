@@ -122,21 +122,25 @@ pub(super) async fn write(
     for chunk in deliveries.chunks(CHUNK) {
         next(
             &mut batch,
-            "INSERT INTO keel_deliveries (event_id, handler, attempts, leased_until, leased_by, \
-             ordering_key, key_seq) ",
+            "INSERT INTO keel_deliveries (event_id, handler, attempts, next_attempt_at, \
+             leased_until, leased_by, ordering_key, key_seq) ",
         );
         batch.push_values(chunk, |mut row, (id, handler, leased, key, seq)| {
             // A delivery reserved for the fast path counts as its first attempt, so that a
-            // relay taking it over after a crash counts on from there.
+            // relay taking it over after a crash counts on from there, and is due when its
+            // lease ends: claims do not read it before.
             row.push_bind(id.as_str())
                 .push_bind(*handler)
                 .push_bind(i32::from(*leased));
             match lease_ms.filter(|_| *leased) {
                 Some(ms) => {
-                    row.push(concat!("(", now_ms!(), " + "));
-                    row.push_bind_unseparated(ms).push_unseparated(")");
+                    for _ in 0..2 {
+                        row.push(concat!("(", now_ms!(), " + "));
+                        row.push_bind_unseparated(ms).push_unseparated(")");
+                    }
                 }
                 None => {
+                    row.push(now_ms!());
                     row.push_bind(None::<i64>);
                 }
             }
