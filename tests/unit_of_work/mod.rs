@@ -22,6 +22,7 @@ mod postgres {
     mod migrations;
     mod nesting;
     mod rollback;
+    mod statements_postgres;
     mod support;
     mod tampering;
     mod tls_postgres;
