@@ -106,12 +106,11 @@ if ! faketime=$(dpkg -L libfaketime 2>/dev/null | grep 'libfaketime\.so\.1$'); t
 fi
 export KEEL_TEST_FAKETIME="${faketime%%$'\n'*}"
 
-# 2. A throwaway cluster in a directory the postgres user owns, on a free port, with
-# `pg_stat_statements` loaded as on most production servers (a test reads it).
+# 2. A throwaway cluster in a directory the postgres user owns, on a free port.
 # Marked started first: a start that timed out may still bring the server up; stopping a
 # server that is not running is harmless.
 started=1
-start_postgres "$workdir" -c fsync=off -c shared_preload_libraries=pg_stat_statements
+start_postgres "$workdir" -c fsync=off
 say "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 
 # Without TLS, but for the TLS test (which asks for `sslmode=require`): in a debug build,

@@ -22,7 +22,6 @@ mod postgres {
     mod migrations;
     mod nesting;
     mod rollback;
-    mod statements_postgres;
     mod support;
     mod tampering;
     mod tls_postgres;

@@ -13,7 +13,7 @@ use crate::lock::{LockMode, is_identifier};
 use crate::store::{GroupEnd, Saved};
 use crate::{Error, Isolation, Key, LockWait, Locked, RowLock};
 
-/// The setting that marks a unit of work's transaction (set local to it, so it ends with it).
+/// The setting that marks a unit of work's transaction (`SET LOCAL`, so it ends with it).
 pub(super) const MARKER: &str = "keel.unit_of_work";
 
 /// What the steps may have changed in the session (`SET` without `LOCAL`, `LISTEN`), undone
@@ -115,21 +115,15 @@ pub(super) async fn begin(
     } else {
         sql.push_str(begin);
     }
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let marker_text = marker.hyphenated().encode_lower(&mut buffer);
-    if isolation == Isolation::ReadCommitted {
-        // A `SELECT`: `pg_stat_statements` counts its constants as one statement, where
-        // each `SET` text would be an entry of its own. Under read committed every
-        // statement takes its own snapshot, so an early one changes nothing.
-        let _ = write!(
-            sql,
-            "; SELECT set_config('{MARKER}', '{marker_text}', true)"
-        );
-    } else {
-        // The transaction's snapshot is taken by the steps' first statement, and a
-        // `SET TRANSACTION` there reaches the check (see `check`).
-        let _ = write!(sql, "; SET LOCAL {MARKER} = '{marker_text}'");
-    }
+    sql.push_str("; SET LOCAL ");
+    sql.push_str(MARKER);
+    sql.push_str(" = '");
+    sql.push_str(
+        marker
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    sql.push('\'');
     if let Some(timeout) = lock_timeout {
         sql.push_str(&format!(
             "; SET LOCAL lock_timeout = '{}ms'",
