@@ -216,7 +216,11 @@ async fn a_claim_does_not_read_the_deliveries_reserved_for_the_fast_path() {
         db.clone(),
         registry(vec![Handler::new::<Ticked, _>("held", held)]),
     )
-    .delivery(quick().max_in_flight(1))
+    .delivery(
+        quick()
+            .max_in_flight(1)
+            .handler_timeout(std::time::Duration::from_secs(600)),
+    )
     .relay(false)
     .start();
     let mut session = app.session();

@@ -55,16 +55,16 @@ async fn deadlock_loser_is_retried_and_both_commit() {
     };
     let (a, b) = tokio::join!(tokio::spawn(transfer(1, 2)), tokio::spawn(transfer(2, 1)));
     let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
-    // The loser usually commits on its second attempt; on a loaded machine its retry may
-    // lock its first row again before the winner's backend has run to take it, and meet
-    // the same deadlock once more.
-    assert_eq!(a.min(b), 1, "the deadlock's winner commits first time");
+    // Usually the loser commits on its second attempt and the winner on its first; on a
+    // loaded machine the loser's retry may lock its first row again before the winner's
+    // backend has run to take it, and the two meet the same deadlock once more (either
+    // may lose it then).
+    assert!(a.max(b) >= 2, "one of them lost a deadlock ({a}, {b})");
     assert!(
-        (2..=5).contains(&a.max(b)),
-        "the deadlock's loser commits on a later attempt ({})",
-        a.max(b)
+        a.max(b) <= 5,
+        "both commit within their attempts ({a}, {b})"
     );
-    assert_eq!(retried.load(Ordering::SeqCst), a.max(b) - 1);
+    assert_eq!(retried.load(Ordering::SeqCst), a + b - 2);
     assert_eq!(
         scalar(&db, "SELECT CAST(SUM(balance) AS BIGINT) FROM accounts").await,
         200
