@@ -69,12 +69,9 @@ impl GroupCommit {
     /// left.
     #[must_use]
     pub fn max_members(mut self, members: usize) -> Self {
-        let cap = if self.savepoints {
-            Self::MOST_SAVEPOINTS
-        } else {
-            usize::MAX
-        };
-        self.max_members = members.clamp(1, cap);
+        // The cap for savepoints is applied by each group, which knows whether it runs its
+        // members in them.
+        self.max_members = members.max(1);
         self
     }
 

@@ -134,10 +134,10 @@ const KEYED: &str = concat!(
 /// due when its lease ends, so relays' claims do not read it while this process runs it.
 /// One message without an ordering key, the common case, is written by [`ONE`]; more, each
 /// column as one array (`UNNEST`): either way the statement's text never changes and stays
-/// prepared. Inside a unit of work its last part checks that the transaction still carries the unit
-/// of work's marker and isolation level, and fails the whole statement otherwise (after a
-/// `COMMIT` run by hand, it would commit on its own): when it succeeds, the `COMMIT` that
-/// follows needs no check of its own.
+/// prepared. Inside a unit of work its last part checks that the transaction still carries
+/// the unit of work's marker and isolation level, and fails the whole statement otherwise
+/// (after a `COMMIT` run by hand, it would commit on its own): when it succeeds, the
+/// `COMMIT` that follows needs no check of its own.
 ///
 /// [`Sent::ordered`]: crate::outbox::Sent::ordered
 pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> Result<bool, Error> {
@@ -181,10 +181,7 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
             d_keys.push(key);
         }
     }
-    let (token, lease_ms) = match outgoing.lease {
-        Some((token, lease)) => (Some(token), lease.as_millis() as i64),
-        None => (None, 0),
-    };
+    let (token, lease_ms, marker, isolation) = shared(outgoing);
     let keyed = keys.iter().any(Option::is_some);
     let sql = if keyed { KEYED } else { UNKEYED };
     let query = sqlx::query(sql)
@@ -204,12 +201,8 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
         .bind(token)
         .bind(d_leased)
         .bind(d_keys)
-        .bind(outgoing.marker.map(|(marker, _)| marker.to_string()))
-        .bind(
-            outgoing
-                .marker
-                .map(|(_, isolation)| isolation_level(isolation)),
-        )
+        .bind(marker)
+        .bind(isolation)
         .bind(headers);
     let query = if keyed {
         query.bind(outgoing.ordered_keys().collect::<Vec<_>>())
@@ -229,10 +222,7 @@ async fn write_one(
     // Event deliveries are reserved for this process's fast path (when it has one);
     // command deliveries always go to workers.
     let reserved = !outgoing.events.is_empty() && outgoing.lease.is_some();
-    let (token, lease_ms) = match outgoing.lease {
-        Some((token, lease)) => (Some(token), lease.as_millis() as i64),
-        None => (None, 0),
-    };
+    let (token, lease_ms, marker, isolation) = shared(outgoing);
     let query = sqlx::query(ONE)
         .bind(e.id.as_uuid())
         .bind(e.name.as_str())
@@ -248,13 +238,31 @@ async fn write_one(
         .bind(reserved)
         .bind(lease_ms)
         .bind(token)
-        .bind(outgoing.marker.map(|(marker, _)| marker.to_string()))
-        .bind(
-            outgoing
-                .marker
-                .map(|(_, isolation)| isolation_level(isolation)),
-        );
+        .bind(marker)
+        .bind(isolation);
     checked(query.execute(conn).await)
+}
+
+/// What both forms of the write bind alike: the fast path's lease (its token, and its
+/// length in milliseconds) and the unit of work's marker and isolation level, for its
+/// check (`None` outside a unit of work).
+fn shared(
+    outgoing: &Outgoing<'_>,
+) -> (
+    Option<uuid::Uuid>,
+    i64,
+    Option<String>,
+    Option<&'static str>,
+) {
+    let (token, lease_ms) = match outgoing.lease {
+        Some((token, lease)) => (Some(token), lease.as_millis() as i64),
+        None => (None, 0),
+    };
+    let marker = outgoing.marker.map(|(marker, _)| marker.to_string());
+    let isolation = outgoing
+        .marker
+        .map(|(_, isolation)| isolation_level(isolation));
+    (token, lease_ms, marker, isolation)
 }
 
 /// An outbox write's outcome: `false` when the unit of work's check failed.

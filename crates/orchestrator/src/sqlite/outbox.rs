@@ -134,6 +134,7 @@ pub(super) async fn write(
                 .push_bind(i32::from(*leased));
             match lease_ms.filter(|_| *leased) {
                 Some(ms) => {
+                    // `next_attempt_at` and `leased_until`: both the lease's end.
                     for _ in 0..2 {
                         row.push(concat!("(", now_ms!(), " + "));
                         row.push_bind_unseparated(ms).push_unseparated(")");
