@@ -1,6 +1,6 @@
 //! Ordering keys: a key idle for an hour with nothing pending is purged, a pending command
-//! whose key row went missing gets it back and is handled, and unordered commands take no
-//! number (nor the key row's lock).
+//! whose key row went missing gets it back and is handled, unordered commands take no
+//! number (nor the key row's lock), and a keyed command's group does not wait for members.
 
 use std::time::Duration;
 
@@ -131,7 +131,45 @@ async fn unordered_commands_are_sent_without_numbering(db: Database) {
     app.shutdown().await.unwrap();
 }
 
+/// A keyed command's group begins at once, whatever the group window: the key's next
+/// command waits for its commit. Five votes for one post, handled one by one, each right
+/// after the one before: with a window, each group would wait it out.
+async fn keyed_commands_do_not_wait_for_the_group_window(db: Database) {
+    schema(&db).await;
+    let mut producer = db.clone();
+    for user_id in 0..5 {
+        producer
+            .send(VoteForPost {
+                post_id: 1,
+                user_id,
+            })
+            .await
+            .unwrap();
+    }
+    let mut registry = super::Registry::new();
+    registry
+        .register(Handler::command_batch::<VoteForPost, _>(
+            "count_votes",
+            1,
+            count_votes,
+        ))
+        .unwrap();
+    let window = Duration::from_secs(30);
+    let app = super::App::builder(db.clone(), registry)
+        .delivery(quick().group_commit(Some(keel::GroupCommit::optimistic().window(window))))
+        .start();
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(20))
+            .await
+            .unwrap(),
+        "keyed commands waited for the group window"
+    );
+    assert_eq!(scalar(&db, "SELECT likes FROM posts WHERE id = 1").await, 5);
+    app.shutdown().await.unwrap();
+}
+
 keel_testing::backend_tests!(
     idle_keys_are_purged_and_missing_ones_restored,
-    unordered_commands_are_sent_without_numbering
+    unordered_commands_are_sent_without_numbering,
+    keyed_commands_do_not_wait_for_the_group_window
 );

@@ -359,3 +359,81 @@ grouping_tests! {
     savepoints_refuse_a_member_that_commits_by_hand: GroupCommit::savepoints(), Fault::CommittedByHand;
     optimistic_refuses_a_member_that_commits_by_hand: optimistic_only(), Fault::CommittedByHand;
 }
+
+/// A grouped unit of work that does nothing but commit.
+async fn commit_grouped(mut db: Database, grouping: GroupCommit) -> Duration {
+    let started = std::time::Instant::now();
+    let options = UnitOfWorkOptions::named("grouped").grouped(grouping);
+    db.unit_of_work_with(&options, async |tx| {
+        sqlx::query("SELECT 1").execute(tx.conn()).await?;
+        Ok(())
+    })
+    .await
+    .unwrap()
+    .into_value();
+    started.elapsed()
+}
+
+/// The sizes of the groups committed since the last call, from a recorder local to the
+/// test's thread.
+fn group_sizes(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<f64> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find_map(|(key, _, _, value)| match value {
+            DebugValue::Histogram(sizes) if key.key().name() == "keel_group_commit_members" => {
+                Some(sizes.into_iter().map(|s| s.into_inner()).collect())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// A group opened after a quiet moment begins at once, whatever its window: a lone unit of
+/// work is not delayed.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_unit_of_work_does_not_wait_out_its_window() {
+    let Some(test) = keel_testing::TestDatabase::<super::B>::new().await else {
+        return;
+    };
+    let grouping = GroupCommit::optimistic().window(Duration::from_secs(20));
+    let took = commit_grouped(test.database().clone(), grouping).await;
+    assert!(
+        took < Duration::from_secs(10),
+        "a lone grouped unit of work took {took:?}: it waited for its window"
+    );
+}
+
+/// A group opened right after another waits for members before it begins, and a member
+/// with a shorter window (as the dispatcher gives deliveries with an ordering key) makes it
+/// begin sooner.
+#[tokio::test(flavor = "current_thread")]
+async fn a_group_opened_under_load_waits_for_members_and_an_impatient_one_starts_it() {
+    let Some(test) = keel_testing::TestDatabase::<super::B>::new().await else {
+        return;
+    };
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = ::metrics::set_default_local_recorder(&recorder);
+    let db = test.database().clone();
+    let patient = GroupCommit::optimistic().window(Duration::from_secs(20));
+    // The first group begins at once: nothing ran before it.
+    commit_grouped(db.clone(), patient).await;
+    assert_eq!(group_sizes(&snapshotter), [1.0]);
+    // The next one follows it closely: it waits for members.
+    let waiting = tokio::spawn(commit_grouped(db.clone(), patient));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the second group did not wait");
+    let impatient = commit_grouped(db.clone(), patient.window(Duration::ZERO)).await;
+    let waited = waiting.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(10) && impatient < Duration::from_secs(10),
+        "a member with no window joined, and the group still waited ({waited:?}, {impatient:?})"
+    );
+    assert_eq!(
+        group_sizes(&snapshotter),
+        [2.0],
+        "the member with no window joined the waiting group"
+    );
+}

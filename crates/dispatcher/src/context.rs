@@ -24,6 +24,8 @@ pub struct HandlerContext<B: Backend> {
     envelopes: Vec<Arc<Envelope>>,
     handler: &'static str,
     attempt: u32,
+    /// Its deliveries have an ordering key: their key's next one waits for their commit.
+    keyed: bool,
     opened: bool,
     processed: bool,
 }
@@ -45,6 +47,7 @@ impl<B: Backend> HandlerContext<B> {
         envelopes: Vec<Arc<Envelope>>,
         handler: &'static str,
         attempt: u32,
+        keyed: bool,
     ) -> Self {
         assert!(
             !envelopes.is_empty(),
@@ -56,6 +59,7 @@ impl<B: Backend> HandlerContext<B> {
             envelopes,
             handler,
             attempt,
+            keyed,
             opened: false,
             processed: false,
         }
@@ -138,6 +142,12 @@ impl<B: Backend> HandlerContext<B> {
             .caused_by(&self.envelopes[0])
             .processing_all(ids, self.handler);
         if let Some(grouping) = self.dispatcher.options().group_commit {
+            // A keyed delivery's group begins at once: the key's next delivery waits for it.
+            let grouping = if self.keyed {
+                grouping.window(std::time::Duration::ZERO)
+            } else {
+                grouping
+            };
             options = options.grouped(grouping);
         }
         match self.db.unit_of_work_with(&options, steps).await {

@@ -50,6 +50,7 @@ pub(crate) async fn give_back<B: Backend>(dispatcher: &Dispatcher<B>, group: Gro
 
 async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: OwnedSemaphorePermit) {
     let started = Instant::now();
+    let keyed = group.key.is_some();
     // A group that waited long for a delivery slot renews its leases first; deliveries
     // whose lease was taken over meanwhile do not run here.
     let lease = dispatcher.options().lease_duration();
@@ -147,6 +148,7 @@ async fn run<B: Backend>(dispatcher: &Dispatcher<B>, group: Group, permit: Owned
         envelopes.clone(),
         handler.name(),
         first.attempt,
+        keyed,
     );
     let call = handler.erased().clone();
     // A panicking handler fails this attempt only: the panic is caught at this future's

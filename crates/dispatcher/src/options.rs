@@ -166,8 +166,9 @@ impl DeliveryOptions {
     /// Whether handlers' units of work that run at the same time share one transaction
     /// and one commit ([`GroupCommit`]; `None`: each commits alone). A handler's unit of
     /// work still returns only after its commit, and effects stay once per event; what a
-    /// group costs is latency (up to its window, and the turns of the members before it)
-    /// and row locks held until the group commits.
+    /// group costs is latency (under a steady load up to its window, and the turns of the
+    /// members before it) and row locks held until the group commits. Deliveries with an
+    /// ordering key never wait for a window: their key's next one waits for their commit.
     ///
     /// Default: [`GroupCommit::optimistic()`] (no savepoints while members succeed, in
     /// savepoints for a second after one fails), unless the environment variable

@@ -2,33 +2,26 @@
 
 use std::sync::Arc;
 
-use tokio::time::Instant;
-
 use super::{Ended, Group, Slot, Undo};
 use crate::store::GroupEnd;
 use crate::{Backend, Database, Error};
 
-/// Closes `group` when it is full, or when its window passed and no member runs, or as
-/// soon as a member undid it; then commits or rolls back, and tells the members.
+/// Closes `group` when it is full, or when no member runs, or as soon as a member undid it;
+/// then commits or rolls back, and tells the members.
 pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
-    let deadline = Instant::now() + group.settings.window;
     loop {
         let changed = group.changed.notified();
         {
             let mut state = group.state();
             let full = state.joined >= group.max_members();
-            let due = full || Instant::now() >= deadline;
-            if full || state.undo.is_some() || (due && state.running == 0) {
+            if full || state.undo.is_some() || state.running == 0 {
                 state.closed = true;
             }
             if state.closed && (state.running == 0 || state.undo.is_some()) {
                 break;
             }
         }
-        tokio::select! {
-            () = changed => {}
-            () = tokio::time::sleep_until(deadline), if Instant::now() < deadline => {}
-        }
+        changed.await;
     }
     // Members queued for the connection take their turn first (the lock is fair); they see
     // an undone group and leave.
@@ -90,5 +83,6 @@ pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
         unchecked: false,
     };
     drop(slot);
+    db.groups().group_ended();
     group.ended.send_replace(Some(ended));
 }

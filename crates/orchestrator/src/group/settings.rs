@@ -15,11 +15,12 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Each member in a savepoint: a failing member is rolled back alone, at one extra round
     /// trip per member and, on PostgreSQL, a subtransaction (see
-    /// [`GroupCommit::optimistic`]). Up to [`GroupCommit::MEMBERS`] members, no window.
+    /// [`GroupCommit::optimistic`]). Up to [`GroupCommit::MEMBERS`] members, a
+    /// [`GroupCommit::WINDOW`] under load.
     pub fn savepoints() -> Self {
         GroupCommit {
             max_members: Self::MEMBERS,
-            window: Duration::ZERO,
+            window: Self::WINDOW,
             savepoints: true,
             after_failure: Duration::ZERO,
         }
@@ -30,8 +31,8 @@ impl GroupCommit {
     /// groups opened during the next [`GroupCommit::SAVEPOINTS_AFTER_FAILURE`] (see
     /// [`GroupCommit::savepoints_after_failure`]) run their members in savepoints, so a
     /// handler that keeps failing undoes at most about one group a second. Up to
-    /// [`GroupCommit::MEMBERS`] members, no window. On SQLite members are always undone
-    /// alone (a unit of work there is marked by a savepoint).
+    /// [`GroupCommit::MEMBERS`] members, a [`GroupCommit::WINDOW`] under load. On SQLite
+    /// members are always undone alone (a unit of work there is marked by a savepoint).
     ///
     /// A savepoint costs more than its round trip on PostgreSQL: each member's writes get a
     /// subtransaction id that every other transaction's snapshot carries while the group
@@ -40,7 +41,7 @@ impl GroupCommit {
     pub fn optimistic() -> Self {
         GroupCommit {
             max_members: Self::MEMBERS,
-            window: Duration::ZERO,
+            window: Self::WINDOW,
             savepoints: false,
             after_failure: Self::SAVEPOINTS_AFTER_FAILURE,
         }
@@ -52,6 +53,17 @@ impl GroupCommit {
     /// benchmark (64 deliveries at once), groups of up to 32 delivered about a fifth more
     /// than groups of 8, and larger ones no more (`docs/benchmarks.md`).
     pub const MEMBERS: usize = 32;
+
+    /// The default window (see [`GroupCommit::window`]). With units of work arriving
+    /// steadily but not all at once, a group holds whoever arrived during its first
+    /// member's steps, often one or two, and each pays a whole group's round trips and
+    /// commit. In the `delivery` benchmark with 2 producers, groups that waited 2 ms
+    /// before they began delivered about a quarter more events per second for about a
+    /// quarter less machine time per event, and 5 ms a little more again; with 8
+    /// producers, where groups fill while their members run, a few per cent
+    /// (`docs/benchmarks.md`). What it costs: under such a load, a unit of work's commit
+    /// comes up to this much later.
+    pub const WINDOW: Duration = Duration::from_millis(2);
 
     /// How long after a member's failure optimistic groups run their members in
     /// savepoints by default (see [`GroupCommit::optimistic`]).
@@ -75,12 +87,27 @@ impl GroupCommit {
         self
     }
 
-    /// How long a group stays open for more members after its first one: the latency a
-    /// unit of work may gain. Zero: a group closes as soon as no member is running.
+    /// How long a group may wait for more members before it begins, while units of work
+    /// keep coming: it waits when the group before it ended less than a window ago, and
+    /// begins at once after a quiet moment, so a lone unit of work is never delayed. A
+    /// member that joins with a shorter window shortens the wait (the dispatcher gives
+    /// deliveries with an ordering key none: their key's next one waits for their
+    /// commit). The latency a unit of work may gain under load. Zero: a group begins at
+    /// once, and takes whoever arrives while its members run. Default
+    /// [`GroupCommit::WINDOW`].
     #[must_use]
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self
+    }
+
+    /// Whether a unit of work with these settings may join a group opened with `group`'s:
+    /// the same but for the window, which each member brings.
+    pub(crate) fn joins(&self, group: &GroupCommit) -> bool {
+        GroupCommit {
+            window: group.window,
+            ..*self
+        } == *group
     }
 
     /// How long after a member's failure an optimistic group's members run in savepoints
