@@ -270,9 +270,10 @@ async fn scenario(db: Database, grouping: GroupCommit, fault: Fault) {
 }
 
 /// After a member fails, optimistic groups run their members in savepoints for a while:
-/// in 20 waves of 10 orders, 50 ms apart, each wave's group has one member that fails its
-/// first attempt; the first failing member undoes its group, and the later ones are undone
-/// alone, where each would undo its wave's group without savepoints.
+/// in 20 waves of 10 orders, 50 ms apart, one order of each wave fails its first attempt;
+/// the first failing member undoes its group, and the later ones are undone alone, where
+/// each would undo its group without savepoints. (A wave's orders arrive after a quiet
+/// moment, so its groups take whoever arrives while their members run.)
 #[tokio::test(flavor = "current_thread")]
 async fn optimistic_groups_take_savepoints_after_a_member_fails() {
     if !super::POSTGRES {
@@ -390,24 +391,28 @@ fn group_sizes(snapshotter: &metrics_util::debugging::Snapshotter) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-/// A group opened after a quiet moment begins at once, whatever its window: a lone unit of
-/// work is not delayed.
+/// A group opened after a quiet moment begins at once, whatever its window, and so does one
+/// opened right after a group of one: a caller running units of work one after another
+/// gains nothing by waiting.
 #[tokio::test(flavor = "current_thread")]
-async fn a_lone_unit_of_work_does_not_wait_out_its_window() {
+async fn units_of_work_one_after_another_do_not_wait_out_their_window() {
     let Some(test) = keel_testing::TestDatabase::<super::B>::new().await else {
         return;
     };
     let grouping = GroupCommit::optimistic().window(Duration::from_secs(20));
-    let took = commit_grouped(test.database().clone(), grouping).await;
-    assert!(
-        took < Duration::from_secs(10),
-        "a lone grouped unit of work took {took:?}: it waited for its window"
-    );
+    for n in 1..=3 {
+        let took = commit_grouped(test.database().clone(), grouping).await;
+        assert!(
+            took < Duration::from_secs(10),
+            "grouped unit of work {n} of 3, one after another, took {took:?}: it waited for \
+             its window"
+        );
+    }
 }
 
-/// A group opened right after another waits for members before it begins, and a member
-/// with a shorter window (as the dispatcher gives deliveries with an ordering key) makes it
-/// begin sooner.
+/// A group opened right after one that gathered several members waits for more before it
+/// begins, and a member with a shorter window (as the dispatcher gives deliveries with an
+/// ordering key) makes it begin sooner.
 #[tokio::test(flavor = "current_thread")]
 async fn a_group_opened_under_load_waits_for_members_and_an_impatient_one_starts_it() {
     let Some(test) = keel_testing::TestDatabase::<super::B>::new().await else {
@@ -418,13 +423,18 @@ async fn a_group_opened_under_load_waits_for_members_and_an_impatient_one_starts
     let _local = ::metrics::set_default_local_recorder(&recorder);
     let db = test.database().clone();
     let patient = GroupCommit::optimistic().window(Duration::from_secs(20));
-    // The first group begins at once: nothing ran before it.
-    commit_grouped(db.clone(), patient).await;
-    assert_eq!(group_sizes(&snapshotter), [1.0]);
-    // The next one follows it closely: it waits for members.
+    // Two at once: the first group begins at once (nothing ran before it), and the second
+    // joins it while its `BEGIN` runs.
+    let (first, second) = tokio::join!(
+        commit_grouped(db.clone(), patient),
+        commit_grouped(db.clone(), patient)
+    );
+    assert!(first < Duration::from_secs(10) && second < Duration::from_secs(10));
+    assert_eq!(group_sizes(&snapshotter), [2.0]);
+    // The next group follows a group of two closely: it waits for members.
     let waiting = tokio::spawn(commit_grouped(db.clone(), patient));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "the second group did not wait");
+    assert!(!waiting.is_finished(), "the next group did not wait");
     let impatient = commit_grouped(db.clone(), patient.window(Duration::ZERO)).await;
     let waited = waiting.await.unwrap();
     assert!(

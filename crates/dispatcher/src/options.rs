@@ -55,22 +55,46 @@ impl Default for DeliveryOptions {
 /// `off`, `savepoints` or `optimistic`.
 pub(crate) const GROUP_COMMIT_VAR: &str = "KEEL_GROUP_COMMIT";
 
-/// The default group commit, unless [`GROUP_COMMIT_VAR`] says otherwise.
+/// The environment variable that sets the default group commit's window, in whole
+/// milliseconds ([`GroupCommit::window`]; `0`: groups never wait for members).
+pub(crate) const GROUP_WINDOW_VAR: &str = "KEEL_GROUP_COMMIT_WINDOW_MS";
+
+/// The default group commit, unless [`GROUP_COMMIT_VAR`] or [`GROUP_WINDOW_VAR`] say
+/// otherwise.
 fn group_commit_from_env() -> Option<GroupCommit> {
-    let default = Some(GroupCommit::optimistic());
-    match std::env::var(GROUP_COMMIT_VAR) {
-        Err(_) => default,
-        Ok(value) => match value.trim().to_ascii_lowercase().as_str() {
-            "off" | "none" => None,
-            "savepoints" => Some(GroupCommit::savepoints()),
-            "optimistic" => Some(GroupCommit::optimistic()),
-            "" => default,
-            other => {
+    group_commit_from(
+        std::env::var(GROUP_COMMIT_VAR).ok().as_deref(),
+        std::env::var(GROUP_WINDOW_VAR).ok().as_deref(),
+    )
+}
+
+/// The group commit that the environment's `mode` and `window_ms` describe; a value that
+/// cannot be read is ignored, with a warning.
+fn group_commit_from(mode: Option<&str>, window_ms: Option<&str>) -> Option<GroupCommit> {
+    let default = GroupCommit::optimistic();
+    let grouping = match mode.map(|m| m.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => default,
+        Some("off" | "none") => return None,
+        Some("savepoints") => GroupCommit::savepoints(),
+        Some("optimistic") => GroupCommit::optimistic(),
+        Some(other) => {
+            tracing::warn!(
+                value = other,
+                "{GROUP_COMMIT_VAR} is not one of off, savepoints, optimistic; ignored"
+            );
+            default
+        }
+    };
+    match window_ms.map(str::trim).filter(|w| !w.is_empty()) {
+        None => Some(grouping),
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) => Some(grouping.window(Duration::from_millis(ms))),
+            Err(_) => {
                 tracing::warn!(
-                    value = other,
-                    "{GROUP_COMMIT_VAR} is not one of off, savepoints, optimistic; ignored"
+                    value = ms,
+                    "{GROUP_WINDOW_VAR} is not a whole number of milliseconds; ignored"
                 );
-                default
+                Some(grouping)
             }
         },
     }
@@ -171,8 +195,9 @@ impl DeliveryOptions {
     /// ordering key never wait for a window: their key's next one waits for their commit.
     ///
     /// Default: [`GroupCommit::optimistic()`] (no savepoints while members succeed, in
-    /// savepoints for a second after one fails), unless the environment variable
-    /// `KEEL_GROUP_COMMIT` says `off`, `savepoints` or `optimistic`. Turn it off for
+    /// savepoints for a second after one fails, a [`GroupCommit::WINDOW`] under load),
+    /// unless the environment variable `KEEL_GROUP_COMMIT` says `off`, `savepoints` or
+    /// `optimistic`; `KEEL_GROUP_COMMIT_WINDOW_MS` sets its window (`0`: none). Turn it off for
     /// handlers whose steps wait on something slow inside their unit of work.
     #[must_use]
     pub fn group_commit(mut self, grouping: Option<GroupCommit>) -> Self {
@@ -188,5 +213,36 @@ impl DeliveryOptions {
     /// The effective lease: at least twice the handler timeout.
     pub fn lease_duration(&self) -> Duration {
         self.lease.max(self.handler_timeout * 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_environment_sets_the_mode_and_the_window() {
+        assert_eq!(
+            group_commit_from(None, None),
+            Some(GroupCommit::optimistic())
+        );
+        assert_eq!(group_commit_from(Some(" OFF "), Some("5")), None);
+        assert_eq!(
+            group_commit_from(Some("savepoints"), None),
+            Some(GroupCommit::savepoints())
+        );
+        assert_eq!(
+            group_commit_from(None, Some("0")),
+            Some(GroupCommit::optimistic().window(Duration::ZERO))
+        );
+        assert_eq!(
+            group_commit_from(Some("savepoints"), Some(" 5 ")),
+            Some(GroupCommit::savepoints().window(Duration::from_millis(5)))
+        );
+        // Unreadable values are ignored.
+        assert_eq!(
+            group_commit_from(Some("sometimes"), Some("1.5ms")),
+            Some(GroupCommit::optimistic())
+        );
     }
 }

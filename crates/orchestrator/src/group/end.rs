@@ -9,17 +9,25 @@ use crate::{Backend, Database, Error};
 /// Closes `group` when it is full, or when no member runs, or as soon as a member undid it;
 /// then commits or rolls back, and tells the members.
 pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
+    let mut closed = false;
     loop {
         let changed = group.changed.notified();
-        {
+        let (members, ended) = {
             let mut state = group.state();
             let full = state.joined >= group.max_members();
             if full || state.undo.is_some() || state.running == 0 {
                 state.closed = true;
             }
-            if state.closed && (state.running == 0 || state.undo.is_some()) {
-                break;
-            }
+            let ended = state.closed && (state.running == 0 || state.undo.is_some());
+            (state.closed.then_some(state.joined), ended)
+        };
+        // Told once it takes no more members (the groups' lock is taken before a group's).
+        if let (Some(members), false) = (members, closed) {
+            closed = true;
+            db.groups().group_closed(members);
+        }
+        if ended {
+            break;
         }
         changed.await;
     }
@@ -83,6 +91,5 @@ pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
         unchecked: false,
     };
     drop(slot);
-    db.groups().group_ended();
     group.ended.send_replace(Some(ended));
 }

@@ -30,9 +30,10 @@
 //! soon as none is left running; then it commits. So groups grow with the load, but under a
 //! steady trickle (units of work arriving one after another, not at once) each group would
 //! hold one or two members and pay a whole commit for them. Hence the window: a group
-//! opened less than a window after the previous one ended waits up to its window before it
-//! begins, gathering members ([`GroupCommit::window`]); one opened after a quiet moment
-//! begins at once, so a lone unit of work is not delayed. It waits before `BEGIN`, holding
+//! opened less than a window after the previous one closed with several members waits up
+//! to its window before it begins, gathering members ([`GroupCommit::window`]); one opened
+//! after a quiet moment, or after a group of one (a caller running units of work one after
+//! another), begins at once. It waits before `BEGIN`, holding
 //! no transaction, no lock and, on SQLite, not the write lock.
 
 mod end;
@@ -59,8 +60,9 @@ pub(crate) struct Groups<B: sqlx::Database>(std::sync::Mutex<GroupsState<B>>);
 struct GroupsState<B: sqlx::Database> {
     open: Option<Arc<Group<B>>>,
     last_failure: Option<Instant>,
-    /// When a group last ended: a group opened soon after waits for members.
-    last_end: Option<Instant>,
+    /// When the last group closed, and how many members it had: a group opened soon after
+    /// one that gathered several waits for members.
+    last_closed: Option<(tokio::time::Instant, usize)>,
 }
 
 impl<B: sqlx::Database> Default for Groups<B> {
@@ -68,7 +70,7 @@ impl<B: sqlx::Database> Default for Groups<B> {
         Groups(std::sync::Mutex::new(GroupsState {
             open: None,
             last_failure: None,
-            last_end: None,
+            last_closed: None,
         }))
     }
 }
@@ -84,9 +86,9 @@ impl<B: sqlx::Database> Groups<B> {
         self.lock().last_failure = Some(Instant::now());
     }
 
-    /// A group ended (committed or not).
-    fn group_ended(&self) {
-        self.lock().last_end = Some(Instant::now());
+    /// A group closed (it takes no more members) with `members`.
+    fn group_closed(&self, members: usize) {
+        self.lock().last_closed = Some((tokio::time::Instant::now(), members));
     }
 }
 
@@ -204,7 +206,7 @@ impl<B: Backend> Database<B> {
                 let begins_at = if state.joined >= group.max_members() {
                     now
                 } else {
-                    state.begins_at.min(now + settings.window)
+                    state.begins_at.min(settings.wait_until(now))
                 };
                 let sooner = begins_at < state.begins_at;
                 state.begins_at = begins_at;
@@ -221,16 +223,22 @@ impl<B: Backend> Database<B> {
                 && groups
                     .last_failure
                     .is_some_and(|at| at.elapsed() < settings.after_failure));
-        // Units of work keep coming: wait for more before beginning.
+        // Units of work keep coming, more than one at a time (a caller running them one
+        // after another makes groups of one, and gains nothing by waiting): wait for more
+        // before beginning.
         let steady = groups
-            .last_end
-            .is_some_and(|at| at.elapsed() < settings.window);
+            .last_closed
+            .is_some_and(|(at, members)| members > 1 && at.elapsed() < settings.window);
         let group = Arc::new(Group {
             settings,
             savepoints,
             marker: crate::marker::new(),
             state: std::sync::Mutex::new(State {
-                begins_at: if steady { now + settings.window } else { now },
+                begins_at: if steady {
+                    settings.wait_until(now)
+                } else {
+                    now
+                },
                 joined: 1,
                 running: 1,
                 closed: false,

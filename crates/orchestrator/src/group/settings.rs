@@ -57,13 +57,14 @@ impl GroupCommit {
     /// The default window (see [`GroupCommit::window`]). With units of work arriving
     /// steadily but not all at once, a group holds whoever arrived during its first
     /// member's steps, often one or two, and each pays a whole group's round trips and
-    /// commit. In the `delivery` benchmark with 2 producers, groups that waited 2 ms
+    /// commit. In the `delivery` benchmark with 2 producers, groups that waited 1 ms
     /// before they began delivered about a quarter more events per second for about a
-    /// quarter less machine time per event, and 5 ms a little more again; with 8
-    /// producers, where groups fill while their members run, a few per cent
-    /// (`docs/benchmarks.md`). What it costs: under such a load, a unit of work's commit
-    /// comes up to this much later.
-    pub const WINDOW: Duration = Duration::from_millis(2);
+    /// quarter less machine time per event (2 ms did about as well, for twice the wait);
+    /// with 4, a sixth more; with 8, where groups fill while their members run, about the
+    /// same (`docs/benchmarks.md`). What it costs: under such a load, a unit of work's
+    /// commit comes up to about this much later (Tokio's timers count whole
+    /// milliseconds), plus the turns of the members its group gathered.
+    pub const WINDOW: Duration = Duration::from_millis(1);
 
     /// How long after a member's failure optimistic groups run their members in
     /// savepoints by default (see [`GroupCommit::optimistic`]).
@@ -88,17 +89,25 @@ impl GroupCommit {
     }
 
     /// How long a group may wait for more members before it begins, while units of work
-    /// keep coming: it waits when the group before it ended less than a window ago, and
-    /// begins at once after a quiet moment, so a lone unit of work is never delayed. A
-    /// member that joins with a shorter window shortens the wait (the dispatcher gives
-    /// deliveries with an ordering key none: their key's next one waits for their
-    /// commit). The latency a unit of work may gain under load. Zero: a group begins at
-    /// once, and takes whoever arrives while its members run. Default
-    /// [`GroupCommit::WINDOW`].
+    /// keep coming several at a time: it waits when the group before it closed less than a
+    /// window ago with more than one member. After a quiet moment, or after a group of one
+    /// (a caller running units of work one after another, which waiting would only slow),
+    /// it begins at once. A member that joins with a shorter window shortens the wait (the
+    /// dispatcher gives deliveries with an ordering key none: their key's next one waits
+    /// for their commit), and a full group begins at once. The latency a unit of work may
+    /// gain under load. Zero: a group begins at once, and takes whoever arrives while its
+    /// members run. Default [`GroupCommit::WINDOW`].
     #[must_use]
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self
+    }
+
+    /// When a group that waits for members from `now` begins (far off for a window too
+    /// large to add).
+    pub(crate) fn wait_until(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        now.checked_add(self.window)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
     }
 
     /// Whether a unit of work with these settings may join a group opened with `group`'s:
