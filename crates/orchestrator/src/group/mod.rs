@@ -33,8 +33,8 @@
 //! opened less than a window after the previous one closed with several members waits up
 //! to its window before it begins, gathering members ([`GroupCommit::window`]); one opened
 //! after a quiet moment, or after a group of one (a caller running units of work one after
-//! another), begins at once. It waits before `BEGIN`, holding
-//! no transaction, no lock and, on SQLite, not the write lock.
+//! another), begins at once. It waits before `BEGIN`, holding no transaction, no lock and,
+//! on SQLite, not the write lock.
 
 mod end;
 mod member;
