@@ -9,17 +9,7 @@ use super::{B, Database, Handler, POSTGRES};
 
 async fn idle_keys_are_purged_and_missing_ones_restored(db: Database) {
     schema(&db).await;
-    // The producer has no worker: commands wait in the outbox.
-    let mut producer = db.clone();
-    for user_id in 0..6 {
-        producer
-            .send(VoteForPost {
-                post_id: 1 + user_id % 3,
-                user_id,
-            })
-            .await
-            .unwrap();
-    }
+    send_votes(&db, 0..6, |user_id| 1 + user_id % 3).await;
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM keel_keys").await, 3);
     db.execute_script("DELETE FROM keel_keys WHERE key = 'post:1'")
         .await
@@ -136,16 +126,7 @@ async fn unordered_commands_are_sent_without_numbering(db: Database) {
 /// after the one before: with a window, each group would wait it out.
 async fn keyed_commands_do_not_wait_for_the_group_window(db: Database) {
     schema(&db).await;
-    let mut producer = db.clone();
-    for user_id in 0..5 {
-        producer
-            .send(VoteForPost {
-                post_id: 1,
-                user_id,
-            })
-            .await
-            .unwrap();
-    }
+    send_votes(&db, 0..5, |_| 1).await;
     let mut registry = super::Registry::new();
     registry
         .register(Handler::command_batch::<VoteForPost, _>(

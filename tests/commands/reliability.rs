@@ -102,17 +102,7 @@ async fn slow_votes(votes: &[VoteForPost], ctx: &mut HandlerContext) -> Result<(
 
 async fn a_worker_stopped_while_busy_loses_and_doubles_nothing(db: Database) {
     schema(&db).await;
-    // The producer has no worker: commands wait in the outbox.
-    let mut producer = db.clone();
-    for user_id in 0..300 {
-        producer
-            .send(VoteForPost {
-                post_id: 1 + user_id % 3,
-                user_id,
-            })
-            .await
-            .unwrap();
-    }
+    send_votes(&db, 0..300, |user_id| 1 + user_id % 3).await;
     let handler = || Handler::command_batch::<VoteForPost, _>("slow_votes", 10, slow_votes);
     // Each worker process on a pool of its own (shutting an app down closes its pool).
     let first = app_with(&db.connect_again().await.unwrap(), handler());
@@ -149,16 +139,7 @@ async fn one_by_one(vote: &VoteForPost, ctx: &mut HandlerContext) -> Result<(), 
 
 async fn a_worker_stops_at_its_limits(db: Database) {
     schema(&db).await;
-    let mut producer = db.clone();
-    for user_id in 0..50 {
-        producer
-            .send(VoteForPost {
-                post_id: 1,
-                user_id,
-            })
-            .await
-            .unwrap();
-    }
+    send_votes(&db, 0..50, |_| 1).await;
     let mut registry = Registry::new();
     registry
         .register(Handler::command::<VoteForPost, _>("one_by_one", one_by_one))

@@ -57,6 +57,21 @@ pub async fn apply(votes: &[VoteForPost], ctx: &mut HandlerContext) -> Result<()
     .await
 }
 
+/// Sends a vote of each of `users`, for the post `post_of` gives, from a producer with no
+/// worker: the commands wait in the outbox.
+pub async fn send_votes(db: &Database, users: std::ops::Range<i64>, post_of: impl Fn(i64) -> i64) {
+    let mut producer = db.clone();
+    for user_id in users {
+        producer
+            .send(VoteForPost {
+                post_id: post_of(user_id),
+                user_id,
+            })
+            .await
+            .unwrap();
+    }
+}
+
 pub fn quick() -> DeliveryOptions {
     DeliveryOptions::default().poll_interval(Duration::from_millis(20))
 }
