@@ -447,3 +447,49 @@ async fn a_group_opened_under_load_waits_for_members_and_an_impatient_one_starts
         "the member with no window joined the waiting group"
     );
 }
+
+/// A group whose members hold every delivery slot begins at once: no other delivery can
+/// join it. Twelve events recorded together, two slots, a 3 s window: were each group after
+/// the first to wait out its window, the twelve would take 15 s.
+#[tokio::test(flavor = "current_thread")]
+async fn a_group_holding_every_delivery_slot_does_not_wait() {
+    let Some(test) = keel_testing::TestDatabase::<super::B>::new().await else {
+        return;
+    };
+    let db = test.database().clone();
+    schema_with_effects(&db).await;
+    let mut registry = Registry::new();
+    registry
+        .register(Handler::new::<OrderPlaced, _>("effects", plain))
+        .unwrap();
+    let grouping = GroupCommit::optimistic().window(Duration::from_secs(3));
+    let app = App::builder(db.clone(), registry)
+        .delivery(
+            DeliveryOptions::default()
+                .max_in_flight(2)
+                .group_commit(Some(grouping)),
+        )
+        .start();
+    let started = std::time::Instant::now();
+    app.session()
+        .unit_of_work(async |tx| {
+            for order_id in 1..=12 {
+                tx.record(OrderPlaced { order_id })?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(
+        app.wait_until_delivered(Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(9),
+        "12 deliveries on 2 slots took {took:?}: groups holding every slot waited for members"
+    );
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM effects").await, 12);
+    app.shutdown().await.unwrap();
+}

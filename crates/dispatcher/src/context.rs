@@ -142,8 +142,10 @@ impl<B: Backend> HandlerContext<B> {
             .caused_by(&self.envelopes[0])
             .processing_all(ids, self.handler);
         if let Some(grouping) = self.dispatcher.options().group_commit {
-            // A keyed delivery's group begins at once: the key's next delivery waits for it.
-            let grouping = if self.keyed {
+            // A group waits for members only if more can come: it begins at once for a
+            // keyed delivery (the key's next one waits for its commit), and for the one
+            // that took the last delivery slot.
+            let grouping = if self.keyed || !self.dispatcher.has_free_slot() {
                 grouping.window(std::time::Duration::ZERO)
             } else {
                 grouping

@@ -199,6 +199,12 @@ impl<B: Backend> Dispatcher<B> {
         Ok(value)
     }
 
+    /// Whether a delivery could start now: a slot among the deliveries running in the
+    /// process (`DeliveryOptions::max_in_flight`) is free.
+    pub(crate) fn has_free_slot(&self) -> bool {
+        self.inner.permits.available_permits() > 0
+    }
+
     /// Runs one delivery (or batch) in a task of its own; `done` runs when it ends.
     pub(crate) fn spawn_delivery(&self, group: Group, done: impl FnOnce() + Send + 'static) {
         let Some(first) = group.claims.first() else {

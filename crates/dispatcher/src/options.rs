@@ -192,7 +192,9 @@ impl DeliveryOptions {
     /// work still returns only after its commit, and effects stay once per event; what a
     /// group costs is latency (under a steady load up to its window, and the turns of the
     /// members before it) and row locks held until the group commits. Deliveries with an
-    /// ordering key never wait for a window: their key's next one waits for their commit.
+    /// ordering key never wait for a window (their key's next one waits for their
+    /// commit), nor a group whose members hold every slot of
+    /// [`max_in_flight`](Self::max_in_flight).
     ///
     /// Default: [`GroupCommit::optimistic()`] (no savepoints while members succeed, in
     /// savepoints for a second after one fails, a [`GroupCommit::WINDOW`] under load),

@@ -93,8 +93,9 @@ impl GroupCommit {
     /// window ago with more than one member. After a quiet moment, or after a group of one
     /// (a caller running units of work one after another, which waiting would only slow),
     /// it begins at once. A member that joins with a shorter window shortens the wait (the
-    /// dispatcher gives deliveries with an ordering key none: their key's next one waits
-    /// for their commit), and a full group begins at once. The latency a unit of work may
+    /// dispatcher gives none to deliveries with an ordering key, whose key's next one
+    /// waits for their commit, and to the one that takes its last delivery slot), and a
+    /// full group begins at once. The latency a unit of work may
     /// gain under load. Zero: a group begins at once, and takes whoever arrives while its
     /// members run. Default [`GroupCommit::WINDOW`].
     #[must_use]
