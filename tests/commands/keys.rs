@@ -122,11 +122,26 @@ async fn unordered_commands_are_sent_without_numbering(db: Database) {
 }
 
 /// A keyed command's group begins at once, whatever the group window: the key's next
-/// command waits for its commit. Five votes for one post, handled one by one, each right
-/// after the one before: with a window, each group would wait it out.
+/// command waits for its commit. Five votes for one post, handled one by one, the first
+/// right after a group of two units of work: it would wait out the window.
 async fn keyed_commands_do_not_wait_for_the_group_window(db: Database) {
     schema(&db).await;
     send_votes(&db, 0..5, |_| 1).await;
+    let window = Duration::from_secs(30);
+    let grouped = keel::UnitOfWorkOptions::named("grouped")
+        .grouped(keel::GroupCommit::optimistic().window(window));
+    let in_group = async || {
+        db.clone()
+            .unit_of_work_with(&grouped, async |tx| {
+                keel::sqlx::query("SELECT 1").execute(tx.conn()).await?;
+                Ok(())
+            })
+            .await
+            .unwrap()
+            .into_value()
+    };
+    // Two at once: they share a group, and a group opened soon after waits for members.
+    tokio::join!(in_group(), in_group());
     let mut registry = super::Registry::new();
     registry
         .register(Handler::command_batch::<VoteForPost, _>(
@@ -135,7 +150,6 @@ async fn keyed_commands_do_not_wait_for_the_group_window(db: Database) {
             count_votes,
         ))
         .unwrap();
-    let window = Duration::from_secs(30);
     let app = super::App::builder(db.clone(), registry)
         .delivery(quick().group_commit(Some(keel::GroupCommit::optimistic().window(window))))
         .start();

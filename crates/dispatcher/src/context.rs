@@ -143,8 +143,8 @@ impl<B: Backend> HandlerContext<B> {
             .processing_all(ids, self.handler);
         if let Some(grouping) = self.dispatcher.options().group_commit {
             // A group waits for members only if more can come: it begins at once for a
-            // keyed delivery (the key's next one waits for its commit), and for the one
-            // that took the last delivery slot.
+            // keyed delivery (the key's next one waits for its commit), and for one that
+            // started while every delivery slot is taken.
             let grouping = if self.keyed || !self.dispatcher.has_free_slot() {
                 grouping.window(std::time::Duration::ZERO)
             } else {

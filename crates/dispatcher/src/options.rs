@@ -193,8 +193,8 @@ impl DeliveryOptions {
     /// group costs is latency (under a steady load up to its window, and the turns of the
     /// members before it) and row locks held until the group commits. Deliveries with an
     /// ordering key never wait for a window (their key's next one waits for their
-    /// commit), nor a group whose members hold every slot of
-    /// [`max_in_flight`](Self::max_in_flight).
+    /// commit), nor those that start while every slot of
+    /// [`max_in_flight`](Self::max_in_flight) is taken.
     ///
     /// Default: [`GroupCommit::optimistic()`] (no savepoints while members succeed, in
     /// savepoints for a second after one fails, a [`GroupCommit::WINDOW`] under load),
@@ -245,6 +245,10 @@ mod tests {
         assert_eq!(
             group_commit_from(Some("sometimes"), Some("1.5ms")),
             Some(GroupCommit::optimistic())
+        );
+        assert_eq!(
+            group_commit_from(Some("savepoints"), Some("soon")),
+            Some(GroupCommit::savepoints())
         );
     }
 }

@@ -159,14 +159,7 @@ impl<B: Backend> Database<B> {
             },
             other => other,
         };
-        let lease = self.fast_path_lease();
-        let outgoing = Outgoing {
-            events: &events,
-            commands: &commands,
-            routing: self.routing(),
-            lease,
-            marker: Some((marker, options.isolation)),
-        };
+        let outgoing = self.outgoing(&events, &commands, (marker, options.isolation));
         let mut verified = false;
         let outcome = match outcome {
             Ok(value) if writes => match B::write_outbox(&mut open.conn, &outgoing).await {
@@ -211,7 +204,7 @@ impl<B: Backend> Database<B> {
         if writes && outgoing.leaves_for_relay() {
             self.after_commit(&mut open.conn, true).await;
         }
-        let token = lease.filter(|_| reserved).map(|(token, _)| token);
+        let token = outgoing.lease.filter(|_| reserved).map(|(token, _)| token);
         Ok((value, events, token))
     }
 
@@ -233,12 +226,25 @@ impl<B: Backend> Database<B> {
         (outcome, events, commands)
     }
 
-    /// A fresh lease token and the fast path's lease, when this process delivers its own
-    /// commits' events at once.
-    pub(crate) fn fast_path_lease(&self) -> Option<(uuid::Uuid, std::time::Duration)> {
-        self.routing()
-            .and_then(|r| r.fast_path_lease())
-            .map(|lease| (crate::operations::lease_token(), lease))
+    /// What a unit of work writes to the outbox with its messages: their routing, and a
+    /// fresh lease token with the fast path's lease when this process delivers its own
+    /// commits' events at once, inside the transaction `marker` names.
+    pub(crate) fn outgoing<'a>(
+        &'a self,
+        events: &'a [keel_domain::Envelope],
+        commands: &'a [crate::outbox::Sent],
+        marker: (uuid::Uuid, crate::Isolation),
+    ) -> Outgoing<'a> {
+        let routing = self.routing();
+        Outgoing {
+            events,
+            commands,
+            routing,
+            lease: routing
+                .and_then(|r| r.fast_path_lease())
+                .map(|lease| (crate::operations::lease_token(), lease)),
+            marker: Some(marker),
+        }
     }
 
     /// Rolls back what can be, and leaves the connection to be closed: after its steps

@@ -9,25 +9,27 @@ use crate::{Backend, Database, Error};
 /// Closes `group` when it is full, or when no member runs, or as soon as a member undid it;
 /// then commits or rolls back, and tells the members.
 pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
-    let mut closed = false;
     loop {
         let changed = group.changed.notified();
-        let (members, ended) = {
+        {
+            // The groups' lock first, as when joining: a group opened next sees this one's
+            // close.
+            let mut groups = db.groups().lock();
             let mut state = group.state();
             let full = state.joined >= group.max_members();
-            if full || state.undo.is_some() || state.running == 0 {
+            if !state.closed && (full || state.undo.is_some() || state.running == 0) {
                 state.closed = true;
+                // An undone group's members run again alone: they gathered nothing.
+                let members = if state.undo.is_some() {
+                    0
+                } else {
+                    state.joined
+                };
+                groups.last_closed = Some((tokio::time::Instant::now(), members));
             }
-            let ended = state.closed && (state.running == 0 || state.undo.is_some());
-            (state.closed.then_some(state.joined), ended)
-        };
-        // Told once it takes no more members (the groups' lock is taken before a group's).
-        if let (Some(members), false) = (members, closed) {
-            closed = true;
-            db.groups().group_closed(members);
-        }
-        if ended {
-            break;
+            if state.closed && (state.running == 0 || state.undo.is_some()) {
+                break;
+            }
         }
         changed.await;
     }

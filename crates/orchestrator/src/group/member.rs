@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use super::{Ended, Group, GroupCommit, Slot, Undo};
-use crate::outbox::Outgoing;
 use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions};
 
 /// What a member's attempt in a group came to.
@@ -123,14 +122,7 @@ impl<B: Backend> Database<B> {
         let replaced = || Error::TransactionReplaced {
             unit_of_work: options.name,
         };
-        let lease = self.fast_path_lease();
-        let outgoing = Outgoing {
-            events: &events,
-            commands: &commands,
-            routing: self.routing(),
-            lease,
-            marker: Some((group.marker, Isolation::default())),
-        };
+        let outgoing = self.outgoing(&events, &commands, (group.marker, Isolation::default()));
         let writes = !events.is_empty() || !commands.is_empty();
         // `None`: the steps ended or replaced the group's transaction.
         let checked = match outcome {
@@ -192,7 +184,8 @@ impl<B: Backend> Database<B> {
                 {
                     routing.left_for_relay();
                 }
-                let token = lease
+                let token = outgoing
+                    .lease
                     .filter(|_| writes && outgoing.reserves())
                     .map(|(token, _)| token);
                 Membership::Ran(Ok((value, events, token)))

@@ -85,11 +85,6 @@ impl<B: sqlx::Database> Groups<B> {
     fn member_failed(&self) {
         self.lock().last_failure = Some(Instant::now());
     }
-
-    /// A group closed (it takes no more members) with `members`.
-    fn group_closed(&self, members: usize) {
-        self.lock().last_closed = Some((tokio::time::Instant::now(), members));
-    }
 }
 
 /// One group: its transaction's connection, who is in it, and how it ended.

@@ -94,9 +94,9 @@ impl GroupCommit {
     /// (a caller running units of work one after another, which waiting would only slow),
     /// it begins at once. A member that joins with a shorter window shortens the wait (the
     /// dispatcher gives none to deliveries with an ordering key, whose key's next one
-    /// waits for their commit, and to the one that takes its last delivery slot), and a
-    /// full group begins at once. The latency a unit of work may
-    /// gain under load. Zero: a group begins at once, and takes whoever arrives while its
+    /// waits for their commit, and to those that start while its delivery slots are all
+    /// taken), and a full group begins at once. The latency a unit of work may
+    /// pay under load. Zero: a group begins at once, and takes whoever arrives while its
     /// members run. Default [`GroupCommit::WINDOW`].
     #[must_use]
     pub fn window(mut self, window: Duration) -> Self {
