@@ -114,6 +114,13 @@ impl Outgoing<'_> {
         )
     }
 
+    /// Whether the deliveries of message `n` of [`Outgoing::messages`] are reserved for this
+    /// process's fast path: an event's, when the process has one; a command's never (they
+    /// go to workers, which honour their ordering keys).
+    pub fn reserved(&self, n: usize) -> bool {
+        self.lease.is_some() && n < self.events.len()
+    }
+
     /// Whether the event deliveries written reserve anything for the fast path.
     pub fn reserves(&self) -> bool {
         self.lease.is_some() && self.events.iter().any(|e| !self.handlers_of(e).is_empty())

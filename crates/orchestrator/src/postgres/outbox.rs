@@ -171,9 +171,7 @@ pub(super) async fn write(conn: &mut PgConnection, outgoing: &Outgoing<'_>) -> R
         routed.push(!handlers.is_empty());
         keys.push(key);
         headers.push(stored_headers(e));
-        // Event deliveries are reserved for this process's fast path (when it has one);
-        // command deliveries always go to workers, which honour their ordering keys.
-        let leased = n < outgoing.events.len() && outgoing.lease.is_some();
+        let leased = outgoing.reserved(n);
         for handler in handlers {
             d_ids.push(*e.id.as_uuid());
             d_handlers.push(*handler);
@@ -219,9 +217,7 @@ async fn write_one(
     e: &keel_domain::Envelope,
 ) -> Result<bool, Error> {
     let handlers = outgoing.handlers_of(e);
-    // Event deliveries are reserved for this process's fast path (when it has one);
-    // command deliveries always go to workers.
-    let reserved = !outgoing.events.is_empty() && outgoing.lease.is_some();
+    let reserved = outgoing.reserved(0);
     let (token, lease_ms, marker, isolation) = shared(outgoing);
     let query = sqlx::query(ONE)
         .bind(e.id.as_uuid())

@@ -112,9 +112,7 @@ pub(super) async fn write(
     let token = outgoing.lease.map(|(token, _)| token.to_string());
     let mut deliveries = Vec::new();
     for (n, (e, key)) in messages.iter().enumerate() {
-        // Event deliveries are reserved for this process's fast path (when it has one);
-        // command deliveries always go to workers, which honour their ordering keys.
-        let leased = lease_ms.is_some() && n < outgoing.events.len();
+        let leased = outgoing.reserved(n);
         for handler in outgoing.handlers_of(e) {
             deliveries.push((e.id.to_string(), *handler, leased, *key, seq_of(e)));
         }
