@@ -45,6 +45,21 @@ async fn relays_listening(db: &super::Database) -> i64 {
     .await
 }
 
+/// The relays' connections as the server lists them, for an assertion's message.
+async fn relay_connections(db: &super::Database) -> String {
+    let mut conn = db.acquire().await.unwrap();
+    let rows: Vec<(i32, String, Option<String>, Option<String>, String)> = sqlx::query_as(
+        "SELECT pid, application_name, state, backend_start::text, query
+           FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name LIKE 'keel-relay%'
+          ORDER BY backend_start",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    format!("{rows:?}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_notify_only_when_another_process_relay_listens() {
     let Some(test_db) = TestDatabase::<B>::new().await else {
@@ -80,7 +95,8 @@ async fn commits_notify_only_when_another_process_relay_listens() {
     assert_eq!(
         relays_listening(&db).await,
         0,
-        "the other process's relay still listens 10 s after it closed"
+        "the other process's relay still listens 10 s after it closed: {}",
+        relay_connections(&db).await
     );
 
     // Only this process's own relay: woken in memory, no notification.
@@ -99,7 +115,8 @@ async fn commits_notify_only_when_another_process_relay_listens() {
     assert_eq!(
         relays_listening(&db).await,
         1,
-        "the relay listens after 60 s"
+        "the relay listens after 60 s: {}",
+        relay_connections(&db).await
     );
     tokio::time::sleep(RECHECK).await;
     while notified(&mut observer, Duration::from_millis(100)).await {}
