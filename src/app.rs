@@ -124,8 +124,9 @@ impl<B: Backend> App<B> {
         self.dispatcher.wait_until_delivered(timeout).await
     }
 
-    /// Stops the relay (finishing what it claimed), waits for the deliveries running in this
-    /// process, then closes the database pool.
+    /// Stops the relay, waits for the deliveries running in this process (those claimed but
+    /// not started are given back, for another relay to take at once), then closes the
+    /// database pool.
     ///
     /// Fails at once with [`Error::InsideUnitOfWork`] inside a unit of work, whose own
     /// connection would never be returned.

@@ -380,8 +380,8 @@ impl<B: Backend> Dispatcher<B> {
         }
     }
 
-    /// Stops the relay (it finishes the deliveries it claimed) and waits for the fast-path
-    /// deliveries running in this process.
+    /// Stops the relay and waits for the deliveries running in this process; those claimed
+    /// but not started are given back, for another relay to take at once.
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
         let relay = self

@@ -165,7 +165,7 @@ impl<B: Backend> std::fmt::Debug for Handler<B> {
     }
 }
 
-/// The default retry policy of handlers: 5 attempts, 100 ms, ×2, at most 5 s.
+/// The default retry policy of handlers: 5 attempts, 100 ms, ×2, at most 5 s, jitter 0.5.
 /// Handlers often call other systems, so they wait longer than units of work do.
 pub(crate) fn default_retry() -> RetryPolicy {
     RetryPolicy::default()
@@ -175,7 +175,7 @@ pub(crate) fn default_retry() -> RetryPolicy {
 }
 
 impl<B: Backend> Handler<B> {
-    /// The default retry policy of handlers: 5 attempts, 100 ms, ×2, at most 5 s.
+    /// The default retry policy of handlers: 5 attempts, 100 ms, ×2, at most 5 s, jitter 0.5.
     /// Handlers often call other systems, so they wait longer than units of work do.
     pub fn default_retry() -> RetryPolicy {
         default_retry()

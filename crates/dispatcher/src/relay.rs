@@ -145,8 +145,8 @@ async fn subscribe<B: Backend>(
 }
 
 /// Reports every [`HEARTBEAT`] that this process runs a relay, so that an operator can tell
-/// which process holds a lease (`keel status`), and every third beat sets the backlog
-/// gauges from the same read as `keel status`. Best effort: a failed report is retried at
+/// which process holds a lease (`keel status`), and at each beat sets the backlog gauges
+/// from the same read as `keel status`. Best effort: a failed report is retried at
 /// the next beat. Ends with the relay.
 async fn heartbeat<B: Backend>(
     db: keel_orchestrator::Database<B>,

@@ -19,7 +19,7 @@
 //! | `keel_unrouted_events` | gauge | | events no relay has routed yet |
 //!
 //! Counters and the histogram are recorded where things happen; the gauges are read from
-//! the database by each relay every third [`HEARTBEAT`](crate::operations::HEARTBEAT) (30 s)
+//! the database by each relay at every [`HEARTBEAT`](crate::operations::HEARTBEAT) (10 s)
 //! ([`record_status`]), so every process exports the same figures: take one series per
 //! label set (e.g. `max by (handler)`), not their sum.
 

@@ -19,8 +19,8 @@ static ENDPOINT: OnceLock<String> = OnceLock::new();
 static QUICK_RETRIES: OnceLock<()> = OnceLock::new();
 
 /// How the notification handler retries. An HTTP partner's outage lasts seconds to
-/// minutes: 10 attempts from 1 s, doubling, at most 5 minutes apart, cover about 13
-/// minutes before the dead letter (`keel dead list`, then `keel dead retry`).
+/// minutes: 11 attempts (the first and 10 retries) from 1 s, doubling, at most 5 minutes
+/// apart, cover about 13½ minutes before the dead letter (`keel dead list`, then `keel dead retry`).
 pub fn retry_policy() -> RetryPolicy {
     if QUICK_RETRIES.get().is_some() {
         return RetryPolicy::default()
@@ -28,7 +28,7 @@ pub fn retry_policy() -> RetryPolicy {
             .base_delay(Duration::from_millis(50));
     }
     RetryPolicy::default()
-        .max_attempts(10)
+        .max_attempts(11)
         .base_delay(Duration::from_secs(1))
         .multiplier(2.0)
         .max_delay(Duration::from_secs(300))
@@ -141,4 +141,27 @@ async fn serve_stub(
         let _ = axum::serve(listener, router).await;
     });
     Ok((address, log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guide promises that a partner outage of about 13 minutes loses nothing.
+    #[test]
+    fn the_retries_cover_a_thirteen_minute_outage() {
+        let policy = retry_policy().jitter(0.0);
+        let waited: Duration = (2..=policy.attempts())
+            .map(|attempt| policy.delay_before(attempt))
+            .sum();
+        assert!(
+            waited >= Duration::from_secs(13 * 60),
+            "the retries wait {waited:?} in all"
+        );
+        assert_eq!(
+            policy.delay_before(policy.attempts()),
+            Duration::from_secs(300),
+            "the last retry waits the cap, 5 minutes"
+        );
+    }
 }
