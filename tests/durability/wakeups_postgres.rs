@@ -48,16 +48,16 @@ async fn relays_listening(db: &super::Database) -> i64 {
 /// The relays' connections as the server lists them, for an assertion's message.
 async fn relay_connections(db: &super::Database) -> String {
     let mut conn = db.acquire().await.unwrap();
-    let rows: Vec<(i32, String, Option<String>, Option<String>, String)> = sqlx::query_as(
-        "SELECT pid, application_name, state, backend_start::text, query
+    sqlx::query_scalar(
+        "SELECT coalesce(string_agg(format('[pid %s, %s, %s since %s: %s]', pid,
+                    application_name, state, backend_start, query), ' '
+                    ORDER BY backend_start), 'none')
            FROM pg_stat_activity
-          WHERE datname = current_database() AND application_name LIKE 'keel-relay%'
-          ORDER BY backend_start",
+          WHERE datname = current_database() AND application_name LIKE 'keel-relay%'",
     )
-    .fetch_all(&mut *conn)
+    .fetch_one(&mut *conn)
     .await
-    .unwrap();
-    format!("{rows:?}")
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
