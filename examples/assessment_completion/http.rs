@@ -4,7 +4,8 @@
 //! Every request runs in a span `http_request` that continues the caller's trace
 //! (`traceparent`): the events it records carry that trace to their handlers. Keel's
 //! errors become statuses in one place ([`error_response`]): rejections are 404, 409 and
-//! 422; an unavailable database is `503` with `Retry-After`; anything else is a `500`
+//! 422; an unavailable database, or a unit of work that gave up under contention, is `503`
+//! with `Retry-After`; anything else is a `500`
 //! whose body says nothing of the driver (the details go to the log).
 
 use std::net::SocketAddr;
@@ -83,6 +84,11 @@ pub fn error_response(error: &Error) -> Response {
     } else if error.is_unavailable() {
         tracing::warn!(%error, "database unavailable");
         unavailable("the database is unavailable; retry later")
+    } else if matches!(error, Error::RetriesExhausted { .. }) {
+        // Every attempt met contention (a row kept locked, a version kept changing): the
+        // same request may succeed in a moment.
+        tracing::warn!(%error, "gave up under contention");
+        unavailable("the assessment is busy; retry later")
     } else if matches!(error.last_attempt(), Error::CommitOutcomeUnknown { .. }) {
         // Whether it committed is unknown; retrying is safe here: a completion that did
         // commit is refused with 409.
@@ -260,4 +266,25 @@ pub async fn serve<B: Store>(
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A unit of work that gave up under contention (its rows kept locked, its versions
+    /// kept changing) may succeed later: a busy service, not a broken one.
+    #[test]
+    fn a_unit_of_work_that_gave_up_under_contention_is_503() {
+        let gave_up = Error::RetriesExhausted {
+            unit_of_work: "complete_assessment",
+            attempts: 5,
+            last: Box::new(Error::LockTimeout {
+                detail: "canceling statement due to lock timeout".to_owned(),
+            }),
+        };
+        let response = error_response(&gave_up);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
 }

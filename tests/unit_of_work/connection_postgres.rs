@@ -6,6 +6,7 @@
 //! connection without spending an attempt; every other acquire is tested before use.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use keel::sqlx::{self, Connection};
 use keel::{RetryPolicy, UnitOfWorkOptions};
@@ -109,4 +110,63 @@ async fn a_connection_lost_while_idle_is_not_handed_out_by_acquire() {
         .execute(&mut *conn)
         .await
         .expect("an acquired connection was tested before it was handed out");
+}
+
+/// The server sessions of the database at `url` named `name`.
+async fn sessions_named(url: &str, name: &str) -> i64 {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+    n
+}
+
+/// Closing the pool while the application still holds a connection: the idle ones are
+/// closed at once, `close` returns after the acquire timeout rather than hang, and the held
+/// one is closed when it is returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_with_a_connection_held_closes_the_idle_ones_at_once() {
+    let Some(test_db) = TestDatabase::<B>::new().await else {
+        return;
+    };
+    let url = test_db.url().to_owned();
+    let name = "keel-closing-test";
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let db: keel::postgres::Database =
+        keel::DatabaseOptions::new(format!("{url}{separator}application_name={name}"))
+            .max_connections(4)
+            .acquire_timeout(Duration::from_millis(500))
+            .connect()
+            .await
+            .unwrap();
+    let held = db.acquire().await.unwrap();
+    let idle = (db.acquire().await.unwrap(), db.acquire().await.unwrap());
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sessions_named(&url, name).await, 3);
+
+    db.close().await.unwrap();
+    assert_eq!(
+        sessions_named(&url, name).await,
+        1,
+        "the idle connections are closed, the held one stays open"
+    );
+    drop(held);
+    for _ in 0..100 {
+        if sessions_named(&url, name).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        sessions_named(&url, name).await,
+        0,
+        "the held connection is closed once returned, and nothing else stays open"
+    );
 }

@@ -19,9 +19,10 @@ use crate::{DeadLetters, DeliveryOptions};
 /// What an operator reads and does on a Keel database. See the module documentation.
 ///
 /// ```no_run
-/// # async fn run() -> Result<(), keel_orchestrator::Error> {
-/// use keel_dispatcher::Admin;
-/// let db = keel_orchestrator::Database::<sqlx::Postgres>::connect("postgres://localhost/app").await?;
+/// # mod keel { pub use keel_dispatcher::*; pub use keel_orchestrator::*; }
+/// # async fn run() -> Result<(), keel::Error> {
+/// use keel::Admin;
+/// let db = keel::Database::<sqlx::Postgres>::connect("postgres://localhost/app").await?;
 /// let admin = Admin::new(db);
 /// for handler in admin.status().await?.handlers {
 ///     println!("{}: {} pending, {} dead", handler.handler, handler.pending, handler.dead);

@@ -9,7 +9,8 @@ use keel_orchestrator::{Backend, Database, Error, ensure_outside_unit_of_work};
 /// Lists, shows, retries and discards dead deliveries.
 ///
 /// ```no_run
-/// # async fn run(app: keel_dispatcher::Dispatcher<sqlx::Postgres>) -> Result<(), keel_orchestrator::Error> {
+/// # mod keel { pub use keel_dispatcher::*; pub use keel_orchestrator::*; }
+/// # async fn run(app: keel::Dispatcher<sqlx::Postgres>) -> Result<(), keel::Error> {
 /// let dead = app.dead_letters();
 /// for letter in dead.list(50).await? {
 ///     println!("{} / {}: {:?}", letter.event_name, letter.handler, letter.failures.last());

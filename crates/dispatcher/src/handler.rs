@@ -116,9 +116,10 @@ pub enum HandlerKind {
 /// One handler of one event type, with its name and retry policy.
 ///
 /// ```
-/// use keel_dispatcher::{Handler, HandlerContext};
-/// use keel_domain::DomainEvent;
-/// use keel_orchestrator::{Error, RetryPolicy};
+/// # mod keel { pub use keel_dispatcher::*; pub use keel_domain::*; pub use keel_orchestrator::*; }
+/// use keel::{Handler, HandlerContext};
+/// use keel::DomainEvent;
+/// use keel::{Error, RetryPolicy};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct PostLiked { post_id: i64 }
 /// # impl DomainEvent for PostLiked { const NAME: &'static str = "post.liked.v1";
 /// #   const AGGREGATE_TYPE: &'static str = "Post";

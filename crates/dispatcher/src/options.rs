@@ -7,8 +7,9 @@ use keel_orchestrator::GroupCommit;
 /// Settings of event delivery, for the fast path and the relay.
 ///
 /// ```
+/// # mod keel { pub use keel_dispatcher::*; }
 /// use std::time::Duration;
-/// use keel_dispatcher::DeliveryOptions;
+/// use keel::DeliveryOptions;
 ///
 /// let options = DeliveryOptions::default()
 ///     .handler_timeout(Duration::from_secs(10))

@@ -78,9 +78,10 @@ pub enum RegistryError {
 /// The handlers of a program, by event name.
 ///
 /// ```
-/// use keel_dispatcher::{Handler, HandlerContext, Registry};
-/// # use keel_domain::DomainEvent;
-/// # use keel_orchestrator::Error;
+/// # mod keel { pub use keel_dispatcher::*; pub use keel_domain::*; pub use keel_orchestrator::*; }
+/// use keel::{Handler, HandlerContext, Registry};
+/// # use keel::DomainEvent;
+/// # use keel::Error;
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct PostLiked { post_id: i64 }
 /// # impl DomainEvent for PostLiked { const NAME: &'static str = "post.liked.v1";
 /// #   const AGGREGATE_TYPE: &'static str = "Post";

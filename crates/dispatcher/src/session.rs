@@ -14,8 +14,9 @@ use crate::Dispatcher;
 /// line.
 ///
 /// ```no_run
-/// # use keel_dispatcher::Session;
-/// # async fn run(session: &mut Session<'_, sqlx::Postgres>) -> Result<(), keel_orchestrator::Error> {
+/// # mod keel { pub use keel_dispatcher::*; pub use keel_orchestrator::*; }
+/// # use keel::Session;
+/// # async fn run(session: &mut Session<'_, sqlx::Postgres>) -> Result<(), keel::Error> {
 /// let likes: i64 = session
 ///     .unit_of_work(async |tx| {
 ///         let (likes,): (i64,) = sqlx::query_as("UPDATE posts SET likes = likes + 1 WHERE id = 1 RETURNING likes")

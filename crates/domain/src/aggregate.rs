@@ -8,7 +8,8 @@ use crate::Version;
 /// lets a save detect that someone else changed the aggregate since it was loaded.
 ///
 /// ```
-/// use keel_domain::{Aggregate, Version};
+/// # mod keel { pub use keel_domain::*; }
+/// use keel::{Aggregate, Version};
 ///
 /// struct Account { id: i64, balance: i64, version: Version }
 ///

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 /// and keep only the one-at-a-time: see [`ORDERED`](Command::ORDERED).
 ///
 /// ```
-/// use keel_domain::Command;
+/// # mod keel { pub use keel_domain::*; }
+/// use keel::Command;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize)]

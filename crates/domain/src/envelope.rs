@@ -16,7 +16,8 @@ pub type EventId = Id<Envelope>;
 ///   `causation_id` is the id of the event whose handler recorded this one.
 ///
 /// ```
-/// use keel_domain::{DomainEvent, Envelope};
+/// # mod keel { pub use keel_domain::*; }
+/// use keel::{DomainEvent, Envelope};
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Serialize, Deserialize)] struct Started { id: i64 }
 /// # impl DomainEvent for Started {

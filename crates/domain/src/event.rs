@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 /// - the serialized payload: add optional fields, never rename or remove fields.
 ///
 /// ```
-/// use keel_domain::DomainEvent;
+/// # mod keel { pub use keel_domain::*; }
+/// use keel::DomainEvent;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize)]

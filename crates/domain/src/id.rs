@@ -13,7 +13,8 @@ use uuid::Uuid;
 /// earlier (to the millisecond), which keeps B-tree indexes append-mostly.
 ///
 /// ```
-/// use keel_domain::Id;
+/// # mod keel { pub use keel_domain::*; }
+/// use keel::Id;
 /// struct Post;
 /// let a: Id<Post> = Id::new();
 /// let b: Id<Post> = Id::new();
@@ -48,7 +49,8 @@ impl<T: ?Sized> Id<T> {
 /// The UUID, to bind in a `uuid` column: `.bind(Uuid::from(ctx.event_id()))`.
 ///
 /// ```
-/// use keel_domain::Id;
+/// # mod keel { pub use keel_domain::*; }
+/// use keel::Id;
 /// struct Post;
 /// let id: Id<Post> = Id::new();
 /// let uuid = uuid::Uuid::from(id);

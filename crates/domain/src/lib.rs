@@ -7,7 +7,8 @@
 //! plain `#[test]` functions, and that the same types serve every backend.
 //!
 //! ```
-//! use keel_domain::{DomainEvent, Envelope};
+//! # mod keel { pub use keel_domain::*; }
+//! use keel::{DomainEvent, Envelope};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, Serialize, Deserialize, PartialEq)]

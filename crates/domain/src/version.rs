@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 /// version moved on meanwhile, the save is a conflict and the unit of work is retried.
 ///
 /// ```
-/// use keel_domain::Version;
+/// # mod keel { pub use keel_domain::*; }
+/// use keel::Version;
 /// let v = Version::INITIAL;
 /// assert_eq!(v.next(), Version::new(2));
 /// assert!(v < v.next());

@@ -27,9 +27,10 @@ use crate::wire;
 /// Publishes commands to the broker.
 ///
 /// ```no_run
-/// use keel_nats::{CommandBus, JetStream, StreamOptions};
+/// # mod keel { pub use keel_domain::*; pub use keel_nats as nats; }
+/// use keel::nats::{CommandBus, JetStream, StreamOptions};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct LikePost { post_id: i64, user_id: i64 }
-/// # impl keel_domain::Command for LikePost { const NAME: &'static str = "post.like.v1";
+/// # impl keel::Command for LikePost { const NAME: &'static str = "post.like.v1";
 /// #   fn key(&self) -> Option<String> { Some(format!("post:{}", self.post_id)) } }
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -24,14 +24,15 @@ use crate::wire::{self, Subjects};
 /// Builds the handlers that forward events to a broker.
 ///
 /// ```no_run
-/// use keel_dispatcher::Registry;
-/// use keel_nats::{Forwarder, JetStream, StreamOptions};
+/// # mod keel { pub use keel_dispatcher::*; pub use keel_domain::*; pub use keel_orchestrator::*; pub use keel_nats as nats; }
+/// use keel::Registry;
+/// use keel::nats::{Forwarder, JetStream, StreamOptions};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderPlaced { id: i64 }
-/// # impl keel_domain::DomainEvent for OrderPlaced { const NAME: &'static str = "order.placed.v1";
+/// # impl keel::DomainEvent for OrderPlaced { const NAME: &'static str = "order.placed.v1";
 /// #   const AGGREGATE_TYPE: &'static str = "Order";
 /// #   fn aggregate_id(&self) -> String { self.id.to_string() } }
 ///
-/// async fn registry<B: keel_orchestrator::Backend>() -> Result<Registry<B>, Box<dyn std::error::Error>> {
+/// async fn registry<B: keel::Backend>() -> Result<Registry<B>, Box<dyn std::error::Error>> {
 ///     let jetstream = JetStream::connect("nats://127.0.0.1:4222", StreamOptions::default()).await?;
 ///     let forwarder = Forwarder::new(jetstream);
 ///     let mut registry = Registry::new();

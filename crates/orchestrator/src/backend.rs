@@ -27,8 +27,9 @@ mod sealed {
 /// `keel::postgres` or `keel::sqlite` aliases, and never writes the parameter again.
 ///
 /// ```
+/// # mod keel { pub use keel_orchestrator::*; }
 /// # #[cfg(feature = "postgres")] {
-/// use keel_orchestrator::{Backend, Database};
+/// use keel::{Backend, Database};
 /// fn name<B: Backend>(_: &Database<B>) -> &'static str { B::NAME }
 /// # }
 /// ```

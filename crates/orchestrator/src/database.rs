@@ -113,9 +113,10 @@ impl<B: Backend> Database<B> {
     /// Opens the database at `url` with default [`DatabaseOptions`].
     ///
     /// ```no_run
+    /// # mod keel { pub use keel_orchestrator::*; }
     /// # #[cfg(feature = "sqlite")]
-    /// # async fn run() -> Result<(), keel_orchestrator::Error> {
-    /// let db = keel_orchestrator::Database::<sqlx::Sqlite>::connect("sqlite:data/app.db").await?;
+    /// # async fn run() -> Result<(), keel::Error> {
+    /// let db = keel::Database::<sqlx::Sqlite>::connect("sqlite:data/app.db").await?;
     /// db.migrate().await?;
     /// # Ok(()) }
     /// ```
@@ -167,7 +168,7 @@ impl<B: Backend> Database<B> {
         guard::ensure_outside("run migrations")?;
         let migrator = migrations::migrator(B::MIGRATIONS, MIGRATIONS_TABLE);
         let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
-        match B::run_migrations(&migrator, &self.inner.pool).await {
+        match B::run_migrations(&migrator, &self.inner.pool, true).await {
             Ok(()) => Ok(()),
             Err(MigrateError::VersionMissing(found)) => {
                 Err(Error::SchemaNewerThanLibrary { found, known })
@@ -332,7 +333,7 @@ impl<B: Backend> Database<B> {
     /// ```
     pub async fn run_migrations(&self, migrator: &Migrator) -> Result<(), Error> {
         guard::ensure_outside("run migrations")?;
-        Ok(B::run_migrations(migrator, &self.inner.pool).await?)
+        Ok(B::run_migrations(migrator, &self.inner.pool, false).await?)
     }
 
     /// Closes the pool: no new connection is handed out, idle ones are closed at once, and
@@ -344,13 +345,18 @@ impl<B: Backend> Database<B> {
     /// connection would never be returned.
     pub async fn close(&self) -> Result<(), Error> {
         guard::ensure_outside("close the database")?;
+        let pool = self.inner.pool.clone();
+        // sqlx closes the idle connections only once every connection is back: close them
+        // now, and let the pool's close finish in the background if one is kept.
+        while let Some(idle) = pool.try_acquire() {
+            let _ = idle.close().await;
+        }
+        let closing = tokio::spawn(async move { pool.close().await });
         let wait = self.inner.options.acquire_timeout;
-        if tokio::time::timeout(wait, self.inner.pool.close())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(wait, closing).await.is_err() {
+            let pool = &self.inner.pool;
             tracing::warn!(
-                in_use = self.inner.pool.size(),
+                in_use = (pool.size() as usize).saturating_sub(pool.num_idle()),
                 waited_ms = wait.as_millis() as u64,
                 "closing the pool: connections still in use are closed when returned"
             );

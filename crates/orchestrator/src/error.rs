@@ -14,7 +14,8 @@ pub use rejection::Rejection;
 /// - **transient**: the database (or an optimistic version check) says "try again":
 ///   [`Deadlock`](Error::Deadlock), [`SerializationFailure`](Error::SerializationFailure),
 ///   [`LockTimeout`](Error::LockTimeout), [`RowLocked`](Error::RowLocked),
-///   [`VersionConflict`](Error::VersionConflict). A unit of work re-runs its closure on a
+///   [`VersionConflict`](Error::VersionConflict), [`ConnectionLost`](Error::ConnectionLost)
+///   (before `COMMIT`). A unit of work re-runs its closure on a
 ///   fresh transaction per its [`RetryPolicy`](crate::RetryPolicy), and reports
 ///   [`RetriesExhausted`](Error::RetriesExhausted) when the policy gives up.
 /// - **permanent**: everything else, returned at once.
@@ -84,8 +85,8 @@ pub enum Error {
     /// A lock was not granted within the unit of work's lock timeout (PostgreSQL
     /// `lock_timeout`, SQLite busy timeout or write-lock wait). Transient.
     #[error(
-        "lock not granted within the lock timeout: {detail}; another transaction holds it — \
-         the unit of work is retried, or raise `UnitOfWorkOptions::lock_timeout`"
+        "lock not granted within the lock timeout: {detail}; another transaction holds it \
+         (to wait longer, raise `UnitOfWorkOptions::lock_timeout`)"
     )]
     LockTimeout {
         /// What the database or Keel reported.
@@ -297,8 +298,9 @@ impl Error {
     /// ([`Error::RetryAfter`]): Messenger's recoverable exception with a retry delay.
     ///
     /// ```
+    /// # mod keel { pub use keel_orchestrator::*; }
     /// use std::time::Duration;
-    /// use keel_orchestrator::Error;
+    /// use keel::Error;
     ///
     /// let busy = Error::retry_after(Duration::from_secs(30), Error::external("partner: 429"));
     /// assert_eq!(busy.to_string(), "external call failed: partner: 429 (retry in 30000 ms)");
@@ -326,8 +328,10 @@ impl Error {
     /// Whether re-running the unit of work on a fresh transaction may succeed.
     ///
     /// This is the single classification of errors in Keel: deadlocks, serialization
-    /// failures, lock timeouts, `NOWAIT` lock refusals, busy SQLite databases and
-    /// optimistic version conflicts are transient; everything else is not.
+    /// failures, lock timeouts, `NOWAIT` lock refusals, busy SQLite databases, optimistic
+    /// version conflicts and connections lost before `COMMIT` are transient; everything else
+    /// is not (a connection lost during `COMMIT` is
+    /// [`CommitOutcomeUnknown`](Error::CommitOutcomeUnknown), never re-run).
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

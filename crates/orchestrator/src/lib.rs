@@ -22,8 +22,9 @@
 //! [`Tx::conn`] is the driver's own connection, so a step is ordinary sqlx code:
 //!
 //! ```no_run
+//! # mod keel { pub use keel_orchestrator::*; }
 //! # #[cfg(feature = "sqlite")] {
-//! use keel_orchestrator::{Database, Error, Locked, RowLock};
+//! use keel::{Database, Error, Locked, RowLock};
 //! use sqlx::Sqlite;
 //!
 //! # async fn run() -> Result<(), Error> {

@@ -110,7 +110,8 @@ pub enum LockWait {
 /// A request to lock one row, built with [`RowLock::for_update`] or [`RowLock::for_share`].
 ///
 /// ```
-/// use keel_orchestrator::{LockWait, RowLock};
+/// # mod keel { pub use keel_orchestrator::*; }
+/// use keel::{LockWait, RowLock};
 /// let lock = RowLock::for_update("accounts", 42).nowait();
 /// assert_eq!(lock.wait_policy(), LockWait::NoWait);
 /// ```

@@ -35,8 +35,9 @@ pub enum Isolation {
 /// timeout and retry policy.
 ///
 /// ```
+/// # mod keel { pub use keel_orchestrator::*; }
 /// use std::time::Duration;
-/// use keel_orchestrator::{Isolation, RetryPolicy, UnitOfWorkOptions};
+/// use keel::{Isolation, RetryPolicy, UnitOfWorkOptions};
 ///
 /// let transfer = UnitOfWorkOptions::named("transfer")
 ///     .isolation(Isolation::Serializable)

@@ -27,8 +27,9 @@ use std::time::Duration;
 /// Messenger's default is therefore [`RetryPolicy::messenger_default`].
 ///
 /// ```
+/// # mod keel { pub use keel_orchestrator::*; }
 /// use std::time::Duration;
-/// use keel_orchestrator::RetryPolicy;
+/// use keel::RetryPolicy;
 ///
 /// let policy = RetryPolicy::default()
 ///     .max_attempts(10)

@@ -77,10 +77,12 @@ pub trait Store: sqlx::Database {
     /// Keel's migrations for this backend: each file's name and SQL.
     const MIGRATIONS: &'static [crate::migrations::File];
 
-    /// Runs `migrator` on the pool.
+    /// Runs `migrator` on the pool; `quiet`: without the server's notices (PostgreSQL's
+    /// "relation … already exists, skipping" for the migrations table at every start).
     fn run_migrations(
         migrator: &Migrator,
         pool: &sqlx::Pool<Self>,
+        quiet: bool,
     ) -> impl Future<Output = Result<(), sqlx::migrate::MigrateError>> + Send;
 
     /// Runs SQL statements written by the program (several, separated by `;`).

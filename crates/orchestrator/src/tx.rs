@@ -178,8 +178,9 @@ impl<'c, B: Backend> Tx<'c, B> {
     /// Fails only if the event cannot be serialized ([`Error::Serialization`]).
     ///
     /// ```no_run
-    /// # use keel_orchestrator::{Database, Error};
-    /// # use keel_domain::DomainEvent;
+    /// # mod keel { pub use keel_domain::*; pub use keel_orchestrator::*; }
+    /// # use keel::{Database, Error};
+    /// # use keel::DomainEvent;
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct PostLiked { post_id: i64 }
     /// # impl DomainEvent for PostLiked { const NAME: &'static str = "post.liked.v1";
     /// #   const AGGREGATE_TYPE: &'static str = "Post";
@@ -234,7 +235,8 @@ impl<'c, B: Backend> Tx<'c, B> {
     /// the lock timeout fails with [`Error::LockTimeout`]. Both are retried per policy.
     ///
     /// ```no_run
-    /// # use keel_orchestrator::{Database, Error, Locked, RowLock};
+    /// # mod keel { pub use keel_orchestrator::*; }
+    /// # use keel::{Database, Error, Locked, RowLock};
     /// # async fn run(mut db: Database<sqlx::Postgres>) -> Result<(), Error> {
     /// db.unit_of_work(async |tx| {
     ///     match tx.lock(RowLock::for_update("accounts", 1)).await? {

@@ -97,8 +97,9 @@ impl<B: Backend> Database<B> {
     /// `unit_of_work` with fields `name`, `attempt` and `outcome`.
     ///
     /// ```no_run
+    /// # mod keel { pub use keel_orchestrator::*; }
     /// # use std::time::Duration;
-    /// # use keel_orchestrator::{Database, Error, RowLock, UnitOfWorkOptions};
+    /// # use keel::{Database, Error, RowLock, UnitOfWorkOptions};
     /// # async fn run(mut db: Database<sqlx::Postgres>) -> Result<(), Error> {
     /// let debit = UnitOfWorkOptions::named("debit").lock_timeout(Duration::from_millis(100));
     /// let amount = 50_i64;

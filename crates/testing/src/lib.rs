@@ -23,16 +23,16 @@
 //!
 //! ```ignore
 //! // tests/orders/main.rs: the same files, once per backend
+//! #[path = "."]
 //! mod postgres {
-//!     pub type B = sqlx::Postgres;
+//!     pub type B = keel::sqlx::Postgres;
 //!     pub use keel::postgres::{App, Database};
-//!     #[path = "../counting.rs"]
-//!     mod counting;
+//!     mod counting;   // tests/orders/counting.rs
 //! }
+//! #[path = "."]
 //! mod sqlite {
-//!     pub type B = sqlx::Sqlite;
+//!     pub type B = keel::sqlx::Sqlite;
 //!     pub use keel::sqlite::{App, Database};
-//!     #[path = "../counting.rs"]
 //!     mod counting;
 //! }
 //!
@@ -47,6 +47,9 @@
 //! keel_testing::backend_tests!(counts_rows);
 //! // runs as `postgres::counting::counts_rows::test` and `sqlite::counting::counts_rows::test`
 //! ```
+//!
+//! (The layout of `docs/testing.md`: `#[path = "."]` makes each module's files those of
+//! the test's own folder.)
 
 #![warn(missing_docs)]
 

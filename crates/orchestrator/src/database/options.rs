@@ -9,10 +9,11 @@ use crate::{Backend, Error};
 /// How to open a [`Database`]: the URL plus pool settings.
 ///
 /// ```no_run
+/// # mod keel { pub use keel_orchestrator::*; }
 /// # #[cfg(feature = "postgres")]
-/// # async fn run() -> Result<(), keel_orchestrator::Error> {
+/// # async fn run() -> Result<(), keel::Error> {
 /// use std::time::Duration;
-/// use keel_orchestrator::{Database, DatabaseOptions};
+/// use keel::{Database, DatabaseOptions};
 ///
 /// let db: Database<sqlx::Postgres> = DatabaseOptions::new("postgres://app@127.0.0.1:5432/app")
 ///     .max_connections(16)

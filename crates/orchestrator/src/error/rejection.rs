@@ -11,7 +11,8 @@ use super::Error;
 /// [`Error::rejection`] gets it back, typed:
 ///
 /// ```
-/// use keel_orchestrator::{Error, Rejection};
+/// # mod keel { pub use keel_orchestrator::*; }
+/// use keel::{Error, Rejection};
 ///
 /// #[derive(Debug, thiserror::Error)]
 /// #[error("assessment {0} is already completed")]

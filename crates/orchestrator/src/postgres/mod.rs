@@ -86,8 +86,24 @@ impl Store for Postgres {
     async fn run_migrations(
         migrator: &Migrator,
         pool: &sqlx::Pool<Postgres>,
+        quiet: bool,
     ) -> Result<(), sqlx::migrate::MigrateError> {
-        migrator.run(pool).await
+        if !quiet {
+            return migrator.run(pool).await;
+        }
+        let mut conn = pool.acquire().await?;
+        sqlx::raw_sql("SET client_min_messages = warning")
+            .execute(&mut *conn)
+            .await?;
+        let ran = migrator.run_direct(None, &mut *conn, false).await;
+        if sqlx::raw_sql("RESET client_min_messages")
+            .execute(&mut *conn)
+            .await
+            .is_err()
+        {
+            conn.close_on_drop();
+        }
+        ran
     }
 
     async fn run_script(conn: &mut PgConnection, sql: &'static str) -> Result<(), Error> {

@@ -96,6 +96,7 @@ impl Store for Sqlite {
     async fn run_migrations(
         migrator: &Migrator,
         pool: &sqlx::Pool<Sqlite>,
+        _quiet: bool,
     ) -> Result<(), sqlx::migrate::MigrateError> {
         migrator.run(pool).await
     }
