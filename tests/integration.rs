@@ -59,19 +59,59 @@ pub mod turns {
     }
 }
 
-/// The OpenTelemetry layer for the whole test binary, for the tests that read spans through
-/// it (installed by the first of them; the others find it installed). Global, not per
-/// thread: `tracing` decides once per span site, for every thread, whether anyone listens,
-/// and a test thread without a subscriber would switch Keel's spans off for every thread.
-/// Only Keel's spans and the tests' own: every other test in the binary runs beside it, and
+/// The subscriber of the whole test binary, for the tests that read what `tracing` records
+/// (installed by the first of them; the others find it installed): the OpenTelemetry layer,
+/// and the server notices the driver logs ([`server_notices`]). Global, not per thread:
+/// `tracing` decides once per site, for every thread, whether anyone listens, and a test
+/// thread with a subscriber of its own would race with the others' decisions. Only Keel's
+/// spans, the tests' own and the notices: every other test in the binary runs beside it, and
 /// should not pay for sqlx's event per query.
-pub fn otel_subscriber() {
+pub fn test_subscriber() {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     let only = tracing_subscriber::filter::Targets::new()
         .with_target("keel", tracing::Level::TRACE)
         .with_target("integration", tracing::Level::TRACE);
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_filter(only));
+    let notices =
+        tracing_subscriber::filter::Targets::new().with_target(NOTICE_TARGET, tracing::Level::INFO);
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_filter(only))
+        .with(Notices.with_filter(notices));
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// Where sqlx logs the notices and warnings the server sends.
+const NOTICE_TARGET: &str = "sqlx::postgres::notice";
+
+static NOTICES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The messages of the server notices logged since [`test_subscriber`] was installed, by
+/// every test of the binary.
+pub fn server_notices() -> Vec<String> {
+    NOTICES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Keeps each notice's message in [`NOTICES`].
+struct Notices;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Notices {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        NOTICES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(message.0);
+    }
 }

@@ -12,7 +12,7 @@ use metrics_util::{CompositeKey, MetricKind};
 
 use super::support::OrderPlaced;
 use super::{App, Database, Handler, HandlerContext, Registry};
-use crate::otel_subscriber;
+use crate::test_subscriber;
 
 async fn ok(_: &OrderPlaced, _: &mut HandlerContext) -> Result<(), Error> {
     Ok(())
@@ -260,7 +260,7 @@ async fn traces(db: &Database) -> Vec<(i64, String)> {
 }
 
 async fn fast_path_continues_the_trace(db: Database) {
-    otel_subscriber();
+    test_subscriber();
     db.execute_script("CREATE TABLE traces (order_id BIGINT, trace TEXT)")
         .await
         .unwrap();
@@ -287,7 +287,7 @@ const CHILD_URL: &str = "KEEL_TEST_TRACE_CHILD_URL";
 
 /// Another process's relay delivers what this one recorded without delivering it.
 async fn a_relay_of_another_process_continues_the_trace(test_url: String, db: Database) {
-    otel_subscriber();
+    test_subscriber();
     db.execute_script("CREATE TABLE traces (order_id BIGINT, trace TEXT)")
         .await
         .unwrap();
@@ -331,7 +331,7 @@ async fn a_relay_of_another_process_continues_the_trace(test_url: String, db: Da
 #[tokio::test(flavor = "current_thread")]
 #[ignore = "the child process of a_relay_of_another_process_continues_the_trace"]
 async fn relay_child() {
-    otel_subscriber();
+    test_subscriber();
     let url = std::env::var(CHILD_URL).expect("started by the parent test");
     let db = Database::connect(&url).await.unwrap();
     let app = App::builder(db.clone(), traced_registry())

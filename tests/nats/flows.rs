@@ -341,7 +341,7 @@ async fn the_recording_span_s_trace_reaches_the_other_service_s_handler() {
     use tracing::Instrument;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    crate::otel_subscriber();
+    crate::test_subscriber();
     let Some(broker) = broker().await else { return };
     let (orders_db, billing_db) = (database().await, database().await);
     let (orders_db, billing_db) = (orders_db.database(), billing_db.database());

@@ -20,6 +20,7 @@ mod postgres {
     mod contention;
     mod contention_postgres;
     mod migrations;
+    mod migrations_postgres;
     mod nesting;
     mod rollback;
     mod support;

@@ -19,7 +19,7 @@ use crate::{DeadLetters, DeliveryOptions};
 /// What an operator reads and does on a Keel database. See the module documentation.
 ///
 /// ```no_run
-/// # mod keel { pub use keel_dispatcher::*; pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_dispatcher::Admin; pub use keel_orchestrator::{Database, Error}; }
 /// # async fn run() -> Result<(), keel::Error> {
 /// use keel::Admin;
 /// let db = keel::Database::<sqlx::Postgres>::connect("postgres://localhost/app").await?;

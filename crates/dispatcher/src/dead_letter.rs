@@ -9,7 +9,7 @@ use keel_orchestrator::{Backend, Database, Error, ensure_outside_unit_of_work};
 /// Lists, shows, retries and discards dead deliveries.
 ///
 /// ```no_run
-/// # mod keel { pub use keel_dispatcher::*; pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_dispatcher::Dispatcher; pub use keel_orchestrator::Error; }
 /// # async fn run(app: keel::Dispatcher<sqlx::Postgres>) -> Result<(), keel::Error> {
 /// let dead = app.dead_letters();
 /// for letter in dead.list(50).await? {

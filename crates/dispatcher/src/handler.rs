@@ -116,7 +116,7 @@ pub enum HandlerKind {
 /// One handler of one event type, with its name and retry policy.
 ///
 /// ```
-/// # mod keel { pub use keel_dispatcher::*; pub use keel_domain::*; pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_dispatcher::{Handler, HandlerContext}; pub use keel_domain::DomainEvent; pub use keel_orchestrator::{Error, RetryPolicy}; }
 /// use keel::{Handler, HandlerContext};
 /// use keel::DomainEvent;
 /// use keel::{Error, RetryPolicy};

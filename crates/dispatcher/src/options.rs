@@ -7,7 +7,7 @@ use keel_orchestrator::GroupCommit;
 /// Settings of event delivery, for the fast path and the relay.
 ///
 /// ```
-/// # mod keel { pub use keel_dispatcher::*; }
+/// # mod keel { pub use keel_dispatcher::DeliveryOptions; }
 /// use std::time::Duration;
 /// use keel::DeliveryOptions;
 ///

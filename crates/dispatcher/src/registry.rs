@@ -78,7 +78,7 @@ pub enum RegistryError {
 /// The handlers of a program, by event name.
 ///
 /// ```
-/// # mod keel { pub use keel_dispatcher::*; pub use keel_domain::*; pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_dispatcher::{Handler, HandlerContext, Registry}; pub use keel_domain::DomainEvent; pub use keel_orchestrator::Error; }
 /// use keel::{Handler, HandlerContext, Registry};
 /// # use keel::DomainEvent;
 /// # use keel::Error;

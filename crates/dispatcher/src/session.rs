@@ -14,7 +14,7 @@ use crate::Dispatcher;
 /// line.
 ///
 /// ```no_run
-/// # mod keel { pub use keel_dispatcher::*; pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_dispatcher::Session; pub use keel_orchestrator::Error; }
 /// # use keel::Session;
 /// # async fn run(session: &mut Session<'_, sqlx::Postgres>) -> Result<(), keel::Error> {
 /// let likes: i64 = session

@@ -8,7 +8,7 @@ use crate::Version;
 /// lets a save detect that someone else changed the aggregate since it was loaded.
 ///
 /// ```
-/// # mod keel { pub use keel_domain::*; }
+/// # mod keel { pub use keel_domain::{Aggregate, Version}; }
 /// use keel::{Aggregate, Version};
 ///
 /// struct Account { id: i64, balance: i64, version: Version }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 /// and keep only the one-at-a-time: see [`ORDERED`](Command::ORDERED).
 ///
 /// ```
-/// # mod keel { pub use keel_domain::*; }
+/// # mod keel { pub use keel_domain::Command; }
 /// use keel::Command;
 /// use serde::{Deserialize, Serialize};
 ///

@@ -16,7 +16,7 @@ pub type EventId = Id<Envelope>;
 ///   `causation_id` is the id of the event whose handler recorded this one.
 ///
 /// ```
-/// # mod keel { pub use keel_domain::*; }
+/// # mod keel { pub use keel_domain::{DomainEvent, Envelope}; }
 /// use keel::{DomainEvent, Envelope};
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Serialize, Deserialize)] struct Started { id: i64 }

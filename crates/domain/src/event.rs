@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 /// - the serialized payload: add optional fields, never rename or remove fields.
 ///
 /// ```
-/// # mod keel { pub use keel_domain::*; }
+/// # mod keel { pub use keel_domain::DomainEvent; }
 /// use keel::DomainEvent;
 /// use serde::{Deserialize, Serialize};
 ///

@@ -13,7 +13,7 @@ use uuid::Uuid;
 /// earlier (to the millisecond), which keeps B-tree indexes append-mostly.
 ///
 /// ```
-/// # mod keel { pub use keel_domain::*; }
+/// # mod keel { pub use keel_domain::Id; }
 /// use keel::Id;
 /// struct Post;
 /// let a: Id<Post> = Id::new();
@@ -49,7 +49,7 @@ impl<T: ?Sized> Id<T> {
 /// The UUID, to bind in a `uuid` column: `.bind(Uuid::from(ctx.event_id()))`.
 ///
 /// ```
-/// # mod keel { pub use keel_domain::*; }
+/// # mod keel { pub use keel_domain::Id; }
 /// use keel::Id;
 /// struct Post;
 /// let id: Id<Post> = Id::new();

@@ -7,7 +7,7 @@
 //! plain `#[test]` functions, and that the same types serve every backend.
 //!
 //! ```
-//! # mod keel { pub use keel_domain::*; }
+//! # mod keel { pub use keel_domain::{DomainEvent, Envelope}; }
 //! use keel::{DomainEvent, Envelope};
 //! use serde::{Deserialize, Serialize};
 //!

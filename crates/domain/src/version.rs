@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// version moved on meanwhile, the save is a conflict and the unit of work is retried.
 ///
 /// ```
-/// # mod keel { pub use keel_domain::*; }
+/// # mod keel { pub use keel_domain::Version; }
 /// use keel::Version;
 /// let v = Version::INITIAL;
 /// assert_eq!(v.next(), Version::new(2));

@@ -27,7 +27,7 @@ use crate::wire;
 /// Publishes commands to the broker.
 ///
 /// ```no_run
-/// # mod keel { pub use keel_domain::*; pub use keel_nats as nats; }
+/// # mod keel { pub use keel_domain::Command; pub use keel_nats as nats; }
 /// use keel::nats::{CommandBus, JetStream, StreamOptions};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct LikePost { post_id: i64, user_id: i64 }
 /// # impl keel::Command for LikePost { const NAME: &'static str = "post.like.v1";

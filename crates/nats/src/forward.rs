@@ -24,7 +24,7 @@ use crate::wire::{self, Subjects};
 /// Builds the handlers that forward events to a broker.
 ///
 /// ```no_run
-/// # mod keel { pub use keel_dispatcher::*; pub use keel_domain::*; pub use keel_orchestrator::*; pub use keel_nats as nats; }
+/// # mod keel { pub use keel_dispatcher::Registry; pub use keel_domain::DomainEvent; pub use keel_orchestrator::Backend; pub use keel_nats as nats; }
 /// use keel::Registry;
 /// use keel::nats::{Forwarder, JetStream, StreamOptions};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderPlaced { id: i64 }

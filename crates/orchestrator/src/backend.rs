@@ -27,7 +27,7 @@ mod sealed {
 /// `keel::postgres` or `keel::sqlite` aliases, and never writes the parameter again.
 ///
 /// ```
-/// # mod keel { pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_orchestrator::{Backend, Database}; }
 /// # #[cfg(feature = "postgres")] {
 /// use keel::{Backend, Database};
 /// fn name<B: Backend>(_: &Database<B>) -> &'static str { B::NAME }

@@ -113,7 +113,7 @@ impl<B: Backend> Database<B> {
     /// Opens the database at `url` with default [`DatabaseOptions`].
     ///
     /// ```no_run
-    /// # mod keel { pub use keel_orchestrator::*; }
+    /// # mod keel { pub use keel_orchestrator::{Database, Error}; }
     /// # #[cfg(feature = "sqlite")]
     /// # async fn run() -> Result<(), keel::Error> {
     /// let db = keel::Database::<sqlx::Sqlite>::connect("sqlite:data/app.db").await?;
@@ -346,12 +346,18 @@ impl<B: Backend> Database<B> {
     pub async fn close(&self) -> Result<(), Error> {
         guard::ensure_outside("close the database")?;
         let pool = self.inner.pool.clone();
-        // sqlx closes the idle connections only once every connection is back: close them
-        // now, and let the pool's close finish in the background if one is kept.
-        while let Some(idle) = pool.try_acquire() {
-            let _ = idle.close().await;
-        }
-        let closing = tokio::spawn(async move { pool.close().await });
+        // sqlx closes the idle connections only once every connection is back. Take them
+        // out first (no await in between, so none is handed out meanwhile), then mark the
+        // pool closed (`close()` does when called), close them, and let the pool's close
+        // finish in the background if a connection is kept.
+        let idle: Vec<_> = std::iter::from_fn(|| pool.try_acquire()).collect();
+        drop(pool.close());
+        let closing = tokio::spawn(async move {
+            for conn in idle {
+                let _ = conn.close().await;
+            }
+            pool.close().await
+        });
         let wait = self.inner.options.acquire_timeout;
         if tokio::time::timeout(wait, closing).await.is_err() {
             let pool = &self.inner.pool;

@@ -298,7 +298,7 @@ impl Error {
     /// ([`Error::RetryAfter`]): Messenger's recoverable exception with a retry delay.
     ///
     /// ```
-    /// # mod keel { pub use keel_orchestrator::*; }
+    /// # mod keel { pub use keel_orchestrator::Error; }
     /// use std::time::Duration;
     /// use keel::Error;
     ///

@@ -22,7 +22,7 @@
 //! [`Tx::conn`] is the driver's own connection, so a step is ordinary sqlx code:
 //!
 //! ```no_run
-//! # mod keel { pub use keel_orchestrator::*; }
+//! # mod keel { pub use keel_orchestrator::{Database, Error, Locked, RowLock}; }
 //! # #[cfg(feature = "sqlite")] {
 //! use keel::{Database, Error, Locked, RowLock};
 //! use sqlx::Sqlite;

@@ -110,7 +110,7 @@ pub enum LockWait {
 /// A request to lock one row, built with [`RowLock::for_update`] or [`RowLock::for_share`].
 ///
 /// ```
-/// # mod keel { pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_orchestrator::{LockWait, RowLock}; }
 /// use keel::{LockWait, RowLock};
 /// let lock = RowLock::for_update("accounts", 42).nowait();
 /// assert_eq!(lock.wait_policy(), LockWait::NoWait);

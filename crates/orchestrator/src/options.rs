@@ -35,7 +35,7 @@ pub enum Isolation {
 /// timeout and retry policy.
 ///
 /// ```
-/// # mod keel { pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_orchestrator::{Isolation, RetryPolicy, UnitOfWorkOptions}; }
 /// use std::time::Duration;
 /// use keel::{Isolation, RetryPolicy, UnitOfWorkOptions};
 ///

@@ -27,7 +27,7 @@ use std::time::Duration;
 /// Messenger's default is therefore [`RetryPolicy::messenger_default`].
 ///
 /// ```
-/// # mod keel { pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_orchestrator::RetryPolicy; }
 /// use std::time::Duration;
 /// use keel::RetryPolicy;
 ///

@@ -178,7 +178,7 @@ impl<'c, B: Backend> Tx<'c, B> {
     /// Fails only if the event cannot be serialized ([`Error::Serialization`]).
     ///
     /// ```no_run
-    /// # mod keel { pub use keel_domain::*; pub use keel_orchestrator::*; }
+    /// # mod keel { pub use keel_domain::DomainEvent; pub use keel_orchestrator::{Database, Error}; }
     /// # use keel::{Database, Error};
     /// # use keel::DomainEvent;
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct PostLiked { post_id: i64 }
@@ -235,7 +235,7 @@ impl<'c, B: Backend> Tx<'c, B> {
     /// the lock timeout fails with [`Error::LockTimeout`]. Both are retried per policy.
     ///
     /// ```no_run
-    /// # mod keel { pub use keel_orchestrator::*; }
+    /// # mod keel { pub use keel_orchestrator::{Database, Error, Locked, RowLock}; }
     /// # use keel::{Database, Error, Locked, RowLock};
     /// # async fn run(mut db: Database<sqlx::Postgres>) -> Result<(), Error> {
     /// db.unit_of_work(async |tx| {

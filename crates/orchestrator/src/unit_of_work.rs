@@ -97,7 +97,7 @@ impl<B: Backend> Database<B> {
     /// `unit_of_work` with fields `name`, `attempt` and `outcome`.
     ///
     /// ```no_run
-    /// # mod keel { pub use keel_orchestrator::*; }
+    /// # mod keel { pub use keel_orchestrator::{Database, Error, RowLock, UnitOfWorkOptions}; }
     /// # use std::time::Duration;
     /// # use keel::{Database, Error, RowLock, UnitOfWorkOptions};
     /// # async fn run(mut db: Database<sqlx::Postgres>) -> Result<(), Error> {

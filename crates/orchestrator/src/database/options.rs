@@ -9,7 +9,7 @@ use crate::{Backend, Error};
 /// How to open a [`Database`]: the URL plus pool settings.
 ///
 /// ```no_run
-/// # mod keel { pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_orchestrator::{Database, DatabaseOptions, Error}; }
 /// # #[cfg(feature = "postgres")]
 /// # async fn run() -> Result<(), keel::Error> {
 /// use std::time::Duration;

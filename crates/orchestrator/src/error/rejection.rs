@@ -11,7 +11,7 @@ use super::Error;
 /// [`Error::rejection`] gets it back, typed:
 ///
 /// ```
-/// # mod keel { pub use keel_orchestrator::*; }
+/// # mod keel { pub use keel_orchestrator::{Error, Rejection}; }
 /// use keel::{Error, Rejection};
 ///
 /// #[derive(Debug, thiserror::Error)]

@@ -91,19 +91,15 @@ impl Store for Postgres {
         if !quiet {
             return migrator.run(pool).await;
         }
+        // The setting stays on this connection, which is closed rather than returned to the
+        // pool, whatever happens (also a cancelled migration, and one that failed holding
+        // the migration lock).
         let mut conn = pool.acquire().await?;
+        conn.close_on_drop();
         sqlx::raw_sql("SET client_min_messages = warning")
             .execute(&mut *conn)
             .await?;
-        let ran = migrator.run_direct(None, &mut *conn, false).await;
-        if sqlx::raw_sql("RESET client_min_messages")
-            .execute(&mut *conn)
-            .await
-            .is_err()
-        {
-            conn.close_on_drop();
-        }
-        ran
+        migrator.run_direct(None, &mut *conn, false).await
     }
 
     async fn run_script(conn: &mut PgConnection, sql: &'static str) -> Result<(), Error> {
