@@ -15,6 +15,7 @@ mod postgres {
 
     mod delivery;
     mod grouping;
+    mod hot_rows_postgres;
     mod incident_postgres;
     mod late_due;
     mod registry;

@@ -192,7 +192,10 @@ impl DeliveryOptions {
     /// and one commit ([`GroupCommit`]; `None`: each commits alone). A handler's unit of
     /// work still returns only after its commit, and effects stay once per event; what a
     /// group costs is latency (under a steady load up to its window, and the turns of the
-    /// members before it) and row locks held until the group commits. Deliveries with an
+    /// members before it) and row locks held until the group commits: two groups updating
+    /// the same rows (a counter) would deadlock, so a member waits for a row lock only
+    /// briefly ([`GroupCommit::lock_wait`]), and after such a conflict units of work run
+    /// alone for a while ([`GroupCommit::alone_after_conflict`]). Deliveries with an
     /// ordering key never wait for a window (their key's next one waits for their
     /// commit), nor those that start while every slot of
     /// [`max_in_flight`](Self::max_in_flight) is taken.

@@ -20,7 +20,9 @@ impl<B: Backend> Database<B> {
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         let holding = self.hold(options.name);
-        if let Some(settings) = crate::group::groupable(options) {
+        if let Some(settings) = crate::group::groupable(options)
+            && !self.groups().alone(&settings)
+        {
             match self
                 .grouped_attempt(settings, options, attempt, steps)
                 .await

@@ -82,7 +82,7 @@ impl<B: Backend> Database<B> {
         if opener {
             group.wait_for_members().await;
             match self
-                .open_group_transaction(options, group.marker, group.savepoints)
+                .open_group_transaction(&settings, options, group.marker, group.savepoints)
                 .await
             {
                 Ok(opened) => *slot = opened,
@@ -143,7 +143,7 @@ impl<B: Backend> Database<B> {
                 return Membership::Ran(Err(replaced()));
             }
             Err(error) => {
-                self.groups().member_failed();
+                self.groups().member_failed(&error);
                 // Undone alone in its savepoint; without one, it undoes the group.
                 let undo = if savepoint {
                     B::member_rollback(conn).await.err().map(|_| Undo::Rollback)
@@ -202,6 +202,7 @@ impl<B: Backend> Database<B> {
     /// the write lock).
     async fn open_group_transaction(
         &self,
+        settings: &GroupCommit,
         options: &UnitOfWorkOptions,
         marker: uuid::Uuid,
         savepoints: bool,
@@ -220,8 +221,14 @@ impl<B: Backend> Database<B> {
         } else {
             None
         };
-        // Groupable options: the default isolation, no lock timeout of their own.
-        let conn = self.begun(options, None, marker, Some(savepoints)).await?;
+        // Groupable options: the default isolation, no lock timeout of their own. Where
+        // members may wait for each other's rows, the group waits for a lock briefly.
+        let conn = if B::ONE_WRITER {
+            self.begun(options, None, marker, Some(savepoints)).await?
+        } else {
+            let options = options.clone().lock_timeout(settings.lock_wait);
+            self.begun(&options, None, marker, Some(savepoints)).await?
+        };
         Ok(Slot {
             conn: Some(conn),
             _writer: writer,

@@ -48,7 +48,7 @@ use tokio::sync::{Notify, OwnedMutexGuard, watch};
 
 use keel_domain::EventId;
 
-use crate::{Backend, Database, Isolation, UnitOfWorkOptions};
+use crate::{Backend, Database, Error, Isolation, UnitOfWorkOptions};
 use end::drive;
 pub(crate) use member::Membership;
 pub use settings::GroupCommit;
@@ -60,6 +60,8 @@ pub(crate) struct Groups<B: sqlx::Database>(std::sync::Mutex<GroupsState<B>>);
 struct GroupsState<B: sqlx::Database> {
     open: Option<Arc<Group<B>>>,
     last_failure: Option<Instant>,
+    /// When a member last failed on a conflict with another transaction.
+    last_conflict: Option<Instant>,
     /// When the last group closed, and how many members it had: a group opened soon after
     /// one that gathered several waits for members.
     last_closed: Option<(tokio::time::Instant, usize)>,
@@ -70,6 +72,7 @@ impl<B: sqlx::Database> Default for Groups<B> {
         Groups(std::sync::Mutex::new(GroupsState {
             open: None,
             last_failure: None,
+            last_conflict: None,
             last_closed: None,
         }))
     }
@@ -82,9 +85,35 @@ impl<B: sqlx::Database> Groups<B> {
 
     /// A member's steps failed: optimistic groups opened for a while after run their
     /// members in savepoints ([`GroupCommit::savepoints_after_failure`]).
-    fn member_failed(&self) {
-        self.lock().last_failure = Some(Instant::now());
+    fn member_failed(&self, error: &Error) {
+        let now = Instant::now();
+        let mut groups = self.lock();
+        groups.last_failure = Some(now);
+        if is_conflict(error) {
+            groups.last_conflict = Some(now);
+        }
     }
+
+    /// Whether units of work with `settings` run alone for now: a member failed on a
+    /// conflict less than [`GroupCommit::alone_after_conflict`] ago.
+    pub(crate) fn alone(&self, settings: &GroupCommit) -> bool {
+        self.lock()
+            .last_conflict
+            .is_some_and(|at| at.elapsed() < settings.alone_after_conflict)
+    }
+}
+
+/// Whether `error` is a conflict with another transaction over the same rows, which a
+/// transaction holding its locks longer makes more likely.
+fn is_conflict(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Deadlock(_)
+            | Error::LockTimeout { .. }
+            | Error::RowLocked { .. }
+            | Error::SerializationFailure(_)
+            | Error::VersionConflict { .. }
+    )
 }
 
 /// One group: its transaction's connection, who is in it, and how it ended.
