@@ -24,6 +24,7 @@ const WINDOW_MS: u64 = 2;
 pub(crate) const LISTENERS_CHECK_MS: u64 = 500;
 
 /// The start of the `application_name` of a relay's listening connection.
+#[cfg(feature = "postgres")]
 pub(crate) const RELAY_APPLICATION_NAME: &str = "keel-relay";
 
 /// A pool's notification state.
@@ -69,18 +70,21 @@ impl Notifier {
 
     /// Resolves when a commit on this pool leaves work for the relays; a relay on this
     /// pool listens to it beside the server's notifications.
+    #[cfg(feature = "postgres")]
     pub(crate) async fn local(&self) {
         self.local.notified().await
     }
 }
 
 /// A relay's listening connection of this pool, known as its own while this lives.
+#[cfg(feature = "postgres")]
 #[derive(Debug)]
 pub(crate) struct OwnListener<'a> {
     notifier: &'a Notifier,
     id: i32,
 }
 
+#[cfg(feature = "postgres")]
 impl Drop for OwnListener<'_> {
     fn drop(&mut self) {
         let mut own = self.notifier.own();
@@ -93,6 +97,7 @@ impl Drop for OwnListener<'_> {
 impl<B: Backend> Database<B> {
     /// Records `id` (the server's id of a listening connection) as one of this pool's own
     /// relays, which are woken in memory and need no notification.
+    #[cfg(feature = "postgres")]
     pub(crate) fn own_listener(&self, id: i32) -> OwnListener<'_> {
         let notifier = self.notifier();
         notifier.own().push(id);
