@@ -16,7 +16,11 @@ use time::OffsetDateTime;
 
 use crate::{DeadLetters, DeliveryOptions};
 
-/// What an operator reads and does on a Keel database. See the module documentation.
+/// What an operator reads and does on a Keel database, without the service's handlers or a
+/// running relay: the status per handler (from the subscriptions every relay records), the
+/// dead letter (list, retry, discard), purges, and deliveries created again for a handler
+/// by name. Relays pick retried and re-created deliveries up at their next poll. The `keel`
+/// command is built on it (`docs/guide/operations.md`).
 ///
 /// ```no_run
 /// # mod keel { pub use keel_dispatcher::Admin; pub use keel_orchestrator::{Database, Error}; }

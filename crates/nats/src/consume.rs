@@ -111,9 +111,8 @@ impl Consumers {
         let mut planned: Vec<(&'static str, Subscription)> = Vec::new();
         for name in handlers {
             let Some(handler) = dispatcher.registry().handlers().find(|h| h.name() == *name) else {
-                return Err(format!(
-                    "no handler named `{name}` is registered: register it before consuming"
-                ));
+                let registered = dispatcher.registry().handlers().map(|h| h.name());
+                return Err(unknown_handler(name, registered));
             };
             let durable = options.consumer_name(handler.name());
             let mut subscriptions = vec![Subscription {
@@ -348,9 +347,40 @@ fn retry_delay(delivered: u64) -> Duration {
         .delay_before(attempt)
 }
 
+/// The error for a handler name that no registered handler has; `register_handler!` names
+/// a handler by its function's path, so the names ending with `name` are offered.
+fn unknown_handler<'a>(name: &str, registered: impl Iterator<Item = &'a str>) -> String {
+    let suffix = format!("::{name}");
+    let ending: Vec<_> = registered
+        .filter(|known| known.ends_with(&suffix))
+        .map(|known| format!("`{known}`"))
+        .collect();
+    if ending.is_empty() {
+        format!("no handler named `{name}` is registered: register it before consuming")
+    } else {
+        format!(
+            "no handler is named `{name}`; handlers registered with `register_handler!` are \
+             named by their path: {}",
+            ending.join(", ")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_handler_name_is_answered_with_the_registered_ones_ending_so() {
+        let registered = ["tally::handlers::count_vote", "tally::handlers::audit"];
+        let error = unknown_handler("count_vote", registered.into_iter());
+        assert!(
+            error.contains("`tally::handlers::count_vote`") && !error.contains("audit"),
+            "{error}"
+        );
+        let error = unknown_handler("missing", registered.into_iter());
+        assert!(error.contains("register it before consuming"), "{error}");
+    }
 
     #[test]
     fn consumer_names_are_per_service_and_valid() {

@@ -1,9 +1,12 @@
-//! The settings of group commit (see the module documentation of `group`).
+//! The settings of group commit (see the module documentation of `group`, and
+//! [`GroupCommit`]).
 
 use std::time::Duration;
 
-/// How units of work that run at the same time share one commit (see the module
-/// documentation of `group`).
+/// How units of work that run at the same time share one commit: they join one
+/// transaction, take turns on its connection, and return after its `COMMIT`. The
+/// dispatcher groups handlers' units of work (`DeliveryOptions::group_commit`); the
+/// delivery guide (`docs/guide/delivery.md`, "Group commit") says what it buys and costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupCommit {
     pub(crate) max_members: usize,
