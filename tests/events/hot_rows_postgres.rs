@@ -32,6 +32,16 @@ async fn tally(event: &OrderPlaced, ctx: &mut HandlerContext) -> Result<(), Erro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_updating_the_same_rows_do_not_deadlock() {
+    tally_a_backlog(GroupCommit::optimistic()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_in_savepoints_updating_the_same_rows_do_not_deadlock() {
+    tally_a_backlog(GroupCommit::savepoints()).await;
+}
+
+/// Delivers a backlog of votes to [`tally`] in groups: each counted once, no deadlock.
+async fn tally_a_backlog(grouping: GroupCommit) {
     let Some(test) = TestDatabase::<B>::new().await else {
         return;
     };
@@ -62,7 +72,7 @@ async fn groups_updating_the_same_rows_do_not_deadlock() {
         .delivery(
             DeliveryOptions::default()
                 .poll_interval(Duration::from_millis(20))
-                .group_commit(Some(GroupCommit::optimistic())),
+                .group_commit(Some(grouping)),
         )
         .start();
     assert!(
