@@ -75,7 +75,13 @@ pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
                     Ended::Unknown(Arc::new(source))
                 }
                 // Replaced (members check it; never expected) or refused: nothing committed.
-                Ok(GroupEnd::Replaced) | Err(_) => {
+                Ok(GroupEnd::Replaced) => {
+                    conn.close_on_drop();
+                    Ended::Undone
+                }
+                Err(error) => {
+                    db.groups().end_failed(&error, !B::ONE_WRITER);
+                    undo = Some(Undo::Close);
                     conn.close_on_drop();
                     Ended::Undone
                 }

@@ -143,7 +143,7 @@ impl<B: Backend> Database<B> {
                 return Membership::Ran(Err(replaced()));
             }
             Err(error) => {
-                self.groups().member_failed(&error);
+                self.groups().member_failed(&error, !B::ONE_WRITER);
                 // Undone alone in its savepoint; without one, it undoes the group.
                 let undo = if savepoint {
                     B::member_rollback(conn).await.err().map(|_| Undo::Rollback)
@@ -226,7 +226,8 @@ impl<B: Backend> Database<B> {
         let conn = if B::ONE_WRITER {
             self.begun(options, None, marker, Some(savepoints)).await?
         } else {
-            let options = options.clone().lock_timeout(settings.lock_wait);
+            let wait = settings.lock_wait.min(self.options().lock_timeout);
+            let options = options.clone().lock_timeout(wait);
             self.begun(&options, None, marker, Some(savepoints)).await?
         };
         Ok(Slot {

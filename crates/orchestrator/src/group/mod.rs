@@ -85,12 +85,20 @@ impl<B: sqlx::Database> Groups<B> {
 
     /// A member's steps failed: optimistic groups opened for a while after run their
     /// members in savepoints ([`GroupCommit::savepoints_after_failure`]).
-    fn member_failed(&self, error: &Error) {
+    fn member_failed(&self, error: &Error, rows_shared: bool) {
         let now = Instant::now();
         let mut groups = self.lock();
         groups.last_failure = Some(now);
-        if is_conflict(error) {
+        if rows_shared && is_conflict(error) {
             groups.last_conflict = Some(now);
+        }
+    }
+
+    /// A group's end failed on `error`: a conflict sends units of work alone as a
+    /// member's does.
+    fn end_failed(&self, error: &Error, rows_shared: bool) {
+        if rows_shared && is_conflict(error) {
+            self.lock().last_conflict = Some(Instant::now());
         }
     }
 
@@ -104,7 +112,8 @@ impl<B: sqlx::Database> Groups<B> {
 }
 
 /// Whether `error` is a conflict with another transaction over the same rows, which a
-/// transaction holding its locks longer makes more likely.
+/// transaction holding its locks longer makes more likely. Only where transactions run at
+/// once (`rows_shared` above: not SQLite, whose groups hold the only write lock).
 fn is_conflict(error: &Error) -> bool {
     matches!(
         error,

@@ -153,10 +153,13 @@ impl GroupCommit {
         self
     }
 
-    /// How long a group's member may wait for a row lock on PostgreSQL (its transaction's
-    /// `lock_timeout`) before the member fails with [`Error::LockTimeout`], which ends the
-    /// group's members' attempts as a failure would and is retried (default
-    /// [`GroupCommit::LOCK_WAIT`]). Units of work with a lock timeout of their own do not
+    /// How long any statement of a group's transaction may wait for a lock on PostgreSQL
+    /// (the transaction's `lock_timeout`, at most the database's own): past it, a member's
+    /// statement fails with [`Error::LockTimeout`], which undoes that member as any failure
+    /// does (with savepoints, that member alone; optimistically, the group) and is retried,
+    /// and the group's own end (its done marks) fails the group, whose members run again
+    /// alone. Either counts as a conflict ([`GroupCommit::alone_after_conflict`]). Default
+    /// [`GroupCommit::LOCK_WAIT`]. Units of work with a lock timeout of their own do not
     /// join groups. On SQLite a group holds the only write lock, so no member waits for
     /// another's rows.
     ///
@@ -170,9 +173,11 @@ impl GroupCommit {
     /// How long units of work run alone, each with its own transaction, after a member of
     /// a group failed on a conflict with another transaction (a deadlock, a lock wait past
     /// [`GroupCommit::lock_wait`], a serialization failure, a `NOWAIT` refusal, an
-    /// optimistic version conflict): rows that several units of work update at once are
-    /// better served by short transactions than by groups holding their locks (default
-    /// [`GroupCommit::ALONE_AFTER_CONFLICT`]; zero: group again at once).
+    /// optimistic version conflict), or a group's end waited past the lock wait: rows that
+    /// several units of work update at once are better served by short transactions than
+    /// by groups holding their locks (default [`GroupCommit::ALONE_AFTER_CONFLICT`]; zero:
+    /// group again at once). Only on PostgreSQL: a SQLite group holds the only write lock,
+    /// so its members meet no other transaction.
     #[must_use]
     pub fn alone_after_conflict(mut self, alone: Duration) -> Self {
         self.alone_after_conflict = alone;
