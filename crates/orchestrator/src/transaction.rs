@@ -20,15 +20,13 @@ impl<B: Backend> Database<B> {
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
         let holding = self.hold(options.name);
-        if let Some(settings) = crate::group::groupable(options)
-            && !self.groups().alone(&settings)
-        {
+        if let Some(settings) = crate::group::groupable(options) {
             match self
                 .grouped_attempt(settings, options, attempt, steps)
                 .await
             {
                 crate::group::Membership::Ran(result) => return result,
-                // The group did not commit: this attempt runs again, alone.
+                // No group (after a conflict), or it did not commit: this attempt runs alone.
                 crate::group::Membership::Undone => {}
             }
         }

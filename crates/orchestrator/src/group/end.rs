@@ -80,7 +80,7 @@ pub(super) async fn drive<B: Backend>(db: Database<B>, group: Arc<Group<B>>) {
                     Ended::Undone
                 }
                 Err(error) => {
-                    db.groups().end_failed(&error, !B::ONE_WRITER);
+                    db.groups().end_failed(&error);
                     undo = Some(Undo::Close);
                     conn.close_on_drop();
                     Ended::Undone

@@ -10,7 +10,8 @@ use crate::{Backend, Database, Error, Isolation, Tx, TxFn, UnitOfWorkOptions};
 pub(crate) enum Membership<T> {
     /// The group committed with this member, or the member failed (its error).
     Ran(Result<T, Error>),
-    /// The group did not commit: run the attempt alone.
+    /// No group was joined (units of work run alone after a conflict), or the group did not
+    /// commit: run the attempt alone.
     Undone,
 }
 
@@ -65,7 +66,9 @@ impl<B: Backend> Database<B> {
     where
         F: for<'t, 'c> TxFn<&'t mut Tx<'c, B>, T>,
     {
-        let group = self.join(settings);
+        let Some(group) = self.join(settings) else {
+            return Membership::Undone;
+        };
         let mut member = Member {
             group: group.clone(),
             working: false,
@@ -143,7 +146,7 @@ impl<B: Backend> Database<B> {
                 return Membership::Ran(Err(replaced()));
             }
             Err(error) => {
-                self.groups().member_failed(&error, !B::ONE_WRITER);
+                self.groups().member_failed(&error);
                 // Undone alone in its savepoint; without one, it undoes the group.
                 let undo = if savepoint {
                     B::member_rollback(conn).await.err().map(|_| Undo::Rollback)

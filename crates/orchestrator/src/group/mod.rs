@@ -82,47 +82,43 @@ impl<B: sqlx::Database> Groups<B> {
     fn lock(&self) -> std::sync::MutexGuard<'_, GroupsState<B>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
+impl<B: Backend> Groups<B> {
     /// A member's steps failed: optimistic groups opened for a while after run their
-    /// members in savepoints ([`GroupCommit::savepoints_after_failure`]).
-    fn member_failed(&self, error: &Error, rows_shared: bool) {
-        let now = Instant::now();
+    /// members in savepoints ([`GroupCommit::savepoints_after_failure`]), and after a
+    /// conflict units of work run alone ([`GroupCommit::alone_after_conflict`]).
+    fn member_failed(&self, error: &Error) {
         let mut groups = self.lock();
-        groups.last_failure = Some(now);
-        if rows_shared && is_conflict(error) {
-            groups.last_conflict = Some(now);
-        }
+        groups.last_failure = Some(Instant::now());
+        groups.note_conflict(error);
     }
 
     /// A group's end failed on `error`: a conflict sends units of work alone as a
     /// member's does.
-    fn end_failed(&self, error: &Error, rows_shared: bool) {
-        if rows_shared && is_conflict(error) {
-            self.lock().last_conflict = Some(Instant::now());
-        }
-    }
-
-    /// Whether units of work with `settings` run alone for now: a member failed on a
-    /// conflict less than [`GroupCommit::alone_after_conflict`] ago.
-    pub(crate) fn alone(&self, settings: &GroupCommit) -> bool {
-        self.lock()
-            .last_conflict
-            .is_some_and(|at| at.elapsed() < settings.alone_after_conflict)
+    fn end_failed(&self, error: &Error) {
+        self.lock().note_conflict(error);
     }
 }
 
-/// Whether `error` is a conflict with another transaction over the same rows, which a
-/// transaction holding its locks longer makes more likely. Only where transactions run at
-/// once (`rows_shared` above: not SQLite, whose groups hold the only write lock).
-fn is_conflict(error: &Error) -> bool {
-    matches!(
-        error,
-        Error::Deadlock(_)
-            | Error::LockTimeout { .. }
-            | Error::RowLocked { .. }
-            | Error::SerializationFailure(_)
-            | Error::VersionConflict { .. }
-    )
+impl<B: Backend> GroupsState<B> {
+    /// Records `error` if it is a conflict with another transaction over the same rows,
+    /// which a transaction holding its locks longer makes more likely. Not on a backend
+    /// with one writer (SQLite), whose groups hold the only write lock and meet no other
+    /// transaction.
+    fn note_conflict(&mut self, error: &Error) {
+        let conflict = matches!(
+            error,
+            Error::Deadlock(_)
+                | Error::LockTimeout { .. }
+                | Error::RowLocked { .. }
+                | Error::SerializationFailure(_)
+                | Error::VersionConflict { .. }
+        );
+        if conflict && !B::ONE_WRITER {
+            self.last_conflict = Some(Instant::now());
+        }
+    }
 }
 
 /// One group: its transaction's connection, who is in it, and how it ended.
@@ -226,10 +222,18 @@ pub(crate) fn groupable(options: &UnitOfWorkOptions) -> Option<GroupCommit> {
 }
 
 impl<B: Backend> Database<B> {
-    /// Joins the open group, or opens one (and its driver) when there is none with room.
-    fn join(&self, settings: GroupCommit) -> Arc<Group<B>> {
+    /// Joins the open group, or opens one (and its driver) when there is none with room;
+    /// `None` while units of work run alone after a conflict.
+    fn join(&self, settings: GroupCommit) -> Option<Arc<Group<B>>> {
         let now = tokio::time::Instant::now();
         let mut groups = self.groups().lock();
+        // A member failed on a conflict lately: units of work run alone for a while.
+        if groups
+            .last_conflict
+            .is_some_and(|at| at.elapsed() < settings.alone_after_conflict)
+        {
+            return None;
+        }
         if let Some(group) = groups.open.as_ref().filter(|g| settings.joins(&g.settings)) {
             let mut state = group.state();
             if !state.closed && state.joined < group.max_members() {
@@ -247,7 +251,7 @@ impl<B: Backend> Database<B> {
                 if sooner {
                     group.hurry.notify_one();
                 }
-                return group.clone();
+                return Some(group.clone());
             }
         }
         // On SQLite members are undone alone anyway (`MARKS_WITH_SAVEPOINT`).
@@ -291,6 +295,6 @@ impl<B: Backend> Database<B> {
         groups.open = Some(group.clone());
         drop(groups);
         tokio::spawn(drive(self.clone(), group.clone()));
-        group
+        Some(group)
     }
 }
